@@ -1,0 +1,28 @@
+"""Workflow State Service: server-side state for multi-step web workflows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from . import api, auth, config, cors, errors, health, pages, store
+from .pages import STATIC_DIR
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Assemble the app: defaults, then the environment, then the test override."""
+    app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
+    app.config.from_mapping(config.from_env())
+    if test_config:
+        app.config.update(test_config)
+    # Order matters: a preflight is answered before auth, auth before any route work.
+    errors.init_app(app)
+    cors.init_app(app)
+    auth.init_app(app)
+    store.init_app(app)
+    pages.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    return app

@@ -1,0 +1,129 @@
+"""The state API under /workflow: parse the request, call the store, answer. Nothing more."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from . import model
+from .storage import HISTORY_MAX, Snapshot, dumps
+from .store import get_store
+
+bp = Blueprint("api", __name__, url_prefix="/workflow")
+
+SAVED = "Workflow state saved"
+CLEARED = "Workflow state cleared"
+NO_STORE = "no-store"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def read_json() -> Any:
+    """Return the request body parsed as strict JSON, or raise StateRequired."""
+    data = request.get_data(cache=False)
+    if not data.strip():
+        raise model.StateRequired("State data is required: the request body is empty")
+    try:
+        # NaN, Infinity and 1e999 would be stored as JSON no other client can read.
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        raise model.StateRequired("State data is required: the body is not valid JSON") from None
+
+
+def if_match() -> frozenset[str] | None:
+    """Return the If-Match versions ("*" included), or None when the header is absent."""
+    if request.headers.get("If-Match") is None:
+        return None
+    tags = request.if_match
+    if tags.star_tag:
+        return frozenset({"*"})
+    return frozenset(tags.as_set(include_weak=True))
+
+
+def json_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Wrap an already-serialised JSON body."""
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+def state_body(snapshot: Snapshot) -> str:
+    """Serialise the GET /workflow/state body without re-encoding the stored state."""
+    active = "true" if model.is_active(snapshot.state) else "false"
+    return f'{{"success":true,"active":{active},"state":{snapshot.json}}}'
+
+
+def _saved(snapshot: Snapshot) -> Response:
+    return json_response(
+        f'{{"success":true,"message":"{SAVED}","state":{snapshot.json}}}',
+        headers={"ETag": f'"{snapshot.version}"', "Cache-Control": NO_STORE},
+    )
+
+
+@bp.get("/state")
+def get_state() -> Response:
+    """Answer the current state, with its version as ETag."""
+    snapshot = get_store().get()
+    headers = {"Cache-Control": NO_STORE}
+    if snapshot.state is not None:
+        etag = str(snapshot.version)
+        headers["ETag"] = f'"{etag}"'
+        if request.if_none_match.contains_weak(etag):
+            return Response(status=304, headers=headers)
+    return json_response(state_body(snapshot), headers=headers)
+
+
+@bp.post("/state")
+def save_state() -> Response:
+    """Save or replace the whole state."""
+    return _saved(get_store().save(read_json(), if_match=if_match()))
+
+
+@bp.patch("/state")
+def merge_state() -> Response:
+    """Replace top-level fields of the stored state."""
+    return _saved(get_store().merge(read_json(), if_match=if_match()))
+
+
+@bp.patch("/state/steps/<index>")
+def update_step(index: str) -> Response:
+    """Update one step's status (and data) atomically."""
+    position = model.parse_step_index(index)
+    return _saved(get_store().update_step(position, read_json(), if_match=if_match()))
+
+
+@bp.delete("/state")
+def clear_state() -> Response:
+    """Delete the state; succeeds also when there was none."""
+    get_store().clear()
+    return json_response(f'{{"success":true,"message":"{CLEARED}"}}')
+
+
+@bp.get("/state/summary")
+def summary() -> Response:
+    """Answer the progress summary."""
+    snapshot = get_store().get()
+    body = {"success": True, "summary": model.summarize(snapshot.state)}
+    return json_response(dumps(body), headers={"Cache-Control": NO_STORE})
+
+
+@bp.get("/history")
+def history() -> Response:
+    """Answer the last finished workflows, newest first."""
+    raw = request.args.get("limit", str(HISTORY_MAX))
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3:
+        raise model.InvalidState("limit", "must be a whole number from 1 to 100")
+    workflows = get_store().history(int(raw))
+    return json_response(
+        dumps({"success": True, "workflows": workflows}), headers={"Cache-Control": NO_STORE}
+    )

@@ -1,0 +1,40 @@
+"""Answer CORS preflights with 204 and label responses for cross-origin callers."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, request
+
+ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
+ALLOW_HEADERS = "Content-Type, Authorization, If-Match, If-None-Match, Last-Event-ID, X-Request-ID"
+EXPOSE_HEADERS = "ETag, Retry-After, X-Request-ID"
+
+
+def _preflight() -> Response | None:
+    # Only routes that exist get a 204; an unknown path still answers 404.
+    if request.method != "OPTIONS" or request.url_rule is None:
+        return None
+    return Response(status=204)
+
+
+def _label(response: Response) -> Response:
+    allowed = current_app.config["CORS_ORIGINS"]
+    origin = request.headers.get("Origin")
+    if "*" in allowed:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    else:
+        response.vary.add("Origin")
+        if origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+        response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = "600"
+    else:
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the preflight answer and the response labels."""
+    app.before_request(_preflight)
+    app.after_request(_label)

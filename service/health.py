@@ -1,0 +1,33 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from .errors import RETRY_AFTER_SECONDS, error_response
+from .storage import StorageUnavailable, dumps
+from .store import get_store
+
+bp = Blueprint("health", __name__)
+
+_OK = '{"status":"ok"}'
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Answer 200 without touching storage: the process is alive."""
+    return Response(_OK, mimetype="application/json")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Answer 200 when the backend answers, else 503 backend_unavailable."""
+    store = get_store()
+    try:
+        store.ping()
+    except StorageUnavailable as error:
+        return error_response(
+            503, "backend_unavailable", error.message, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+    body = dumps({"success": True, "status": "ready", "backend": store.describe()})
+    return Response(body, mimetype="application/json")

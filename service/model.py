@@ -1,0 +1,444 @@
+"""The workflow state model: validation, defaults, progress, summary and finished-is-final.
+
+Plain functions over plain dicts. Nothing here does I/O or knows about HTTP or storage:
+the clock and randomness come in as arguments, and rule violations are `StateError`s that
+the API layer maps to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+RUNNING = "running"
+STATUSES = ("running", "completed", "failed", "cancelled")
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+STEP_STATUSES = ("pending", "in_progress", "completed", "failed", "skipped", "cancelled")
+
+# Fields the server owns: whatever a client sends for them is replaced.
+SERVER_FIELDS = ("last_update", "version")
+
+WORKFLOW_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+# A real workflow has a handful of steps; the cap keeps hostile bodies from costing CPU per write.
+MAX_STEPS = 1000
+# Deeper documents are almost certainly hostile and make every later json.dumps expensive.
+MAX_DEPTH = 32
+ENCRYPTED_MARK = "$encrypted"
+
+
+class StateError(Exception):
+    """A request the state rules refuse; `code` is the contract's snake_case error."""
+
+    code = "invalid_state"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StateRequired(StateError):
+    """The body carries no state at all."""
+
+    code = "state_required"
+
+
+class InvalidState(StateError):
+    """A field breaks its rule; the message names the field."""
+
+    code = "invalid_state"
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"Invalid field '{field}': {rule}")
+        self.field = field
+
+
+class InvalidIndex(StateError):
+    """A step index that is not a step of the stored workflow."""
+
+    code = "invalid_index"
+
+
+class NoWorkflow(StateError):
+    """There is no stored workflow to update."""
+
+    code = "no_workflow"
+
+
+class WorkflowMismatch(StateError):
+    """The request's workflow_id guard differs from the stored workflow."""
+
+    code = "workflow_mismatch"
+
+
+class WorkflowFinished(StateError):
+    """The stored workflow is finished, and finished is final."""
+
+    code = "workflow_finished"
+
+
+class PreconditionFailed(StateError):
+    """If-Match names a version that is not the stored one."""
+
+    code = "precondition_failed"
+
+
+# --- time and identity -------------------------------------------------------------------
+
+
+def format_time(moment: datetime) -> str:
+    """Format a moment as UTC ISO-8601 with millisecond precision and a Z suffix."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 timestamp; a value without an offset is taken as UTC."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def new_workflow_id(now: datetime, random_hex: str) -> str:
+    """Build a server-generated workflow id: workflow_<unix ms>_<random>."""
+    return f"workflow_{int(now.timestamp() * 1000)}_{random_hex}"
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Tell whether a JSON value nests deeper than `limit`, without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_time(field: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise InvalidState(field, "must be an ISO-8601 string")
+    try:
+        parse_time(value)
+    except ValueError:
+        raise InvalidState(field, "must be an ISO-8601 string") from None
+
+
+def is_encrypted(value: Any) -> bool:
+    """Tell whether a field holds a sealed secret ({"$encrypted": token})."""
+    return (
+        isinstance(value, dict) and len(value) == 1 and isinstance(value.get(ENCRYPTED_MARK), str)
+    )
+
+
+def validate_step_status(value: Any, field: str = "status") -> str:
+    """Return a step status, or raise InvalidState naming the field."""
+    if not isinstance(value, str) or value not in STEP_STATUSES:
+        raise InvalidState(field, "must be one of " + ", ".join(STEP_STATUSES))
+    return value
+
+
+def validate(state: Mapping[str, Any], *, stored: bool = False) -> None:
+    """Raise InvalidState unless `state` satisfies every field rule of the contract.
+
+    With `stored=True` the server-owned fields must be present too, and a sealed
+    `ssh_connection` is accepted: that is the shape a backend holds.
+    """
+    workflow_id = state.get("workflow_id")
+    if not isinstance(workflow_id, str) or not WORKFLOW_ID_RE.match(workflow_id):
+        raise InvalidState("workflow_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+    status = state.get("status")
+    if not isinstance(status, str) or status not in STATUSES:
+        raise InvalidState("status", "must be one of " + ", ".join(STATUSES))
+    steps = state.get("steps")
+    if not isinstance(steps, list):
+        raise InvalidState("steps", "must be a list of step objects")
+    if len(steps) > MAX_STEPS:
+        raise InvalidState("steps", f"must have at most {MAX_STEPS} steps")
+    for position, step in enumerate(steps):
+        if not isinstance(step, dict):
+            raise InvalidState(f"steps[{position}]", "must be an object")
+        action = step.get("action")
+        if not isinstance(action, str) or not action:
+            raise InvalidState(f"steps[{position}].action", "must be a non-empty string")
+        validate_step_status(step.get("status"), f"steps[{position}].status")
+    current_step = state.get("current_step")
+    if not _is_int(current_step) or current_step < 0:
+        raise InvalidState("current_step", "must be an integer >= 0")
+    if steps and current_step >= len(steps):
+        raise InvalidState("current_step", f"must be less than the number of steps ({len(steps)})")
+    _check_time("start_time", state.get("start_time"))
+    ssh = state.get("ssh_connection")
+    if ssh is not None and not isinstance(ssh, str) and not (stored and is_encrypted(ssh)):
+        raise InvalidState("ssh_connection", "must be a string")
+    if _depth_exceeds(state, MAX_DEPTH):
+        raise InvalidState("state", f"must not nest deeper than {MAX_DEPTH} levels")
+    if stored:
+        _check_time("last_update", state.get("last_update"))
+        version = state.get("version")
+        if not _is_int(version) or version < 1:
+            raise InvalidState("version", "must be an integer >= 1")
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    """Return the body as a non-empty dict, or raise StateRequired."""
+    if not isinstance(body, dict) or not body:
+        raise StateRequired("State data is required: send a non-empty JSON object")
+    return body
+
+
+def new_state(body: Any, *, now: datetime, random_hex: str) -> dict[str, Any]:
+    """Turn a POST body into a complete state (defaults filled, server fields stamped)."""
+    body = require_object(body)
+    # The contract's fields first, in a fixed order, so `redis-cli GET | jq .` reads well.
+    state: dict[str, Any] = {
+        "workflow_id": body["workflow_id"]
+        if "workflow_id" in body
+        else new_workflow_id(now, random_hex),
+        "status": body.get("status", RUNNING),
+        "current_step": body.get("current_step", 0),
+        "steps": body.get("steps", []),
+        "start_time": body["start_time"] if "start_time" in body else format_time(now),
+    }
+    for key, value in body.items():
+        if key not in state and key not in SERVER_FIELDS:
+            state[key] = value
+    if state.get("ssh_connection") is None:
+        state.pop("ssh_connection", None)
+    validate(state)
+    state["last_update"] = format_time(now)
+    return state
+
+
+# --- reading a stored state ----------------------------------------------------------------
+
+
+def parse_stored(raw: str | bytes) -> dict[str, Any]:
+    """Parse and check a stored document; raise ValueError when it is not a valid state."""
+    try:
+        state = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if not isinstance(state, dict):
+        raise ValueError("not a JSON object")
+    try:
+        validate(state, stored=True)
+    except InvalidState as error:
+        raise ValueError(error.message) from None
+    return state
+
+
+def is_finished(state: Mapping[str, Any] | None) -> bool:
+    """Tell whether a state is completed, failed or cancelled."""
+    return state is not None and state.get("status") in FINISHED
+
+
+def is_active(state: Mapping[str, Any] | None) -> bool:
+    """Tell whether a state is running (the contract's `active`)."""
+    return state is not None and state.get("status") == RUNNING
+
+
+def ttl_seconds(state: Mapping[str, Any], ttl: int, stale_ttl: int) -> int:
+    """Return how long a freshly written state stays readable."""
+    return ttl if is_finished(state) else stale_ttl
+
+
+def expires_at(state: Mapping[str, Any], ttl: int, stale_ttl: int) -> float:
+    """Return the unix time a stored state expires: its last write plus its TTL."""
+    return parse_time(state["last_update"]).timestamp() + ttl_seconds(state, ttl, stale_ttl)
+
+
+def progress_percent(state: Mapping[str, Any]) -> float:
+    """Return (current_step + 1) / total_steps * 100, rounded to 2 decimals; 0 with no steps."""
+    total = len(state.get("steps") or ())
+    if not total:
+        return 0
+    return round((state["current_step"] + 1) / total * 100, 2)
+
+
+def summarize(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return the summary the contract defines for a state, or for no state."""
+    if state is None:
+        return {"active": False, "workflow_id": None, "status": None}
+    return {
+        "active": is_active(state),
+        "workflow_id": state["workflow_id"],
+        "status": state["status"],
+        "current_step": state["current_step"],
+        "total_steps": len(state["steps"]),
+        "progress_percent": progress_percent(state),
+        "start_time": state["start_time"],
+        "last_update": state["last_update"],
+    }
+
+
+# --- writes: each returns the new state, or None when the write changes nothing ------------
+
+
+def check_if_match(current: Mapping[str, Any] | None, if_match: frozenset[str] | None) -> None:
+    """Raise PreconditionFailed unless If-Match (a set of versions, or "*") fits `current`."""
+    if if_match is None:
+        return
+    if current is None:
+        raise PreconditionFailed("If-Match was given but there is no stored state")
+    if "*" in if_match or str(current["version"]) in if_match:
+        return
+    raise PreconditionFailed(
+        f"If-Match does not match the stored version {current['version']}; reload and retry"
+    )
+
+
+def _same_content(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Compare two states, ignoring the server-owned fields."""
+    strip = set(SERVER_FIELDS)
+    return {k: v for k, v in a.items() if k not in strip} == {
+        k: v for k, v in b.items() if k not in strip
+    }
+
+
+def _guard_finished(current: Mapping[str, Any], candidate: Mapping[str, Any]) -> bool:
+    """Return True when `candidate` repeats finished `current` exactly; raise if it changes it."""
+    if _same_content(current, candidate):
+        return True
+    raise WorkflowFinished(
+        f"Workflow {current['workflow_id']} is {current['status']}; a finished workflow is final"
+    )
+
+
+def apply_save(
+    current: Mapping[str, Any] | None,
+    candidate: dict[str, Any],
+    body: Mapping[str, Any],
+    if_match: frozenset[str] | None = None,
+) -> dict[str, Any] | None:
+    """Decide a POST: the state to store, or None when it repeats a finished state exactly."""
+    check_if_match(current, if_match)
+    if current is None or not is_finished(current):
+        return candidate
+    if current["workflow_id"] != candidate["workflow_id"]:
+        return candidate
+    if "start_time" not in body:
+        # The server stamped start_time; a repeat without it still means the same state.
+        candidate = {**candidate, "start_time": current["start_time"]}
+    _guard_finished(current, candidate)
+    return None
+
+
+def _check_guard(current: Mapping[str, Any], guard: Any) -> None:
+    if guard is None:
+        return
+    if not isinstance(guard, str):
+        raise InvalidState("workflow_id", "must be a string")
+    if guard != current["workflow_id"]:
+        raise WorkflowMismatch(
+            f"workflow_id {guard!r} is not the stored workflow {current['workflow_id']!r}"
+        )
+
+
+def parse_step_index(text: str) -> int:
+    """Return the step index from a URL segment, or raise InvalidIndex."""
+    if not text.isascii() or not text.isdigit() or len(text) > 9:
+        raise InvalidIndex(f"Step index must be a whole number >= 0, got {text[:20]!r}")
+    return int(text)
+
+
+def parse_step_change(body: Any) -> dict[str, Any]:
+    """Validate a step PATCH body before any storage work; return its parts."""
+    if not isinstance(body, dict) or not body:
+        raise StateRequired("Step data is required: send a JSON object with a 'status'")
+    status = validate_step_status(body.get("status"))
+    data = body.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidState("data", "must be an object")
+    if data is not None and _depth_exceeds(data, MAX_DEPTH - 3):
+        raise InvalidState("data", f"must not nest deeper than {MAX_DEPTH - 3} levels")
+    guard = body.get("workflow_id")
+    if guard is not None and not isinstance(guard, str):
+        raise InvalidState("workflow_id", "must be a string")
+    return {"status": status, "data": data, "has_data": "data" in body, "guard": guard}
+
+
+def apply_step(
+    current: Mapping[str, Any] | None,
+    index: int,
+    change: Mapping[str, Any],
+    *,
+    now: datetime,
+    if_match: frozenset[str] | None = None,
+) -> dict[str, Any] | None:
+    """Decide a step PATCH: set one step's status (and data) and make it the current step."""
+    if current is None:
+        raise NoWorkflow("There is no workflow state to update")
+    check_if_match(current, if_match)
+    _check_guard(current, change["guard"])
+    steps = current["steps"]
+    if index >= len(steps):
+        raise InvalidIndex(
+            f"Step index {index} is out of range: the workflow has {len(steps)} steps"
+        )
+    step = dict(steps[index])
+    step["status"] = change["status"]
+    if change["has_data"] and change["data"] is not None:
+        step["data"] = change["data"]
+    new = dict(current)
+    new["steps"] = [*steps[:index], step, *steps[index + 1 :]]
+    new["current_step"] = index
+    if is_finished(current):
+        _guard_finished(current, new)
+        return None
+    new["last_update"] = format_time(now)
+    return new
+
+
+def apply_merge(
+    current: Mapping[str, Any] | None,
+    body: Any,
+    *,
+    now: datetime,
+    if_match: frozenset[str] | None = None,
+) -> dict[str, Any] | None:
+    """Decide a merge PATCH: replace top-level fields, then hold the result to the POST rules."""
+    fields = require_object(body)
+    if current is None:
+        raise NoWorkflow("There is no workflow state to update")
+    check_if_match(current, if_match)
+    _check_guard(current, fields.get("workflow_id"))
+    new = dict(current)
+    new.update((k, v) for k, v in fields.items() if k not in SERVER_FIELDS)
+    if new.get("ssh_connection") is None:
+        new.pop("ssh_connection", None)
+    validate(new, stored=False)
+    if is_finished(current):
+        _guard_finished(current, new)
+        return None
+    new["last_update"] = format_time(now)
+    return new
+
+
+def newly_finished(current: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Tell whether a write finishes a workflow (so it belongs in the history once)."""
+    if not is_finished(new):
+        return False
+    assert new is not None
+    return not (
+        current is not None
+        and is_finished(current)
+        and current["workflow_id"] == new["workflow_id"]
+    )

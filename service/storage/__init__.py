@@ -1,0 +1,60 @@
+"""Storage backends for the workflow state, chosen by the URL scheme of WORKFLOW_STATE_URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import (
+    HISTORY_MAX,
+    RESYNC,
+    Event,
+    LockTimeout,
+    Observer,
+    Snapshot,
+    StateStore,
+    StorageUnavailable,
+    dumps,
+)
+from .file import FileStore
+from .redis import RedisStore
+
+# The one place a URL scheme picks a backend.
+BACKENDS: dict[str, type[StateStore]] = {
+    scheme: backend for backend in (RedisStore, FileStore) for scheme in backend.schemes
+}
+
+
+class UnknownBackend(ValueError):
+    """WORKFLOW_STATE_URL names a scheme no backend serves."""
+
+
+def open_store(url: str, **options: Any) -> StateStore:
+    """Create the backend that serves `url` (redis://, rediss://, unix://, file://)."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    backend = BACKENDS.get(scheme)
+    if backend is None:
+        known = ", ".join(f"{name}://" for name in BACKENDS)
+        raise UnknownBackend(
+            f"WORKFLOW_STATE_URL has unsupported scheme {scheme or '(none)'!r}; use one of {known}"
+        )
+    if backend is not RedisStore:
+        options.pop("client_factory", None)
+    return backend(url, **options)
+
+
+__all__ = [
+    "BACKENDS",
+    "HISTORY_MAX",
+    "RESYNC",
+    "Event",
+    "FileStore",
+    "LockTimeout",
+    "Observer",
+    "RedisStore",
+    "Snapshot",
+    "StateStore",
+    "StorageUnavailable",
+    "UnknownBackend",
+    "dumps",
+    "open_store",
+]

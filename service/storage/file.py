@@ -1,0 +1,416 @@
+"""JSON-file backend: the embedded default for one host and any number of worker processes.
+
+The state file holds exactly the stored state. Writers serialise on `flock` of a separate
+lock file and replace the state atomically (temp file, fsync, rename, fsync of the directory),
+so a reader sees the old state or the new one, never a torn one. Beside the state file live
+`<name>.seq` (the version counter, which outlives deletes and expiry), `<name>.history.json`
+and `<name>.events` (a journal that streams in other processes tail).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from .. import model
+from .base import (
+    HISTORY_MAX,
+    RESYNC,
+    Change,
+    Event,
+    LockTimeout,
+    Snapshot,
+    StateStore,
+    StorageUnavailable,
+    dumps,
+    log,
+    utc_now,
+)
+
+LOCK_SUFFIX = ".lock"
+SEQ_SUFFIX = ".seq"
+HISTORY_SUFFIX = ".history.json"
+EVENTS_SUFFIX = ".events"
+CORRUPT_SUFFIX = ".corrupt-"
+# The journal is only for live streams; past this size a writer starts a new one.
+EVENTS_MAX_BYTES = 1 << 20
+WATCH_POLL_SECONDS = 0.05
+LOCK_POLL_SECONDS = 0.001
+# A file changed this recently may have an mtime that a later write repeats (coarse clocks),
+# so it is re-read rather than served from the cache (git's "racily clean" rule).
+RACY_SECONDS = 2.0
+
+_OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def path_from_url(url: str) -> str:
+    """Return the absolute path of a file:// URL, or raise ValueError."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"WORKFLOW_STATE_URL {url!r} names a host; use file:///absolute/path.json")
+    path = unquote(parts.path)
+    if not os.path.isabs(path) or path.endswith("/"):
+        raise ValueError(f"WORKFLOW_STATE_URL {url!r} must be file:///absolute/path/to/state.json")
+    return os.path.normpath(path)
+
+
+def _problem(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "it is a symlink, which the service refuses to follow"
+    if error.errno == errno.ENOSPC:
+        return "no space left on device"
+    if error.errno == errno.EROFS:
+        return "read-only file system"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return error.strerror or str(error)
+
+
+class FileStore(StateStore):
+    """Keep the state in a JSON file guarded by a lock file."""
+
+    schemes = ("file",)
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.path = path_from_url(url)
+        self.directory = os.path.dirname(self.path)
+        self.lock_path = self.path + LOCK_SUFFIX
+        self.seq_path = self.path + SEQ_SUFFIX
+        self.history_path = self.path + HISTORY_SUFFIX
+        self.events_path = self.path + EVENTS_SUFFIX
+        # (stat identity, stored state, its JSON, expiry time) of the last file read.
+        self._cache: tuple[tuple[int, ...], dict[str, Any], str, float] | None = None
+        self._thread_lock = threading.Lock()
+        self._held = threading.local()
+
+    # --- files ----------------------------------------------------------------------------
+
+    def _fail(self, action: str, path: str, error: OSError) -> StorageUnavailable:
+        return StorageUnavailable(f"State file backend: cannot {action} {path}: {_problem(error)}")
+
+    def _ensure_directory(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError as error:
+            raise self._fail("create directory", self.directory, error) from None
+
+    def _refuse_symlink(self, path: str) -> None:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise self._fail("inspect", path, error) from None
+        if stat.S_ISLNK(mode):
+            raise self._fail("use", path, OSError(errno.ELOOP, "symlink"))
+
+    def _read_file(self, path: str) -> bytes | None:
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise self._fail("read", path, error) from None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as error:
+            raise self._fail("read", path, error) from None
+        finally:
+            os.close(fd)
+
+    def _atomic_write(self, path: str, data: bytes) -> None:
+        """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
+        self._refuse_symlink(path)
+        name = os.path.basename(path)
+        temp = os.path.join(self.directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(temp, _OPEN_NEW, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except OSError as error:
+            with suppress(OSError):
+                os.unlink(temp)
+            raise self._fail("write", path, error) from None
+        self._sync_directory()
+
+    def _sync_directory(self) -> None:
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise self._fail("sync directory", self.directory, error) from None
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the writer lock: a thread lock within this process, flock across processes."""
+        started = time.monotonic()
+        deadline = started + self.lock_wait
+        if not self._thread_lock.acquire(timeout=self.lock_wait):
+            self.observer.lock_timed_out()
+            raise LockTimeout(
+                f"The state lock {self.lock_path} stayed held for {self.lock_wait:g}s"
+            )
+        try:
+            self._ensure_directory()
+            try:
+                fd = os.open(
+                    self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+            except OSError as error:
+                raise self._fail("open the lock file", self.lock_path, error) from None
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            self.observer.lock_timed_out()
+                            raise LockTimeout(
+                                f"The state lock {self.lock_path} stayed held by another process "
+                                f"for {self.lock_wait:g}s"
+                            ) from None
+                        time.sleep(LOCK_POLL_SECONDS)
+                self.observer.lock_waited(time.monotonic() - started)
+                self._held.active = True
+                try:
+                    yield
+                finally:
+                    self._held.active = False
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+        finally:
+            self._thread_lock.release()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _read_stored(self) -> tuple[dict[str, Any] | None, str | None, int]:
+        """Return (stored state or None, its JSON, its version even if expired)."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None, None, 0
+        except OSError as error:
+            raise self._fail("read", self.path, error) from None
+        if stat.S_ISLNK(info.st_mode):
+            raise self._fail("read", self.path, OSError(errno.ELOOP, "symlink"))
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        cached = self._cache
+        if cached is not None and cached[0] == identity:
+            stored, text, expiry = cached[1], cached[2], cached[3]
+        else:
+            raw = self._read_file(self.path)
+            if raw is None:
+                return None, None, 0
+            stored = self._decode(raw)
+            if stored is None:
+                return None, None, 0
+            text = raw.decode("utf-8")
+            expiry = model.expires_at(stored, self.ttl, self.stale_ttl)
+            if time.time() - info.st_mtime > RACY_SECONDS:
+                self._cache = (identity, stored, text, expiry)
+        if time.time() >= expiry:
+            return None, None, stored["version"]
+        return stored, text, stored["version"]
+
+    def _read_seq(self) -> int:
+        raw = self._read_file(self.seq_path)
+        try:
+            return int(raw or 0)
+        except ValueError:
+            return 0
+
+    def _get(self, *, with_id: bool) -> Snapshot:
+        stored, text, last_version = self._read_stored()
+        if stored is None:
+            if with_id:
+                return Snapshot(None, "null", str(max(self._read_seq(), last_version)))
+            return Snapshot(None, "null")
+        return self._served(stored, text)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _next_version(self, last_version: int) -> int:
+        version = max(self._read_seq(), last_version) + 1
+        # The counter is written first: a crash after it leaves a gap, never a reused number.
+        self._atomic_write(self.seq_path, str(version).encode())
+        return version
+
+    def _transact(self, change: Change) -> Snapshot:
+        with self._locked():
+            stored, text, last_version = self._read_stored()
+            current = self._open(stored) if stored is not None else None
+            new = change(current, utc_now())
+            if new is None:
+                return self._served(stored, text)
+            head, sealed = self._encode_head(new)
+            version = self._next_version(last_version)
+            document = f"{head}{version}}}"
+            self._atomic_write(self.path, document.encode())
+            if model.newly_finished(current, new):
+                self._append_history(json.loads(document))
+            self._journal(version, document)
+            self.observer.wrote()
+            return self._committed(new, head, sealed, version)
+
+    def _delete(self) -> int:
+        with self._locked():
+            _, _, last_version = self._read_stored()
+            version = self._next_version(last_version)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise self._fail("delete", self.path, error) from None
+            self._sync_directory()
+            self._journal(version, "null")
+            return version
+
+    def _append_history(self, stored: dict[str, Any]) -> None:
+        entries = self._load_history()
+        entries.insert(0, stored)
+        self._atomic_write(self.history_path, dumps(entries[:HISTORY_MAX]).encode())
+
+    def _load_history(self) -> list[Any]:
+        raw = self._read_file(self.history_path)
+        try:
+            entries = json.loads(raw) if raw else []
+        except (ValueError, RecursionError):
+            entries = []
+        return entries if isinstance(entries, list) else []
+
+    def _history(self, limit: int) -> list[str]:
+        return [dumps(entry) for entry in self._load_history()[:limit]]
+
+    def _journal(self, version: int, document: str) -> None:
+        """Append the event for streams in every process; start a new journal when it is big."""
+        line = f'{{"id":"{version}","state":{document}}}\n'.encode()
+        try:
+            self._refuse_symlink(self.events_path)
+            try:
+                if os.stat(self.events_path).st_size > EVENTS_MAX_BYTES:
+                    self._atomic_write(self.events_path, b"")
+            except FileNotFoundError:
+                pass
+            fd = os.open(
+                self.events_path,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except (OSError, StorageUnavailable) as error:
+            # The write itself is durable; a stream that misses this event resyncs on its poll.
+            log.warning("could not journal event %s for streams: %s", version, error)
+
+    def _quarantine(self, raw: str | bytes, reason: str) -> None:
+        if getattr(self._held, "active", False):
+            self._move_aside(raw, reason)
+            return
+        with self._locked():
+            self._move_aside(raw, reason)
+
+    def _move_aside(self, raw: str | bytes, reason: str) -> None:
+        if self._read_file(self.path) != (raw.encode() if isinstance(raw, str) else raw):
+            return  # a writer replaced it meanwhile
+        target = f"{self.path}{CORRUPT_SUFFIX}{int(time.time())}"
+        try:
+            os.chmod(self.path, 0o600, follow_symlinks=False)
+            os.replace(self.path, target)
+        except OSError as error:
+            raise self._fail("move aside the corrupt state file", self.path, error) from None
+        self._sync_directory()
+        self._log_quarantine(target, reason)
+
+    # --- other -----------------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        self._ensure_directory()
+        for path in (self.path, self.lock_path):
+            self._refuse_symlink(path)
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise self._fail("write in", self.directory, OSError(errno.EACCES, "denied"))
+
+    def _events(self, stop: threading.Event) -> Iterator[Event]:
+        identity: tuple[int, int] | None = None
+        offset = 0
+        pending = b""
+        while not stop.is_set():
+            try:
+                info = os.stat(self.events_path, follow_symlinks=False)
+                current = (info.st_dev, info.st_ino)
+                size = info.st_size
+            except OSError:
+                current, size = None, 0
+            if current != identity or size < offset:
+                # A new journal (or the first look): whatever came before is in the snapshot
+                # the consumer takes on RESYNC, so start from the journal's present end.
+                identity, offset, pending = current, size, b""
+                yield RESYNC
+            elif size > offset:
+                data = self._read_from(offset)
+                offset += len(data)
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    event = _parse_line(line)
+                    if event is not None:
+                        yield event
+            stop.wait(WATCH_POLL_SECONDS)
+
+    def _read_from(self, offset: int) -> bytes:
+        try:
+            fd = os.open(self.events_path, _OPEN_READ)
+        except OSError:
+            return b""
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _close(self) -> None:
+        self._cache = None
+
+    def _describe(self) -> str:
+        return "file://" + self.path
+
+
+def _parse_line(line: bytes) -> Event | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+        return None
+    return Event(id=event["id"], json=dumps(event.get("state")))

@@ -1,0 +1,401 @@
+"""Redis backend: one string key shared by every worker and instance.
+
+A write takes redis-py's Lock and reads the state and the version counter in the same round
+trip, applies the pure model in Python, then commits with one Lua script that is fenced on the
+counter (so a writer whose lock expired mid-write is refused, never lost), stamps the version,
+sets the TTL, publishes the event, records history and releases the lock. Two round trips in
+the locked section, whatever the write.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.lock import Lock
+from redis.retry import Retry
+
+from .. import model
+from .base import (
+    CORRUPT_KEEP_SECONDS,
+    FENCE_ATTEMPTS,
+    HISTORY_MAX,
+    HISTORY_SECONDS,
+    RESYNC,
+    Change,
+    Event,
+    LockTimeout,
+    Snapshot,
+    StateStore,
+    StorageUnavailable,
+    log,
+    utc_now,
+)
+
+# Related keys are the state key plus one of these suffixes (README's key table lists them).
+LOCK_SUFFIX = "lock"
+SEQ_SUFFIX = "seq"
+EVENTS_SUFFIX = "events"
+HISTORY_SUFFIX = "history"
+CORRUPT_SUFFIX = "corrupt"
+
+# redis-py's Lock sleeps 100 ms between tries by default; a write holds the lock for well under
+# a millisecond, so waiters poll often enough to take it soon after it is free.
+LOCK_POLL_SECONDS = 0.001
+
+
+def redis_key(base: str, *parts: str) -> str:
+    """Build a key name from the state key and suffixes: workflow:state:lock, ..."""
+    return ":".join((base, *parts))
+
+
+# KEYS: state, seq, lock, events, history
+# ARGV: lock token, expected seq, expected exists (0/1), document head, ttl ms,
+#       finished (0/1), history max, history ttl ms
+COMMIT_SCRIPT = """
+local function release()
+  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2]
+   or redis.call('EXISTS', KEYS[1]) ~= tonumber(ARGV[3]) then
+  release()
+  return -1
+end
+local v = redis.call('INCR', KEYS[2])
+local doc = ARGV[4] .. v .. '}'
+redis.call('SET', KEYS[1], doc, 'PX', ARGV[5])
+redis.call('PUBLISH', KEYS[4], '{"id":"' .. v .. '","state":' .. doc .. '}')
+if ARGV[6] == '1' then
+  redis.call('LPUSH', KEYS[5], doc)
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
+  redis.call('PEXPIRE', KEYS[5], ARGV[8])
+end
+release()
+return v
+"""
+
+# KEYS: state, seq, events
+DELETE_SCRIPT = """
+local v = redis.call('INCR', KEYS[2])
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[3], '{"id":"' .. v .. '","state":null}')
+return v
+"""
+
+# Rename the value aside only if it is still the one found corrupt (a writer may have fixed it).
+# KEYS: state, corrupt key; ARGV: the corrupt value ('' for a value of the wrong type), keep ms
+QUARANTINE_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return 0 end
+if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+class _ReadingLock(Lock):
+    """redis-py's Lock whose acquire also reads the state and the counter, in one round trip."""
+
+    def __init__(self, client: redis.Redis, name: str, read_keys: tuple[str, str], **kw: Any):
+        super().__init__(client, name, **kw)
+        self._read_keys = read_keys
+        self.read: tuple[Any, Any] = (None, None)
+
+    def do_acquire(self, token: str) -> bool:
+        """Set the lock if free and, in the same pipeline, read what it guards."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.name, token, nx=True, px=int(self.timeout * 1000))
+        pipe.get(self._read_keys[0])
+        pipe.get(self._read_keys[1])
+        acquired, raw, seq = pipe.execute(raise_on_error=False)
+        if isinstance(acquired, Exception):
+            raise acquired
+        if not acquired:
+            return False
+        if isinstance(seq, Exception):
+            raise seq
+        self.read = (raw, seq)
+        return True
+
+
+class RedisStore(StateStore):
+    """Keep the state in one Redis key; safe across processes and hosts."""
+
+    schemes = ("redis", "rediss", "unix")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_factory: Callable[[], redis.Redis] | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(url, **options)
+        self._factory = client_factory
+        self._client_guard = threading.Lock()
+        self._pid: int | None = None
+        self._redis: redis.Redis | None = None
+        self.lock_key = redis_key(self.key, LOCK_SUFFIX)
+        self.seq_key = redis_key(self.key, SEQ_SUFFIX)
+        self.events_key = redis_key(self.key, EVENTS_SUFFIX)
+        self.history_key = redis_key(self.key, HISTORY_SUFFIX)
+
+    # --- connection ------------------------------------------------------------------------
+
+    def _connect(self, retries: int) -> redis.Redis:
+        if self._factory is not None:
+            return self._factory()
+        # One bounded retry absorbs a dropped idle connection; more would break the 2 s promise.
+        retry = (
+            Retry(ExponentialBackoff(cap=0.1, base=0.02), retries)
+            if retries
+            else Retry(NoBackoff(), 0)
+        )
+        return redis.Redis.from_url(
+            self.url,
+            socket_timeout=self.io_timeout,
+            socket_connect_timeout=self.io_timeout,
+            retry=retry,
+            health_check_interval=10,
+        )
+
+    def client(self) -> redis.Redis:
+        """Return this process's client, creating it after a fork (gunicorn workers)."""
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._client_guard:
+                if self._pid != pid:
+                    self._redis = self._connect(retries=1)
+                    self._scripts = {
+                        "commit": self._redis.register_script(COMMIT_SCRIPT),
+                        "delete": self._redis.register_script(DELETE_SCRIPT),
+                        "quarantine": self._redis.register_script(QUARANTINE_SCRIPT),
+                    }
+                    self._pid = pid
+        assert self._redis is not None
+        return self._redis
+
+    def _unavailable(self, error: Exception) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"Redis at {self._describe()} is unavailable ({type(error).__name__}: {error})"[:300]
+        )
+
+    # --- backend operations ---------------------------------------------------------------
+
+    def _get(self, *, with_id: bool) -> Snapshot:
+        client = self.client()
+        try:
+            if with_id:
+                pipe = client.pipeline(transaction=False)
+                pipe.get(self.key)
+                pipe.get(self.seq_key)
+                raw, seq = pipe.execute(raise_on_error=False)
+                if isinstance(seq, Exception):
+                    raise seq
+            else:
+                raw, seq = client.get(self.key), None
+        except ResponseError as error:
+            raw = error  # a value of the wrong type; handled below
+            seq = None
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        if isinstance(raw, Exception):
+            self._quarantine(None, "a Redis value that is not a string")
+            raw = None
+        stored = self._decode(raw)
+        snapshot = self._served(stored, _text(raw) if stored is not None else None)
+        if with_id and stored is None:
+            return Snapshot(None, "null", str(int(seq or 0)))
+        return snapshot
+
+    def _transact(self, change: Change) -> Snapshot:
+        client = self.client()
+        for _ in range(FENCE_ATTEMPTS):
+            lock = _ReadingLock(
+                client,
+                self.lock_key,
+                (self.key, self.seq_key),
+                timeout=self.lock_timeout,
+                sleep=LOCK_POLL_SECONDS,
+                blocking_timeout=self.lock_wait,
+                thread_local=False,
+            )
+            started = time.monotonic()
+            try:
+                acquired = lock.acquire()
+            except RedisError as error:
+                raise self._unavailable(error) from None
+            self.observer.lock_waited(time.monotonic() - started)
+            if not acquired:
+                self.observer.lock_timed_out()
+                raise LockTimeout(
+                    f"The workflow state lock {self.lock_key} stayed held by another writer "
+                    f"for {self.lock_wait:g}s"
+                )
+            try:
+                outcome = self._locked_write(lock, change)
+            except BaseException:
+                _release_quietly(lock)
+                raise
+            if outcome is not None:
+                return outcome
+        raise StorageUnavailable(
+            f"Redis at {self._describe()}: {FENCE_ATTEMPTS} writes in a row lost the version fence"
+        )
+
+    def _locked_write(self, lock: _ReadingLock, change: Change) -> Snapshot | None:
+        """Apply `change` to what the lock read; return None when the fence refused the commit."""
+        raw, seq = lock.read
+        if isinstance(raw, Exception):
+            self._quarantine(None, "a Redis value that is not a string")
+            raw = None
+        stored = self._decode(raw)
+        current = self._open(stored) if stored is not None else None
+        new = change(current, utc_now())
+        if new is None:
+            _release_quietly(lock)
+            return self._served(stored, _text(raw) if stored is not None else None)
+        head, sealed = self._encode_head(new)
+        finished = model.newly_finished(current, new)
+        try:
+            version = self._scripts["commit"](
+                keys=[self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
+                args=[
+                    lock.local.token,
+                    seq or b"0",
+                    1 if stored is not None else 0,
+                    head,
+                    self._ttl_for(new) * 1000,
+                    1 if finished else 0,
+                    HISTORY_MAX,
+                    HISTORY_SECONDS * 1000,
+                ],
+                client=self.client(),
+            )
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        # The script released the lock (or found it taken over); don't release it twice.
+        lock.local.token = None
+        if version < 0:
+            return None
+        self.observer.wrote()
+        return self._committed(new, head, sealed, version)
+
+    def _delete(self) -> int:
+        self.client()
+        try:
+            return int(
+                self._scripts["delete"](
+                    keys=[self.key, self.seq_key, self.events_key], client=self.client()
+                )
+            )
+        except RedisError as error:
+            self.observer.backend_failed()
+            raise self._unavailable(error) from None
+
+    def _history(self, limit: int) -> list[str]:
+        try:
+            raws = self.client().lrange(self.history_key, 0, limit - 1)
+        except ResponseError:
+            return []
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        return [raw.decode("utf-8", "replace") for raw in raws]
+
+    def _quarantine(self, raw: str | bytes | None, reason: str) -> None:
+        self.client()
+        target = redis_key(self.key, CORRUPT_SUFFIX, str(int(time.time())))
+        try:
+            moved = self._scripts["quarantine"](
+                keys=[self.key, target],
+                args=[raw if raw is not None else "", CORRUPT_KEEP_SECONDS * 1000],
+                client=self.client(),
+            )
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        if moved:
+            self._log_quarantine(target, reason)
+
+    def _ping(self) -> None:
+        try:
+            self.client().ping()
+        except RedisError as error:
+            raise self._unavailable(error) from None
+
+    def _events(self, stop: threading.Event) -> Iterator[Event]:
+        backoff = 0.05
+        while not stop.is_set():
+            # A client of its own with no silent retry: a reconnect must surface as RESYNC.
+            client = self._connect(retries=0)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.events_key)
+                yield RESYNC
+                backoff = 0.05
+                while not stop.is_set():
+                    message = pubsub.get_message(timeout=0.25)
+                    if message is not None and message["type"] == "message":
+                        yield _parse_event(message["data"])
+            except RedisError as error:
+                log.warning("event subscription to %s lost: %s", self._describe(), error)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                _close_quietly(pubsub, client)
+
+    def _close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+            self._pid = None
+
+    def _describe(self) -> str:
+        parts = urlsplit(self.url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _text(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_event(data: bytes) -> Event:
+    """Split a published '{"id":"N","state":...}' message without re-serialising the state."""
+    text = data.decode("utf-8", "replace")
+    prefix = '{"id":"'
+    if text.startswith(prefix):
+        end = text.find('"', len(prefix))
+        marker = '","state":'
+        if end > 0 and text.startswith(marker, end):
+            return Event(id=text[len(prefix) : end], json=text[end + len(marker) : -1])
+    return Event(id="", json="null")
+
+
+def _release_quietly(lock: _ReadingLock) -> None:
+    if lock.local.token is None:
+        return
+    # If this fails the lock expires on its own after lock_timeout.
+    with suppress(RedisError):
+        lock.release()
+
+
+def _close_quietly(pubsub: Any, client: redis.Redis) -> None:
+    with suppress(RedisError):
+        pubsub.close()
+        client.close()
