@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import model
 from .storage import HISTORY_MAX, Snapshot, dumps
@@ -33,6 +34,16 @@ def _finite_float(text: str) -> float:
 def read_json() -> Any:
     """Return the request body parsed as strict JSON, or raise StateRequired."""
     data = request.get_data(cache=False)
+    limit = request.max_content_length
+    # A chunked body is cut at the limit without an error; anything left means too large.
+    chunked = request.content_length is None
+    if (
+        chunked
+        and limit is not None
+        and len(data) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise RequestEntityTooLarge()
     if not data.strip():
         raise model.StateRequired("State data is required: the request body is empty")
     try:

@@ -212,3 +212,33 @@ class Gunicorn:
     def output(self) -> str:
         """Return what the server has logged so far."""
         return self.log_path.read_text(errors="replace")
+
+
+class Tmpfs:
+    """A small tmpfs mounted at a directory (needs root; `available()` says whether it works)."""
+
+    def __init__(self, path: Path, size: str = "1m") -> None:
+        self.path = path
+        self.size = size
+
+    @staticmethod
+    def available() -> bool:
+        """Tell whether this process may mount filesystems."""
+        return os.geteuid() == 0 and shutil.which("mount") is not None
+
+    def mount(self) -> Tmpfs:
+        """Mount it (mode 0700) and return self."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0700", "tmpfs", str(self.path)],
+            check=True,
+        )
+        return self
+
+    def remount(self, options: str) -> None:
+        """Change mount options, e.g. "ro" or "rw"."""
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        """Unmount it."""
+        subprocess.run(["umount", "-l", str(self.path)], check=False)

@@ -1,0 +1,254 @@
+"""The JSON-file backend: what is on disk, permissions, symlinks, corruption and failures."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from service import create_app
+from service.storage import FileStore, StorageUnavailable
+from tests.conftest import steps
+from tests.support import ROOT, Tmpfs, wait_until
+
+STATE = "/workflow/state"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def state_file(state_dir: Path) -> Path:
+    return state_dir / "workflow_state.json"
+
+
+@pytest.fixture
+def make_client(state_file: Path):
+    def make(**overrides):
+        return create_app({"STATE_URL": f"file://{state_file}", **overrides}).test_client()
+
+    return make
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_the_file_holds_exactly_the_served_state(client, state_file):
+    client.post(STATE, json={"steps": steps(2), "extra": {"a": [1, 2]}})
+    client.patch(f"{STATE}/steps/1", json={"status": "failed"})
+    assert json.loads(state_file.read_text()) == client.get(STATE).get_json()["state"]
+
+
+def test_files_are_0600_and_a_created_directory_0700(client, state_dir, state_file):
+    client.post(STATE, json={"status": "completed", "steps": steps(1)})
+    assert mode(state_dir) == 0o700
+    for path in state_dir.iterdir():
+        assert mode(path) == 0o600, path
+    assert {p.name for p in state_dir.iterdir()} >= {
+        state_file.name,
+        state_file.name + ".lock",
+        state_file.name + ".seq",
+        state_file.name + ".history.json",
+    }
+
+
+def test_no_temp_files_are_left_behind(client, state_dir):
+    for i in range(5):
+        client.post(STATE, json={"steps": steps(2), "n": i})
+        client.patch(f"{STATE}/steps/0", json={"status": "completed"})
+    client.delete(STATE)
+    assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+
+
+def test_the_counter_survives_delete_and_expiry(make_client, state_file):
+    client = make_client(STATE_TTL=1)
+    v1 = client.post(STATE, json={"status": "completed"}).get_json()["state"]["version"]
+    wait_until(lambda: client.get(STATE).get_json()["state"] is None, timeout=5)
+    v2 = client.post(STATE, json={"steps": steps(1)}).get_json()["state"]["version"]
+    assert v2 == v1 + 1
+    client.delete(STATE)
+    assert not state_file.exists()
+    assert client.post(STATE, json={"steps": steps(1)}).get_json()["state"]["version"] == v1 + 3
+
+
+def test_expiry_is_checked_on_read_in_every_process(make_client, state_file):
+    writer = make_client(STATE_TTL=1)
+    reader = make_client(STATE_TTL=1)
+    writer.post(STATE, json={"status": "failed", "steps": steps(1)})
+    assert reader.get(STATE).get_json()["state"]["status"] == "failed"
+    wait_until(lambda: reader.get(STATE).get_json()["state"] is None, timeout=5)
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"status": "running"}', b"\xff"])
+def test_a_corrupt_file_is_moved_aside_and_logged(client, state_dir, state_file, content, caplog):
+    client.post(STATE, json={"steps": steps(1)})
+    state_file.write_bytes(content)
+    with caplog.at_level(logging.ERROR, logger="service.storage"):
+        assert client.get(STATE).get_json()["state"] is None
+    aside = list(state_dir.glob(state_file.name + ".corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == content
+    assert mode(aside[0]) == 0o600
+    assert "not a valid state" in caplog.text
+    assert client.post(STATE, json={"steps": steps(1)}).status_code == 200
+
+
+@pytest.mark.parametrize("which", ["state", "lock"])
+def test_a_symlink_is_never_followed(client, state_dir, state_file, tmp_path, which):
+    client.post(STATE, json={"steps": steps(1)})
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    target = state_file if which == "state" else Path(str(state_file) + ".lock")
+    target.unlink()
+    target.symlink_to(outside)
+    for response in (
+        client.post(STATE, json={"steps": steps(1)}),
+        client.patch(f"{STATE}/steps/0", json={"status": "completed"}),
+        client.delete(STATE),
+    ):
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["error"] == "backend_unavailable"
+        assert "symlink" in body["message"]
+    assert outside.read_text() == "precious"
+    assert mode(outside) == stat.S_IMODE(outside.stat().st_mode)
+    if which == "state":
+        assert client.get(STATE).status_code == 503
+    assert client.get("/readyz").status_code == 503
+
+
+@pytest.fixture
+def tmpfs_state_dir(state_dir):
+    if not Tmpfs.available():
+        pytest.skip("mounting a tmpfs needs root; the simulated-errno cases below still run")
+    mount = Tmpfs(state_dir, size="64k").mount()
+    yield mount
+    mount.unmount()
+
+
+def test_a_read_only_filesystem_answers_503_naming_it(client, tmpfs_state_dir):
+    before = client.post(STATE, json={"steps": steps(1)}).get_json()["state"]
+    tmpfs_state_dir.remount("ro")
+    for response in (
+        client.post(STATE, json={"steps": steps(2)}),
+        client.patch(f"{STATE}/steps/0", json={"status": "completed"}),
+        client.delete(STATE),
+    ):
+        assert response.status_code == 503
+        assert "read-only" in response.get_json()["message"]
+    assert client.get(STATE).get_json()["state"] == before
+    tmpfs_state_dir.remount("rw")
+    assert client.post(STATE, json={"steps": steps(2)}).status_code == 200
+
+
+def test_a_full_disk_answers_503_and_keeps_the_old_state(client, tmpfs_state_dir, state_dir):
+    before = client.post(STATE, json={"steps": steps(1)}).get_json()["state"]
+    filler = state_dir / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"x" * 1024)
+    os.close(fd)
+    response = client.post(STATE, json={"steps": steps(50), "pad": "y" * 8000})
+    assert response.status_code == 503
+    assert "no space left" in response.get_json()["message"]
+    assert client.get(STATE).get_json()["state"] == before
+    assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+    filler.unlink()
+    assert client.post(STATE, json={"steps": steps(2)}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("code", "words"), [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only")]
+)
+def test_a_failing_disk_answers_503_and_keeps_the_old_state(
+    client, state_dir, monkeypatch, code, words
+):
+    before = client.post(STATE, json={"steps": steps(1)}).get_json()["state"]
+    real_write = os.write
+
+    def failing_write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(state_dir)):
+            raise OSError(code, os.strerror(code))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    response = client.post(STATE, json={"steps": steps(3)})
+    assert response.status_code == 503
+    assert words in response.get_json()["message"]
+    assert response.headers["Retry-After"]
+    monkeypatch.setattr(os, "write", real_write)
+    assert client.get(STATE).get_json()["state"] == before
+    assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+    assert client.post(STATE, json={"steps": steps(3)}).status_code == 200
+
+
+def test_a_writer_killed_before_the_rename_leaves_the_old_state(state_file):
+    """A process dies between writing the temp file and os.replace: readers see the old state."""
+    store = FileStore(f"file://{state_file}")
+    before = store.save({"workflow_id": "old", "steps": steps(1)}).state
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from service.storage import FileStore
+        def die(*args):
+            os._exit(9)
+        os.replace = die
+        FileStore("file://{state_file}").save({{"workflow_id": "new"}})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False)
+    assert result.returncode == 9
+    assert FileStore(f"file://{state_file}").get().state == before
+    assert json.loads(state_file.read_text()) == before
+    # The killed writer's flock died with it: the next writer is not blocked.
+    assert store.save({"workflow_id": "next"}).state["workflow_id"] == "next"
+
+
+def test_lock_file_serialises_writers_across_processes(state_file):
+    """A process holding the lock file makes writers here wait (and time out)."""
+    store = FileStore(f"file://{state_file}", lock_wait=0.2)
+    store.save({"steps": steps(1)})
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
+            str(state_file) + ".lock",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StorageUnavailable, match="lock"):
+            store.update_step(0, {"status": "completed"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.update_step(0, {"status": "completed"}).state["steps"][0]["status"] == "completed"
+
+
+def test_a_relative_or_remote_file_url_is_refused():
+    for url in ("file://relative.json", "file://host/x.json", "file:///dir/"):
+        with pytest.raises(ValueError, match="WORKFLOW_STATE_URL"):
+            FileStore(url)
