@@ -18,6 +18,9 @@ keepalive = 5
 # Streams are long-lived: on restart, give them a moment, then move on.
 graceful_timeout = 5
 timeout = 30
+# The control socket has one default path per user, which several instances on one host
+# would fight over; nothing here uses gunicornc.
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = "info"
@@ -37,3 +40,20 @@ def on_starting(server):
 def post_fork(server, worker):
     """Tell the app how many threads this worker has, so streams never take them all."""
     os.environ["WORKFLOW_WORKER_THREADS"] = str(worker.cfg.threads)
+
+
+def post_worker_init(worker):
+    """End open streams at once when this worker is told to stop, instead of after the
+    graceful timeout: EventSource clients reconnect to a live worker within a second."""
+    import signal
+
+    from service.stream import close_all_hubs
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        close_all_hubs()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import api, auth, config, cors, errors, health, pages, store
+from . import api, auth, config, cors, errors, health, pages, store, stream
 from .pages import STATIC_DIR
 
 
@@ -25,4 +25,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     pages.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    stream.init_app(app)
     return app

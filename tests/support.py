@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -15,8 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -242,3 +246,68 @@ class Tmpfs:
     def unmount(self) -> None:
         """Unmount it."""
         subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+class SSEClient:
+    """Read a Server-Sent Events stream in a background thread; events land in a queue."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, timeout: float = 30):
+        parts = urlsplit(url)
+        self.conn = HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        self.conn.request(
+            "GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {}
+        )
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = dict(self.response.headers)
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.lines: list[str] = []
+        self.closed = threading.Event()
+        if self.status == 200:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        event: dict[str, Any] = {}
+        try:
+            while not self.closed.is_set():
+                raw = self.response.readline()
+                if not raw:
+                    break
+                line = raw.decode().rstrip("\n")
+                self.lines.append(line)
+                if line == "":
+                    if "data" in event:
+                        event["json"] = json.loads(event["data"])
+                        self.events.put(event)
+                    event = {}
+                elif line.startswith(":"):
+                    continue
+                else:
+                    field, _, value = line.partition(": ")
+                    event[field] = value
+        except Exception:  # the connection was closed under the reader: the stream is over
+            pass
+        finally:
+            self.closed.set()
+
+    def next(self, timeout: float = 10) -> dict[str, Any]:
+        """Return the next event, or fail after `timeout` seconds."""
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event within {timeout}s") from None
+
+    def assert_quiet(self, seconds: float) -> None:
+        """Fail if an event arrives within `seconds`."""
+        try:
+            event = self.events.get(timeout=seconds)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected event {event}")
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self.closed.set()
+        with contextlib.suppress(OSError):
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        self.conn.close()

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,52 @@ def test_a_relative_or_remote_file_url_is_refused():
     for url in ("file://relative.json", "file://host/x.json", "file:///dir/"):
         with pytest.raises(ValueError, match="WORKFLOW_STATE_URL"):
             FileStore(url)
+
+
+def test_the_journal_is_followed_across_rotations_without_a_gap(state_file, monkeypatch):
+    from service.storage import RESYNC
+    from service.storage import file as file_backend
+
+    monkeypatch.setattr(file_backend, "EVENTS_MAX_BYTES", 700)  # rotate every few writes
+    store = FileStore(f"file://{state_file}")
+    store.save({"steps": steps(2)})
+    stop = threading.Event()
+    feed = store.events(stop)
+    assert next(feed) is RESYNC
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.extend(e.id for e in feed))
+    reader.start()
+    versions = []
+    for n in range(20):
+        versions.append(store.save({"steps": steps(2), "n": n}).version)
+        # One write per look of the follower, so each rotation happens while it holds the
+        # old journal open; it must drain that one before moving on.
+        wait_until(lambda: len(received) == len(versions), timeout=5)
+    versions.append(store.clear())
+    wait_until(lambda: len(received) == len(versions), timeout=5)
+    stop.set()
+    reader.join(timeout=5)
+    assert received == [str(v) for v in versions]
+
+
+def test_a_follower_that_fell_behind_several_rotations_is_told_to_resync(state_file, monkeypatch):
+    from service.storage import RESYNC
+    from service.storage import file as file_backend
+
+    monkeypatch.setattr(file_backend, "EVENTS_MAX_BYTES", 700)
+    store = FileStore(f"file://{state_file}")
+    store.save({"steps": steps(2)})
+    stop = threading.Event()
+    feed = store.events(stop)
+    assert next(feed) is RESYNC
+    first = store.save({"n": 0}).version
+    assert next(feed).id == str(first)
+    # The follower is not looking while the journal rotates several times.
+    last = [store.save({"steps": steps(2), "n": n}).version for n in range(1, 15)][-1]
+    seen = []
+    for event in feed:
+        seen.append(event)
+        if event.id == str(last):
+            break
+    stop.set()
+    assert RESYNC in seen

@@ -124,10 +124,7 @@ class FileStore(StateStore):
         except OSError as error:
             raise self._fail("read", path, error) from None
         try:
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return _read_to_end(fd)
         except OSError as error:
             raise self._fail("read", path, error) from None
         finally:
@@ -359,51 +356,70 @@ class FileStore(StateStore):
             raise self._fail("write in", self.directory, OSError(errno.EACCES, "denied"))
 
     def _events(self, stop: threading.Event) -> Iterator[Event]:
-        identity: tuple[int, int] | None = None
-        offset = 0
+        """Tail the journal through an open descriptor, across rotations, missing nothing."""
+        journal = self._open_journal(at_end=True)
         pending = b""
-        while not stop.is_set():
-            try:
-                info = os.stat(self.events_path, follow_symlinks=False)
-                current = (info.st_dev, info.st_ino)
-                size = info.st_size
-            except OSError:
-                current, size = None, 0
-            if current != identity or size < offset:
-                # A new journal (or the first look): whatever came before is in the snapshot
-                # the consumer takes on RESYNC, so start from the journal's present end.
-                identity, offset, pending = current, size, b""
-                yield RESYNC
-            elif size > offset:
-                data = self._read_from(offset)
-                offset += len(data)
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    event = _parse_line(line)
-                    if event is not None:
+        last_seq: int | None = None
+        yield RESYNC  # everything before the journal's present end is in the consumer's snapshot
+        try:
+            while not stop.is_set():
+                if journal is None:
+                    # It appeared after our last look, so all of it is news.
+                    journal = self._open_journal(at_end=False)
+                if journal is not None:
+                    chunk = _read_to_end(journal)
+                    if self._journal_replaced(journal):
+                        # A writer started a new journal; it finished the old one first.
+                        chunk += _read_to_end(journal)
+                        os.close(journal)
+                        journal = self._open_journal(at_end=False)
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        event = _parse_line(line)
+                        if event is None:
+                            continue
+                        seq = int(event.id) if event.id.isdigit() else None
+                        if last_seq is not None and seq is not None and seq != last_seq + 1:
+                            # Journals rotated faster than this loop looked: some events are
+                            # gone, so the consumer must take a fresh snapshot.
+                            yield RESYNC
+                        last_seq = seq if seq is not None else last_seq
                         yield event
-            stop.wait(WATCH_POLL_SECONDS)
+                stop.wait(WATCH_POLL_SECONDS)
+        finally:
+            if journal is not None:
+                os.close(journal)
 
-    def _read_from(self, offset: int) -> bytes:
+    def _open_journal(self, *, at_end: bool) -> int | None:
         try:
             fd = os.open(self.events_path, _OPEN_READ)
         except OSError:
-            return b""
+            return None
+        if at_end:
+            os.lseek(fd, 0, os.SEEK_END)
+        return fd
+
+    def _journal_replaced(self, fd: int) -> bool:
         try:
-            os.lseek(fd, offset, os.SEEK_SET)
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+            current = os.stat(self.events_path, follow_symlinks=False)
+        except OSError:
+            return True
+        opened = os.fstat(fd)
+        return (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino)
 
     def _close(self) -> None:
         self._cache = None
 
     def _describe(self) -> str:
         return "file://" + self.path
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_line(line: bytes) -> Event | None:

@@ -1,0 +1,360 @@
+"""Live updates: GET /workflow/state/stream as Server-Sent Events.
+
+Each process runs one `Hub`: a thread that follows the store's change feed (Redis pub/sub, or
+the file journal) and hands every change, already rendered as an SSE frame, to the queue of
+every open stream in the process. A second thread notices when the last state expires and sends
+`state: null`. A stream subscribes first, then reads its snapshot, and drops queued changes the
+snapshot already covers, so nothing is skipped or sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from . import model
+from .errors import RETRY_AFTER_SECONDS, error_response
+from .storage import RESYNC, Event, Snapshot, StateStore, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("stream", __name__, url_prefix="/workflow")
+
+EXTENSION = "workflow_stream_hub"
+RETRY_MS = 2000
+# How long a new stream waits for the hub's first subscription before reading its snapshot.
+READY_WAIT_SECONDS = 2.0
+# After a state's expected expiry, how often the expiry watcher looks whether it is gone.
+EXPIRY_POLL_SECONDS = 0.2
+# Threads a worker keeps for ordinary requests, whatever the number of open streams.
+RESERVED_THREADS = 32
+HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One change rendered once for every stream: its id, its counter value and its text."""
+
+    id: str
+    seq: int | None
+    text: str
+    is_null: bool
+
+
+def _seq_of(event_id: str) -> int | None:
+    head = event_id.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def render(event_id: str, state_json: str, active: bool) -> str:
+    """Render an `event: state` frame whose data is the GET /workflow/state body."""
+    data = f'{{"success":true,"active":{"true" if active else "false"},"state":{state_json}}}'
+    return f"id: {event_id}\nevent: state\ndata: {data}\n\n"
+
+
+def frame_of_snapshot(snapshot: Snapshot) -> Frame:
+    """Render a snapshot (its event id must be set)."""
+    event_id = snapshot.event_id or "0"
+    text = render(event_id, snapshot.json, model.is_active(snapshot.state))
+    return Frame(event_id, _seq_of(event_id), text, snapshot.state is None)
+
+
+def frame_of_event(event: Event) -> tuple[Frame, dict[str, Any] | None]:
+    """Render a change from the feed; also return its state for expiry tracking."""
+    state = json.loads(event.json) if event.json != "null" else None
+    frame = Frame(
+        event.id,
+        _seq_of(event.id),
+        render(event.id, event.json, model.is_active(state)),
+        state is None,
+    )
+    return frame, state
+
+
+# Every hub of this process, so a worker that is told to stop can end its streams at once.
+_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+RESYNC_FRAME = Frame("", None, "", False)
+CLOSE_FRAME = Frame("", None, "", True)
+
+
+class Subscription:
+    """One open stream's inbox."""
+
+    def __init__(self) -> None:
+        self.inbox: queue.SimpleQueue[Frame] = queue.SimpleQueue()
+
+
+class Hub:
+    """Fan one change feed out to every open stream of this process."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._subscriptions: set[Subscription] = set()
+        self._guard = threading.Lock()
+        self._pid: int | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._expiry = threading.Condition()
+        # (version, unix time it expires) of the newest state seen, or None.
+        self._tracked: tuple[int, float] | None = None
+        self.on_change: list = []  # callables(open_count) for the open-streams gauge
+        _HUBS.add(self)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        """Start the feed threads in this process (gunicorn forks after the app is built)."""
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._guard:
+            if self._pid == pid:
+                return
+            self._subscriptions = set()
+            self._stop = threading.Event()
+            self._ready = threading.Event()
+            self._tracked = None
+            for target, name in ((self._follow, "feed"), (self._watch_expiry, "expiry")):
+                threading.Thread(target=target, name=f"stream-hub-{name}", daemon=True).start()
+            self._pid = pid
+
+    def close(self) -> None:
+        """Stop the feed threads and end every open stream."""
+        self._stop.set()
+        with self._expiry:
+            self._expiry.notify_all()
+        self._broadcast(CLOSE_FRAME)
+
+    @property
+    def open_streams(self) -> int:
+        """Return how many streams are open in this process."""
+        return len(self._subscriptions)
+
+    def subscribe(self) -> Subscription:
+        """Register a new stream; its inbox gets every change from now on."""
+        self._ensure_running()
+        self._ready.wait(READY_WAIT_SECONDS)
+        subscription = Subscription()
+        with self._guard:
+            self._subscriptions.add(subscription)
+            count = len(self._subscriptions)
+        self._changed(count)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Forget a stream that ended."""
+        with self._guard:
+            self._subscriptions.discard(subscription)
+            count = len(self._subscriptions)
+        self._changed(count)
+
+    def _changed(self, count: int) -> None:
+        for callback in self.on_change:
+            callback(count)
+
+    def _broadcast(self, frame: Frame) -> None:
+        with self._guard:
+            targets = list(self._subscriptions)
+        for subscription in targets:
+            subscription.inbox.put(frame)
+
+    # --- the change feed -------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            try:
+                for event in self.store.events(stop):
+                    if event is RESYNC:
+                        self._ready.set()
+                        self._broadcast(RESYNC_FRAME)
+                        continue
+                    frame, state = frame_of_event(event)
+                    self.track(state, frame.seq)
+                    self._broadcast(frame)
+            except Exception:  # the feed must outlive any single bad event or backend hiccup
+                log.exception("stream hub feed failed; restarting it")
+                stop.wait(0.5)
+
+    # --- expiry ----------------------------------------------------------------------------
+
+    def track(self, state: dict[str, Any] | None, seq: int | None) -> None:
+        """Remember the newest state seen (or that there is none since `seq`), for expiry."""
+        with self._expiry:
+            if self._tracked is not None and seq is not None and seq < self._tracked[0]:
+                return  # an older observation than the one already tracked
+            if state is None:
+                self._tracked = None
+            else:
+                expires = model.expires_at(state, self.store.ttl, self.store.stale_ttl)
+                self._tracked = (state["version"], expires)
+            self._expiry.notify_all()
+
+    def _watch_expiry(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            with self._expiry:
+                tracked = self._tracked
+                if tracked is None:
+                    self._expiry.wait(timeout=5)
+                    continue
+                delay = tracked[1] - time.time()
+                if delay > 0:
+                    self._expiry.wait(timeout=min(delay, 60))
+                    continue
+            self._confirm_expiry(tracked)
+
+    def _confirm_expiry(self, tracked: tuple[int, float]) -> None:
+        """Look until the tracked state is gone (then announce it) or replaced."""
+        version, expected = tracked
+        try:
+            snapshot = self.store.get()
+        except StorageUnavailable:
+            self._stop.wait(1.0)
+            return
+        with self._expiry:
+            if self._tracked != tracked:
+                return  # a newer state arrived meanwhile
+            if snapshot.state is not None and snapshot.version == version:
+                # Not gone yet (clock differences, or an operator changed the TTL): look again,
+                # more slowly once well past the expected time.
+                late = time.time() - expected > 10
+                self._expiry.wait(timeout=1.0 if late else EXPIRY_POLL_SECONDS)
+                return
+            self._tracked = None
+        if snapshot.state is None:
+            event_id = f"{version}:expired"
+            self._broadcast(Frame(event_id, version, render(event_id, "null", False), True))
+
+
+def close_all_hubs() -> None:
+    """End every open stream in this process (a gunicorn worker shutting down)."""
+    for hub in list(_HUBS):
+        hub.close()
+
+
+def get_hub() -> Hub:
+    """Return the current app's hub."""
+    return current_app.extensions[EXTENSION]
+
+
+def _stream_limit() -> int:
+    threads = int(os.environ.get("WORKFLOW_WORKER_THREADS") or 0)
+    return max(threads - RESERVED_THREADS, 1) if threads else 1 << 30
+
+
+def is_news(frame: Frame, sent: Frame) -> bool:
+    """Tell whether a change still has to be sent after `sent` (the last frame sent)."""
+    if frame.id.endswith(":expired"):
+        return sent.id == str(frame.seq)  # only the state the client holds can expire
+    # Anything at or below the last sent counter value is already covered by it.
+    return frame.seq is None or sent.seq is None or frame.seq > sent.seq
+
+
+def _resnapshot(hub: Hub) -> Frame | None:
+    try:
+        snapshot = hub.store.get_for_stream()
+    except StorageUnavailable:
+        return None
+    frame = frame_of_snapshot(snapshot)
+    hub.track(snapshot.state, frame.seq)
+    return frame
+
+
+def changes(hub: Hub, subscription: Subscription, sent: Frame, keepalive: float) -> Iterator[str]:
+    """Yield each change after `sent`, a fresh snapshot after a resync, and keepalives."""
+    resync = False
+    quiet = 0.0
+    while True:
+        if resync and (fresh := _resnapshot(hub)) is not None:
+            resync = False
+            # After a resync the counter is the baseline again, even if it went back
+            # (a Redis that lost its data).
+            if fresh.text != sent.text:
+                quiet = 0.0
+                yield fresh.text
+            sent = fresh
+        wait = 0.5 if resync else keepalive
+        try:
+            frame = subscription.inbox.get(timeout=wait)
+        except queue.Empty:
+            quiet += wait
+            if quiet >= keepalive:
+                quiet = 0.0
+                yield ": keepalive\n\n"
+            continue
+        if frame is CLOSE_FRAME:
+            return
+        if frame is RESYNC_FRAME:
+            resync = True
+        elif is_news(frame, sent):
+            quiet = 0.0
+            yield frame.text
+            sent = frame
+
+
+def follow(
+    hub: Hub,
+    subscription: Subscription,
+    first: Snapshot,
+    last_event_id: str | None,
+    keepalive: float,
+) -> Iterator[str]:
+    """Yield the stream's text: retry, the snapshot, then every change, with keepalives."""
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        sent = frame_of_snapshot(first)
+        if first.event_id != last_event_id:
+            yield sent.text
+        yield from changes(hub, subscription, sent, keepalive)
+    finally:
+        hub.unsubscribe(subscription)
+
+
+@bp.get("/state/stream")
+def stream() -> Response:
+    """Stream the state: a snapshot, then every accepted write or delete, as SSE."""
+    hub = get_hub()
+    if hub.open_streams >= _stream_limit():
+        return error_response(
+            503,
+            "too_many_streams",
+            "This worker has no thread to spare for another stream; retry, or poll GET",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    subscription = hub.subscribe()
+    try:
+        first = hub.store.get_for_stream()
+    except StorageUnavailable:
+        hub.unsubscribe(subscription)
+        raise
+    hub.track(first.state, _seq_of(first.event_id or ""))
+    body = follow(
+        hub,
+        subscription,
+        first,
+        request.headers.get("Last-Event-ID"),
+        current_app.config["STREAM_KEEPALIVE"],
+    )
+    return Response(body, mimetype="text/event-stream", headers=HEADERS)
+
+
+def init_app(app: Flask) -> None:
+    """Create this app's hub (its threads start in each process on first use)."""
+    app.extensions[EXTENSION] = Hub(app.extensions["workflow_state"])
+    app.register_blueprint(bp)
