@@ -422,7 +422,9 @@ def apply_merge(
     _check_guard(current, fields.get("workflow_id"))
     new = dict(current)
     new.update((k, v) for k, v in fields.items() if k not in SERVER_FIELDS)
-    if new.get("ssh_connection") is None:
+    # Only an explicit null clears it: a stored secret no key could open reads as None, and a
+    # merge that doesn't mention it must leave it for the storage layer to keep sealed.
+    if "ssh_connection" in fields and fields["ssh_connection"] is None:
         new.pop("ssh_connection", None)
     validate(new, stored=False)
     if is_finished(current):

@@ -72,6 +72,24 @@ def open_fields(state: dict[str, Any], fernet: MultiFernet | None) -> dict[str, 
     return opened
 
 
+def keep_unopened(sealed: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Carry over a stored sealed field that no key could open and the write left as null.
+
+    A write starts from the opened state, where such a field reads as None. Storing that None
+    would destroy the secret for good, e.g. when one instance runs with a wrong key list, so
+    the sealed value is kept as it was until a key that opens it is configured again.
+    """
+    if previous is None:
+        return sealed
+    kept = sealed
+    for field in SECRET_FIELDS:
+        if field in sealed and sealed[field] is None and is_encrypted(previous.get(field)):
+            if kept is sealed:
+                kept = dict(sealed)
+            kept[field] = previous[field]
+    return kept
+
+
 def needs_opening(state: dict[str, Any]) -> bool:
     """Tell whether a stored state carries any sealed field."""
     return any(is_encrypted(state.get(field)) for field in SECRET_FIELDS)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from .. import model
-from ..secrets import FieldCipher, needs_opening, open_fields
+from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
 
 log = logging.getLogger("service.storage")
 
@@ -250,12 +250,16 @@ class StateStore(ABC):
             return Snapshot(plain, dumps(plain), str(plain["version"]))
         return Snapshot(stored, raw if raw is not None else dumps(stored), str(stored["version"]))
 
-    def _encode_head(self, state: dict[str, Any]) -> tuple[str, bool]:
+    def _encode_head(
+        self, state: dict[str, Any], previous: dict[str, Any] | None = None
+    ) -> tuple[str, bool]:
         """Serialise a state for storage up to the version number, which the commit appends.
 
         Also tell whether any field was sealed (then the stored and served JSON differ).
+        `previous` is the stored (still sealed) state the write started from.
         """
         stored = self.cipher.seal(state) if self.cipher else state
+        stored = keep_unopened(stored, previous)
         body = {k: v for k, v in stored.items() if k != "version"}
         return dumps(body)[:-1] + ',"version":', stored is not state
 

@@ -264,7 +264,7 @@ class FileStore(StateStore):
             new = change(current, utc_now())
             if new is None:
                 return self._served(stored, text)
-            head, sealed = self._encode_head(new)
+            head, sealed = self._encode_head(new, stored)
             version = self._next_version(last_version)
             document = f"{head}{version}}}"
             self._atomic_write(self.path, document.encode())

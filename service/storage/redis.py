@@ -102,6 +102,41 @@ return 1
 """
 
 
+_retrying = threading.local()
+
+
+class _FlatRetry(Retry):
+    """redis-py's Retry, except that a retry never nests inside another one.
+
+    redis-py retries a command and, inside that, retries a fresh connection's connect and
+    handshake with the same policy: against a hung Redis (CLIENT PAUSE, a stalled host) "one
+    retry" then costs four I/O timeouts, past the 2 s promise. Here only the outermost call
+    retries, so a call costs at most two.
+    """
+
+    def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        """Run `do`, retrying as configured unless this call is nested in another retry."""
+        if getattr(_retrying, "active", False):
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable is None or is_retryable(error):
+                    # The failure handler disconnects; it must still run.
+                    fail(error, 1) if with_failure_count else fail(error)
+                raise
+        _retrying.active = True
+        try:
+            return super().call_with_retry(do, fail, is_retryable, with_failure_count)
+        finally:
+            _retrying.active = False
+
+
 class _ReadingLock(Lock):
     """redis-py's Lock whose acquire also reads the state and the counter, in one round trip."""
 
@@ -148,6 +183,8 @@ class RedisStore(StateStore):
         self.seq_key = redis_key(self.key, SEQ_SUFFIX)
         self.events_key = redis_key(self.key, EVENTS_SUFFIX)
         self.history_key = redis_key(self.key, HISTORY_SUFFIX)
+        # When (monotonic) and why the last locked write found Redis unavailable.
+        self._last_failure: tuple[float, str] | None = None
 
     # --- connection ------------------------------------------------------------------------
 
@@ -156,7 +193,7 @@ class RedisStore(StateStore):
             return self._factory()
         # One bounded retry absorbs a dropped idle connection; more would break the 2 s promise.
         retry = (
-            Retry(ExponentialBackoff(cap=0.1, base=0.02), retries)
+            _FlatRetry(ExponentialBackoff(cap=0.1, base=0.02), retries)
             if retries
             else Retry(NoBackoff(), 0)
         )
@@ -218,6 +255,32 @@ class RedisStore(StateStore):
         return snapshot
 
     def _transact(self, change: Change) -> Snapshot:
+        # Threads of one process queue on a local mutex first: only one of them at a time polls
+        # the Redis lock, instead of every waiter spending CPU the lock holder needs.
+        arrived = time.monotonic()
+        deadline = arrived + self.lock_wait
+        if not self._write_lock.acquire(timeout=self.lock_wait):
+            self.observer.lock_timed_out()
+            raise LockTimeout(
+                f"The workflow state lock stayed busy in this process for {self.lock_wait:g}s"
+            )
+        try:
+            failure = self._last_failure
+            if failure is not None and failure[0] >= arrived:
+                # The writer ahead of us found Redis unavailable while we queued. Trying again
+                # would add a whole round of I/O timeouts to our wait, past the 2 s promise.
+                raise StorageUnavailable(failure[1])
+            try:
+                return self._transact_locally_serialised(change, deadline)
+            except LockTimeout:
+                raise
+            except StorageUnavailable as error:
+                self._last_failure = (time.monotonic(), error.message)
+                raise
+        finally:
+            self._write_lock.release()
+
+    def _transact_locally_serialised(self, change: Change, deadline: float) -> Snapshot:
         client = self.client()
         for _ in range(FENCE_ATTEMPTS):
             lock = _ReadingLock(
@@ -226,7 +289,7 @@ class RedisStore(StateStore):
                 (self.key, self.seq_key),
                 timeout=self.lock_timeout,
                 sleep=LOCK_POLL_SECONDS,
-                blocking_timeout=self.lock_wait,
+                blocking_timeout=max(deadline - time.monotonic(), 0.001),
                 thread_local=False,
             )
             started = time.monotonic()
@@ -264,7 +327,7 @@ class RedisStore(StateStore):
         if new is None:
             _release_quietly(lock)
             return self._served(stored, _text(raw) if stored is not None else None)
-        head, sealed = self._encode_head(new)
+        head, sealed = self._encode_head(new, stored)
         finished = model.newly_finished(current, new)
         try:
             version = self._scripts["commit"](
