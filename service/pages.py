@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
+from werkzeug.exceptions import HTTPException
 
 from .config import ConfigError
 from .errors import error_response
@@ -29,6 +30,8 @@ DEFAULT_STEPS: tuple[dict[str, str], ...] = (
 )
 ACTION_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 STEPS_KEY = "WORKFLOW_STEPS"
+# The live-updates route (contract section 5). The page opens it only when the app serves it.
+STREAM_PATH = "/workflow/state/stream"
 
 
 def load_steps(path: str | None) -> list[dict[str, str]]:
@@ -68,13 +71,27 @@ def index() -> Response:
     return send_from_directory(STATIC_DIR, "index.html", max_age=0)
 
 
+def stream_url() -> str | None:
+    """Return the live-updates path when a route serves it, else None.
+
+    The page asks here instead of probing the stream, so a server without streams costs the
+    browser no failed request (and no console error): the page polls instead.
+    """
+    try:
+        current_app.url_map.bind("localhost").match(STREAM_PATH, method="GET")
+    except HTTPException:
+        return None
+    return STREAM_PATH
+
+
 @bp.get("/workflow/config")
 def workflow_config() -> Response:
-    """Answer the steps the page shows and the pause it makes between them."""
+    """Answer the steps the page shows, the pause it makes between them, and its live feed."""
     body = {
         "success": True,
         "steps": current_app.config[STEPS_KEY],
         "step_delay_ms": current_app.config["STEP_DELAY_MS"],
+        "stream_url": stream_url(),
     }
     return Response(dumps(body), mimetype="application/json")
 

@@ -1,0 +1,254 @@
+"""What the page tests share: server configurations, the state API, and page probes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import Page, expect
+
+from tests.support import Gunicorn, http, wait_until
+
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CSP = "default-src 'self'; frame-ancestors 'none'"
+TOKEN = "browser-test-token"
+DEFAULT_ACTIONS = (
+    "test_ssh",
+    "set_ui_home",
+    "setup_civitdl",
+    "sync_instance",
+    "install_custom_nodes",
+    "verify_dependencies",
+)
+DEFAULT_LABELS = (
+    "Test SSH",
+    "Set UI Home",
+    "Set up CivitDL",
+    "Sync Instance",
+    "Install Custom Nodes",
+    "Verify Dependencies",
+)
+SLOW_STEPS = [
+    {"action": "provision", "label": "Provision disk"},
+    {"action": "warm_cache", "label": "Warm cache"},
+    {"action": "verify", "label": "Verify"},
+]
+HOST_STEPS = [
+    {"action": "prepare", "label": "Prepare"},
+    {"action": "deploy", "label": "Deploy app", "endpoint": "/host/deploy"},
+]
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+class Server:
+    """A running gunicorn plus helpers for the state API."""
+
+    def __init__(self, gunicorn: Gunicorn, token: str | None = None) -> None:
+        self.gunicorn = gunicorn
+        self.url = gunicorn.url
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Send one API request (with the token when the server needs one)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        status, _, parsed = http(method, self.url + path, body, headers=headers)
+        return status, parsed
+
+    def state(self) -> dict[str, Any] | None:
+        """Return the stored state (or None)."""
+        status, body = self.call("GET", "/workflow/state")
+        assert status == 200, body
+        return body["state"]
+
+    def summary(self) -> dict[str, Any]:
+        """Return GET /workflow/state/summary's summary."""
+        status, body = self.call("GET", "/workflow/state/summary")
+        assert status == 200, body
+        return body["summary"]
+
+    def seed(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Store `state` with POST and return what was stored."""
+        status, body = self.call("POST", "/workflow/state", state)
+        assert status == 200, body
+        return body["state"]
+
+    def clear(self) -> None:
+        """Delete the state."""
+        status, body = self.call("DELETE", "/workflow/state")
+        assert status == 200, body
+
+    def wait_for_state(self, check: Callable[[dict[str, Any] | None], bool], timeout: float = 15):
+        """Poll the stored state until `check` accepts it; return it."""
+        found: list[Any] = []
+
+        def accepted() -> bool:
+            state = self.state()
+            if check(state):
+                found.append(state)
+                return True
+            return False
+
+        wait_until(accepted, timeout=timeout, interval=0.05)
+        return found[0]
+
+
+class ServerPool:
+    """Start each server configuration once per session, on first use."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.servers: dict[str, Server] = {}
+
+    def get(self, name: str) -> Server:
+        if name not in self.servers:
+            self.servers[name] = self.start(name)
+        return self.servers[name]
+
+    def steps_file(self, name: str, steps: list[dict[str, str]]) -> str:
+        path = self.directory / f"{name}-steps.json"
+        path.write_text(json.dumps(steps))
+        return str(path)
+
+    def start(self, name: str) -> Server:
+        env = {
+            "WORKFLOW_STATE_URL": f"file://{self.directory}/{name}/workflow_state.json",
+            "WORKFLOW_DEMO_STEP_SECONDS": "0.2",
+            "WORKFLOW_STEP_DELAY_MS": "0",
+            "WORKFLOW_STATE_TTL": "60",
+        }
+        token = None
+        if name == "slow":
+            # Steps longer than the 2 s poll, so another tab sees each one happen.
+            env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, SLOW_STEPS)
+            env["WORKFLOW_DEMO_STEP_SECONDS"] = "2.5"
+        elif name == "fail":
+            env["WORKFLOW_DEMO_FAIL"] = "sync_instance"
+        elif name == "token":
+            env["WORKFLOW_STATE_TOKEN"] = token = TOKEN
+        elif name == "host":
+            env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, HOST_STEPS)
+            env["WORKFLOW_DEMO_STEP_SECONDS"] = "0.1"
+        elif name != "fast":
+            raise ValueError(name)
+        log = self.directory / f"{name}-gunicorn.log"
+        return Server(Gunicorn(env, workers=2, log_path=log).start(), token)
+
+    def close(self) -> None:
+        """Stop every server fast: SIGINT to all at once, then SIGKILL workers still busy.
+
+        Test servers need no graceful stop, and an open stream would hold a worker for
+        gunicorn's whole graceful timeout. Killing the workers (not the master) lets the
+        master reap them, so no zombie is left behind.
+        """
+        gunicorns = [s.gunicorn for s in self.servers.values() if s.gunicorn.process]
+        for gunicorn in gunicorns:
+            if gunicorn.process.poll() is None:
+                os.killpg(gunicorn.process.pid, signal.SIGINT)
+        deadline = time.monotonic() + 1
+        for gunicorn in gunicorns:
+            process = gunicorn.process
+            try:
+                process.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for pid in gunicorn.worker_pids():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=5)
+        for gunicorn in gunicorns:
+            gunicorn.stop()  # closes its log
+
+
+# --- page helpers -----------------------------------------------------------------------------
+
+
+def open_page(page: Page, server: Server) -> Page:
+    """Load the page and wait until initWorkflow() has restored the state."""
+    page.goto(server.url + "/")
+    expect(page.locator("body")).to_have_attribute("data-workflow-ready", "true")
+    return page
+
+
+def make_steps(statuses: list[str], actions: tuple[str, ...] = DEFAULT_ACTIONS) -> list[dict]:
+    """Steps for a seeded state (no labels: the page takes them from the config)."""
+    return [{"action": a, "status": s} for a, s in zip(actions, statuses, strict=True)]
+
+
+def step_classes(page: Page) -> list[set[str]]:
+    """The class sets of the step cards, in order."""
+    return [
+        set(c)
+        for c in page.eval_on_selector_all(
+            "#workflow-steps .workflow-step", "cards => cards.map(c => [...c.classList])"
+        )
+    ]
+
+
+def arrow_classes(page: Page) -> list[set[str]]:
+    """The class sets of the arrows, in order."""
+    return [
+        set(c)
+        for c in page.eval_on_selector_all(
+            "#workflow-steps .workflow-arrow", "arrows => arrows.map(a => [...a.classList])"
+        )
+    ]
+
+
+STATUS_CLASS = {"in_progress": "in-progress", "completed": "completed", "failed": "failed"}
+CONTRACT_CLASSES = {"in-progress", "completed", "failed"}
+
+
+def expect_steps(page: Page, statuses: list[str], running: bool, timeout: float = 10) -> None:
+    """Wait until cards and arrows show `statuses` (contract classes only)."""
+    want_steps = [{STATUS_CLASS[s]} if s in STATUS_CLASS else set() for s in statuses]
+    want_arrows = []
+    for status in statuses[:-1]:
+        classes = set()
+        if status == "completed":
+            classes.add("completed")
+        if running and status == "in_progress":
+            classes.add("loading")
+        want_arrows.append(classes)
+
+    def shown() -> tuple[list[set[str]], list[set[str]]]:
+        steps = [c & CONTRACT_CLASSES for c in step_classes(page)]
+        arrows = [c & {"completed", "loading"} for c in arrow_classes(page)]
+        return steps, arrows
+
+    try:
+        wait_until(lambda: shown() == (want_steps, want_arrows), timeout=timeout, interval=0.05)
+    except AssertionError:
+        wanted = (want_steps, want_arrows)
+        raise AssertionError(f"page shows {shown()}, expected {wanted}") from None
+
+
+def progress_value(page: Page) -> float:
+    """aria-valuenow of #workflow-progress, as a number."""
+    return float(page.get_attribute("#workflow-progress", "aria-valuenow"))
+
+
+def selected_tab(page: Page) -> str:
+    """The data-tab of the selected tab button."""
+    return page.get_attribute('.tab-button[aria-selected="true"]', "data-tab")
