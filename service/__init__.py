@@ -7,7 +7,21 @@ from typing import Any
 
 from flask import Flask
 
-from . import api, auth, config, cors, errors, health, pages, store, stream
+from . import (
+    api,
+    auth,
+    config,
+    cors,
+    errors,
+    headers,
+    health,
+    logs,
+    metrics,
+    openapi,
+    pages,
+    store,
+    stream,
+)
 from .pages import STATIC_DIR
 
 
@@ -17,7 +31,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config.from_env())
     if test_config:
         app.config.update(test_config)
-    # Order matters: a preflight is answered before auth, auth before any route work.
+    # Order matters: the request id first (every response carries it, every refusal is logged),
+    # a preflight is answered before auth, auth before any route work.
+    logs.init_app(app)
     errors.init_app(app)
     cors.init_app(app)
     auth.init_app(app)
@@ -26,4 +42,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     stream.init_app(app)
+    # After the store and the stream hub, which it plugs its observer and gauge into.
+    metrics.init_app(app)
+    openapi.init_app(app)
+    headers.init_app(app)
     return app

@@ -1,0 +1,523 @@
+"""Operate the service from a shell: `python -m service status|watch|clear|cancel|history`.
+
+The CLI reads the same environment variables as the server and talks to the same storage, so
+it works on a host with no server running, or beside one. Output is for people by default and
+JSON with `--json`. Exit codes: 0 done (also when there was nothing to do), 1 storage down,
+2 usage error (bad arguments, a bad setting, a workflow id that is not the stored one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from . import config as config_module
+from . import logs, model
+from .storage import HISTORY_MAX, RESYNC, Event, FileStore, StateStore, StorageUnavailable
+from .storage.base import HISTORY_DAYS
+from .store import build_store
+
+EXIT_OK = 0
+EXIT_STORAGE_DOWN = 1
+EXIT_USAGE = 2
+PROG = "python -m service"
+# How often `watch` wakes up with nothing to read: to notice expiry, a deadline or Ctrl-C.
+WATCH_TICK_SECONDS = 0.25
+# How long `watch` waits between tries to re-read the state while storage is down.
+WATCH_RETRY_SECONDS = 0.5
+
+
+class UsageError(Exception):
+    """The command cannot run as asked (exit code 2)."""
+
+
+class Output:
+    """Where a command writes: stdout for results, stderr for notes, both line by line."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO, as_json: bool) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self.as_json = as_json
+
+    def line(self, text: str) -> None:
+        """Write one line of results and flush it (a pipe must see each line at once)."""
+        self.stdout.write(text + "\n")
+        self.stdout.flush()
+
+    def data(self, value: Any) -> None:
+        """Write a value as one line of JSON."""
+        self.line(json.dumps(value, separators=(",", ":")))
+
+    def note(self, text: str) -> None:
+        """Write one line for the person at the terminal, on stderr."""
+        self.stderr.write(f"workflow-state: {one_line(text)}\n")
+        self.stderr.flush()
+
+
+def one_line(text: str) -> str:
+    """Return `text` with line breaks folded, so a message is always exactly one line."""
+    return " ".join(text.split())
+
+
+# --- describing states ---------------------------------------------------------------------
+
+
+def current_step(state: dict[str, Any]) -> dict[str, Any] | None:
+    """Return {index, action, label, status} of the state's current step, or None."""
+    steps = state.get("steps") or []
+    index = state.get("current_step", 0)
+    if not 0 <= index < len(steps):
+        return None
+    step = steps[index]
+    return {
+        "index": index,
+        "action": step.get("action"),
+        "label": step.get("label"),
+        "status": step.get("status"),
+    }
+
+
+def describe_step(state: dict[str, Any]) -> str:
+    """Return e.g. `step 3/6 setup_civitdl in_progress`, or `no steps`."""
+    step = current_step(state)
+    if step is None:
+        return "no steps"
+    return f"step {step['index'] + 1}/{len(state['steps'])} {step['action']} {step['status']}"
+
+
+def change_line(kind: str, event_id: str, state: dict[str, Any] | None) -> str:
+    """Return the one-line human description `watch` prints for a change."""
+    if state is None:
+        stamp = model.format_time(datetime.now(UTC))
+        what = {"expired": "expired", "cleared": "cleared"}.get(kind, "no workflow")
+        return f"{stamp} #{event_id} {what}"
+    progress = model.progress_percent(state)
+    return (
+        f"{state['last_update']} #{event_id} {state['workflow_id']} {state['status']} "
+        f"{describe_step(state)} {progress}%"
+    )
+
+
+def change_record(kind: str, event_id: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the JSON object `watch --json` prints for a change: the summary, id, kind, step."""
+    return {
+        "id": event_id,
+        "kind": kind,
+        **model.summarize(state),
+        "step": current_step(state) if state is not None else None,
+    }
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_status(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+    """Print the summary of the current workflow (the API's summary with --json)."""
+    state = store.get().state
+    summary = model.summarize(state)
+    if out.as_json:
+        out.data(summary)
+        return EXIT_OK
+    if state is None:
+        out.line("No workflow state.")
+    else:
+        step = current_step(state)
+        step_text = (
+            f"{step['index'] + 1} of {summary['total_steps']}: {step['action']} ({step['status']})"
+            if step is not None
+            else "no steps"
+        )
+        activity = "active" if summary["active"] else "finished"
+        for label, value in (
+            ("Workflow", summary["workflow_id"]),
+            ("Status", f"{summary['status']} ({activity})"),
+            ("Step", step_text),
+            ("Progress", f"{summary['progress_percent']}%"),
+            ("Started", summary["start_time"]),
+            ("Updated", summary["last_update"]),
+            ("Version", state["version"]),
+        ):
+            out.line(f"{label:<10}{value}")
+    out.line(f"{'Storage':<10}{store.describe()}")
+    return EXIT_OK
+
+
+def check_file_owner(store: StateStore) -> None:
+    """Refuse to write state files that the server, running as another user, could not read.
+
+    A file written by this process replaces the server's (atomic rename), so it would be owned
+    by whoever runs the CLI, with mode 0600: run as root beside a systemd DynamicUser service,
+    that locks the service out of its own state.
+    """
+    if not isinstance(store, FileStore):
+        return
+    try:
+        owner = os.stat(store.directory).st_uid
+    except OSError:
+        return  # no directory yet: nothing to lock anyone out of
+    if owner != os.geteuid():
+        raise UsageError(
+            f"{store.directory} belongs to uid {owner}; files written as uid {os.geteuid()} "
+            f"would lock the server out. Run as that user (sudo -u '#{owner}' ...) or use the "
+            "HTTP API"
+        )
+
+
+def cmd_clear(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+    """Delete the state (also when there is none), as DELETE /workflow/state does."""
+    check_file_owner(store)
+    before = store.get().state
+    version = store.clear()
+    if out.as_json:
+        out.data(
+            {
+                "success": True,
+                "message": "Workflow state cleared",
+                "workflow_id": before["workflow_id"] if before else None,
+                "version": version,
+            }
+        )
+    elif before is None:
+        out.line(f"Nothing to clear; recorded the delete as #{version}.")
+    else:
+        out.line(f"Cleared workflow {before['workflow_id']} ({before['status']}) as #{version}.")
+    return EXIT_OK
+
+
+def cmd_cancel(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+    """Set a running workflow's status to cancelled; a finished or absent one is left alone."""
+    check_file_owner(store)
+    state = store.get().state
+    if state is not None and args.workflow_id and args.workflow_id != state["workflow_id"]:
+        raise UsageError(
+            f"workflow_id {args.workflow_id!r} is not the stored workflow {state['workflow_id']!r}"
+        )
+    if state is None or model.is_finished(state):
+        return _nothing_to_cancel(state, out)
+    body: dict[str, Any] = {"status": "cancelled"}
+    if args.workflow_id:
+        body["workflow_id"] = args.workflow_id
+    try:
+        snapshot = store.merge(body)
+    except model.WorkflowMismatch as error:
+        raise UsageError(error.message) from None
+    except (model.NoWorkflow, model.WorkflowFinished):
+        # It finished or went away between our read and our write.
+        return _nothing_to_cancel(store.get().state, out)
+    cancelled = snapshot.state
+    assert cancelled is not None
+    if out.as_json:
+        out.data({"cancelled": True, **model.summarize(cancelled)})
+    else:
+        out.line(f"Cancelled workflow {cancelled['workflow_id']} at {describe_step(cancelled)}.")
+    return EXIT_OK
+
+
+def _nothing_to_cancel(state: dict[str, Any] | None, out: Output) -> int:
+    if out.as_json:
+        out.data({"cancelled": False, **model.summarize(state)})
+    elif state is None:
+        out.line("There is no workflow to cancel.")
+    else:
+        out.line(
+            f"Workflow {state['workflow_id']} is already {state['status']}; nothing to cancel."
+        )
+    return EXIT_OK
+
+
+def cmd_history(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+    """List the last finished workflows, newest first (the API's `workflows` with --json)."""
+    workflows = store.history(args.limit)
+    if out.as_json:
+        out.data(workflows)
+        return EXIT_OK
+    if not workflows:
+        out.line(f"No finished workflows in the last {HISTORY_DAYS} days.")
+        return EXIT_OK
+    out.line(f"{'FINISHED':<26}{'STATUS':<11}{'DONE':<8}WORKFLOW")
+    for state in workflows:
+        steps = state.get("steps") or []
+        done = sum(1 for step in steps if step.get("status") in ("completed", "skipped"))
+        out.line(
+            f"{state['last_update']:<26}{state['status']:<11}"
+            f"{f'{done}/{len(steps)}':<8}{state['workflow_id']}"
+        )
+    return EXIT_OK
+
+
+class Watcher:
+    """Follow the store's change feed and print one line per change."""
+
+    def __init__(self, store: StateStore, out: Output, count: int, timeout: float) -> None:
+        self.store = store
+        self.out = out
+        self.count = count
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.stop = threading.Event()
+        self.inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
+        self.shown: int | None = None  # the counter value of the last line printed
+        self.state: dict[str, Any] | None = None
+        self.expires: float | None = None
+        self.changes = 0
+        self.need_snapshot = False
+        self.storage_down = False
+
+    def _feed(self) -> None:
+        try:
+            for event in self.store.events(self.stop):
+                self.inbox.put(event)
+        except BaseException as error:  # handed to the main thread, which decides
+            self.inbox.put(error)
+
+    def run(self) -> int:
+        """Print the current state, then each change, until count, timeout or Ctrl-C."""
+        feed = threading.Thread(target=self._feed, name="watch-feed", daemon=True)
+        feed.start()
+        try:
+            while not self._done():
+                self._step()
+        finally:
+            self.stop.set()
+            feed.join(timeout=2)
+        return EXIT_OK
+
+    def _done(self) -> bool:
+        if self.count and self.changes >= self.count:
+            return True
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _step(self) -> None:
+        if self.need_snapshot:
+            self._snapshot()
+        wait = WATCH_TICK_SECONDS
+        if self.deadline is not None:
+            wait = max(0.0, min(wait, self.deadline - time.monotonic()))
+        try:
+            item = self.inbox.get(timeout=wait)
+        except queue.Empty:
+            self._check_expiry()
+            return
+        if isinstance(item, BaseException):
+            raise item
+        if item is RESYNC:
+            # Subscribed (again): whatever happened before is in a fresh snapshot.
+            self.need_snapshot = True
+            return
+        self._show_event(item)
+
+    def _snapshot(self) -> None:
+        try:
+            snapshot = self.store.get_for_stream()
+        except StorageUnavailable as error:
+            if not self.storage_down:
+                self.out.note(f"storage unavailable, retrying: {error.message}")
+                self.storage_down = True
+            self.stop.wait(WATCH_RETRY_SECONDS)
+            return
+        if self.storage_down:
+            self.out.note("storage is back")
+            self.storage_down = False
+        self.need_snapshot = False
+        event_id = snapshot.event_id or "0"
+        seq = _seq(event_id)
+        # The same: nothing happened while the feed was away. Otherwise print it, even with a
+        # lower counter value (a Redis that lost its data starts again): it is the new baseline.
+        if self.shown is not None and seq == self.shown and snapshot.state == self.state:
+            return
+        kind = "snapshot" if snapshot.state is not None else "none"
+        self._print(kind, event_id, seq, snapshot.state, counts=self.shown is not None)
+
+    def _show_event(self, event: Event) -> None:
+        seq = _seq(event.id)
+        if self.shown is None or self.need_snapshot:
+            return  # the snapshot about to be taken covers it
+        if seq is not None and seq <= self.shown:
+            return  # already covered by the snapshot printed
+        state = json.loads(event.json)
+        self._print("change" if state is not None else "cleared", event.id, seq, state)
+
+    def _check_expiry(self) -> None:
+        if self.state is None or self.expires is None or time.time() < self.expires:
+            return
+        try:
+            snapshot = self.store.get()
+        except StorageUnavailable:
+            return
+        if snapshot.state is None:
+            version = self.state["version"]
+            self._print("expired", f"{version}:expired", version, None)
+        else:
+            self.expires = time.time() + WATCH_TICK_SECONDS  # not gone yet: look again soon
+
+    def _print(
+        self,
+        kind: str,
+        event_id: str,
+        seq: int | None,
+        state: dict[str, Any] | None,
+        counts: bool = True,
+    ) -> None:
+        if self.out.as_json:
+            self.out.data(change_record(kind, event_id, state))
+        else:
+            self.out.line(change_line(kind, event_id, state))
+        if seq is not None:
+            self.shown = seq
+        self.state = state
+        self.expires = (
+            model.expires_at(state, self.store.ttl, self.store.stale_ttl) if state else None
+        )
+        # The first line is the state as found; --count counts the changes after it.
+        if counts:
+            self.changes += 1
+
+
+def _seq(event_id: str) -> int | None:
+    head = event_id.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def cmd_watch(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+    """Print the current state, then one line per change, until Ctrl-C (or --count/--timeout)."""
+    store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
+    return Watcher(store, out, args.count, args.timeout).run()
+
+
+# --- parsing and running -------------------------------------------------------------------
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= HISTORY_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {HISTORY_MAX}, got {value}")
+    return value
+
+
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+        return value
+
+    return parse
+
+
+COMMANDS: dict[str, tuple[Callable[[StateStore, argparse.Namespace, Output], int], str]] = {
+    "status": (cmd_status, "print the current workflow's summary"),
+    "watch": (cmd_watch, "follow changes live, one line per change"),
+    "clear": (cmd_clear, "delete the state, as DELETE /workflow/state does"),
+    "cancel": (cmd_cancel, "set a running workflow's status to cancelled"),
+    "history": (cmd_history, "list the last finished workflows, newest first"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every command."""
+    json_flag = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a sub-command's default must not undo `--json` given before the command.
+    json_flag.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inspect and operate the workflow state, on the storage the server uses "
+        "(WORKFLOW_STATE_URL, REDIS_URL, WORKFLOW_STATE_KEY, ...).",
+        epilog="Exit codes: 0 done, 1 storage unavailable, 2 usage or configuration error.",
+        parents=[json_flag],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = {
+        name: commands.add_parser(name, help=text, description=text, parents=[json_flag])
+        for name, (_, text) in COMMANDS.items()
+    }
+    sub["watch"].add_argument(
+        "--count",
+        type=_non_negative(int),
+        default=0,
+        metavar="N",
+        help="exit after N changes (0: never)",
+    )
+    sub["watch"].add_argument(
+        "--timeout",
+        type=_non_negative(float),
+        default=0.0,
+        metavar="SECONDS",
+        help="exit after this many seconds (0: never)",
+    )
+    sub["cancel"].add_argument(
+        "--workflow-id",
+        metavar="ID",
+        help="cancel only if this is the stored workflow (else exit 2)",
+    )
+    sub["history"].add_argument(
+        "--limit",
+        type=_limit,
+        default=HISTORY_MAX,
+        metavar="N",
+        help=f"how many to list, 1-{HISTORY_MAX} (default {HISTORY_MAX})",
+    )
+    return parser
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run one command; return its exit code (argparse exits with 2 on bad arguments)."""
+    args = build_parser().parse_args(argv)
+    out = Output(stdout or sys.stdout, stderr or sys.stderr, getattr(args, "json", False))
+    logs.configure("text", level=logging.WARNING, stream=out.stderr)
+    try:
+        settings = config_module.from_env(os.environ if environ is None else environ)
+        store = build_store(settings)
+    except ValueError as error:  # ConfigError, UnknownBackend, a bad path or key
+        out.note(str(error))
+        return EXIT_USAGE
+    handler = COMMANDS[args.command][0]
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (`timeout`, a supervisor, a test) ends `watch` as cleanly as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    try:
+        return handler(store, args, out)
+    except StorageUnavailable as error:
+        out.note(f"storage unavailable: {error.message}")
+        return EXIT_STORAGE_DOWN
+    except UsageError as error:
+        out.note(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -1`): stop quietly, and keep Python's exit flush
+        # from complaining about the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        store.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,234 @@
+"""Prometheus metrics: GET /metrics, request counts and latency, and storage measurements.
+
+Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set (deploy/gunicorn.conf.py does it before any
+worker starts), every worker writes its values to files there, and a scrape sums them, so a
+count is right whichever worker answers. Without the variable (tests, the CLI, `flask run`)
+the metrics live in the process's default registry.
+
+prometheus_client picks its mode when it is first imported, so it is imported lazily here,
+after the server had its chance to set the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import Blueprint, Flask, Response, g, has_request_context, request
+
+from .storage import LockTimeout, Observer
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Label values stay few: the URL rule (never the raw path), a known method, the status code.
+UNMATCHED_ROUTE = "unmatched"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Requests take a millisecond or two; the buckets resolve that and still show a 2 s outage.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A lock is held for well under a millisecond; a writer gives up after WORKFLOW_STATE_LOCK_WAIT.
+LOCK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+bp = Blueprint("metrics", __name__)
+
+
+class Metrics:
+    """The service's metric objects, created once per process."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter(
+            "workflow_state_requests_total",
+            "HTTP requests answered, by URL rule, method and status",
+            ("route", "method", "status"),
+        )
+        self.request_seconds = Histogram(
+            "workflow_state_request_seconds",
+            "Time to answer an HTTP request (a stream: until its headers), by URL rule and method",
+            ("route", "method"),
+            buckets=REQUEST_BUCKETS,
+        )
+        self.writes = Counter(
+            "workflow_state_writes_total",
+            "Accepted state writes and deletes (exact repeats, which change nothing, excluded)",
+        )
+        self.lock_wait = Histogram(
+            "workflow_state_lock_wait_seconds",
+            "Time a writer waited for the write lock",
+            buckets=LOCK_BUCKETS,
+        )
+        self.lock_timeouts = Counter(
+            "workflow_state_lock_timeouts_total",
+            "Writes refused (503) because the write lock stayed held past the lock wait",
+        )
+        # livesum: the sum over live workers; a dead worker's streams leave with it.
+        self.open_streams = Gauge(
+            "workflow_state_open_streams",
+            "Server-Sent Events streams open now",
+            multiprocess_mode="livesum",
+        )
+        self.backend_errors = Counter(
+            "workflow_state_backend_errors_total",
+            "Storage operations that failed because the backend did not answer",
+        )
+        # (route, method, status) -> (counter child, histogram child): one dict lookup per request
+        # instead of prometheus_client's label validation and locking.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Zero-valued from the start, so every family shows in the first scrape of every worker.
+        self.children("/metrics", "GET", 200)
+
+    def children(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """Return the counter and histogram children for one label set, creating them once."""
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (
+                self.requests.labels(route, method, str(status)),
+                self.request_seconds.labels(route, method),
+            )
+            self._children[key] = pair
+        return pair
+
+
+_metrics: Metrics | None = None
+_metrics_guard = threading.Lock()
+
+
+def get_metrics() -> Metrics:
+    """Return this process's metrics, creating them (and the multiprocess directory) once."""
+    global _metrics
+    if _metrics is None:
+        with _metrics_guard:
+            if _metrics is None:
+                directory = os.environ.get(MULTIPROC_ENV)
+                if directory:
+                    # Normally gunicorn.conf.py made it; a bare `flask run` with the variable
+                    # set must not crash on a missing directory.
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                _metrics = Metrics()
+    return _metrics
+
+
+class PrometheusObserver(Observer):
+    """Turn the store's measurements into metrics."""
+
+    def __init__(self) -> None:
+        self.metrics = get_metrics()
+
+    def lock_waited(self, seconds: float) -> None:
+        """Record how long a writer waited for the lock."""
+        self.metrics.lock_wait.observe(seconds)
+
+    def lock_timed_out(self) -> None:
+        """Count a writer that gave up waiting for the lock."""
+        self.metrics.lock_timeouts.inc()
+        _note_reported()
+
+    def wrote(self) -> None:
+        """Count an accepted write or delete."""
+        self.metrics.writes.inc()
+
+    def backend_failed(self) -> None:
+        """Count a backend error, unless it is a lock timeout (already counted as one)."""
+        # The store calls this while handling the failure; a LockTimeout is a StorageUnavailable
+        # to the store, but the backend answered: it is contention, not an outage.
+        if isinstance(sys.exc_info()[1], LockTimeout):
+            return
+        self.metrics.backend_errors.inc()
+        _note_reported()
+
+
+def _note_reported() -> None:
+    # Lets the response hook know this request's 503 is already counted.
+    if has_request_context():
+        g.metrics_storage_reported = True
+
+
+def stream_opened() -> None:
+    """Count one more open stream in this process."""
+    get_metrics().open_streams.inc()
+
+
+def stream_closed() -> None:
+    """Count one stream fewer in this process."""
+    get_metrics().open_streams.dec()
+
+
+def set_open_streams(count: int) -> None:
+    """Set how many streams are open in this process (the stream hub's change callback)."""
+    get_metrics().open_streams.set(count)
+
+
+@contextmanager
+def tracking_stream() -> Iterator[None]:
+    """Count a stream as open for as long as the block runs."""
+    stream_opened()
+    try:
+        yield
+    finally:
+        stream_closed()
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _record(response: Response) -> Response:
+    metrics = _metrics
+    if metrics is None:
+        return response
+    rule = request.url_rule
+    route = rule.rule if rule is not None else UNMATCHED_ROUTE
+    method = request.method
+    if method not in KNOWN_METHODS:
+        method = "other"
+    status = response.status_code
+    counter, histogram = metrics.children(route, method, status)
+    counter.inc()
+    started = g.get("metrics_started")
+    if started is not None:
+        histogram.observe(time.perf_counter() - started)
+    if status == 503 and not g.get("metrics_storage_reported") and _is_backend_error(response):
+        # Reads and health checks don't report failures to the observer; count them here.
+        metrics.backend_errors.inc()
+    return response
+
+
+def _is_backend_error(response: Response) -> bool:
+    return not response.is_streamed and b'"backend_unavailable"' in response.get_data()
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Answer every metric, summed over all workers, in the format the scraper asks for."""
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        # A fresh registry per scrape: it reads the files of every worker, live or dead.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    # Prometheus text format (0.0.4) unless the Accept header asks for OpenMetrics.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(registry), headers={"Content-Type": content_type})
+
+
+def init_app(app: Flask) -> None:
+    """Serve /metrics, time and count every request, and plug metrics into the store and hub."""
+    get_metrics()
+    app.register_blueprint(bp)
+    # First of all before-request hooks, so a request that CORS or auth answer is timed too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
+    app.after_request(_record)
+    app.extensions["workflow_state"].observer = PrometheusObserver()
+    hub = app.extensions.get("workflow_stream_hub")
+    if hub is not None and hasattr(hub, "on_change"):
+        hub.on_change.append(set_open_streams)
