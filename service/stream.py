@@ -36,8 +36,9 @@ RETRY_MS = 2000
 READY_WAIT_SECONDS = 2.0
 # After a state's expected expiry, how often the expiry watcher looks whether it is gone.
 EXPIRY_POLL_SECONDS = 0.2
-# Threads a worker keeps for ordinary requests, whatever the number of open streams.
-RESERVED_THREADS = 32
+# Connections (gevent) or threads (gthread) a worker keeps for ordinary requests, whatever the
+# number of open streams.
+RESERVED_CAPACITY = 32
 HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
@@ -254,8 +255,9 @@ def get_hub() -> Hub:
 
 
 def _stream_limit() -> int:
-    threads = int(os.environ.get("WORKFLOW_WORKER_THREADS") or 0)
-    return max(threads - RESERVED_THREADS, 1) if threads else 1 << 30
+    # Set by deploy/gunicorn.conf.py in each worker; unset (tests, `flask run`) means no cap.
+    capacity = int(os.environ.get("WORKFLOW_WORKER_CAPACITY") or 0)
+    return max(capacity - RESERVED_CAPACITY, 1) if capacity else 1 << 30
 
 
 def is_news(frame: Frame, sent: Frame) -> bool:
@@ -334,7 +336,7 @@ def stream() -> Response:
         return error_response(
             503,
             "too_many_streams",
-            "This worker has no thread to spare for another stream; retry, or poll GET",
+            "This worker has no connection to spare for another stream; retry, or poll GET",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
     subscription = hub.subscribe()

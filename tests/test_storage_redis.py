@@ -175,9 +175,9 @@ def test_a_writer_whose_lock_expired_is_fenced_and_loses_nothing(redis_server, r
     b_wrote = threading.Event()
     calls = []
 
-    original = a._locked_write
+    original = a._locked_batch
 
-    def stalled(lock, change):
+    def stalled(lock, batch):
         calls.append(1)
         if len(calls) == 1:
             # A has read the state under its lock; now its lock expires and B writes.
@@ -187,9 +187,9 @@ def test_a_writer_whose_lock_expired_is_fenced_and_loses_nothing(redis_server, r
             )
             thread.start()
             assert b_wrote.wait(5)
-        return original(lock, change)
+        return original(lock, batch)
 
-    a._locked_write = stalled
+    a._locked_batch = stalled
     a.update_step(0, {"status": "completed"})
     final = b.get().state
     assert [step["status"] for step in final["steps"]] == ["completed", "completed"]

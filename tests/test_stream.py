@@ -214,8 +214,8 @@ def test_closing_a_stream_frees_its_subscription(tmp_path: Path):
     hub.close()
 
 
-def test_a_worker_keeps_threads_for_ordinary_requests(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("WORKFLOW_WORKER_THREADS", "34")  # RESERVED_THREADS + 2 streams
+def test_a_worker_keeps_capacity_for_ordinary_requests(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WORKFLOW_WORKER_CAPACITY", "34")  # RESERVED_CAPACITY + 2 streams
     app = create_app({"STATE_URL": f"file://{tmp_path}/s.json"})
     client = app.test_client()
     open_streams = [client.get(STREAM, buffered=False) for _ in range(2)]

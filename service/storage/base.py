@@ -125,6 +125,8 @@ class StateStore(ABC):
         self.cipher = cipher
         self.observer = Observer()
         self._write_lock = threading.Lock()
+        # (stored bytes, decoded state) of the last document read or written; see `_decode`.
+        self._remembered: tuple[bytes, dict[str, Any]] | None = None
 
     # --- public interface -----------------------------------------------------------------
 
@@ -227,14 +229,25 @@ class StateStore(ABC):
             raise
 
     def _decode(self, raw: str | bytes | None) -> dict[str, Any] | None:
-        """Parse a stored document; move a corrupt one aside and treat it as no state."""
+        """Parse a stored document; move a corrupt one aside and treat it as no state.
+
+        The last document decoded (or committed) here is remembered with its bytes: between
+        writes every read returns the same document, and parsing and validating it again would
+        be most of a read's cost. Decoded states are shared, so nothing may mutate them.
+        """
         if raw is None:
             return None
+        key = raw if isinstance(raw, bytes) else raw.encode()
+        remembered = self._remembered
+        if remembered is not None and remembered[0] == key:
+            return remembered[1]
         try:
-            return model.parse_stored(raw)
+            state = model.parse_stored(raw)
         except ValueError as error:
             self._quarantine(raw, str(error))
             return None
+        self._remembered = (key, state)
+        return state
 
     def _open(self, state: dict[str, Any]) -> dict[str, Any]:
         if not needs_opening(state):
@@ -268,7 +281,9 @@ class StateStore(ABC):
         new["version"] = version
         if sealed:
             return Snapshot(new, dumps(new), str(version))
-        return Snapshot(new, f"{head}{version}}}", str(version))
+        document = f"{head}{version}}}"
+        self._remembered = (document.encode(), new)
+        return Snapshot(new, document, str(version))
 
     def _ttl_for(self, state: dict[str, Any]) -> int:
         return model.ttl_seconds(state, self.ttl, self.stale_ttl)

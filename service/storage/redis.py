@@ -39,6 +39,7 @@ from .base import (
     log,
     utc_now,
 )
+from .batching import PendingWrite, ReadCoalescer, WriteCombiner
 
 # Related keys are the state key plus one of these suffixes (README's key table lists them).
 LOCK_SUFFIX = "lock"
@@ -57,9 +58,10 @@ def redis_key(base: str, *parts: str) -> str:
     return ":".join((base, *parts))
 
 
+# Commit a batch of states, in order, each with the next version, its own event and history.
 # KEYS: state, seq, lock, events, history
-# ARGV: lock token, expected seq, expected exists (0/1), document head, ttl ms,
-#       finished (0/1), history max, history ttl ms
+# ARGV: lock token, expected seq, expected exists (0/1), ttl ms of the last state,
+#       history max, history ttl ms, then (document head, finished 0/1) for each state.
 COMMIT_SCRIPT = """
 local function release()
   if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
@@ -69,17 +71,24 @@ if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2]
   release()
   return -1
 end
-local v = redis.call('INCR', KEYS[2])
-local doc = ARGV[4] .. v .. '}'
-redis.call('SET', KEYS[1], doc, 'PX', ARGV[5])
-redis.call('PUBLISH', KEYS[4], '{"id":"' .. v .. '","state":' .. doc .. '}')
-if ARGV[6] == '1' then
-  redis.call('LPUSH', KEYS[5], doc)
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
-  redis.call('PEXPIRE', KEYS[5], ARGV[8])
+local first, doc, finished = nil, nil, false
+for i = 7, #ARGV, 2 do
+  local v = redis.call('INCR', KEYS[2])
+  first = first or v
+  doc = ARGV[i] .. v .. '}'
+  redis.call('PUBLISH', KEYS[4], '{"id":"' .. v .. '","state":' .. doc .. '}')
+  if ARGV[i + 1] == '1' then
+    redis.call('LPUSH', KEYS[5], doc)
+    finished = true
+  end
+end
+redis.call('SET', KEYS[1], doc, 'PX', ARGV[4])
+if finished then
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+  redis.call('PEXPIRE', KEYS[5], ARGV[6])
 end
 release()
-return v
+return first
 """
 
 # KEYS: state, seq, events
@@ -185,6 +194,8 @@ class RedisStore(StateStore):
         self.history_key = redis_key(self.key, HISTORY_SUFFIX)
         # When (monotonic) and why the last locked write found Redis unavailable.
         self._last_failure: tuple[float, str] | None = None
+        self._reads: ReadCoalescer[Snapshot] = ReadCoalescer(self._fetch)
+        self._writes = WriteCombiner(self._run_batch)
 
     # --- connection ------------------------------------------------------------------------
 
@@ -229,6 +240,11 @@ class RedisStore(StateStore):
     # --- backend operations ---------------------------------------------------------------
 
     def _get(self, *, with_id: bool) -> Snapshot:
+        if not with_id:
+            return self._reads.read()
+        return self._fetch(with_id=True)
+
+    def _fetch(self, *, with_id: bool = False) -> Snapshot:
         client = self.client()
         try:
             if with_id:
@@ -255,32 +271,31 @@ class RedisStore(StateStore):
         return snapshot
 
     def _transact(self, change: Change) -> Snapshot:
-        # Threads of one process queue on a local mutex first: only one of them at a time polls
-        # the Redis lock, instead of every waiter spending CPU the lock holder needs.
-        arrived = time.monotonic()
-        deadline = arrived + self.lock_wait
-        if not self._write_lock.acquire(timeout=self.lock_wait):
-            self.observer.lock_timed_out()
-            raise LockTimeout(
-                f"The workflow state lock stayed busy in this process for {self.lock_wait:g}s"
-            )
-        try:
-            failure = self._last_failure
-            if failure is not None and failure[0] >= arrived:
-                # The writer ahead of us found Redis unavailable while we queued. Trying again
-                # would add a whole round of I/O timeouts to our wait, past the 2 s promise.
-                raise StorageUnavailable(failure[1])
-            try:
-                return self._transact_locally_serialised(change, deadline)
-            except LockTimeout:
-                raise
-            except StorageUnavailable as error:
-                self._last_failure = (time.monotonic(), error.message)
-                raise
-        finally:
-            self._write_lock.release()
+        # Concurrent writers of this process share one hold of the lock and one commit.
+        return self._writes.submit(change)
 
-    def _transact_locally_serialised(self, change: Change, deadline: float) -> Snapshot:
+    def _run_batch(self, batch: list[PendingWrite]) -> None:
+        """Commit a batch of writes, or fail them all with the reason."""
+        failure = self._last_failure
+        if failure is not None:
+            # The batch ahead found Redis unavailable while these waited: trying again would
+            # add a whole round of I/O timeouts to their wait, past the 2 s promise.
+            for write in batch:
+                if write.arrived <= failure[0]:
+                    write.fail(StorageUnavailable(failure[1]))
+            batch = [write for write in batch if write.error is None]
+            if not batch:
+                return
+        deadline = min(write.arrived for write in batch) + self.lock_wait
+        try:
+            self._commit_batch(batch, deadline)
+        except LockTimeout:
+            raise
+        except StorageUnavailable as error:
+            self._last_failure = (time.monotonic(), error.message)
+            raise
+
+    def _commit_batch(self, batch: list[PendingWrite], deadline: float) -> None:
         client = self.client()
         for _ in range(FENCE_ATTEMPTS):
             lock = _ReadingLock(
@@ -305,53 +320,81 @@ class RedisStore(StateStore):
                     f"for {self.lock_wait:g}s"
                 )
             try:
-                outcome = self._locked_write(lock, change)
+                committed = self._locked_batch(lock, batch)
             except BaseException:
                 _release_quietly(lock)
                 raise
-            if outcome is not None:
-                return outcome
+            if committed:
+                return
         raise StorageUnavailable(
             f"Redis at {self._describe()}: {FENCE_ATTEMPTS} writes in a row lost the version fence"
         )
 
-    def _locked_write(self, lock: _ReadingLock, change: Change) -> Snapshot | None:
-        """Apply `change` to what the lock read; return None when the fence refused the commit."""
+    def _locked_batch(self, lock: _ReadingLock, batch: list[PendingWrite]) -> bool:
+        """Apply the batch to what the lock read and commit it; False if the fence refused it."""
         raw, seq = lock.read
         if isinstance(raw, Exception):
             self._quarantine(None, "a Redis value that is not a string")
             raw = None
         stored = self._decode(raw)
+        base_seq = int(seq or 0)
         current = self._open(stored) if stored is not None else None
-        new = change(current, utc_now())
-        if new is None:
+        now = utc_now()
+        chain: list[dict[str, Any]] = []  # the new states, in commit order
+        finished: list[bool] = []
+        answers: list[
+            tuple[PendingWrite, int | model.StateError]
+        ] = []  # index in chain, -1: stored
+        for write in batch:
+            try:
+                new = write.change(current, now)
+            except model.StateError as error:
+                answers.append((write, error))
+                continue
+            if new is not None:
+                # The number the commit will give it, so later writes' If-Match see it.
+                new["version"] = base_seq + len(chain) + 1
+                finished.append(model.newly_finished(current, new))
+                chain.append(new)
+                current = new
+            answers.append((write, len(chain) - 1))
+        snapshots: list[Snapshot] = []
+        if chain:
+            encoded = [self._encode_head(new, stored) for new in chain]
+            args: list[Any] = [
+                lock.local.token,
+                seq or b"0",
+                1 if stored is not None else 0,
+                self._ttl_for(chain[-1]) * 1000,
+                HISTORY_MAX,
+                HISTORY_SECONDS * 1000,
+            ]
+            for (head, _), done in zip(encoded, finished, strict=True):
+                args += [head, 1 if done else 0]
+            try:
+                first = self._scripts["commit"](
+                    keys=[self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
+                    args=args,
+                    client=self.client(),
+                )
+            except RedisError as error:
+                raise self._unavailable(error) from None
+            # The script released the lock (or found it taken over); don't release it twice.
+            lock.local.token = None
+            if first < 0:
+                return False
+            for offset, (new, (head, sealed)) in enumerate(zip(chain, encoded, strict=True)):
+                snapshots.append(self._committed(new, head, sealed, first + offset))
+                self.observer.wrote()
+        else:
             _release_quietly(lock)
-            return self._served(stored, _text(raw) if stored is not None else None)
-        head, sealed = self._encode_head(new, stored)
-        finished = model.newly_finished(current, new)
-        try:
-            version = self._scripts["commit"](
-                keys=[self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
-                args=[
-                    lock.local.token,
-                    seq or b"0",
-                    1 if stored is not None else 0,
-                    head,
-                    self._ttl_for(new) * 1000,
-                    1 if finished else 0,
-                    HISTORY_MAX,
-                    HISTORY_SECONDS * 1000,
-                ],
-                client=self.client(),
-            )
-        except RedisError as error:
-            raise self._unavailable(error) from None
-        # The script released the lock (or found it taken over); don't release it twice.
-        lock.local.token = None
-        if version < 0:
-            return None
-        self.observer.wrote()
-        return self._committed(new, head, sealed, version)
+        unchanged = self._served(stored, _text(raw) if stored is not None else None)
+        for write, answer in answers:
+            if isinstance(answer, model.StateError):
+                write.fail(answer)
+            else:
+                write.succeed(snapshots[answer] if answer >= 0 else unchanged)
+        return True
 
     def _delete(self) -> int:
         self.client()
