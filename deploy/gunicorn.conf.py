@@ -10,6 +10,7 @@ concurrency" section explains the choice.
 
 # gevent's monkey-patching must come before anything imports ssl, threading or socket (gunicorn
 # patches again in each worker; patching twice is harmless, patching late is not).
+import gevent
 from gevent import monkey
 
 monkey.patch_all()
@@ -88,6 +89,16 @@ def on_exit(server):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def pre_request(worker, req):
+    """Yield to the other connections before each request.
+
+    A gevent greenlet whose keep-alive client has already sent its next request never blocks,
+    so without this it can serve request after request while other connections wait: p99 was
+    0.5 s under load with a p50 of 0.4 ms. One yield per request keeps p99 within tens of ms.
+    """
+    gevent.sleep(0)
+
+
 def post_fork(server, worker):
     """Tell the app how many connections this worker serves at once, so streams never take all."""
     gthread_or_sync = worker.cfg.worker_class_str in ("gthread", "sync")
@@ -99,8 +110,6 @@ def post_worker_init(worker):
     """End open streams at once when this worker is told to stop, instead of after the
     graceful timeout: EventSource clients reconnect to a live worker within a second."""
     import signal
-
-    import gevent
 
     from service.stream import close_all_hubs
 

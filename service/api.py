@@ -120,12 +120,23 @@ def clear_state() -> Response:
     return json_response(f'{{"success":true,"message":"{CLEARED}"}}')
 
 
+# (stored JSON, summary body) of the last summary served: between writes every summary is the
+# same, and re-deriving it was most of the route's own cost.
+_last_summary: tuple[str, str] = ("", "")
+
+
 @bp.get("/state/summary")
 def summary() -> Response:
     """Answer the progress summary."""
+    global _last_summary
     snapshot = get_store().get()
-    body = {"success": True, "summary": model.summarize(snapshot.state)}
-    return json_response(dumps(body), headers={"Cache-Control": NO_STORE})
+    remembered = _last_summary
+    if remembered[0] == snapshot.json:
+        body = remembered[1]
+    else:
+        body = dumps({"success": True, "summary": model.summarize(snapshot.state)})
+        _last_summary = (snapshot.json, body)
+    return json_response(body, headers={"Cache-Control": NO_STORE})
 
 
 @bp.get("/history")

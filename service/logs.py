@@ -180,6 +180,16 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Format the record's local time as logging does, formatting each second only once."""
+        whole = int(record.created)
+        second = self._second
+        if second[0] != whole:
+            second = (whole, time.strftime(self.default_time_format, self.converter(whole)))
+            self._second = second
+        return self.default_msec_format % (second[1], record.msecs)
 
     def format(self, record: logging.LogRecord) -> str:
         """Format with the request id, or `-` outside a request."""

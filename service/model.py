@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,9 +90,8 @@ class PreconditionFailed(StateError):
 
 def format_time(moment: datetime) -> str:
     """Format a moment as UTC ISO-8601 with millisecond precision and a Z suffix."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    # isoformat is C code; strftime was a tenth of a write's Python time.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -117,18 +116,17 @@ def _is_int(value: Any) -> bool:
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
     """Tell whether a JSON value nests deeper than `limit`, without recursion."""
+    if not isinstance(value, dict | list):
+        return False
+    # Only containers go on the stack: most values are strings and numbers.
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
     return False
 
 
@@ -207,6 +205,7 @@ def require_object(body: Any) -> dict[str, Any]:
 def new_state(body: Any, *, now: datetime, random_hex: str) -> dict[str, Any]:
     """Turn a POST body into a complete state (defaults filled, server fields stamped)."""
     body = require_object(body)
+    stamp = format_time(now)
     # The contract's fields first, in a fixed order, so `redis-cli GET | jq .` reads well.
     state: dict[str, Any] = {
         "workflow_id": body["workflow_id"]
@@ -215,7 +214,7 @@ def new_state(body: Any, *, now: datetime, random_hex: str) -> dict[str, Any]:
         "status": body.get("status", RUNNING),
         "current_step": body.get("current_step", 0),
         "steps": body.get("steps", []),
-        "start_time": body["start_time"] if "start_time" in body else format_time(now),
+        "start_time": body.get("start_time", stamp),
     }
     for key, value in body.items():
         if key not in state and key not in SERVER_FIELDS:
@@ -223,7 +222,7 @@ def new_state(body: Any, *, now: datetime, random_hex: str) -> dict[str, Any]:
     if state.get("ssh_connection") is None:
         state.pop("ssh_connection", None)
     validate(state)
-    state["last_update"] = format_time(now)
+    state["last_update"] = stamp
     return state
 
 

@@ -78,6 +78,7 @@ def make_app(backend: dict[str, Any]) -> Callable[..., Flask]:
 
     yield make
     for app in apps:
+        app.extensions["workflow_stream_hub"].close()
         app.extensions["workflow_state"].close()
 
 

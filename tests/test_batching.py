@@ -9,7 +9,7 @@ import time
 import pytest
 
 from service import model
-from service.storage import RedisStore, StorageUnavailable
+from service.storage import RESYNC, FileStore, RedisStore, StorageUnavailable
 from service.storage.batching import ReadCoalescer, WriteCombiner
 from tests.conftest import steps
 from tests.support import RedisServer, wait_until
@@ -157,15 +157,20 @@ def test_a_crashing_batch_fails_its_writes_and_the_next_batch_still_runs():
     assert combiner.submit(2) == "ok"
 
 
-# --- group commit on Redis -------------------------------------------------------------------
+# --- group commit, on both backends ------------------------------------------------------------
 
 
-@pytest.fixture
-def store(redis_server: RedisServer):
-    redis_server.flush()
-    store = RedisStore(redis_server.url)
+@pytest.fixture(params=["redis", "file"])
+def store(request, tmp_path):
+    if request.param == "redis":
+        redis_server: RedisServer = request.getfixturevalue("redis_server")
+        redis_server.flush()
+        store = RedisStore(redis_server.url)
+    else:
+        store = FileStore(f"file://{tmp_path}/state.json")
     store.save({"workflow_id": "wf", "steps": steps(16)})
-    return store
+    yield store
+    store.close()
 
 
 def hold_batches(store: RedisStore):
@@ -185,10 +190,13 @@ def hold_batches(store: RedisStore):
     return gate, entered
 
 
-def test_concurrent_writes_take_consecutive_versions_each_published(store, redis_server):
-    pubsub = redis_server.client().pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("workflow:state:events")
-    wait_until(lambda: redis_server.client().pubsub_numsub("workflow:state:events")[0][1] >= 1)
+def test_concurrent_writes_take_consecutive_versions_each_published(store):
+    stop = threading.Event()
+    feed = store.events(stop)
+    assert next(feed) is RESYNC
+    events: list = []
+    follower = threading.Thread(target=lambda: events.extend(e for e in feed if e is not RESYNC))
+    follower.start()
     before = store.get().version
     gate, entered = hold_batches(store)
     results: list = []
@@ -216,22 +224,15 @@ def test_concurrent_writes_take_consecutive_versions_each_published(store, redis
     final = store.get().state
     assert final["version"] == before + 9
     assert [final["steps"][i]["data"] for i in range(8)] == [{"n": i} for i in range(8)]
-    events = []
-
-    def all_events() -> bool:
-        message = pubsub.get_message(timeout=0.1)
-        if message:
-            events.append(json.loads(message["data"]))
-        return len(events) == 9
-
-    wait_until(all_events)
-    assert [int(event["id"]) for event in events] == list(range(before + 1, before + 10))
+    wait_until(lambda: len(events) == 9)
+    stop.set()
+    follower.join(timeout=5)
+    assert [int(event.id) for event in events] == list(range(before + 1, before + 10))
     for snapshot in results:
-        # Each write's answer is the state as committed with its own version.
-        assert snapshot.state == next(
-            e["state"] for e in events if int(e["id"]) == snapshot.version
-        )
-    pubsub.close()
+        # Each write's answer is the state as committed with its own version, and so is its
+        # event: none skipped, none merged.
+        event = next(e for e in events if int(e.id) == snapshot.version)
+        assert json.loads(event.json) == snapshot.state
 
 
 def test_if_match_in_a_batch_sees_the_writes_queued_ahead_of_it(store):

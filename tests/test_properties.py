@@ -461,7 +461,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedClock]:
     """Shift the file backend's clock (what it stamps and what it checks expiry against)."""
     shifted = ShiftedClock()
     monkeypatch.setattr(storage_file, "time", shifted)
-    monkeypatch.setattr(storage_file, "utc_now", shifted.now)
     monkeypatch.setattr(storage_base, "utc_now", shifted.now)
     yield shifted
 

