@@ -548,8 +548,8 @@ def render(
 def main() -> int:
     """Run the benchmark; print the report and write it to docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--backends", default="redis,file")
     parser.add_argument("--no-streams", action="store_true")
@@ -580,8 +580,9 @@ def main() -> int:
         machine(), generator_name, args.seconds, args.rounds, args.connections, backends, streams
     )
     print(report)
+    history = Path(__file__).with_name("history.md").read_text()
     Path(args.out).parent.mkdir(exist_ok=True)
-    Path(args.out).write_text(report)
+    Path(args.out).write_text(report + "\n" + history)
     print(f"written to {args.out}; budgets {'hold' if ok else 'MISSED'}")
     return 0 if ok else 1
 

@@ -50,9 +50,8 @@ HISTORY_SUFFIX = "history"
 CORRUPT_SUFFIX = "corrupt"
 
 # redis-py's Lock sleeps 100 ms between tries by default, but a batch holds the lock for well
-# under a millisecond: a waiter looks again soon, then less and less often (each look is a round
-# trip). Only one writer per process waits on Redis at a time (the combiner queues the rest).
-LOCK_POLL_SCHEDULE = (0.0002, 0.0003, 0.0005, 0.001)
+# under a millisecond. Only one writer per process polls at a time (the combiner queues the rest).
+LOCK_POLL_SECONDS = 0.001
 
 
 def redis_key(base: str, *parts: str) -> str:
@@ -365,12 +364,13 @@ class RedisStore(StateStore):
                 (self.key, self.seq_key),
                 self._scripts["acquire"],
                 timeout=self.lock_timeout,
-                blocking=False,
+                sleep=LOCK_POLL_SECONDS,
+                blocking_timeout=max(deadline - time.monotonic(), 0.001),
                 thread_local=False,
             )
             started = time.monotonic()
             try:
-                acquired = self._wait_for(lock, deadline)
+                acquired = lock.acquire(token=self._lock_token())
             except RedisError as error:
                 raise self._unavailable(error) from None
             self.observer.lock_waited(time.monotonic() - started)
@@ -390,18 +390,6 @@ class RedisStore(StateStore):
         raise StorageUnavailable(
             f"Redis at {self._describe()}: {FENCE_ATTEMPTS} writes in a row lost the version fence"
         )
-
-    def _wait_for(self, lock: _ReadingLock, deadline: float) -> bool:
-        """Try to take the lock until `deadline`, looking again on LOCK_POLL_SCHEDULE."""
-        token = self._lock_token()
-        for attempt in itertools.count():
-            if lock.acquire(token=token):
-                return True
-            pause = LOCK_POLL_SCHEDULE[min(attempt, len(LOCK_POLL_SCHEDULE) - 1)]
-            if time.monotonic() + pause > deadline:
-                return False
-            time.sleep(pause)
-        return False  # unreachable; keeps type checkers content
 
     def _locked_batch(self, lock: _ReadingLock, batch: list[PendingWrite]) -> bool:
         """Apply the batch to what the lock read and commit it; False if the fence refused it."""
