@@ -81,16 +81,19 @@ def _saved(snapshot: Snapshot) -> Response:
     )
 
 
+# The ETag of "no state". Every such answer has the same body, and no state has version 0. An
+# expired state's version would be wrong here: a client holding that state would get a 304.
+NO_STATE_ETAG = "0"
+
+
 @bp.get("/state")
 def get_state() -> Response:
-    """Answer the current state, with its version as ETag."""
+    """Answer the current state, with its version as ETag ("0" when there is none)."""
     snapshot = get_store().get()
-    headers = {"Cache-Control": NO_STORE}
-    if snapshot.state is not None:
-        etag = str(snapshot.version)
-        headers["ETag"] = f'"{etag}"'
-        if request.if_none_match.contains_weak(etag):
-            return Response(status=304, headers=headers)
+    etag = NO_STATE_ETAG if snapshot.state is None else str(snapshot.version)
+    headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
+    if request.if_none_match.contains_weak(etag):
+        return Response(status=304, headers=headers)
     return json_response(state_body(snapshot), headers=headers)
 
 

@@ -335,7 +335,7 @@ SCHEMAS: dict[str, Schema] = {
 
 HEADERS: dict[str, Schema] = {
     "ETag": {
-        "description": 'The stored version, quoted: "<version>"',
+        "description": 'The stored version, quoted: "<version>" ("0" when there is no state)',
         "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
     },
     "Retry-After": {
@@ -519,14 +519,14 @@ PATHS: dict[str, Schema] = {
                 {
                     "200": _json_body(
                         ref("schemas", "StateResponse"),
-                        "The state; ETag is present when there is one",
+                        "The state; ETag is its version, or \"0\" when there is none",
                         {
-                            "ETag": ref("headers", "ETag"),
+                            "ETag": _header("ETag", required=True),
                             "Cache-Control": ref("headers", "CacheControlNoStore"),
                         },
                     ),
                     "304": {
-                        "description": "If-None-Match names the current version",
+                        "description": "If-None-Match names the current version (or \"0\")",
                         "headers": {"ETag": _header("ETag", required=True)},
                     },
                 },

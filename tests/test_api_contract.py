@@ -52,6 +52,17 @@ def test_get_with_no_state_answers_null(client):
     assert response.status_code == 200
     assert response.get_json() == {"success": True, "active": False, "state": None}
     assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["ETag"] == '"0"'
+    assert client.get(STATE, headers={"If-None-Match": '"0"'}).status_code == 304
+
+
+def test_an_expired_state_does_not_answer_304_to_its_own_etag(make_app):
+    client = make_app(STATE_TTL=1).test_client()
+    etag = client.post(STATE, json={"status": "completed"}).headers["ETag"]
+    wait_until(lambda: client.get(STATE).get_json()["state"] is None, timeout=5)
+    gone = client.get(STATE, headers={"If-None-Match": etag})
+    assert gone.status_code == 200
+    assert gone.get_json()["state"] is None
 
 
 def test_get_returns_what_post_stored_with_version_etag(client):

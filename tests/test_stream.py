@@ -193,11 +193,14 @@ def test_keepalive_comments_flow_when_nothing_changes(tmp_path: Path):
 
 
 def test_stream_answers_503_when_storage_is_down(own_redis: RedisServer):
-    client = create_app({"STATE_URL": own_redis.url}).test_client()
+    app = create_app({"STATE_URL": own_redis.url})
     own_redis.stop()
-    response = client.get(STREAM)
-    assert response.status_code == 503
-    assert response.get_json()["error"] == "backend_unavailable"
+    try:
+        response = app.test_client().get(STREAM)
+        assert response.status_code == 503
+        assert response.get_json()["error"] == "backend_unavailable"
+    finally:
+        app.extensions["workflow_stream_hub"].close()
 
 
 def test_closing_a_stream_frees_its_subscription(tmp_path: Path):
@@ -227,3 +230,34 @@ def test_a_worker_keeps_capacity_for_ordinary_requests(tmp_path: Path, monkeypat
         response.close()
     assert client.get(STREAM, buffered=False).status_code == 200
     app.extensions["workflow_stream_hub"].close()
+
+
+def open_streams_metric(base_url: str) -> float:
+    """Read workflow_state_open_streams from /metrics."""
+    status, _, text = http("GET", base_url + "/metrics")
+    assert status == 200
+    line = next(
+        line for line in text.splitlines() if line.startswith("workflow_state_open_streams")
+    )
+    return float(line.split()[-1])
+
+
+def test_clients_that_go_away_free_their_streams_on_the_real_server(tmp_path: Path):
+    server = Gunicorn(
+        {"WORKFLOW_STATE_URL": f"file://{tmp_path}/s.json", "WORKFLOW_STREAM_KEEPALIVE": "0.2"},
+        workers=2,
+    ).start()
+    try:
+        streams = [SSEClient(server.url + STREAM) for _ in range(5)]
+        for stream in streams:
+            stream.next()
+        wait_until(lambda: open_streams_metric(server.url) == 5)
+        for stream in streams[:3]:
+            stream.close()
+        # The server notices at its next keepalive write and lets the stream go.
+        wait_until(lambda: open_streams_metric(server.url) == 2, timeout=10)
+        for stream in streams[3:]:
+            stream.close()
+        wait_until(lambda: open_streams_metric(server.url) == 0, timeout=10)
+    finally:
+        server.stop()
