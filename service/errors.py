@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Flask, Response, json
+from flask import Flask, Response, g, json
 from werkzeug.exceptions import HTTPException
 
 from . import model
@@ -47,6 +47,8 @@ def _state_error(error: model.StateError) -> Response:
 
 
 def _storage_error(error: StorageUnavailable) -> Response:
+    # Other subsystems (metrics) read why this request failed from here.
+    g.storage_error = error
     if isinstance(error, LockTimeout):
         log.warning("write refused: %s", error.message)
     else:

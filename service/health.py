@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from .errors import RETRY_AFTER_SECONDS, error_response
-from .storage import StorageUnavailable, dumps
+from .storage import dumps
 from .store import get_store
 
 bp = Blueprint("health", __name__)
@@ -23,11 +22,6 @@ def healthz() -> Response:
 def readyz() -> Response:
     """Answer 200 when the backend answers, else 503 backend_unavailable."""
     store = get_store()
-    try:
-        store.ping()
-    except StorageUnavailable as error:
-        return error_response(
-            503, "backend_unavailable", error.message, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        )
+    store.ping()  # StorageUnavailable: the error handler answers 503 backend_unavailable
     body = dumps({"success": True, "status": "ready", "backend": store.describe()})
     return Response(body, mimetype="application/json")

@@ -12,14 +12,11 @@ after the server had its chance to set the variable.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, has_request_context, request
+from flask import Blueprint, Flask, Response, g, request
 
 from .storage import LockTimeout, Observer
 
@@ -126,51 +123,15 @@ class PrometheusObserver(Observer):
     def lock_timed_out(self) -> None:
         """Count a writer that gave up waiting for the lock."""
         self.metrics.lock_timeouts.inc()
-        _note_reported()
 
     def wrote(self) -> None:
         """Count an accepted write or delete."""
         self.metrics.writes.inc()
 
-    def backend_failed(self) -> None:
-        """Count a backend error, unless it is a lock timeout (already counted as one)."""
-        # The store calls this while handling the failure; a LockTimeout is a StorageUnavailable
-        # to the store, but the backend answered: it is contention, not an outage.
-        if isinstance(sys.exc_info()[1], LockTimeout):
-            return
-        self.metrics.backend_errors.inc()
-        _note_reported()
-
-
-def _note_reported() -> None:
-    # Lets the response hook know this request's 503 is already counted.
-    if has_request_context():
-        g.metrics_storage_reported = True
-
-
-def stream_opened() -> None:
-    """Count one more open stream in this process."""
-    get_metrics().open_streams.inc()
-
-
-def stream_closed() -> None:
-    """Count one stream fewer in this process."""
-    get_metrics().open_streams.dec()
-
 
 def set_open_streams(count: int) -> None:
     """Set how many streams are open in this process (the stream hub's change callback)."""
     get_metrics().open_streams.set(count)
-
-
-@contextmanager
-def tracking_stream() -> Iterator[None]:
-    """Count a stream as open for as long as the block runs."""
-    stream_opened()
-    try:
-        yield
-    finally:
-        stream_closed()
 
 
 def _start_timer() -> None:
@@ -192,14 +153,11 @@ def _record(response: Response) -> Response:
     started = g.get("metrics_started")
     if started is not None:
         histogram.observe(time.perf_counter() - started)
-    if status == 503 and not g.get("metrics_storage_reported") and _is_backend_error(response):
-        # Reads and health checks don't report failures to the observer; count them here.
+    # Each request that storage failed counts once; a lock timeout is contention, not an outage.
+    failure = g.get("storage_error")
+    if failure is not None and not isinstance(failure, LockTimeout):
         metrics.backend_errors.inc()
     return response
-
-
-def _is_backend_error(response: Response) -> bool:
-    return not response.is_streamed and b'"backend_unavailable"' in response.get_data()
 
 
 @bp.get("/metrics")
@@ -230,5 +188,5 @@ def init_app(app: Flask) -> None:
     app.after_request(_record)
     app.extensions["workflow_state"].observer = PrometheusObserver()
     hub = app.extensions.get("workflow_stream_hub")
-    if hub is not None and hasattr(hub, "on_change"):
+    if hub is not None:
         hub.on_change.append(set_open_streams)

@@ -519,14 +519,14 @@ PATHS: dict[str, Schema] = {
                 {
                     "200": _json_body(
                         ref("schemas", "StateResponse"),
-                        "The state; ETag is its version, or \"0\" when there is none",
+                        'The state; ETag is its version, or "0" when there is none',
                         {
                             "ETag": _header("ETag", required=True),
                             "Cache-Control": ref("headers", "CacheControlNoStore"),
                         },
                     ),
                     "304": {
-                        "description": "If-None-Match names the current version (or \"0\")",
+                        "description": 'If-None-Match names the current version (or "0")',
                         "headers": {"ETag": _header("ETag", required=True)},
                     },
                 },

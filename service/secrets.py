@@ -43,13 +43,9 @@ class FieldCipher:
                 sealed[field] = {ENCRYPTED_MARK: token}
         return sealed
 
-    def open(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Return a copy of `state` with sealed fields decrypted; undecryptable ones become None."""
-        return open_fields(state, self._fernet)
 
-
-def open_fields(state: dict[str, Any], fernet: MultiFernet | None) -> dict[str, Any]:
-    """Decrypt sealed fields with `fernet`; a field no key opens is answered as None and logged."""
+def open_fields(state: dict[str, Any], cipher: FieldCipher | None) -> dict[str, Any]:
+    """Decrypt sealed fields with `cipher`; a field no key opens is answered as None and logged."""
     opened = state
     for field in SECRET_FIELDS:
         value = state.get(field)
@@ -58,9 +54,9 @@ def open_fields(state: dict[str, Any], fernet: MultiFernet | None) -> dict[str, 
         if opened is state:
             opened = dict(state)
         try:
-            if fernet is None:
+            if cipher is None:
                 raise InvalidToken
-            opened[field] = fernet.decrypt(value[ENCRYPTED_MARK].encode()).decode()
+            opened[field] = cipher._fernet.decrypt(value[ENCRYPTED_MARK].encode()).decode()
         except InvalidToken:
             opened[field] = None
             log.warning(

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import create_app, metrics
+from service import create_app
 from service.storage import FileStore, RedisStore
 from tests.conftest import steps
 from tests.support import Gunicorn, RedisServer, SSEClient, free_port, http, wait_until
@@ -171,12 +171,13 @@ def test_each_request_that_storage_failed_is_one_backend_error():
     assert value("workflow_state_backend_errors_total") == before + len(calls)
 
 
-def test_stream_helpers_move_the_open_streams_gauge():
+def test_the_stream_hub_moves_the_open_streams_gauge(make_app):
+    hub = make_app().extensions["workflow_stream_hub"]
     before = value("workflow_state_open_streams")
-    with metrics.tracking_stream():
-        metrics.stream_opened()
-        assert value("workflow_state_open_streams") == before + 2
-        metrics.stream_closed()
+    first, second = hub.subscribe(), hub.subscribe()
+    assert value("workflow_state_open_streams") == before + 2
+    hub.unsubscribe(first)
+    hub.unsubscribe(second)
     assert value("workflow_state_open_streams") == before
 
 

@@ -94,9 +94,6 @@ class Observer:
     def wrote(self) -> None:
         """Record an accepted write or delete."""
 
-    def backend_failed(self) -> None:
-        """Record a backend error."""
-
 
 class StateStore(ABC):
     """Hold one workflow state with versioned, locked, fenced writes."""
@@ -125,7 +122,6 @@ class StateStore(ABC):
         self.io_timeout = io_timeout
         self.cipher = cipher
         self.observer = Observer()
-        self._write_lock = threading.Lock()
         # (stored bytes, decoded state) of the last document read or written; see `_decode`.
         self._remembered: tuple[bytes, dict[str, Any]] | None = None
 
@@ -149,7 +145,7 @@ class StateStore(ABC):
                 decided["last_update"] = model.format_time(now)
             return decided
 
-        return self._write(change)
+        return self._transact(change)
 
     def update_step(
         self, index: int, body: Any, *, if_match: frozenset[str] | None = None
@@ -158,7 +154,7 @@ class StateStore(ABC):
         if index < 0:
             raise model.InvalidIndex(f"Step index must be >= 0, got {index}")
         step_change = model.parse_step_change(body)
-        return self._write(
+        return self._transact(
             lambda current, now: model.apply_step(
                 current, index, step_change, now=now, if_match=if_match
             )
@@ -167,7 +163,7 @@ class StateStore(ABC):
     def merge(self, body: Any, *, if_match: frozenset[str] | None = None) -> Snapshot:
         """Replace top-level fields of the stored state atomically."""
         model.require_object(body)
-        return self._write(
+        return self._transact(
             lambda current, now: model.apply_merge(current, body, now=now, if_match=if_match)
         )
 
@@ -222,13 +218,6 @@ class StateStore(ABC):
 
     # --- shared machinery for backends -----------------------------------------------------
 
-    def _write(self, change: Change) -> Snapshot:
-        try:
-            return self._transact(change)
-        except StorageUnavailable:
-            self.observer.backend_failed()
-            raise
-
     def _decode(self, raw: str | bytes | None) -> dict[str, Any] | None:
         """Parse a stored document; move a corrupt one aside and treat it as no state.
 
@@ -253,15 +242,21 @@ class StateStore(ABC):
     def _open(self, state: dict[str, Any]) -> dict[str, Any]:
         if not needs_opening(state):
             return state
-        return open_fields(state, self.cipher._fernet if self.cipher else None)
+        return open_fields(state, self.cipher)
 
-    def _served(self, stored: dict[str, Any] | None, raw: str | None) -> Snapshot:
-        """Build the Snapshot a client sees from a stored state and its stored JSON."""
+    def _served(self, stored: dict[str, Any] | None, raw: str | bytes | None) -> Snapshot:
+        """Build the Snapshot a client sees from a stored state and the document it came from."""
         if stored is None:
             return Snapshot(None, "null")
         if needs_opening(stored):
             plain = self._open(stored)
             return Snapshot(plain, dumps(plain), str(plain["version"]))
+        if isinstance(raw, bytes):
+            # json.loads accepted it, but it may be UTF-16/32: serve our own serialisation then.
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raw = None
         return Snapshot(stored, raw if raw is not None else dumps(stored), str(stored["version"]))
 
     def _encode_head(

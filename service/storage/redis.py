@@ -317,18 +317,20 @@ class RedisStore(StateStore):
             else:
                 raw, seq = self._dedicated("reads").get(self.key), None
         except ResponseError as error:
-            raw = error  # a value of the wrong type; handled below
-            seq = None
+            raw, seq = error, None  # a value of the wrong type
         except RedisError as error:
             raise self._unavailable(error) from None
-        if isinstance(raw, Exception):
-            self._quarantine(None, "a Redis value that is not a string")
-            raw = None
-        stored = self._decode(raw)
-        snapshot = self._served(stored, _text(raw) if stored is not None else None)
+        stored = self._stored(raw)
         if with_id and stored is None:
             return Snapshot(None, "null", str(int(seq or 0)))
-        return snapshot
+        return self._served(stored, raw)
+
+    def _stored(self, raw: Any) -> dict[str, Any] | None:
+        """Decode what Redis returned for the state key; a value of another type goes aside."""
+        if isinstance(raw, Exception):
+            self._quarantine(None, "a Redis value that is not a string")
+            return None
+        return self._decode(raw)
 
     def _transact(self, change: Change) -> Snapshot:
         # Concurrent writers of this process share one hold of the lock and one commit.
@@ -394,10 +396,7 @@ class RedisStore(StateStore):
     def _locked_batch(self, lock: _ReadingLock, batch: list[PendingWrite]) -> bool:
         """Apply the batch to what the lock read and commit it; False if the fence refused it."""
         raw, seq = lock.read
-        if isinstance(raw, Exception):
-            self._quarantine(None, "a Redis value that is not a string")
-            raw = None
-        stored = self._decode(raw)
+        stored = self._stored(raw)
         base_seq = int(seq or 0)
         chain, finished, answers = self._apply_batch(stored, batch, base_seq)
         snapshots: list[Snapshot] = []
@@ -430,19 +429,18 @@ class RedisStore(StateStore):
                 self.observer.wrote()
         else:
             _release_quietly(lock)
-        self._settle(answers, snapshots, self._served(stored, _text(raw) if stored else None))
+        self._settle(answers, snapshots, self._served(stored, raw))
         return True
 
     def _delete(self) -> int:
-        self.client()
+        client = self.client()
         try:
             return int(
                 self._scripts["delete"](
-                    keys=[self.key, self.seq_key, self.events_key], client=self.client()
+                    keys=[self.key, self.seq_key, self.events_key], client=client
                 )
             )
         except RedisError as error:
-            self.observer.backend_failed()
             raise self._unavailable(error) from None
 
     def _history(self, limit: int) -> list[str]:
@@ -455,13 +453,13 @@ class RedisStore(StateStore):
         return [raw.decode("utf-8", "replace") for raw in raws]
 
     def _quarantine(self, raw: str | bytes | None, reason: str) -> None:
-        self.client()
+        client = self.client()
         target = redis_key(self.key, CORRUPT_SUFFIX, str(int(time.time())))
         try:
             moved = self._scripts["quarantine"](
                 keys=[self.key, target],
                 args=[raw if raw is not None else "", CORRUPT_KEEP_SECONDS * 1000],
-                client=self.client(),
+                client=client,
             )
         except RedisError as error:
             raise self._unavailable(error) from None
@@ -509,15 +507,6 @@ class RedisStore(StateStore):
         if parts.port:
             netloc = f"{netloc}:{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _text(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-    except UnicodeDecodeError:
-        return None
 
 
 def _parse_event(data: bytes) -> Event:
