@@ -11,7 +11,6 @@ color scheme. Exits 0 on success, 1 when Chromium or the server is missing.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -20,27 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import Gunicorn, http  # noqa: E402
+from service.pages import DEFAULT_STEPS  # noqa: E402
+from tests.support import CHROMIUM, CHROMIUM_ARGS, Gunicorn, http  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ACTIONS = [
-    "test_ssh",
-    "set_ui_home",
-    "setup_civitdl",
-    "sync_instance",
-    "install_custom_nodes",
-    "verify_dependencies",
-]
+ACTIONS = [step["action"] for step in DEFAULT_STEPS]
 
 # What a host application's endpoints might answer, shown under each card.
 NOTES = {

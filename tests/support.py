@@ -24,6 +24,19 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# Debian's Chromium (never a downloaded browser), with what this closed network needs: no
+# background connections, no component updates, no QUIC.
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # WSS_FAKE_REDIS=1 runs the suite as on a machine without the binary (fakeredis's TCP server).
 REDIS_SERVER = None if os.environ.get("WSS_FAKE_REDIS") == "1" else shutil.which("redis-server")
 

@@ -64,17 +64,9 @@ export class InstancesView {
     this.current = null;
     this.history = [];
     this.loading = null;
-    this.labels = new Map();
+    // Set by the page to its own step labelling; this default serves a page without config.
+    this.labelOf = (step) => step.label || step.action;
     setInterval(() => this.render(), 30000); // keep "2 minutes ago" true
-  }
-
-  /** Labels of the configured steps, for workflows whose steps carry none. */
-  setLabels(steps) {
-    this.labels = new Map(steps.map((step) => [step.action, step.label]));
-  }
-
-  labelOf(step) {
-    return step.label || this.labels.get(step.action) || step.action;
   }
 
   /** Show `state` (the current workflow, or null) at the top of the list. */

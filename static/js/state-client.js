@@ -39,11 +39,6 @@ export class ApiError extends Error {
     this.body = body;
     this.retryAfter = retryAfter;
   }
-
-  /** True for the answers that mean "someone else changed the workflow". */
-  get isConflict() {
-    return this.status === 409 || this.status === 412;
-  }
 }
 
 /** True when `error` comes from an AbortController (a cancelled call, not a failure). */
@@ -87,7 +82,7 @@ export function progressPercent(state) {
 }
 
 /** Round a double the way Python's round(x, digits) does: exact value, ties to even. */
-export function roundHalfEven(value, digits) {
+function roundHalfEven(value, digits) {
   if (!Number.isFinite(value)) return value;
   const negative = value < 0;
   // toFixed(n) with a large n prints the double's exact binary value (up to 100 places).

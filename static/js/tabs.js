@@ -7,10 +7,9 @@
  * Enter/Space activate (a button does that by itself).
  */
 
-export class Tabs extends EventTarget {
+export class Tabs {
   /** @param {Element} tablist the `[role=tablist]` element */
   constructor(tablist) {
-    super();
     this.tablist = tablist;
     this.tabs = Array.from(tablist.querySelectorAll('[role="tab"]'));
     this.touched = false; // whether the person has picked a tab themselves
@@ -23,17 +22,10 @@ export class Tabs extends EventTarget {
     }
   }
 
-  /** The id of the selected tab panel. */
-  get selected() {
-    const tab = this.tabs.find((candidate) => candidate.getAttribute('aria-selected') === 'true');
-    return tab ? tab.dataset.tab : null;
-  }
-
   /** Show the panel `id`; with focus, move keyboard focus to its tab. */
   select(id, { focus = false } = {}) {
     const target = this.tabs.find((tab) => tab.dataset.tab === id);
     if (!target) return;
-    const changed = this.selected !== id;
     for (const tab of this.tabs) {
       const on = tab === target;
       tab.setAttribute('aria-selected', String(on));
@@ -46,7 +38,6 @@ export class Tabs extends EventTarget {
       }
     }
     if (focus) target.focus();
-    if (changed) this.dispatchEvent(new CustomEvent('change', { detail: id }));
   }
 
   onKeydown(event, tab) {

@@ -31,7 +31,7 @@ const STEP_MARK = { completed: '✓', failed: '✕', skipped: '–', cancelled: 
 const MESSAGE_KINDS = ['info', 'success', 'warning', 'error'];
 
 /** What #setup-result says when the page loads with a stored state (contract section 4). */
-export const RESTORE_MESSAGES = {
+const RESTORE_MESSAGES = {
   running: ['⚠️ Workflow was in progress. You may need to restart it.', 'warning'],
   completed: ['✅ Previous workflow completed successfully!', 'success'],
   failed: ['❌ Previous workflow failed.', 'error'],
@@ -40,10 +40,10 @@ export const RESTORE_MESSAGES = {
 const IDLE_MESSAGE = 'Enter the SSH connection of your instance, choose the steps, and press Run.';
 
 /** sessionStorage key: the id of the last workflow this browser tab started. */
-export const OWNED_RUN_KEY = 'workflowStateOwnedRun';
+const OWNED_RUN_KEY = 'workflowStateOwnedRun';
 
 /** A workflow id in the server's own format: workflow_<unix ms>_<random hex>. */
-export function newWorkflowId() {
+function newWorkflowId() {
   const bytes = new Uint8Array(6);
   crypto.getRandomValues(bytes);
   const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
@@ -99,6 +99,9 @@ export class WorkflowPage {
     this.live = live;
     this.tabs = tabs;
     this.instances = instances;
+    instances.labelOf = (step) => this.labelOf(step);
+    // The configured steps by action: labels and endpoints for stored steps that lack them.
+    this.configured = new Map();
     const byId = (id) => document.getElementById(id);
     this.dom = {
       steps: byId('workflow-steps'),
@@ -154,7 +157,7 @@ export class WorkflowPage {
       this.updateControls();
       return false;
     }
-    this.instances.setLabels(this.config.steps);
+    this.configured = new Map(this.config.steps.map((step) => [step.action, step]));
     this.showLayout(this.config.steps);
     let answer;
     try {
@@ -215,9 +218,7 @@ export class WorkflowPage {
     }
     if (!this.isNewer(state)) return;
     const newWorkflow = !previous || previous.workflow_id !== state.workflow_id;
-    const changed = newWorkflow || previous.version !== state.version;
     this.render(state, { resetToggles: newWorkflow });
-    if (!changed) return;
     if (newWorkflow && !this.tabs.touched) this.tabs.select('vastai-setup');
     if (state.status === 'running') {
       if (this.isOtherRun(state)) this.setMessage(this.otherRunMessage(state), 'info');
@@ -227,23 +228,26 @@ export class WorkflowPage {
     }
   }
 
-  /** Versions come from one counter that never goes back: an older one is a stale answer. */
+  /**
+   * Versions come from one counter that never goes back, and one version is always the same
+   * state: only a higher one is news (the same one again is already on screen).
+   */
   isNewer(state) {
-    return !this.shown || !state || state.version >= this.shown.version;
+    return !this.shown || !state || state.version > this.shown.version;
   }
 
   // --- rendering -------------------------------------------------------------------------------
 
   /** The step list a state shows: its own steps, labelled from the config where it has none. */
   layoutFor(state) {
-    const configured = new Map((this.config ? this.config.steps : []).map((step) => [step.action, step]));
     if (!state || !Array.isArray(state.steps) || !state.steps.length) {
       return this.config ? this.config.steps : [];
     }
-    return state.steps.map((step) => {
-      const known = configured.get(step.action) || {};
-      return { ...known, action: step.action, label: step.label || known.label || step.action };
-    });
+    return state.steps.map((step) => ({
+      ...this.configured.get(step.action),
+      action: step.action,
+      label: this.labelOf(step),
+    }));
   }
 
   showLayout(steps) {
@@ -352,7 +356,7 @@ export class WorkflowPage {
     });
     this.arrows.forEach((arrow, index) => {
       const before = (steps[index] || {}).status;
-      arrow.classList.toggle('completed', before === 'completed' || before === 'skipped');
+      arrow.classList.toggle('completed', before === 'completed'); // contract: the step before it is done
       arrow.classList.toggle('loading', running && before === 'in_progress');
     });
     this.showProgress(state);
@@ -392,8 +396,9 @@ export class WorkflowPage {
     else this.setMessage('⏹️ Workflow was cancelled.', 'warning');
   }
 
+  /** A step's label: its own, else the configured one, else its action. */
   labelOf(step) {
-    const known = this.layout.find((entry) => entry.action === step.action);
+    const known = this.configured.get(step.action);
     return step.label || (known && known.label) || step.action;
   }
 
@@ -613,7 +618,7 @@ export class WorkflowPage {
       if (run.stoppedElsewhere) return this.stoppedElsewhere(run);
       if (run.cancelled) return await this.finishCancelled(run);
       await this.finish(run, 'completed');
-      this.setMessage('✅ Workflow completed successfully!', 'success');
+      this.showFinished(this.shown);
     } catch (error) {
       if (this.unloading) return new Promise(() => {});
       await this.stopped(run, error);
@@ -654,12 +659,17 @@ export class WorkflowPage {
   /** The live feed showed this run finished or replaced by someone else: write nothing more. */
   stoppedElsewhere(run) {
     const state = this.shown;
-    if (state && state.workflow_id === run.id) {
-      this.setMessage(`⏹️ This run was stopped from another tab or window (the workflow is ${state.status}).`, 'warning');
+    this.sayStopped(state && state.workflow_id === run.id ? state.status : null);
+    return undefined;
+  }
+
+  /** Say the run stopped because its workflow became `status` elsewhere (null: was replaced). */
+  sayStopped(status) {
+    if (status) {
+      this.setMessage(`⏹️ This run was stopped from another tab or window (the workflow is ${status}).`, 'warning');
     } else {
       this.setMessage('⚠️ Another workflow replaced this run, so it stopped without overwriting it.', 'warning');
     }
-    return undefined;
   }
 
   /** A state write of the run was refused: say why, and show what is stored now. */
@@ -675,10 +685,9 @@ export class WorkflowPage {
       this.render(stored);
     }
     if (error instanceof ApiError && error.code === 'workflow_finished') {
-      const status = stored && stored.workflow_id === run.id ? stored.status : 'finished';
-      this.setMessage(`⏹️ This run was stopped from another tab or window (the workflow is ${status}).`, 'warning');
+      this.sayStopped(stored && stored.workflow_id === run.id ? stored.status : 'finished');
     } else if (error instanceof ApiError && error.code === 'workflow_mismatch') {
-      this.setMessage('⚠️ Another workflow replaced this run, so it stopped without overwriting it.', 'warning');
+      this.sayStopped(null);
     } else if (error instanceof ApiError && error.code === 'precondition_failed') {
       this.setMessage('⚠️ Another workflow started meanwhile, so this one was not started over it.', 'warning');
     } else {

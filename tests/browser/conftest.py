@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
-from tests.browser.pagekit import CHROMIUM, CHROMIUM_ARGS, CSP, Server, ServerPool
+from tests.browser.pagekit import CSP, Server, ServerPool
+from tests.support import CHROMIUM, CHROMIUM_ARGS
 
 PAGE_URL = re.compile(r"^http://127\.0\.0\.1:\d+/(\?.*)?$")  # the page itself, not its assets
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,18 +16,8 @@ from playwright.sync_api import Page, expect
 
 from tests.support import Gunicorn, http, wait_until
 
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CSP = "default-src 'self'; frame-ancestors 'none'"
+P = "pending"
 TOKEN = "browser-test-token"
 DEFAULT_ACTIONS = (
     "test_ssh",
@@ -252,3 +241,11 @@ def progress_value(page: Page) -> float:
 def selected_tab(page: Page) -> str:
     """The data-tab of the selected tab button."""
     return page.get_attribute('.tab-button[aria-selected="true"]', "data-tab")
+
+
+def start_run(page: Page, ssh: str | None = None) -> None:
+    """Open the VastAI Setup tab (typing `ssh` when given) and press Run."""
+    page.click('.tab-button[data-tab="vastai-setup"]')
+    if ssh is not None:
+        page.fill("#sshConnectionString", ssh)
+    page.click("#run-workflow-btn")

@@ -9,11 +9,9 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect
 
-from tests.browser.pagekit import Server, expect_steps, open_page, selected_tab
+from tests.browser.pagekit import P, Server, expect_steps, open_page, selected_tab, start_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-P = "pending"
 
 # Records every class a step card takes, so a test can tell the page showed each step running.
 RECORD_STEP_CLASSES = """() => {
@@ -44,11 +42,6 @@ def without_stream(page: Page) -> None:
         route.fulfill(response=response, body=json.dumps(body))
 
     page.route("**/workflow/config", handle)
-
-
-def start_run(page: Page) -> None:
-    page.click('.tab-button[data-tab="vastai-setup"]')
-    page.click("#run-workflow-btn")
 
 
 def test_second_tab_follows_a_whole_run_live(server: Server, context: BrowserContext) -> None:

@@ -10,6 +10,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from tests.browser.pagekit import (
     DEFAULT_ACTIONS,
     DEFAULT_LABELS,
+    P,
     Server,
     expect_steps,
     make_steps,
@@ -20,7 +21,6 @@ from tests.browser.pagekit import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-P = "pending"
 RUNNING = ["completed", "completed", "in_progress", P, P, P]
 FAILED = ["completed", "completed", "completed", "failed", P, P]
 COMPLETED = ["completed"] * 6

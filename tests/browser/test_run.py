@@ -12,23 +12,18 @@ from playwright.sync_api import Page, Route, expect
 from tests.browser.pagekit import (
     DEFAULT_ACTIONS,
     SLOW_STEPS,
+    P,
     Server,
     expect_steps,
     open_page,
     progress_value,
     selected_tab,
+    start_run,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SSH = "ssh -p 41022 root@203.0.113.7 -L 8080:localhost:8080"
-P = "pending"
-
-
-def start_run(page: Page, ssh: str = SSH) -> None:
-    page.click('.tab-button[data-tab="vastai-setup"]')
-    page.fill("#sshConnectionString", ssh)
-    page.click("#run-workflow-btn")
 
 
 def statuses(state: dict[str, Any] | None) -> list[str]:
@@ -37,7 +32,7 @@ def statuses(state: dict[str, Any] | None) -> list[str]:
 
 def test_run_end_to_end(server: Server, page: Page) -> None:
     open_page(page, server)
-    start_run(page)
+    start_run(page, SSH)
     expect(page.locator("#run-workflow-btn")).to_have_text("Cancel")
     result = page.locator("#setup-result")
     expect(result).to_have_text("✅ Workflow completed successfully!")
@@ -89,7 +84,7 @@ def test_disabled_steps_are_skipped(server: Server, page: Page) -> None:
 
 def test_failure_stops_the_run(failing_server: Server, page: Page) -> None:
     open_page(page, failing_server)
-    start_run(page)
+    start_run(page, SSH)
     result = page.locator("#setup-result")
     expect(result).to_have_class(re.compile(r"\berror\b"))
     expect(result).to_contain_text("Sync Instance")
@@ -110,7 +105,7 @@ def test_failure_stops_the_run(failing_server: Server, page: Page) -> None:
 
 def test_cancel(slow_server: Server, page: Page) -> None:
     open_page(page, slow_server)
-    start_run(page)
+    start_run(page, SSH)
     first = page.locator('.workflow-step[data-action="provision"]')
     expect(first).to_have_class(re.compile(r"\bin-progress\b"))
     page.click("#run-workflow-btn")  # now "Cancel"
@@ -127,7 +122,7 @@ def test_cancel(slow_server: Server, page: Page) -> None:
 
 def test_reload_mid_run_restores_it_as_running(slow_server: Server, page: Page) -> None:
     open_page(page, slow_server)
-    start_run(page)
+    start_run(page, SSH)
     expect(page.locator('.workflow-step[data-action="provision"]')).to_have_class(
         re.compile(r"\bin-progress\b")
     )
@@ -172,7 +167,7 @@ def test_step_with_an_endpoint_calls_the_host_application(host_server: Server, p
     page.route("**/host/deploy", host_deploy)
     open_page(page, host_server)
     expect(page.locator("#workflow-steps .step-label")).to_have_text(["Prepare", "Deploy app"])
-    start_run(page)
+    start_run(page, SSH)
     expect(page.locator("#setup-result")).to_have_text("✅ Workflow completed successfully!")
     assert len(calls) == 1
     body = calls[0]["body"]
@@ -195,7 +190,7 @@ def test_an_endpoint_error_fails_the_step(host_server: Server, page: Page, conso
         ),
     )
     open_page(page, host_server)
-    start_run(page)
+    start_run(page, SSH)
     result = page.locator("#setup-result")
     expect(result).to_have_class(re.compile(r"\berror\b"))
     expect(result).to_contain_text("Disk full")
