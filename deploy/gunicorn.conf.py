@@ -55,15 +55,26 @@ loglevel = "info"
 logger_class = "service.logs.GunicornLogger"
 
 
-def on_starting(server):
-    """Refuse to start, in one line, when the config is wrong; make the metrics directory."""
-    sys.path.insert(0, os.getcwd())
+def _refuse_a_wrong_configuration() -> None:
+    """Exit with one line naming the variable when the configuration is wrong.
+
+    Run while gunicorn reads this file, before it logs anything, so the line is all there is.
+    """
+    # gunicorn has not applied --chdir yet: find the service next to this file.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from service.config import check_environment
 
     problem = check_environment()
     if problem:
         print(f"workflow-state: {problem}", file=sys.stderr)
         sys.exit(1)
+
+
+_refuse_a_wrong_configuration()
+
+
+def on_starting(server):
+    """Make (and empty) the metrics directory before any worker starts."""
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(directory, mode=0o700, exist_ok=True)
     # A previous run's counts would be summed into this one's. A master re-executed for an

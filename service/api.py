@@ -10,6 +10,7 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import model
+from .errors import json_response
 from .storage import HISTORY_MAX, Snapshot, dumps
 from .store import get_store
 
@@ -61,11 +62,6 @@ def if_match() -> frozenset[str] | None:
     if tags.star_tag:
         return frozenset({"*"})
     return frozenset(tags.as_set(include_weak=True))
-
-
-def json_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Wrap an already-serialised JSON body."""
-    return Response(body, status=status, mimetype="application/json", headers=headers)
 
 
 def state_body(snapshot: Snapshot) -> str:

@@ -18,13 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from . import config as config_module
 from . import logs, model
 from .storage import HISTORY_MAX, RESYNC, Event, FileStore, StateStore, StorageUnavailable
-from .storage.base import HISTORY_DAYS
+from .storage.base import HISTORY_DAYS, dumps, utc_now
 from .store import build_store
 
 EXIT_OK = 0
@@ -56,7 +55,7 @@ class Output:
 
     def data(self, value: Any) -> None:
         """Write a value as one line of JSON."""
-        self.line(json.dumps(value, separators=(",", ":")))
+        self.line(dumps(value))
 
     def note(self, text: str) -> None:
         """Write one line for the person at the terminal, on stderr."""
@@ -98,7 +97,7 @@ def describe_step(state: dict[str, Any]) -> str:
 def change_line(kind: str, event_id: str, state: dict[str, Any] | None) -> str:
     """Return the one-line human description `watch` prints for a change."""
     if state is None:
-        stamp = model.format_time(datetime.now(UTC))
+        stamp = model.format_time(utc_now())
         what = {"expired": "expired", "cleared": "cleared"}.get(kind, "no workflow")
         return f"{stamp} #{event_id} {what}"
     progress = model.progress_percent(state)

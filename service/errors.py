@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
 from . import model
-from .storage import LockTimeout, StorageUnavailable
+from .storage import LockTimeout, StorageUnavailable, dumps
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,18 @@ STATUS_BY_ERROR: dict[type[model.StateError], int] = {
 RETRY_AFTER_SECONDS = 1
 
 
+def json_response(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Wrap an already-serialised JSON body."""
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
     """Build {"success": false, "message": ..., "error": ...} with a status."""
-    body = json.dumps({"success": False, "message": message, "error": code})
-    return Response(body, status=status, mimetype="application/json", headers=headers)
+    return json_response(
+        dumps({"success": False, "message": message, "error": code}), status, headers
+    )
 
 
 def _snake(name: str) -> str:

@@ -24,6 +24,8 @@ from typing import IO, Any
 from flask import Flask, Response, g, has_request_context, request
 from gunicorn import glogging
 
+from . import model
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # What a caller-supplied id may look like: a UUID, nginx's $request_id, a trace id. Anything
 # longer or stranger is replaced, so a log line never carries attacker-shaped text.
@@ -69,17 +71,19 @@ class Redactor:
 
     def __init__(self) -> None:
         self._values: frozenset[str] = frozenset()
+        # Longest first, so a key that contains another secret is removed whole.
+        self._ordered: tuple[str, ...] = ()
 
     def add(self, values: Iterable[str | None]) -> None:
         """Remember more secret values (the token, Fernet keys) to scrub wherever they appear."""
         fresh = {v for v in values if v and len(v) >= MIN_SECRET_LENGTH}
         if not fresh <= self._values:
             self._values = self._values | fresh
+            self._ordered = tuple(sorted(self._values, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
         """Return `text` with every secret replaced by [REDACTED]."""
-        # Longest first, so a key that contains another secret is removed whole.
-        for value in sorted(self._values, key=len, reverse=True):
+        for value in self._ordered:
             if value in text:
                 text = text.replace(value, REDACTED)
         if SUSPECT.search(text):
@@ -144,18 +148,13 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def _iso(created: float) -> str:
-    moment = datetime.fromtimestamp(created, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Return ts, level, logger, message, request_id, pid (and request fields, exc)."""
         entry: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": model.format_time(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -218,9 +217,6 @@ def dress(handler: logging.Handler, log_format: str) -> logging.Handler:
 
 class StderrHandler(logging.StreamHandler):
     """A stream handler that writes to whatever `sys.stderr` is at the moment of writing."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property
     def stream(self) -> IO[str]:  # type: ignore[override]

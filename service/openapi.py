@@ -47,6 +47,20 @@ _WORKFLOW_ID: Schema = {
     "description": "1-128 characters of A-Z a-z 0-9 _ . : -",
 }
 _TIME: Schema = {"type": "string", "format": "date-time", "description": "ISO-8601"}
+_ERROR_CODE: Schema = {"type": "string", "pattern": "^[a-z]+(_[a-z]+)*$"}
+# The fields a client may send; the stored State adds last_update and version.
+_STATE_FIELDS: dict[str, Schema] = {
+    "workflow_id": ref("schemas", "WorkflowId"),
+    "status": ref("schemas", "WorkflowStatus"),
+    "current_step": {"type": "integer", "minimum": 0},
+    "steps": {
+        "type": "array",
+        "items": ref("schemas", "Step"),
+        "maxItems": model.MAX_STEPS,
+    },
+    "start_time": _TIME,
+    "ssh_connection": {"type": ["string", "null"]},
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
@@ -56,7 +70,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "success": {"const": False},
             "message": {"type": "string", "minLength": 1, "description": "for a person"},
-            "error": {"type": "string", "pattern": "^[a-z]+(_[a-z]+)*$"},
+            "error": _ERROR_CODE,
         },
         "additionalProperties": False,
     },
@@ -91,18 +105,9 @@ SCHEMAS: dict[str, Schema] = {
             "version",
         ],
         "properties": {
-            "workflow_id": ref("schemas", "WorkflowId"),
-            "status": ref("schemas", "WorkflowStatus"),
-            "current_step": {"type": "integer", "minimum": 0},
-            "steps": {
-                "type": "array",
-                "items": ref("schemas", "Step"),
-                "maxItems": model.MAX_STEPS,
-            },
-            "start_time": _TIME,
+            **_STATE_FIELDS,
             "last_update": _TIME,
             "version": {"type": "integer", "minimum": 1},
-            "ssh_connection": {"type": ["string", "null"]},
         },
         "additionalProperties": True,
     },
@@ -116,18 +121,7 @@ SCHEMAS: dict[str, Schema] = {
             "Any Content-Type is accepted; the body must be a non-empty JSON object."
         ),
         "minProperties": 1,
-        "properties": {
-            "workflow_id": ref("schemas", "WorkflowId"),
-            "status": ref("schemas", "WorkflowStatus"),
-            "current_step": {"type": "integer", "minimum": 0},
-            "steps": {
-                "type": "array",
-                "items": ref("schemas", "Step"),
-                "maxItems": model.MAX_STEPS,
-            },
-            "start_time": _TIME,
-            "ssh_connection": {"type": ["string", "null"]},
-        },
+        "properties": _STATE_FIELDS,
         "additionalProperties": True,
     },
     "MergeInput": {
@@ -137,14 +131,7 @@ SCHEMAS: dict[str, Schema] = {
             "POST rules. A workflow_id, when given, must equal the stored one (a guard)."
         ),
         "minProperties": 1,
-        "properties": {
-            "workflow_id": ref("schemas", "WorkflowId"),
-            "status": ref("schemas", "WorkflowStatus"),
-            "current_step": {"type": "integer", "minimum": 0},
-            "steps": {"type": "array", "items": ref("schemas", "Step")},
-            "start_time": _TIME,
-            "ssh_connection": {"type": ["string", "null"]},
-        },
+        "properties": _STATE_FIELDS,
         "additionalProperties": True,
     },
     "StepChange": {
@@ -309,7 +296,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "success": {"type": "boolean"},
             "message": {"type": "string"},
-            "error": {"type": "string", "pattern": "^[a-z]+(_[a-z]+)*$"},
+            "error": _ERROR_CODE,
         },
         "additionalProperties": False,
     },
@@ -491,16 +478,14 @@ def _operation(
 
 
 def _preflight(path_name: str, parameters: list[Schema] | None = None) -> Schema:
-    operation: Schema = {
-        "operationId": f"preflight_{path_name}",
-        "summary": "CORS preflight",
-        "tags": ["cors"],
-        "security": OPEN,
-        "responses": {"204": ref("responses", "Preflight")},
-    }
-    if parameters:
-        operation["parameters"] = parameters
-    return operation
+    return _operation(
+        f"preflight_{path_name}",
+        "CORS preflight",
+        {"204": ref("responses", "Preflight")},
+        security=OPEN,
+        parameters=parameters,
+        tag="cors",
+    )
 
 
 # A path segment of any text (the route decides what it means).

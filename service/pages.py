@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 from werkzeug.exceptions import HTTPException
 
+from . import model
 from .config import ConfigError
 from .errors import error_response
 from .storage import dumps
@@ -28,7 +29,6 @@ DEFAULT_STEPS: tuple[dict[str, str], ...] = (
     {"action": "install_custom_nodes", "label": "Install Custom Nodes"},
     {"action": "verify_dependencies", "label": "Verify Dependencies"},
 )
-ACTION_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
 STEPS_KEY = "WORKFLOW_STEPS"
 # The live-updates route (contract section 5). The page opens it only when the app serves it.
 STREAM_PATH = "/workflow/state/stream"
@@ -51,7 +51,7 @@ def load_steps(path: str | None) -> list[dict[str, str]]:
         if not isinstance(step, dict):
             raise ConfigError(f"{where}: must be an object")
         action, label = step.get("action"), step.get("label", step.get("action"))
-        if not isinstance(action, str) or not ACTION_RE.match(action):
+        if not isinstance(action, str) or not model.WORKFLOW_ID_RE.match(action):
             raise ConfigError(f"{where}: 'action' must be 1-128 characters of A-Z a-z 0-9 _ . : -")
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"{where}: 'label' must be a non-empty string")

@@ -43,6 +43,13 @@ class FieldCipher:
                 sealed[field] = {ENCRYPTED_MARK: token}
         return sealed
 
+    def decrypt(self, token: str) -> str | None:
+        """Return a sealed value's text, or None when no configured key opens it."""
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            return None
+
 
 def open_fields(state: dict[str, Any], cipher: FieldCipher | None) -> dict[str, Any]:
     """Decrypt sealed fields with `cipher`; a field no key opens is answered as None and logged."""
@@ -53,12 +60,8 @@ def open_fields(state: dict[str, Any], cipher: FieldCipher | None) -> dict[str, 
             continue
         if opened is state:
             opened = dict(state)
-        try:
-            if cipher is None:
-                raise InvalidToken
-            opened[field] = cipher._fernet.decrypt(value[ENCRYPTED_MARK].encode()).decode()
-        except InvalidToken:
-            opened[field] = None
+        opened[field] = cipher.decrypt(value[ENCRYPTED_MARK]) if cipher is not None else None
+        if opened[field] is None:
             log.warning(
                 "stored field %s of workflow %s cannot be decrypted with any configured key; "
                 "answering null",

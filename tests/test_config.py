@@ -79,6 +79,7 @@ def test_gunicorn_refuses_to_start_on_an_unknown_scheme(tmp_path):
     lines = [line for line in result.stderr.splitlines() if "WORKFLOW_STATE_URL" in line]
     assert len(lines) == 1
     assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == lines  # that line, and nothing else
 
 
 def test_readme_config_table_lists_every_variable():

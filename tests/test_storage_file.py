@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -302,3 +303,13 @@ def test_a_follower_that_fell_behind_several_rotations_is_told_to_resync(state_f
             break
     stop.set()
     assert RESYNC in seen
+
+
+def test_files_found_corrupt_in_the_same_second_are_all_kept(client, state_dir, state_file):
+    client.post(STATE, json={"steps": steps(1)})
+    for content in (b"first", b"second", b"third"):
+        state_file.write_bytes(content)
+        assert client.get(STATE).get_json()["state"] is None
+    aside = list(state_dir.glob(state_file.name + ".corrupt-*"))
+    assert sorted(path.read_bytes() for path in aside) == [b"first", b"second", b"third"]
+    assert all(re.fullmatch(r".*\.corrupt-\d+(-\d+)?", path.name) for path in aside)

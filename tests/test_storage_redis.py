@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -217,3 +218,13 @@ def test_client_is_created_per_process_with_bounded_timeouts(redis_server):
     assert store.client() is client
     store._pid = -1  # what a fork looks like to the store
     assert store.client() is not client
+
+
+def test_values_found_corrupt_in_the_same_second_are_all_kept(client, redis):
+    for garbage in (b"first", b"second", b"third"):
+        redis.set("workflow:state", garbage)
+        assert client.get(STATE).get_json()["state"] is None
+    aside = sorted(redis.keys("workflow:state:corrupt:*"))
+    assert len(aside) == 3
+    assert {redis.get(key) for key in aside} == {b"first", b"second", b"third"}
+    assert all(re.fullmatch(rb"workflow:state:corrupt:\d+(-\d+)?", key) for key in aside)

@@ -351,7 +351,12 @@ class FileStore(StateStore):
     def _move_aside(self, raw: str | bytes, reason: str) -> None:
         if self._read_file(self.path) != (raw.encode() if isinstance(raw, str) else raw):
             return  # a writer replaced it meanwhile
-        target = f"{self.path}{CORRUPT_SUFFIX}{int(time.time())}"
+        # <unix time>, or <unix time>-<n> when taken: an earlier copy is never overwritten.
+        stamp = f"{self.path}{CORRUPT_SUFFIX}{int(time.time())}"
+        target, n = stamp, 0
+        while os.path.lexists(target):
+            n += 1
+            target = f"{stamp}-{n}"
         try:
             os.chmod(self.path, 0o600, follow_symlinks=False)
             os.replace(self.path, target)

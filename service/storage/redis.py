@@ -100,15 +100,24 @@ redis.call('PUBLISH', KEYS[3], '{"id":"' .. v .. '","state":null}')
 return v
 """
 
-# Rename the value aside only if it is still the one found corrupt (a writer may have fixed it).
-# KEYS: state, corrupt key; ARGV: the corrupt value ('' for a value of the wrong type), keep ms
+# Rename the value aside only if it is still the one found corrupt (a writer may have fixed it),
+# to <prefix><unix time>, or <prefix><unix time>-<n> when that name is taken: an earlier copy is
+# never overwritten.
+# KEYS: state; ARGV: the corrupt value ('' for a value of the wrong type), keep ms, key prefix,
+# unix time. Returns the key it was moved to, or false.
 QUARANTINE_SCRIPT = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return 0 end
-if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
+if kind == 'none' then return false end
+if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local target = ARGV[3] .. ARGV[4]
+local n = 0
+while redis.call('EXISTS', target) == 1 do
+  n = n + 1
+  target = ARGV[3] .. ARGV[4] .. '-' .. n
+end
+redis.call('RENAME', KEYS[1], target)
+redis.call('PEXPIRE', target, ARGV[2])
+return target
 """
 
 
@@ -454,17 +463,21 @@ class RedisStore(StateStore):
 
     def _quarantine(self, raw: str | bytes | None, reason: str) -> None:
         client = self.client()
-        target = redis_key(self.key, CORRUPT_SUFFIX, str(int(time.time())))
         try:
             moved = self._scripts["quarantine"](
-                keys=[self.key, target],
-                args=[raw if raw is not None else "", CORRUPT_KEEP_SECONDS * 1000],
+                keys=[self.key],
+                args=[
+                    raw if raw is not None else "",
+                    CORRUPT_KEEP_SECONDS * 1000,
+                    redis_key(self.key, CORRUPT_SUFFIX, ""),
+                    int(time.time()),
+                ],
                 client=client,
             )
         except RedisError as error:
             raise self._unavailable(error) from None
         if moved:
-            self._log_quarantine(target, reason)
+            self._log_quarantine(moved.decode(), reason)
 
     def _ping(self) -> None:
         try:
