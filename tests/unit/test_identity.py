@@ -7,6 +7,8 @@ import ipaddress
 import json
 import logging
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from service.identity import (
     match_token,
     owner_for,
 )
+from tests.support import ROOT
 from tests.support.identity import sha256_hex, write_tokens
 
 
@@ -391,3 +394,21 @@ def test_good_identity_settings_start(tmp_path):
         )
         is None
     )
+
+
+def test_the_documented_tokens_file_and_recipe_work(tmp_path):
+    doc = (ROOT / "docs" / "security.md").read_text()
+    example = re.search(r"```json\n(.*?)```", doc, re.S).group(1)
+    users = load_tokens_file(tokens_file(tmp_path, example))
+    assert [(u.user, u.admin) for u in users] == [("alice", False), ("root", True)]
+    # The operator's recipe hashes exactly the token's bytes, as the service does.
+    recipe = "printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1"
+    assert recipe in doc
+    printed = subprocess.run(
+        ["sh", "-c", recipe],
+        env={"TOKEN": "clé-token", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert printed == sha256_hex("clé-token")
