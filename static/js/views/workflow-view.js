@@ -35,7 +35,8 @@ export class WorkflowView {
    * @param {Document} [parts.root]
    */
   constructor({ controller, root = document }) {
-    this.controller = controller;
+    this.controller = null;
+    this.detach = null;
     const byId = (id) => root.getElementById(id);
     this.dom = {
       steps: byId('workflow-steps'),
@@ -54,14 +55,23 @@ export class WorkflowView {
     this.cards = [];
     this.arrows = [];
 
-    this.dom.run.addEventListener('click', () => controller.runOrCancel({ ssh: this.dom.ssh.value }));
-    this.dom.stopOther.addEventListener('click', () => controller.cancelOther());
+    this.dom.run.addEventListener('click', () => this.controller.runOrCancel({ ssh: this.dom.ssh.value }));
+    this.dom.stopOther.addEventListener('click', () => this.controller.cancelOther());
     this.dom.steps.addEventListener('change', (event) => {
       const toggle = event.target.closest('.step-toggle');
       const card = toggle && toggle.closest('.workflow-step');
-      if (card) controller.setEnabled(card.dataset.action, toggle.checked);
+      if (card) this.controller.setEnabled(card.dataset.action, toggle.checked);
     });
-    controller.addEventListener('change', () => this.render(controller.view()));
+    this.attach(controller);
+  }
+
+  /** Draw `controller`'s workflow from now on (another workflow opened: another controller). */
+  attach(controller) {
+    if (this.detach) this.detach.abort();
+    this.detach = new AbortController();
+    this.controller = controller;
+    controller.addEventListener('change', () => this.render(controller.view()), { signal: this.detach.signal });
+    this.render(controller.view());
   }
 
   /** Put the SSH connection of a restored workflow into its field. */
