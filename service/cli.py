@@ -22,8 +22,15 @@ from typing import Any, TextIO
 
 from . import config as config_module
 from . import logs, model
-from .storage import HISTORY_MAX, RESYNC, Event, FileStore, StateStore, StorageUnavailable
-from .storage.base import HISTORY_DAYS, dumps, utc_now
+from .storage import (
+    HISTORY_MAX,
+    RESYNC,
+    CurrentWorkflow,
+    Event,
+    FileStore,
+    StorageUnavailable,
+)
+from .storage.base import HISTORY_DAYS, MIGRATION_OWNER, dumps, utc_now
 from .store import build_store
 
 EXIT_OK = 0
@@ -120,7 +127,7 @@ def change_record(kind: str, event_id: str, state: dict[str, Any] | None) -> dic
 # --- commands ------------------------------------------------------------------------------
 
 
-def cmd_status(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+def cmd_status(store: CurrentWorkflow, args: argparse.Namespace, out: Output) -> int:
     """Print the summary of the current workflow (the API's summary with --json)."""
     state = store.get().state
     summary = model.summarize(state)
@@ -151,28 +158,29 @@ def cmd_status(store: StateStore, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def check_file_owner(store: StateStore) -> None:
+def check_file_owner(store: CurrentWorkflow) -> None:
     """Refuse to write state files that the server, running as another user, could not read.
 
     A file written by this process replaces the server's (atomic rename), so it would be owned
     by whoever runs the CLI, with mode 0600: run as root beside a systemd DynamicUser service,
     that locks the service out of its own state.
     """
-    if not isinstance(store, FileStore):
+    backend = store.store
+    if not isinstance(backend, FileStore):
         return
     try:
-        owner = os.stat(store.directory).st_uid
+        owner = os.stat(backend.directory).st_uid
     except OSError:
         return  # no directory yet: nothing to lock anyone out of
     if owner != os.geteuid():
         raise UsageError(
-            f"{store.directory} belongs to uid {owner}; files written as uid {os.geteuid()} "
+            f"{backend.directory} belongs to uid {owner}; files written as uid {os.geteuid()} "
             f"would lock the server out. Run as that user (sudo -u '#{owner}' ...) or use the "
             "HTTP API"
         )
 
 
-def cmd_clear(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+def cmd_clear(store: CurrentWorkflow, args: argparse.Namespace, out: Output) -> int:
     """Delete the state (also when there is none), as DELETE /workflow/state does."""
     check_file_owner(store)
     before = store.get().state
@@ -193,7 +201,7 @@ def cmd_clear(store: StateStore, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_cancel(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+def cmd_cancel(store: CurrentWorkflow, args: argparse.Namespace, out: Output) -> int:
     """Set a running workflow's status to cancelled; a finished or absent one is left alone."""
     check_file_owner(store)
     state = store.get().state
@@ -234,7 +242,7 @@ def _nothing_to_cancel(state: dict[str, Any] | None, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_history(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+def cmd_history(store: CurrentWorkflow, args: argparse.Namespace, out: Output) -> int:
     """List the last finished workflows, newest first (the API's `workflows` with --json)."""
     workflows = store.history(args.limit)
     if out.as_json:
@@ -257,7 +265,7 @@ def cmd_history(store: StateStore, args: argparse.Namespace, out: Output) -> int
 class Watcher:
     """Follow the store's change feed and print one line per change."""
 
-    def __init__(self, store: StateStore, out: Output, count: int, timeout: float) -> None:
+    def __init__(self, store: CurrentWorkflow, out: Output, count: int, timeout: float) -> None:
         self.store = store
         self.out = out
         self.count = count
@@ -386,7 +394,7 @@ def _seq(event_id: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def cmd_watch(store: StateStore, args: argparse.Namespace, out: Output) -> int:
+def cmd_watch(store: CurrentWorkflow, args: argparse.Namespace, out: Output) -> int:
     """Print the current state, then one line per change, until Ctrl-C (or --count/--timeout)."""
     store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
     return Watcher(store, out, args.count, args.timeout).run()
@@ -418,7 +426,7 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
-COMMANDS: dict[str, tuple[Callable[[StateStore, argparse.Namespace, Output], int], str]] = {
+COMMANDS: dict[str, tuple[Callable[[CurrentWorkflow, argparse.Namespace, Output], int], str]] = {
     "status": (cmd_status, "print the current workflow's summary"),
     "watch": (cmd_watch, "follow changes live, one line per change"),
     "clear": (cmd_clear, "delete the state, as DELETE /workflow/state does"),
@@ -492,7 +500,8 @@ def main(
     logs.configure("text", level=logging.WARNING, stream=out.stderr)
     try:
         settings = config_module.from_env(os.environ if environ is None else environ)
-        store = build_store(settings)
+        # Owner `public`'s current workflow: the one the seed's single state became.
+        store = CurrentWorkflow(build_store(settings), MIGRATION_OWNER)
     except ValueError as error:  # ConfigError, UnknownBackend, a bad path or key
         out.note(str(error))
         return EXIT_USAGE

@@ -79,6 +79,14 @@ def _user_names(name: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+def _key_prefix(name: str, raw: str) -> str:
+    # Braces would move an owner's keys out of the hash slot their {<owner>} tag picks.
+    value = raw.strip()
+    if any(char in value for char in "{} \t\r\n"):
+        raise ConfigError(f"{name} must not contain braces or white space, got {raw!r}")
+    return value
+
+
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("text", "json"):
@@ -100,6 +108,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_URL", "STATE_URL", None, _text),
     Setting("WORKFLOW_STATE_KEY", "STATE_KEY", "workflow:state", _text),
+    Setting("WORKFLOW_STATE_PREFIX", "STATE_PREFIX", "workflow", _key_prefix),
+    Setting("WORKFLOW_STATE_MAX_WORKFLOWS", "MAX_WORKFLOWS", 1000, _positive_int),
     Setting("WORKFLOW_STATE_TTL", "STATE_TTL", 30, _positive_int),
     Setting("WORKFLOW_STATE_STALE_TTL", "STATE_STALE_TTL", 86400, _positive_int),
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),

@@ -15,6 +15,8 @@ def build_store(config: dict) -> StateStore:
     keys = config.get("STATE_SECRET_KEYS") or ()
     options = {
         "key": config["STATE_KEY"],
+        "prefix": config["STATE_PREFIX"],
+        "max_workflows": config["MAX_WORKFLOWS"],
         "ttl": config["STATE_TTL"],
         "stale_ttl": config["STATE_STALE_TTL"],
         "lock_timeout": config["LOCK_TIMEOUT"],

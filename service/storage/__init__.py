@@ -13,9 +13,12 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    Write,
     dumps,
 )
+from .current import CurrentWorkflow
 from .file import FileStore
+from .listing import Page, list_entry
 from .redis import RedisStore
 
 # The one place a URL scheme picks a backend.
@@ -46,15 +49,19 @@ __all__ = [
     "BACKENDS",
     "HISTORY_MAX",
     "RESYNC",
+    "CurrentWorkflow",
     "Event",
     "FileStore",
     "LockTimeout",
     "Observer",
+    "Page",
     "RedisStore",
     "Snapshot",
     "StateStore",
     "StorageUnavailable",
     "UnknownBackend",
+    "Write",
     "dumps",
+    "list_entry",
     "open_store",
 ]
