@@ -1,15 +1,20 @@
 """Read the service's configuration from the environment, in one place.
 
 Every setting has a default here, an environment variable that overrides it, and a row in
-README's config table. `create_app(test_config)` applies the test override on top.
+README's config table. `create_app(test_config)` applies the test override on top. This is the
+only module that reads `os.environ`; everything else gets its settings from here.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from . import model
 
 
 class ConfigError(ValueError):
@@ -84,7 +89,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_DEMO_STEP_SECONDS", "DEMO_STEP_SECONDS", 2.0, _non_negative_float),
     Setting("WORKFLOW_DEMO_FAIL", "DEMO_FAIL", None, _text),
     Setting("WORKFLOW_STEP_DELAY_MS", "STEP_DELAY_MS", 250, _non_negative_int),
+    # Set by deploy/gunicorn.conf.py, not by hand: prometheus_client's multiprocess directory
+    # (it reads the variable itself too, when first imported) and each worker's connections.
+    Setting("PROMETHEUS_MULTIPROC_DIR", "METRICS_DIR", None, _text),
+    Setting("WORKFLOW_WORKER_CAPACITY", "WORKER_CAPACITY", 0, _non_negative_int),
 )
+DEFAULTS: dict[str, Any] = {setting.key: setting.default for setting in SETTINGS}
 
 
 def default_state_url(environ: Mapping[str, str], cwd: str) -> str:
@@ -98,7 +108,7 @@ def default_state_url(environ: Mapping[str, str], cwd: str) -> str:
 def from_env(environ: Mapping[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
     """Build the config dict: defaults, overridden by whatever the environment sets."""
     environ = os.environ if environ is None else environ
-    config = {setting.key: setting.default for setting in SETTINGS}
+    config = dict(DEFAULTS)
     for setting in SETTINGS:
         raw = environ.get(setting.env)
         if raw is not None and raw.strip() != "":
@@ -108,15 +118,66 @@ def from_env(environ: Mapping[str, str] | None = None, cwd: str | None = None) -
     return config
 
 
-def check_environment(environ: Mapping[str, str] | None = None) -> str | None:
-    """Return a one-line description of what is wrong with the environment, or None."""
-    from .pages import load_steps
-    from .store import build_store
+def _option(key: str) -> Any:
+    """Declare a StoreOptions field filled from config key `key`, with that setting's default."""
+    return field(default=DEFAULTS[key], metadata={"config_key": key})
 
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """What a state store needs besides its URL; each default is its setting's default."""
+
+    key: str = _option("STATE_KEY")
+    ttl: int = _option("STATE_TTL")
+    stale_ttl: int = _option("STATE_STALE_TTL")
+    lock_timeout: float = _option("LOCK_TIMEOUT")
+    lock_wait: float = _option("LOCK_WAIT")
+    io_timeout: float = _option("IO_TIMEOUT")
+    secret_keys: tuple[str, ...] = _option("STATE_SECRET_KEYS")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StoreOptions:
+        """Pick the store's options out of a config dict (from_env's, or an app's)."""
+        return cls(**{f.name: config[f.metadata["config_key"]] for f in fields(cls)})
+
+
+# The reference workflow: setting up a VastAI GPU instance.
+DEFAULT_STEPS: tuple[dict[str, str], ...] = (
+    {"action": "test_ssh", "label": "Test SSH"},
+    {"action": "set_ui_home", "label": "Set UI Home"},
+    {"action": "setup_civitdl", "label": "Set up CivitDL"},
+    {"action": "sync_instance", "label": "Sync Instance"},
+    {"action": "install_custom_nodes", "label": "Install Custom Nodes"},
+    {"action": "verify_dependencies", "label": "Verify Dependencies"},
+)
+
+
+def load_steps(path: str | None) -> list[dict[str, str]]:
+    """Read and check the WORKFLOW_STEPS_FILE list, or return the built-in VastAI steps."""
+    if not path:
+        return [dict(step) for step in DEFAULT_STEPS]
     try:
-        config = from_env(environ)
-        build_store(config).close()
-        load_steps(config["STEPS_FILE"])
-    except ValueError as error:  # ConfigError, UnknownBackend and bad keys are ValueErrors
-        return str(error)
-    return None
+        with open(path, encoding="utf-8") as handle:
+            steps = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"WORKFLOW_STEPS_FILE {path!r} cannot be read as JSON: {error}") from None
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"WORKFLOW_STEPS_FILE {path!r} must hold a non-empty JSON list")
+    checked = []
+    for position, step in enumerate(steps):
+        where = f"WORKFLOW_STEPS_FILE {path!r}, step {position}"
+        if not isinstance(step, dict):
+            raise ConfigError(f"{where}: must be an object")
+        action, label = step.get("action"), step.get("label", step.get("action"))
+        if not isinstance(action, str) or not model.WORKFLOW_ID_RE.match(action):
+            raise ConfigError(f"{where}: 'action' must be 1-128 characters of A-Z a-z 0-9 _ . : -")
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{where}: 'label' must be a non-empty string")
+        entry = {"action": action, "label": label}
+        endpoint = step.get("endpoint")
+        if endpoint is not None:
+            if not isinstance(endpoint, str) or not re.match(r"(/|https?://)\S*\Z", endpoint):
+                raise ConfigError(f"{where}: 'endpoint' must be a path or an http(s) URL")
+            entry["endpoint"] = endpoint
+        checked.append(entry)
+    return checked
