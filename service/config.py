@@ -105,9 +105,20 @@ def default_state_url(environ: Mapping[str, str], cwd: str) -> str:
     return "file://" + os.path.join(cwd, "var", "workflow_state.json")
 
 
-def from_env(environ: Mapping[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
-    """Build the config dict: defaults, overridden by whatever the environment sets."""
+def from_env(
+    environ: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Build the config dict: defaults, overridden by the environment, then by `overrides`.
+
+    `overrides` are values of the same variables given another way (a CLI option), parsed by
+    the same rules.
+    """
     environ = os.environ if environ is None else environ
+    if overrides:
+        environ = {**environ, **overrides}
     config = dict(DEFAULTS)
     for setting in SETTINGS:
         raw = environ.get(setting.env)
