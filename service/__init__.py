@@ -25,10 +25,12 @@ from . import (
 from .pages import STATIC_DIR
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Assemble the app: defaults, then the environment, then the test override."""
+def create_app(
+    test_config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Flask:
+    """Assemble the app: defaults, then the environment (or `environ`), then the test override."""
     app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
-    app.config.from_mapping(config.from_env())
+    app.config.from_mapping(config.from_env(environ))
     if test_config:
         app.config.update(test_config)
     # Order matters. The store and the stream hub first: metrics plugs into them, and its timer

@@ -32,3 +32,6 @@ class FakeRedisStore(RedisStore):
         server = fakeredis.FakeServer()
         options.pop("client_factory", None)
         super().__init__(url, client_factory=lambda: fakeredis.FakeRedis(server=server), **options)
+
+    def _describe(self) -> str:
+        return "fakeredis://"
