@@ -9,12 +9,12 @@ from flask import Flask
 
 from . import (
     api,
-    auth,
     config,
     cors,
     errors,
     headers,
     health,
+    identity,
     logs,
     metrics,
     openapi,
@@ -35,14 +35,15 @@ def create_app(
         app.config.update(test_config)
     # Order matters. The store and the stream hub first: metrics plugs into them, and its timer
     # must be the first before-request hook. Then the request id (every response carries it,
-    # every refusal is logged); a preflight is answered before auth, auth before any route work.
+    # every refusal is logged); a preflight is answered before the identity check, which comes
+    # before any route work.
     store.init_app(app)
     stream.init_app(app)
     metrics.init_app(app)
     logs.init_app(app)
     errors.init_app(app)
     cors.init_app(app)
-    auth.init_app(app)
+    identity.init_app(app)
     pages.init_app(app)
     api.init_app(app)
     app.register_blueprint(health.bp)

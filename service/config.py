@@ -7,10 +7,11 @@ only module that reads `os.environ`; everything else gets its settings from here
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -53,6 +54,58 @@ def _csv(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# Letters, digits and dashes: WSGI turns "-" into "_", so a name with "_" would be ambiguous.
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+
+
+def _header_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not HEADER_NAME_RE.match(value) or value.lower() == "authorization":
+        raise ConfigError(
+            f"{name} must be a header name of letters, digits and '-' (not Authorization), "
+            f"got {raw!r}"
+        )
+    return value
+
+
+# A user name names a directory on the file backend too, hence no "/" and never "." or "..".
+USER_NAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}\Z")
+USER_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . @ -, and not . or .."
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def is_user_name(name: str) -> bool:
+    """Tell whether `name` may name a user (and so an owner)."""
+    return USER_NAME_RE.match(name) is not None and name not in (".", "..")
+
+
+def parse_networks(name: str, parts: Iterable[str | Network]) -> tuple[Network, ...]:
+    """Parse addresses and CIDR networks (`10.0.0.0/8`, `::1`); raise ConfigError naming `name`."""
+    networks = []
+    for part in parts:
+        try:
+            # strict: `10.0.0.1/8` (host bits set) is more likely a typo than a wish.
+            networks.append(ipaddress.ip_network(part))
+        except ValueError as error:
+            raise ConfigError(
+                f"{name} must be comma-separated addresses or CIDR networks, got {part!r}: {error}"
+            ) from None
+    return tuple(networks)
+
+
+def _networks(name: str, raw: str) -> tuple[Network, ...]:
+    return parse_networks(name, _csv(name, raw))
+
+
+def _user_names(name: str, raw: str) -> tuple[str, ...]:
+    names = _csv(name, raw)
+    for user in names:
+        if not is_user_name(user):
+            raise ConfigError(f"{name}: {user!r} is not a valid user name ({USER_NAME_RULE})")
+    return names
+
+
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("text", "json"):
@@ -79,6 +132,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),
     Setting("WORKFLOW_STATE_MAX_BODY", "MAX_CONTENT_LENGTH", 262144, _positive_int),
     Setting("WORKFLOW_STATE_TOKEN", "STATE_TOKEN", None, _text),
+    Setting("WORKFLOW_STATE_TOKENS_FILE", "STATE_TOKENS_FILE", None, _text),
+    Setting("WORKFLOW_STATE_USER_HEADER", "USER_HEADER", None, _header_name),
+    Setting("WORKFLOW_STATE_TRUSTED_PROXIES", "TRUSTED_PROXIES", (), _networks),
+    Setting("WORKFLOW_STATE_ADMINS", "ADMINS", (), _user_names),
     Setting("WORKFLOW_STATE_SECRET_KEY", "STATE_SECRET_KEYS", (), _csv),
     Setting("WORKFLOW_STATE_LOG_FORMAT", "LOG_FORMAT", "text", _log_format),
     Setting("WORKFLOW_STATE_LOCK_TIMEOUT", "LOCK_TIMEOUT", 5.0, _positive_float),

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, current_app
 
 from .config import StoreOptions, from_env, load_steps
+from .identity import Authenticator
 from .storage import StateStore, open_store
 
 EXTENSION = "workflow_state"
@@ -28,6 +29,7 @@ def check_environment(environ: Mapping[str, str] | None = None, *, workers: int 
     """
     try:
         config = from_env(environ)
+        Authenticator(config)
         store = build_store(config)
         store.close()
         load_steps(config["STEPS_FILE"])
