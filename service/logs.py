@@ -10,6 +10,7 @@ strings are never logged in the first place; the scrubbing is a second line of d
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -49,9 +50,9 @@ JSON_NAMES = {
     "exc_info": "exc",
     "stack_info": "stack",
 }
-# A LogRecord's own attributes; any other is an `extra` field (a request line's method, route,
-# status, duration_ms), which JSON lines carry and the redaction filter scrubs too.
-RECORD_ATTRIBUTES = frozenset(RESERVED_ATTRS) | {"request_id", "taskName"}
+# A LogRecord's own attributes; any other is an `extra` field (the request id, and a request
+# line's method, route, status, duration_ms), which the redaction filter scrubs too.
+RECORD_ATTRIBUTES = frozenset(RESERVED_ATTRS) | {"taskName"}
 HANDLER_MARK = "_workflow_state_handler"
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s [%(request_id)s] %(message)s"
 REDACTED = "[REDACTED]"
@@ -138,34 +139,36 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.redactor = redactor
 
-    def _scrub(self, text: str) -> str:
-        text = self.redactor.scrub(text)
-        own = app_logs()
-        if own is not None and own.redactor is not self.redactor:
-            text = own.redactor.scrub(text)
-        return text
-
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record in place with secrets removed; never drop it."""
+        own = app_logs()
+        redactors = (self.redactor,)
+        if own is not None and own.redactor is not self.redactor:
+            redactors = (self.redactor, own.redactor)
+
+        def scrub(text: str) -> str:
+            for redactor in redactors:
+                text = redactor.scrub(text)
+            return text
+
         try:
             message = record.getMessage()
         except Exception:  # a bad format string; the handler reports it as usual
             return True
-        clean = self._scrub(message)
+        clean = scrub(message)
         if clean != message or record.args:
             record.msg, record.args = clean, None
-        request_id = getattr(record, "request_id", None)
-        if request_id:  # a caller may send anything as its id, a token included
-            record.request_id = self._scrub(request_id)
-        for name, value in vars(record).items():
-            if name not in RECORD_ATTRIBUTES and isinstance(value, str):
-                setattr(record, name, self._scrub(value))
+        # Extra fields, the request id among them: a caller may send anything as its id.
+        fields = vars(record)
+        for name in fields.keys() - RECORD_ATTRIBUTES:
+            if isinstance(fields[name], str):
+                fields[name] = scrub(fields[name])
         if record.exc_info and not record.exc_text:
             record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._scrub(record.exc_text)
+            record.exc_text = scrub(record.exc_text)
         if record.stack_info:
-            record.stack_info = self._scrub(record.stack_info)
+            record.stack_info = scrub(record.stack_info)
         return True
 
 
@@ -197,7 +200,13 @@ class JsonFormatter(LibraryJsonFormatter):
     """
 
     def __init__(self) -> None:
-        super().__init__(list(JSON_FIELDS), rename_fields=JSON_NAMES, json_default=str)
+        super().__init__(list(JSON_FIELDS), rename_fields=JSON_NAMES)
+        # One encoder for every line: json.dumps builds a new one per call when given `default`.
+        self._encoder = json.JSONEncoder(default=str)
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        """Serialise a line's fields (anything JSON has no type for as its str())."""
+        return self._encoder.encode(log_data)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """Return the record's time as the API writes times: UTC, milliseconds, `Z`."""
