@@ -6,6 +6,11 @@ request: method, route (the URL rule, never the raw path or query string), statu
 Every line written through the handlers set up here passes two filters: one that adds the
 request id, one that scrubs anything that looks like a secret. Bodies, headers and query
 strings are never logged in the first place; the scrubbing is a second line of defence.
+
+Each app keeps its own format (WORKFLOW_STATE_LOG_FORMAT, read by config.py) and its own secrets.
+A process has one stderr, so one handler: it writes a line the way the app it was logged in asks
+(a request, or the app's stream hub), and any other line the way whoever set it up asked (the
+first app, gunicorn's logger class, the CLI).
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def serve(settings: Mapping[str, Any] | None = None) -> Iterator[LiveServer]:
     from werkzeug.serving import WSGIRequestHandler, make_server
 
     from . import create_app
+    from .store import store_of
     from .stream import hub_of
 
     class QuietHandler(WSGIRequestHandler):
@@ -77,7 +78,7 @@ def serve(settings: Mapping[str, Any] | None = None) -> Iterator[LiveServer]:
         server.shutdown()
         server.server_close()
         thread.join()
-        app.extensions["workflow_state"].close()
+        store_of(app).close()
 
 
 @pytest.fixture
