@@ -17,6 +17,7 @@ body), so a test can count how often a step was called and see what it was sent.
     /cutoff         announces 100 bytes, sends 10, closes
     /redirect       302 to /ok
     /echo-secret    500 whose message repeats the request's ssh_connection
+    /hold           answers nothing; notes when the caller hangs up (`hangups`)
     /slow           waits (until released, or `seconds` of the query), then 200 success
     /drip           sends its headers, then a byte every 0.2 s for `seconds`
 """
@@ -24,13 +25,22 @@ body), so a test can count how often a step was called and see what it was sent.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -99,6 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/echo-secret":
             secret = body.get("ssh_connection") if isinstance(body, dict) else None
             self._json(500, {"success": False, "message": f"cannot log in as {secret}"})
+        elif path == "/hold":
+            self.connection.settimeout(60)
+            with contextlib.suppress(OSError):
+                self.connection.recv(1)  # b"" once the caller closes its end
+            self.server.hangups.append(time.monotonic())
+            self.close_connection = True
         elif path == "/slow":
             self.server.release.wait(float(query.get("seconds", 30)))
             self._json(200, {"success": True})
@@ -124,6 +140,7 @@ class _Server(ThreadingHTTPServer):
         self.calls: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
+        self.hangups: list[float] = []
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet when a client hangs up mid-answer: the tests do that on purpose."""
@@ -134,12 +151,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class StepEndpoints:
-    """A local HTTP server of step endpoints, recording each call."""
+    """A local HTTP server of step endpoints, recording each call; HTTPS with `certificate`."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificate: tuple[str, str] | None = None) -> None:
         self.server = _Server()
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "http"
+        if certificate:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*certificate)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self) -> StepEndpoints:
@@ -152,11 +175,78 @@ class StepEndpoints:
         with self.server.lock:
             return [c for c in self.server.calls if path is None or c["path"] == path]
 
+    def hangups(self) -> list[float]:
+        """Return when (time.monotonic) callers of /hold closed their connection."""
+        return list(self.server.hangups)
+
     def close(self) -> None:
         """Let waiting handlers go, and stop serving."""
         self.server.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class MuteServer:
+    """Accepts every connection and never sends a byte (a TLS handshake waits for ever)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        """Stop accepting and drop every held connection."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for connection in self.held:
+            connection.close()
+
+
+def make_certificate(directory: Path) -> tuple[str, str]:
+    """Write a self-signed certificate for 127.0.0.1 and localhost; return (cert, key) paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
 
 
 class SilentListener:
