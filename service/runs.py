@@ -154,8 +154,13 @@ def _replace_step(
     return [*steps[:index], step, *steps[index + 1 :]]
 
 
-def _fence(state: Mapping[str, Any] | None, attempt: int) -> dict[str, Any]:
-    """Return the run a runner holding `attempt` may write to, or raise RunSuperseded."""
+def _fence(
+    state: Mapping[str, Any] | None, attempt: int, *, claimed: bool = False
+) -> dict[str, Any]:
+    """Return the run a runner holding `attempt` may write to, or raise RunSuperseded.
+
+    With `claimed`, the run must also be running: steps are written only after a claim.
+    """
     if state is None:
         raise RunSuperseded(f"Run attempt {attempt}: the workflow no longer exists")
     run = state.get("run")
@@ -171,6 +176,8 @@ def _fence(state: Mapping[str, Any] | None, attempt: int) -> dict[str, Any]:
         raise RunSuperseded(
             f"Run attempt {attempt} of workflow {name} has ended: the workflow is {state['status']}"
         )
+    if claimed and run.get("status") != RUN_RUNNING:
+        raise RunSuperseded(f"Run attempt {attempt} of workflow {name} has not been claimed")
     return run
 
 
@@ -281,7 +288,8 @@ def renew_lease(
     """Extend attempt `attempt`'s lease to `now + lease` (a heartbeat).
 
     Accepted even after the lease lapsed, as long as nobody took over: the attempt, not the
-    clock, decides who the runner is.
+    clock, decides who the runner is. A queued run can be renewed too: that is how the lease
+    monitor pushes the claim deadline of a run whose job still waits in the queue.
     """
     run = _fence(state, attempt)
     assert state is not None
@@ -311,7 +319,7 @@ def runner_step(
         )
     if data is not None and not isinstance(data, Mapping):
         raise ValueError("step data must be an object")
-    run = _fence(state, attempt)
+    run = _fence(state, attempt, claimed=True)
     assert state is not None
     step = _step_index(state, index)
     fields: dict[str, Any] = {}
@@ -339,7 +347,7 @@ def finish_run(
     """End run `attempt` with the workflow `completed` (every step settled) or `failed`."""
     if outcome not in OUTCOMES:
         raise ValueError(f"a run ends {' or '.join(OUTCOMES)}, not {outcome!r}")
-    run = _fence(state, attempt)
+    run = _fence(state, attempt, claimed=True)
     assert state is not None
     if outcome == "completed" and remaining_steps(state):
         raise ValueError(

@@ -141,6 +141,17 @@ def test_renew_after_the_lease_lapsed_is_accepted_while_nobody_took_over():
     assert runs.lease_live(late, at(41))
 
 
+def test_a_queued_run_can_be_renewed_but_not_written_to_before_its_claim():
+    queued = runs.request_run(workflow(), now=T0, lease=LEASE)
+    pushed = runs.renew_lease(queued, 1, now=at(14), lease=LEASE)
+    assert pushed["run"]["status"] == "queued"
+    assert pushed["run"]["lease_expires"] == format_time(at(14 + LEASE))
+    with pytest.raises(runs.RunSuperseded, match="has not been claimed"):
+        runs.runner_step(queued, 1, 0, "in_progress", now=at(1))
+    with pytest.raises(runs.RunSuperseded, match="has not been claimed"):
+        runs.finish_run(queued, 1, "failed", now=at(1))
+
+
 def test_renew_interval_is_a_third_of_the_lease():
     assert runs.renew_interval(15) == 5
     assert runs.renew_interval(0.3) == pytest.approx(0.1)
