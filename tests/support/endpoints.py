@@ -186,14 +186,18 @@ class StepEndpoints:
         self.server.server_close()
 
 
+def _listen(backlog: int) -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    return sock, sock.getsockname()[1]
+
+
 class MuteServer:
     """Accepts every connection and never sends a byte (a TLS handshake waits for ever)."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
+        self.sock, self.port = _listen(16)
         self.held: list[socket.socket] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -253,10 +257,7 @@ class SilentListener:
     """A port that accepts no connection: its backlog is full, so a connect waits for ever."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(0)
-        self.port = self.sock.getsockname()[1]
+        self.sock, self.port = _listen(0)
         self.url = f"http://127.0.0.1:{self.port}"
         self.fillers: list[socket.socket] = []
         # Linux queues backlog + 1 connections; a few more make sure the next SYN is dropped.
