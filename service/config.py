@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import model
 
@@ -106,6 +107,20 @@ def _user_names(name: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+def _base_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {raw!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name} has a bad port, got {raw!r}") from None
+    return value
+
+
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("text", "json"):
@@ -146,6 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_DEMO_STEP_SECONDS", "DEMO_STEP_SECONDS", 2.0, _non_negative_float),
     Setting("WORKFLOW_DEMO_FAIL", "DEMO_FAIL", None, _text),
     Setting("WORKFLOW_STEP_DELAY_MS", "STEP_DELAY_MS", 250, _non_negative_int),
+    Setting("WORKFLOW_STEP_TIMEOUT", "STEP_TIMEOUT", 600.0, _positive_float),
+    Setting("WORKFLOW_RUN_LEASE", "RUN_LEASE", 15.0, _positive_float),
+    Setting("WORKFLOW_SELF_URL", "SELF_URL", None, _base_url),
     # Set by deploy/gunicorn.conf.py, not by hand: prometheus_client's multiprocess directory
     # (it reads the variable itself too, when first imported) and each worker's connections.
     Setting("PROMETHEUS_MULTIPROC_DIR", "METRICS_DIR", None, _text),
@@ -160,6 +178,16 @@ def default_state_url(environ: Mapping[str, str], cwd: str) -> str:
     if redis_url:
         return redis_url
     return "file://" + os.path.join(cwd, "var", "workflow_state.json")
+
+
+def default_self_url(environ: Mapping[str, str]) -> str:
+    """Return where a runner reaches this service when WORKFLOW_SELF_URL is unset.
+
+    gunicorn binds 0.0.0.0:$PORT or 127.0.0.1:8000 (deploy/gunicorn.conf.py), and loopback
+    reaches either, so a worker on the web server's host needs no setting.
+    """
+    port = environ.get("PORT", "").strip() or "8000"
+    return f"http://127.0.0.1:{port}"
 
 
 def from_env(
@@ -183,6 +211,8 @@ def from_env(
             config[setting.key] = setting.parse(setting.env, raw)
     if not config["STATE_URL"]:
         config["STATE_URL"] = default_state_url(environ, cwd or os.getcwd())
+    if not config["SELF_URL"]:
+        config["SELF_URL"] = default_self_url(environ)
     return config
 
 
