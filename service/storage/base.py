@@ -26,11 +26,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from .. import model
+from ..config import StoreOptions
 from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
 from .batching import Keyed, PendingWrite, WriteCombiner
 from .listing import (
@@ -238,32 +239,24 @@ class StateStore(ABC):
 
     # URL schemes this backend serves; the registry in `storage/__init__.py` maps them.
     schemes: ClassVar[tuple[str, ...]] = ()
+    # True when the state lives in this process's memory, so no other process can share it.
+    single_process: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        key: str = "workflow:state",
-        prefix: str = "workflow",
-        max_workflows: int = 1000,
-        ttl: int = 30,
-        stale_ttl: int = 86400,
-        lock_timeout: float = 5.0,
-        lock_wait: float = 1.0,
-        io_timeout: float = 0.5,
-        cipher: FieldCipher | None = None,
-    ) -> None:
+    def __init__(self, url: str, options: StoreOptions | None = None, **overrides: Any) -> None:
+        """Open the store at `url` with `options` (config.py's defaults), some overridden."""
+        options = replace(options or StoreOptions(), **overrides)
         self.url = url
+        self.options = options
         # The single-workflow key of earlier versions, migrated into owner `public` on start.
-        self.key = key
-        self.prefix = prefix
-        self.max_workflows = max_workflows
-        self.ttl = ttl
-        self.stale_ttl = stale_ttl
-        self.lock_timeout = lock_timeout
-        self.lock_wait = lock_wait
-        self.io_timeout = io_timeout
-        self.cipher = cipher
+        self.key = options.key
+        self.prefix = options.prefix
+        self.max_workflows = options.max_workflows
+        self.ttl = options.ttl
+        self.stale_ttl = options.stale_ttl
+        self.lock_timeout = options.lock_timeout
+        self.lock_wait = options.lock_wait
+        self.io_timeout = options.io_timeout
+        self.cipher = FieldCipher(options.secret_keys) if options.secret_keys else None
         self.observer = Observer()
         self._remembered = _Remembered(REMEMBERED_DOCUMENTS)
         self._writes: Keyed[tuple[str, str | None], WriteCombiner] = Keyed(
