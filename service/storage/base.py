@@ -150,13 +150,17 @@ class Write:
     """One write to one workflow, as the locked transaction applies it.
 
     `change` is pure (see `Change`). `make_current` makes the workflow the owner's current one
-    when the write changes it. `if_match_current` is an If-Match checked against the owner's
-    current workflow rather than the one written (POST /workflow/state).
+    when the write changes it. `seed` marks a write of the one-workflow API (POST
+    /workflow/state), whose client knows only the owner's current workflow: it is decided
+    against that one alone, as the seed's single state was, so its `if_match` is checked against
+    the current workflow, and a stored workflow of the same id that is not the current one is
+    replaced as if absent.
     """
 
     change: Change
     make_current: bool = False
-    if_match_current: frozenset[str] | None = None
+    seed: bool = False
+    if_match: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -344,9 +348,10 @@ class StateStore(ABC):
     def save(self, owner: str, body: Any, *, if_match: frozenset[str] | None = None) -> Snapshot:
         """Store a whole workflow from a POST /workflow/state body and make it current.
 
-        A new id creates a workflow (the previous current one stays); an existing one is
-        replaced under the finished-is-final rules. If-Match is checked against the owner's
-        current workflow, as the seed's one state was.
+        A new id creates a workflow (the previous current one stays). Decided as the seed's one
+        state was: If-Match and finished-is-final against the owner's current workflow, so
+        saving the current workflow's id follows the finished-is-final rules, and any other id
+        replaces whatever that id held.
         """
         check_owner(owner)
         candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
@@ -358,7 +363,7 @@ class StateStore(ABC):
                 decided["last_update"] = model.format_time(now)
             return decided
 
-        write = Write(change, make_current=True, if_match_current=if_match)
+        write = Write(change, make_current=True, seed=True, if_match=if_match)
         return self._transact(owner, candidate["workflow_id"], write)
 
     def update_step(
@@ -537,18 +542,20 @@ class StateStore(ABC):
         applied = Applied([], [], [], [])
         for pending in batch:
             write: Write = pending.change
+            # What the write is decided against: a seed write sees the current workflow only.
+            seen = state if is_current or not write.seed else None
             try:
-                if write.if_match_current is not None:
+                if write.seed and write.if_match is not None:
                     applied.checked_other = applied.checked_other or not is_current
-                    model.check_if_match(state if is_current else other, write.if_match_current)
-                new = write.change(state, now)
+                    model.check_if_match(state if is_current else other, write.if_match)
+                new = write.change(seen, now)
             except model.StateError as error:
                 applied.answers.append((pending, error))
                 continue
             if new is not None:
                 new["version"] = next_version
                 next_version += 1
-                applied.finished.append(model.newly_finished(state, new))
+                applied.finished.append(model.newly_finished(seen, new))
                 applied.makes_current.append(write.make_current)
                 applied.chain.append(new)
                 state = new

@@ -166,11 +166,11 @@ class FileStore(StateStore):
 
     # --- paths and files -------------------------------------------------------------------
 
-    def owner_directory(self, owner: str) -> str:
+    def _owner_directory(self, owner: str) -> str:
         """Return the directory holding the owner's workflows."""
         return os.path.join(self.root, owner)
 
-    def state_path(self, owner: str, workflow_id: str) -> str:
+    def _state_path(self, owner: str, workflow_id: str) -> str:
         """Return the file of one workflow."""
         return os.path.join(self.root, owner, workflow_id + STATE_SUFFIX)
 
@@ -280,7 +280,7 @@ class FileStore(StateStore):
         """Hold the owner's writer lock: a thread lock in this process, flock across processes."""
         started = time.monotonic()
         deadline = started + self.lock_wait
-        directory = self.owner_directory(owner)
+        directory = self._owner_directory(owner)
         with self._owner_locks.use(owner) as thread_lock:
             if not thread_lock.acquire(timeout=self.lock_wait):
                 self.observer.lock_timed_out()
@@ -289,8 +289,8 @@ class FileStore(StateStore):
                     f"for {self.lock_wait:g}s"
                 )
             try:
-                self._ensure_directory(self.root)
-                self._ensure_directory(directory)
+                for path in (self.directory, self.root, directory):
+                    self._ensure_directory(path)
                 with self._flock(self._meta(owner, LOCK_FILE), deadline, "owner"):
                     self.observer.lock_waited(time.monotonic() - started)
                     held = self._holding()
@@ -321,7 +321,7 @@ class FileStore(StateStore):
         self, owner: str, workflow_id: str
     ) -> tuple[dict[str, Any] | None, str | None, int]:
         """Return (stored state or None, its JSON, its version even if expired, else 0)."""
-        path = self.state_path(owner, workflow_id)
+        path = self._state_path(owner, workflow_id)
         try:
             info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
@@ -385,9 +385,25 @@ class FileStore(StateStore):
         )
         if stored is None:
             if with_id:
-                return Snapshot(None, "null", str(max(self._read_seq(owner) or 0, last_version)))
+                return Snapshot(None, "null", str(max(self._counter(owner), last_version)))
             return Snapshot(None, "null")
         return self._served(stored, text)
+
+    def _counter(self, owner: str) -> int:
+        """Return the owner's counter, seeding it from the clock when missing.
+
+        For a stream's snapshot of nothing: its id is then a number the next write follows by
+        one, as it always was.
+        """
+        seq = self._read_seq(owner)
+        if seq is not None:
+            return seq
+        with self._locked(owner):
+            seq = self._read_seq(owner)
+            if seq is None:
+                seq = self._seq_or_clock(owner)
+                self._atomic_write(self._meta(owner, SEQ_FILE), str(seq).encode())
+            return seq
 
     def _load_index(self, owner: str) -> dict[str, list[int]]:
         raw = self._read_file(self._meta(owner, INDEX_FILE))
@@ -459,7 +475,7 @@ class FileStore(StateStore):
 
     # --- writing ---------------------------------------------------------------------------
 
-    def _next_seq(self, owner: str) -> int:
+    def _seq_or_clock(self, owner: str) -> int:
         """Return the owner's counter, or (missing) the clock in µs less one: never back."""
         seq = self._read_seq(owner)
         return seq if seq is not None else _clock_version() - 1
@@ -477,10 +493,10 @@ class FileStore(StateStore):
                 return
             stored, text, last_version = self._read_state(owner, target)
             other = None
-            checks_current = any(write.change.if_match_current is not None for write in batch)
+            checks_current = any(write.change.if_match is not None for write in batch)
             if checks_current and current is not None and current != target:
                 other = self._read_state(owner, current)[0]
-            seq = max(self._next_seq(owner), last_version)
+            seq = max(self._seq_or_clock(owner), last_version)
             found = Found(target, stored, current == target, other, seq)
             applied = self._apply_batch(found, batch)
             unchanged = self._served(stored, text)
@@ -515,7 +531,7 @@ class FileStore(StateStore):
         chain: list[dict[str, Any]],
         applied: Applied,
     ) -> list[Snapshot]:
-        directory = self.owner_directory(owner)
+        directory = self._owner_directory(owner)
         versions = [new["version"] for new in chain]
         # The counter is written first: a crash after it leaves a gap, never a reused number.
         self._atomic_write(self._meta(owner, SEQ_FILE), str(versions[-1]).encode())
@@ -525,7 +541,7 @@ class FileStore(StateStore):
         ]
         last = chain[-1]
         self._atomic_write(
-            self.state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
+            self._state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
         )
         index = self._load_index(owner)
         expires = int(model.expires_at(last, self.ttl, self.stale_ttl) * 1000)
@@ -566,7 +582,7 @@ class FileStore(StateStore):
             # The index may be older than the file (a crash between the two): ask the file.
             stored, _, _ = self._read_state(owner, workflow_id)
             if stored is None:
-                self._remove(self.state_path(owner, workflow_id))
+                self._remove(self._state_path(owner, workflow_id))
                 del index[workflow_id]
 
     def _delete(self, owner: str, workflow_id: str | None) -> int:
@@ -580,22 +596,22 @@ class FileStore(StateStore):
             index = self._load_index(owner)
             if workflow_id is not None and stored is None:
                 if target in index or last_version:
-                    self._remove(self.state_path(owner, target))
+                    self._remove(self._state_path(owner, target))
                     index.pop(target, None)
                     self._atomic_write(self._meta(owner, INDEX_FILE), dumps(index).encode())
                 raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
-            version = max(self._next_seq(owner), last_version) + 1
+            version = max(self._seq_or_clock(owner), last_version) + 1
             self._atomic_write(self._meta(owner, SEQ_FILE), str(version).encode())
             is_current = workflow_id is None or current == target
             if target is not None:
-                self._remove(self.state_path(owner, target))
+                self._remove(self._state_path(owner, target))
                 if index.pop(target, None) is not None:
                     self._atomic_write(
                         self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
                     )
             if is_current and current is not None:
                 self._remove(self._meta(owner, CURRENT_FILE))
-            self._sync_directory(self.owner_directory(owner))
+            self._sync_directory(self._owner_directory(owner))
             self._journal(owner, [(target or "", is_current, version, "null")])
             return version
 
@@ -636,7 +652,7 @@ class FileStore(StateStore):
             log.warning("could not journal events %s for streams: %s", events[0][2], error)
 
     def _quarantine(self, owner: str, workflow_id: str, raw: str | bytes, reason: str) -> None:
-        path = self.state_path(owner, workflow_id)
+        path = self._state_path(owner, workflow_id)
         if owner in self._holding():
             self._move_aside(path, raw, reason)
             return
@@ -684,7 +700,7 @@ class FileStore(StateStore):
             if state is not None:
                 versions.append(state["version"])
                 workflow_id = state["workflow_id"]
-                target = self.state_path(owner, workflow_id)
+                target = self._state_path(owner, workflow_id)
                 if not os.path.lexists(target):
                     self._atomic_write(target, raw, sync_directory=False)
                     expires = int(model.expires_at(state, self.ttl, self.stale_ttl) * 1000)
@@ -723,13 +739,13 @@ class FileStore(StateStore):
         self._ensure_directory(self.root)
         self._refuse_symlink(self.events_path)
         # The shared namespace's files too: where every seed client's workflow lives.
-        shared = self.owner_directory(MIGRATION_OWNER)
+        shared = self._owner_directory(MIGRATION_OWNER)
         self._refuse_symlink(shared)
         for name in (LOCK_FILE, CURRENT_FILE):
             self._refuse_symlink(self._meta(MIGRATION_OWNER, name))
         current = self._read_current(MIGRATION_OWNER)
         if current is not None:
-            self._refuse_symlink(self.state_path(MIGRATION_OWNER, current))
+            self._refuse_symlink(self._state_path(MIGRATION_OWNER, current))
         self._ready()
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise self._fail("write in", self.root, OSError(errno.EACCES, "denied"))

@@ -237,7 +237,7 @@ class RedisStore(StateStore):
             found, raw, wrong, seq = self._run(
                 "read",
                 [self.keys.current(owner)],
-                [self.keys.base(owner), workflow_id or ""],
+                [self.keys.base(owner), workflow_id or "", 1 if with_id else 0],
                 reader,
             )
         stored = None
@@ -359,7 +359,7 @@ class RedisStore(StateStore):
         self, owner: str, workflow_id: str | None, batch: list[PendingWrite], deadline: float
     ) -> None:
         # Only a POST /workflow/state checks If-Match against the current workflow.
-        with_other = any(write.change.if_match_current is not None for write in batch)
+        with_other = any(write.change.if_match is not None for write in batch)
         with self._lease() as writer:
             for _ in range(FENCE_ATTEMPTS):
                 token = self._lock_token()

@@ -47,8 +47,10 @@ local function event(id, workflow_id, current, doc)
 end
 """
 
-# Read a workflow (or the current one) and the owner's counter, in one round trip.
-# KEYS[1]: current. ARGV: key base, workflow id ('' = the current one).
+# Read a workflow (or the current one) and the owner's counter, in one round trip. For a
+# stream's snapshot (ARGV[3] = 1) a missing counter is seeded from the clock, so the snapshot's
+# id is a number the next write follows by one, as it always was.
+# KEYS[1]: current. ARGV: key base, workflow id ('' = the current one), 1 to seed the counter.
 # Returns {id or false, state or false, 1 if the state key holds another type, seq or false}.
 READ = (
     _HELPERS
@@ -56,6 +58,10 @@ READ = (
 local base, id = ARGV[1], ARGV[2]
 if id == '' then id = text(KEYS[1]) end
 local seq = text(base .. 'seq')
+if ARGV[3] == '1' and not tonumber(seq or '') then
+  seq = fmt(next_version(base .. 'seq', 0))
+  redis.call('SET', base .. 'seq', seq)
+end
 if not id then return {false, false, 0, seq} end
 local raw, wrong = read(base .. 'state:' .. id)
 return {id, raw, wrong, seq}
