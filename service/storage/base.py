@@ -45,6 +45,10 @@ class LockTimeout(StorageUnavailable):
     """The write lock stayed held by another writer for longer than the lock wait."""
 
 
+class LockStuck(StorageUnavailable):
+    """The write lock was found without an expiry: writers are refused until it expires."""
+
+
 def dumps(value: Any) -> str:
     """Serialise JSON the one way the service stores and serves it (compact, ASCII-safe)."""
     return json.dumps(value, separators=(",", ":"))
@@ -194,6 +198,10 @@ class StateStore(ABC):
     def ping(self) -> None:
         """Raise StorageUnavailable unless the backend answers."""
         self._ping()
+
+    def ready(self) -> None:
+        """Raise StorageUnavailable unless the backend answers and writers can get the lock."""
+        self._ready()
 
     def events(self, stop: threading.Event) -> Iterator[Event]:
         """Yield every accepted write and delete in order until `stop` is set.
@@ -355,6 +363,10 @@ class StateStore(ABC):
     @abstractmethod
     def _ping(self) -> None:
         """Check the backend answers."""
+
+    def _ready(self) -> None:
+        """Check the backend answers and no stuck lock refuses writers (see `ready`)."""
+        self._ping()
 
     @abstractmethod
     def _events(self, stop: threading.Event) -> Iterator[Event]:

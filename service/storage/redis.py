@@ -34,6 +34,7 @@ from .base import (
     RESYNC,
     Change,
     Event,
+    LockStuck,
     LockTimeout,
     Snapshot,
     StateStore,
@@ -61,6 +62,25 @@ def redis_key(base: str, *parts: str) -> str:
     return ":".join((base, *parts))
 
 
+# Lua that more than one script shares, prepended to them.
+#
+# stuck: a lock that would outlive every writer (no expiry, a longer one than the lock timeout,
+# or not a string) is renamed 'stuck:<value>' and given the lock timeout, so it blocks writers for
+# at most that long and every instance can tell, until it is gone, that it was stuck.
+SHARED_LUA = """
+local function stuck(key, timeout_ms)
+  local left = redis.call('PTTL', key)
+  if left == -2 then return false end
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then value = '' end
+  if left == -1 or left > tonumber(timeout_ms) or value == '' then
+    redis.call('SET', key, 'stuck:' .. string.sub(value, 1, 100), 'PX', timeout_ms)
+    return true
+  end
+  return string.sub(value, 1, 6) == 'stuck:'
+end
+"""
+
 # Commit a batch of states, in order, each with the next version, its own event and history.
 # KEYS: state, seq, lock, events, history
 # ARGV: lock token, expected seq, expected exists (0/1), ttl ms of the last state,
@@ -69,7 +89,7 @@ def redis_key(base: str, *parts: str) -> str:
 # the fence moved by itself and be redone on top of its own result.
 COMMIT_SCRIPT = """
 local function release()
-  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+  if redis.pcall('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
 end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2]
    or redis.call('EXISTS', KEYS[1]) ~= tonumber(ARGV[3]) then
@@ -114,6 +134,15 @@ for i = 1, #ARGV do
 end
 return 0
 """
+
+# Readiness: KEYS: lock; ARGV: lock timeout ms. Returns the stuck lock's ms to live, or false.
+READY_SCRIPT = (
+    SHARED_LUA
+    + """
+if stuck(KEYS[1], ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
+return false
+"""
+)
 
 # Rename the value aside only if it is still the one found corrupt (a writer may have fixed it),
 # to <prefix><unix time>, or <prefix><unix time>-<n> when that name is taken: an earlier copy is
@@ -236,9 +265,12 @@ class _LockReleaser:
 # Returns {0} when the lock is held, else {1, state or nil, seq or nil, 1 if the state key holds
 # a value of another type}. A lock already held by this token is this acquire's own: a call that
 # ran but whose answer was lost, sent again by redis-py's retry or by the Lock's polling.
-ACQUIRE_SCRIPT = """
+ACQUIRE_SCRIPT = (
+    SHARED_LUA
+    + """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then
+    stuck(KEYS[1], ARGV[2])
     return {0}
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -251,6 +283,7 @@ if type(raw) == 'table' and raw.err then
 end
 return {1, raw or false, redis.call('GET', KEYS[3]) or false, wrong}
 """
+)
 WRONG_TYPE = ResponseError("a Redis value that is not a string")
 
 
@@ -345,6 +378,7 @@ class RedisStore(StateStore):
                             ("delete", DELETE_SCRIPT),
                             ("quarantine", QUARANTINE_SCRIPT),
                             ("release", RELEASE_SCRIPT),
+                            ("ready", READY_SCRIPT),
                         )
                     }
                     self._releaser = _LockReleaser(self._release_tokens, self.lock_timeout)
@@ -580,6 +614,21 @@ class RedisStore(StateStore):
             self.client().ping()
         except RedisError as error:
             raise self._unavailable(error) from None
+
+    def _ready(self) -> None:
+        client = self.client()
+        try:
+            stuck_ms = self._scripts["ready"](
+                keys=[self.lock_key], args=[int(self.lock_timeout * 1000)], client=client
+            )
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        if stuck_ms:
+            raise LockStuck(
+                f"The workflow state lock {self.lock_key} is stuck (found with no expiry, or "
+                f"one past the lock timeout); writers are refused until it expires within "
+                f"{max(stuck_ms, 0) / 1000:g}s"
+            )
 
     def _release_quietly(self, lock: _ReadingLock) -> None:
         """Release a lock this process holds; if Redis does not answer, release it later."""

@@ -1,4 +1,5 @@
-"""Redis faults on real processes: a paused Redis, and answers lost on the way back.
+"""Redis faults on real processes: a paused Redis, answers lost on the way back, a lock with no
+expiry.
 
 Each test runs a redis-server of its own (or the session's), the store or the production server
 (gunicorn, two workers) in front of it, and short lock timeouts so that a lock left behind
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from service import create_app
 from service.storage import RedisStore, StorageUnavailable
 from tests.conftest import steps
 from tests.support import REDIS_SERVER, STATE, Gunicorn, RedisServer, http, wait_until
@@ -235,3 +237,78 @@ def test_a_delete_whose_answer_was_lost_is_never_redone(redis, proxy, redis_serv
     finally:
         a.close()
         b.close()
+
+
+# --- a lock with no expiry (item 2) -------------------------------------------------------------
+
+
+def _stuck_plain(redis) -> None:
+    redis.set(LOCK, "junk")
+
+
+def _stuck_for_an_hour(redis) -> None:
+    redis.set(LOCK, "junk", ex=3600)
+
+
+def _stuck_wrong_type(redis) -> None:
+    redis.hset(LOCK, "a", "b")
+
+
+STUCK_LOCKS = {"no-expiry": _stuck_plain, "hour": _stuck_for_an_hour, "hash": _stuck_wrong_type}
+
+
+@pytest.fixture
+def stuck_app(redis_server: RedisServer, redis):
+    app = create_app({"STATE_URL": redis_server.url, "LOCK_TIMEOUT": 1.0, "LOCK_WAIT": 0.2})
+    yield app
+    app.extensions["workflow_stream_hub"].close()
+    app.extensions["workflow_state"].close()
+
+
+@pytest.mark.parametrize("plant", STUCK_LOCKS.values(), ids=STUCK_LOCKS.keys())
+def test_a_stuck_lock_blocks_writers_for_at_most_the_lock_timeout(stuck_app, redis, plant):
+    client = stuck_app.test_client()
+    assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
+    plant(redis)
+    refused = client.patch(STATE, json={"note": 1})
+    assert refused.status_code == 503
+    assert refused.get_json()["error"] == "backend_unavailable"
+    assert 0 < redis.pttl(LOCK) <= 1000, "the first writer to find it gave it the lock timeout"
+    found = time.monotonic()
+    wait_until(lambda: client.patch(STATE, json={"note": 2}).status_code == 200, timeout=5)
+    assert time.monotonic() - found < 1.5
+    assert client.get(STATE).get_json()["state"]["note"] == 2
+
+
+@pytest.mark.parametrize("plant", STUCK_LOCKS.values(), ids=STUCK_LOCKS.keys())
+def test_readyz_reports_a_stuck_lock_until_it_is_gone(stuck_app, redis, plant):
+    """/readyz names the lock; an instance out of rotation still sees it gone in LOCK_TIMEOUT."""
+    client = stuck_app.test_client()
+    assert client.get("/readyz").status_code == 200
+    plant(redis)
+    found = time.monotonic()
+    answers = []
+
+    def ready() -> bool:
+        response = client.get("/readyz")
+        answers.append((time.monotonic() - found, response.status_code, response.get_json()))
+        return response.status_code == 200
+
+    wait_until(ready, timeout=5, interval=0.1)
+    not_ready = [answer for answer in answers if answer[1] != 200]
+    assert not_ready, "readyz said ready with a stuck lock"
+    for _, status, body in not_ready:
+        assert status == 503
+        assert body["error"] == "backend_unavailable"
+        assert LOCK in body["message"]
+    # Reported until it was gone, which is within the lock timeout (no writer came).
+    assert not_ready[-1][0] > 0.7
+    assert answers[-1][0] < 1.5
+    assert not redis.exists(LOCK)
+    assert client.patch(STATE, json={"note": 1}).status_code == 404  # writes work (no state)
+
+
+def test_readyz_is_ready_while_a_writer_holds_the_lock(stuck_app, redis):
+    redis.set(LOCK, "a-live-writer", px=800)
+    assert stuck_app.test_client().get("/readyz").status_code == 200
+    assert redis.get(LOCK) == b"a-live-writer"
