@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ def dumps(value: Any) -> str:
 def utc_now() -> datetime:
     """Return the current moment in UTC."""
     return datetime.now(UTC)
+
+
+def clock_microseconds() -> int:
+    """Return the wall clock in microseconds since the epoch (where a lost counter restarts)."""
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)

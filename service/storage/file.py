@@ -32,6 +32,7 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    clock_microseconds,
     dumps,
     log,
 )
@@ -235,18 +236,30 @@ class FileStore(StateStore):
             return None, None, stored["version"]
         return stored, text, stored["version"]
 
-    def _read_seq(self) -> int:
+    def _read_seq(self) -> int | None:
+        """Return the version counter, or None when its file is missing or unreadable."""
         raw = self._read_file(self.seq_path)
         try:
-            return int(raw or 0)
+            return int(raw) if raw is not None else None
         except ValueError:
-            return 0
+            return None
+
+    def _last_version(self, stored_version: int) -> int:
+        """Return the last version number taken (under the lock).
+
+        A missing counter file starts from the clock in microseconds, and never below the stored
+        state's version, so a version is never reused.
+        """
+        seq = self._read_seq()
+        if seq is None:
+            return max(clock_microseconds(), stored_version)
+        return max(seq, stored_version)
 
     def _get(self, *, with_id: bool) -> Snapshot:
         stored, text, last_version = self._read_stored()
         if stored is None:
             if with_id:
-                return Snapshot(None, "null", str(max(self._read_seq(), last_version)))
+                return Snapshot(None, "null", str(max(self._read_seq() or 0, last_version)))
             return Snapshot(None, "null")
         return self._served(stored, text)
 
@@ -260,7 +273,7 @@ class FileStore(StateStore):
         """Apply and commit a batch of writes under the lock file."""
         with self._locked():
             stored, text, last_version = self._read_stored()
-            base = max(self._read_seq(), last_version)
+            base = self._last_version(last_version)
             chain, finished, answers = self._apply_batch(stored, batch, base)
             committed: list[Snapshot] = []
             if chain:
@@ -287,7 +300,7 @@ class FileStore(StateStore):
     def _delete(self) -> int:
         with self._locked():
             _, _, last_version = self._read_stored()
-            version = max(self._read_seq(), last_version) + 1
+            version = self._last_version(last_version) + 1
             self._atomic_write(self.seq_path, str(version).encode())
             try:
                 os.unlink(self.path)

@@ -64,10 +64,30 @@ def redis_key(base: str, *parts: str) -> str:
 
 # Lua that more than one script shares, prepended to them.
 #
+# counter: the version counter's value, seeded when it is missing (a Redis that lost its data, or
+# a fresh one) from the clock in microseconds, and never below the version of the stored state
+# (its raw value is passed in), so a version is never reused. Numbers are formatted with
+# string.format('%.0f'): Lua 5.1 writes a number above 1e14 as "1.7e+15" with `..`.
+#
 # stuck: a lock that would outlive every writer (no expiry, a longer one than the lock timeout,
 # or not a string) is renamed 'stuck:<value>' and given the lock timeout, so it blocks writers for
 # at most that long and every instance can tell, until it is gone, that it was stuck.
 SHARED_LUA = """
+local function counter(seq_key, raw_state)
+  local seq = redis.call('GET', seq_key)
+  if seq then return seq end
+  local now = redis.call('TIME')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if type(raw_state) == 'string' then
+    local ok, doc = pcall(cjson.decode, raw_state)
+    if ok and type(doc) == 'table' and type(doc.version) == 'number' and doc.version > floor then
+      floor = doc.version
+    end
+  end
+  seq = string.format('%.0f', floor)
+  redis.call('SET', seq_key, seq)
+  return seq
+end
 local function stuck(key, timeout_ms)
   local left = redis.call('PTTL', key)
   if left == -2 then return false end
@@ -99,9 +119,10 @@ end
 local first, doc, finished = nil, nil, false
 for i = 7, #ARGV, 2 do
   local v = redis.call('INCR', KEYS[2])
+  local id = string.format('%.0f', v)
   first = first or v
-  doc = ARGV[i] .. v .. '}'
-  redis.call('PUBLISH', KEYS[4], '{"id":"' .. v .. '","state":' .. doc .. '}')
+  doc = ARGV[i] .. id .. '}'
+  redis.call('PUBLISH', KEYS[4], '{"id":"' .. id .. '","state":' .. doc .. '}')
   if ARGV[i + 1] == '1' then
     redis.call('LPUSH', KEYS[5], doc)
     finished = true
@@ -118,12 +139,16 @@ return first
 
 # KEYS: state, seq, events. Sent once, never retried (as the commit): a delete sent again could
 # delete a state written after the first one ran.
-DELETE_SCRIPT = """
+DELETE_SCRIPT = (
+    SHARED_LUA
+    + """
+counter(KEYS[2], redis.pcall('GET', KEYS[1]))
 local v = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', KEYS[3], '{"id":"' .. v .. '","state":null}')
+redis.call('PUBLISH', KEYS[3], '{"id":"' .. string.format('%.0f', v) .. '","state":null}')
 return v
 """
+)
 
 # Release the lock if one of these tokens holds it (tokens whose holder lost Redis's answer).
 # KEYS: lock; ARGV: tokens.
@@ -262,9 +287,9 @@ class _LockReleaser:
 
 # Take the lock if it is free and, in the same round trip, read what it guards.
 # KEYS: lock, state, seq; ARGV: token, lock timeout ms
-# Returns {0} when the lock is held, else {1, state or nil, seq or nil, 1 if the state key holds
-# a value of another type}. A lock already held by this token is this acquire's own: a call that
-# ran but whose answer was lost, sent again by redis-py's retry or by the Lock's polling.
+# Returns {0} when the lock is held, else {1, state or nil, seq, 1 if the state key holds a value
+# of another type}. A lock already held by this token is this acquire's own: a call that ran
+# but whose answer was lost, sent again by redis-py's retry or by the Lock's polling.
 ACQUIRE_SCRIPT = (
     SHARED_LUA
     + """
@@ -281,7 +306,7 @@ if type(raw) == 'table' and raw.err then
   raw = false
   wrong = 1
 end
-return {1, raw or false, redis.call('GET', KEYS[3]) or false, wrong}
+return {1, raw or false, counter(KEYS[3], raw), wrong}
 """
 )
 WRONG_TYPE = ResponseError("a Redis value that is not a string")

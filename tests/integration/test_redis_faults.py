@@ -1,5 +1,5 @@
 """Redis faults on real processes: a paused Redis, answers lost on the way back, a lock with no
-expiry.
+expiry, a restart that loses the data.
 
 Each test runs a redis-server of its own (or the session's), the store or the production server
 (gunicorn, two workers) in front of it, and short lock timeouts so that a lock left behind
@@ -8,6 +8,7 @@ shows as a slow recovery rather than a slow test.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,16 @@ import pytest
 from service import create_app
 from service.storage import RedisStore, StorageUnavailable
 from tests.conftest import steps
-from tests.support import REDIS_SERVER, STATE, Gunicorn, RedisServer, http, wait_until
+from tests.support import (
+    REDIS_SERVER,
+    STATE,
+    STREAM,
+    Gunicorn,
+    RedisServer,
+    SSEClient,
+    http,
+    wait_until,
+)
 from tests.support.proxy import StallingProxy
 
 pytestmark = [
@@ -312,3 +322,64 @@ def test_readyz_is_ready_while_a_writer_holds_the_lock(stuck_app, redis):
     redis.set(LOCK, "a-live-writer", px=800)
     assert stuck_app.test_client().get("/readyz").status_code == 200
     assert redis.get(LOCK) == b"a-live-writer"
+
+
+# --- versions never go back (item 5) -------------------------------------------------------------
+
+
+def test_versions_go_on_rising_after_redis_restarts_without_its_data(own_redis: RedisServer):
+    store = RedisStore(own_redis.url)
+    try:
+        before = store.save({"workflow_id": "wf", "steps": steps(1)}).version
+        own_redis.stop()
+        own_redis.start()  # no persistence: state and counter are gone
+        wait_until(lambda: store.get().state is None)
+        after = store.save({"workflow_id": "wf", "steps": steps(1)}).version
+        assert after > before
+        own_redis.stop()
+        own_redis.start()
+        assert store.clear() > after  # a DELETE takes a number too
+    finally:
+        store.close()
+
+
+def test_a_stream_across_a_redis_restart_sees_versions_rise_once_each(own_redis: RedisServer):
+    """The page treats only a higher version as news: after the restart it must be higher."""
+    server = Gunicorn({"WORKFLOW_STATE_URL": own_redis.url}, workers=1).start()
+    stream = SSEClient(server.url + STREAM)
+    try:
+        stream.next()
+        http("POST", server.url + STATE, {"workflow_id": "before", "steps": steps(1)})
+        before = stream.next()
+        assert before["json"]["state"]["workflow_id"] == "before"
+        own_redis.stop()
+        own_redis.start()
+        assert stream.next(timeout=10)["json"]["state"] is None  # the resync's snapshot
+        wait_until(lambda: http("POST", server.url + STATE, {"workflow_id": "after"})[0] == 200)
+        after = stream.next(timeout=10)
+        assert after["json"]["state"]["workflow_id"] == "after"
+        assert int(after["id"]) > int(before["id"])
+        assert after["json"]["state"]["version"] == int(after["id"])
+        stream.assert_quiet(0.5)  # and only once
+    finally:
+        stream.close()
+        server.stop()
+
+
+def test_the_stored_document_carries_a_large_version_exactly(redis, redis_server):
+    """Lua 5.1 writes a number above 1e14 as 1.7e+15 unless told otherwise."""
+    store = RedisStore(redis_server.url)
+    try:
+        redis.set(SEQ, 10**15 + 7)
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe("workflow:state:events")
+        wait_until(lambda: pubsub.get_message(timeout=0.1) is None)
+        saved = store.save({"workflow_id": "wf", "steps": steps(1)})
+        assert saved.version == 10**15 + 8
+        assert json.loads(redis.get("workflow:state"))["version"] == 10**15 + 8
+        event = wait_until(lambda: pubsub.get_message(timeout=0.5))
+        assert json.loads(event["data"])["id"] == str(10**15 + 8)
+        assert store.clear() == 10**15 + 9
+        pubsub.close()
+    finally:
+        store.close()
