@@ -19,16 +19,7 @@ import pytest
 from service import create_app
 from service.storage import RedisStore, StorageUnavailable
 from tests.conftest import steps
-from tests.support import (
-    REDIS_SERVER,
-    STATE,
-    STREAM,
-    Gunicorn,
-    RedisServer,
-    SSEClient,
-    http,
-    wait_until,
-)
+from tests.support import REDIS_SERVER, STATE, Gunicorn, RedisServer, http, wait_until
 from tests.support.proxy import StallingProxy
 
 pytestmark = [
@@ -341,29 +332,6 @@ def test_versions_go_on_rising_after_redis_restarts_without_its_data(own_redis: 
         assert store.clear() > after  # a DELETE takes a number too
     finally:
         store.close()
-
-
-def test_a_stream_across_a_redis_restart_sees_versions_rise_once_each(own_redis: RedisServer):
-    """The page treats only a higher version as news: after the restart it must be higher."""
-    server = Gunicorn({"WORKFLOW_STATE_URL": own_redis.url}, workers=1).start()
-    stream = SSEClient(server.url + STREAM)
-    try:
-        stream.next()
-        http("POST", server.url + STATE, {"workflow_id": "before", "steps": steps(1)})
-        before = stream.next()
-        assert before["json"]["state"]["workflow_id"] == "before"
-        own_redis.stop()
-        own_redis.start()
-        assert stream.next(timeout=10)["json"]["state"] is None  # the resync's snapshot
-        wait_until(lambda: http("POST", server.url + STATE, {"workflow_id": "after"})[0] == 200)
-        after = stream.next(timeout=10)
-        assert after["json"]["state"]["workflow_id"] == "after"
-        assert int(after["id"]) > int(before["id"])
-        assert after["json"]["state"]["version"] == int(after["id"])
-        stream.assert_quiet(0.5)  # and only once
-    finally:
-        stream.close()
-        server.stop()
 
 
 def test_the_stored_document_carries_a_large_version_exactly(redis, redis_server):
