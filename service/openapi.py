@@ -401,10 +401,8 @@ def build_paths() -> dict[str, Schema]:
         for method, operation in methods.items():
             operation = {**operation, "security": TOKEN if protected else OPEN}
             if protected:
-                operation["responses"] = {
-                    **operation["responses"],
-                    "401": ref("responses", "Unauthorized"),
-                }
+                answers = {**operation["responses"], "401": ref("responses", "Unauthorized")}
+                operation["responses"] = dict(sorted(answers.items()))
             item[method] = operation
         if path not in NO_PREFLIGHT:
             item["options"] = _preflight(path)

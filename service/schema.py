@@ -189,7 +189,7 @@ class StepChange(TypedDict):
 
     status: StepStatus
     data: NotRequired[Annotated[dict[str, Any] | None, _rule("must be an object or null")]]
-    workflow_id: NotRequired[Annotated[str | None, _rule("must be a string")]]
+    workflow_id: NotRequired[Annotated[str | None, _rule("must be a string or null")]]
 
 
 @with_config(ConfigDict(extra="allow", strict=True))
