@@ -9,6 +9,7 @@ document and fuzz the API from it.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -463,14 +464,21 @@ def build_document() -> dict[str, Any]:
     }
 
 
-# Serialised once: the document is the same for every request and every process.
-DOCUMENT_JSON = dumps(build_document())
+@functools.cache
+def document_json() -> str:
+    """Return the document serialised, built on first use.
+
+    The document is a constant (the same for every app and every request), so one copy per
+    process is shared; building it takes pydantic a tenth of a second that a process which
+    never serves it (the CLI, a worker before its first request) should not pay at import.
+    """
+    return dumps(build_document())
 
 
 @bp.get(OPENAPI_PATH)
 def openapi() -> Response:
     """Serve the OpenAPI document."""
-    return Response(DOCUMENT_JSON, mimetype="application/json")
+    return Response(document_json(), mimetype="application/json")
 
 
 def init_app(app: Flask) -> None:

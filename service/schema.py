@@ -13,6 +13,7 @@ on a write's path. Bodies are TypedDicts for that reason.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
@@ -529,8 +530,12 @@ class Checker:
     def __init__(self, body: Any) -> None:
         self.adapter = TypeAdapter(body)
         self.validate = self.adapter.validate_python
-        # The same schema the document publishes: the error quotes its descriptions.
-        self.schema = self.adapter.json_schema(schema_generator=_Generator)
+
+    @functools.cached_property
+    def schema(self) -> Schema:
+        """The JSON Schema the document publishes for the body; errors quote its descriptions."""
+        # Built on the first refusal: most processes never need it.
+        return self.adapter.json_schema(schema_generator=_Generator)
 
     def check(self, value: Any) -> None:
         """Raise FieldError unless `value` fits the body type."""
