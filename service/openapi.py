@@ -190,11 +190,8 @@ def op(
             "required": True,
             "content": {JSON: {"schema": schema.ref(body)}},
         }
-    codes = errors.split()
-    operation["responses"] = {
-        **ok,
-        **{code: ref("responses", ERRORS[code][0]) for code in sorted(codes)},
-    }
+    errors_answers = {code: ref("responses", ERRORS[code][0]) for code in errors.split()}
+    operation["responses"] = {**ok, **errors_answers}
     return operation
 
 
@@ -400,11 +397,14 @@ def build_paths() -> dict[str, Schema]:
         item: dict[str, Schema] = {}
         protected = path.startswith(PROTECTED_PREFIX)
         for method, operation in methods.items():
-            operation = {**operation, "security": TOKEN if protected else OPEN}
+            answers = operation["responses"]
             if protected:
-                answers = {**operation["responses"], "401": ref("responses", "Unauthorized")}
-                operation["responses"] = dict(sorted(answers.items()))
-            item[method] = operation
+                answers = {**answers, "401": ref("responses", "Unauthorized")}
+            item[method] = {
+                **operation,
+                "security": TOKEN if protected else OPEN,
+                "responses": dict(sorted(answers.items())),
+            }
         if path not in NO_PREFLIGHT:
             item["options"] = _preflight(path)
         paths[path] = item
