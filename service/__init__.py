@@ -9,12 +9,12 @@ from flask import Flask
 
 from . import (
     api,
-    auth,
     config,
     cors,
     errors,
     headers,
     health,
+    identity,
     logs,
     metrics,
     openapi,
@@ -32,11 +32,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     # Order matters: the request id first (every response carries it, every refusal is logged),
-    # a preflight is answered before auth, auth before any route work.
+    # a preflight is answered before the identity check, which comes before any route work.
     logs.init_app(app)
     errors.init_app(app)
     cors.init_app(app)
-    auth.init_app(app)
+    identity.init_app(app)
     store.init_app(app)
     pages.init_app(app)
     app.register_blueprint(api.bp)

@@ -64,10 +64,15 @@ def if_match() -> frozenset[str] | None:
     return frozenset(tags.as_set(include_weak=True))
 
 
-def state_body(snapshot: Snapshot) -> str:
-    """Serialise the GET /workflow/state body without re-encoding the stored state."""
-    active = "true" if model.is_active(snapshot.state) else "false"
-    return f'{{"success":true,"active":{active},"state":{snapshot.json}}}'
+def state_body(state: dict[str, Any] | None, state_json: str) -> str:
+    """Serialise the GET /workflow/state body, which is also the stream's `state` data."""
+    active = "true" if model.is_active(state) else "false"
+    # The summary's value, so no client re-implements Python's rounding.
+    percent = 0 if state is None else model.progress_percent(state)
+    return (
+        f'{{"success":true,"active":{active},"progress_percent":{json.dumps(percent)},'
+        f'"state":{state_json}}}'
+    )
 
 
 def _saved(snapshot: Snapshot) -> Response:
@@ -90,7 +95,7 @@ def get_state() -> Response:
     headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
     if request.if_none_match.contains_weak(etag):
         return Response(status=304, headers=headers)
-    return json_response(state_body(snapshot), headers=headers)
+    return json_response(state_body(snapshot.state, snapshot.json), headers=headers)
 
 
 @bp.post("/state")

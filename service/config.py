@@ -7,9 +7,11 @@ README's config table. `create_app(test_config)` applies the test override on to
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,50 @@ def _csv(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# Letters, digits and dashes: WSGI turns "-" into "_", so a name with "_" would be ambiguous.
+HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+
+
+def _header_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not HEADER_NAME_RE.match(value) or value.lower() == "authorization":
+        raise ConfigError(
+            f"{name} must be a header name of letters, digits and '-' (not Authorization), "
+            f"got {raw!r}"
+        )
+    return value
+
+
+def _networks(name: str, raw: str) -> tuple[Any, ...]:
+    from .identity import parse_networks
+
+    return parse_networks(name, _csv(name, raw))
+
+
+def _user_names(name: str, raw: str) -> tuple[str, ...]:
+    from .identity import USER_NAME_RULE, is_user_name
+
+    names = _csv(name, raw)
+    for user in names:
+        if not is_user_name(user):
+            raise ConfigError(f"{name}: {user!r} is not a valid user name ({USER_NAME_RULE})")
+    return names
+
+
+def _base_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{name} must be an http(s) URL such as http://127.0.0.1:8000, got {raw!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name} has a bad port, got {raw!r}") from None
+    return value
+
+
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("text", "json"):
@@ -74,6 +120,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),
     Setting("WORKFLOW_STATE_MAX_BODY", "MAX_CONTENT_LENGTH", 262144, _positive_int),
     Setting("WORKFLOW_STATE_TOKEN", "STATE_TOKEN", None, _text),
+    Setting("WORKFLOW_STATE_TOKENS_FILE", "STATE_TOKENS_FILE", None, _text),
+    Setting("WORKFLOW_STATE_USER_HEADER", "USER_HEADER", None, _header_name),
+    Setting("WORKFLOW_STATE_TRUSTED_PROXIES", "TRUSTED_PROXIES", (), _networks),
+    Setting("WORKFLOW_STATE_ADMINS", "ADMINS", (), _user_names),
     Setting("WORKFLOW_STATE_SECRET_KEY", "STATE_SECRET_KEYS", (), _csv),
     Setting("WORKFLOW_STATE_LOG_FORMAT", "LOG_FORMAT", "text", _log_format),
     Setting("WORKFLOW_STATE_LOCK_TIMEOUT", "LOCK_TIMEOUT", 5.0, _positive_float),
@@ -84,6 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_DEMO_STEP_SECONDS", "DEMO_STEP_SECONDS", 2.0, _non_negative_float),
     Setting("WORKFLOW_DEMO_FAIL", "DEMO_FAIL", None, _text),
     Setting("WORKFLOW_STEP_DELAY_MS", "STEP_DELAY_MS", 250, _non_negative_int),
+    Setting("WORKFLOW_STEP_TIMEOUT", "STEP_TIMEOUT", 600.0, _positive_float),
+    Setting("WORKFLOW_RUN_LEASE", "RUN_LEASE", 15.0, _positive_float),
+    Setting("WORKFLOW_SELF_URL", "SELF_URL", None, _base_url),
 )
 
 
@@ -93,6 +146,16 @@ def default_state_url(environ: Mapping[str, str], cwd: str) -> str:
     if redis_url:
         return redis_url
     return "file://" + os.path.join(cwd, "var", "workflow_state.json")
+
+
+def default_self_url(environ: Mapping[str, str]) -> str:
+    """Return where a runner reaches this service when WORKFLOW_SELF_URL is unset.
+
+    gunicorn binds 0.0.0.0:$PORT or 127.0.0.1:8000 (deploy/gunicorn.conf.py), and loopback
+    reaches either, so a worker on the web server's host needs no setting.
+    """
+    port = environ.get("PORT", "").strip() or "8000"
+    return f"http://127.0.0.1:{port}"
 
 
 def from_env(environ: Mapping[str, str] | None = None, cwd: str | None = None) -> dict[str, Any]:
@@ -105,16 +168,20 @@ def from_env(environ: Mapping[str, str] | None = None, cwd: str | None = None) -
             config[setting.key] = setting.parse(setting.env, raw)
     if not config["STATE_URL"]:
         config["STATE_URL"] = default_state_url(environ, cwd or os.getcwd())
+    if not config["SELF_URL"]:
+        config["SELF_URL"] = default_self_url(environ)
     return config
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> str | None:
     """Return a one-line description of what is wrong with the environment, or None."""
+    from .identity import Authenticator
     from .pages import load_steps
     from .store import build_store
 
     try:
         config = from_env(environ)
+        Authenticator(config)
         build_store(config).close()
         load_steps(config["STEPS_FILE"])
     except ValueError as error:  # ConfigError, UnknownBackend and bad keys are ValueErrors

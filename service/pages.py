@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
-from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -14,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from . import model
 from .config import ConfigError
 from .errors import error_response
+from .runner.steps import simulate
 from .storage import dumps
 
 bp = Blueprint("pages", __name__)
@@ -102,15 +101,11 @@ def run_action(action: str) -> Response:
     known = {step["action"] for step in current_app.config[STEPS_KEY]}
     if action not in known:
         return error_response(404, "unknown_action", f"There is no step action {action[:128]!r}")
-    time.sleep(current_app.config["DEMO_STEP_SECONDS"])
-    if action == current_app.config["DEMO_FAIL"]:
-        body: dict[str, Any] = {
-            "success": False,
-            "message": f"Simulated failure of {action} (WORKFLOW_DEMO_FAIL)",
-            "error": "action_failed",
-        }
-    else:
-        body = {"success": True, "message": f"{action} done"}
+    body = simulate(
+        action,
+        seconds=current_app.config["DEMO_STEP_SECONDS"],
+        fail_action=current_app.config["DEMO_FAIL"],
+    )
     return Response(dumps(body), mimetype="application/json")
 
 

@@ -222,18 +222,17 @@ class StoredState(State):
 
 @with_config(ConfigDict(extra="forbid", strict=True))
 class Run(TypedDict):
-    """A server run of the workflow (contract section 9): who runs it and until when."""
+    """A server run of the workflow (contract section 9), in the state's `run` field: who runs
+    it and until when. service/runs.py holds its rules."""
 
     attempt: Annotated[
-        int, Field(ge=0), _rule("must be an integer >= 0 (1 for the first runner, +1 per takeover)")
+        int,
+        Field(ge=1),
+        _rule("must be an integer >= 1: the fencing token, +1 per new run or takeover"),
     ]
     runner: Annotated[str | None, _rule("must be the runner's host:pid, or null while queued")]
-    heartbeat: Annotated[
-        Time | None, _rule("must be when the runner last renewed its lease, or null while queued")
-    ]
-    lease_expires: Annotated[
-        Time | None, _rule("must be when another runner may take over, or null while queued")
-    ]
+    heartbeat: Annotated[Time, Field(description="when the run was queued or its lease renewed")]
+    lease_expires: Annotated[Time, Field(description="when another runner may take over")]
     status: RunStatus
 
 
@@ -255,6 +254,9 @@ class StateResponse(TypedDict):
 
     success: Literal[True]
     active: Annotated[bool, Field(description="true exactly when status is running")]
+    progress_percent: Annotated[
+        float, Field(ge=0, le=100, description="the summary's progress_percent (0 with no state)")
+    ]
     state: State | None
 
 

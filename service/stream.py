@@ -23,6 +23,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 
 from . import model
+from .api import state_body
 from .errors import RETRY_AFTER_SECONDS, error_response
 from .storage import RESYNC, Event, Snapshot, StateStore, StorageUnavailable
 
@@ -61,16 +62,15 @@ def _seq_of(event_id: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def render(event_id: str, state_json: str, active: bool) -> str:
+def render(event_id: str, state_json: str, state: dict[str, Any] | None) -> str:
     """Render an `event: state` frame whose data is the GET /workflow/state body."""
-    data = f'{{"success":true,"active":{"true" if active else "false"},"state":{state_json}}}'
-    return f"id: {event_id}\nevent: state\ndata: {data}\n\n"
+    return f"id: {event_id}\nevent: state\ndata: {state_body(state, state_json)}\n\n"
 
 
 def frame_of_snapshot(snapshot: Snapshot) -> Frame:
     """Render a snapshot (its event id must be set)."""
     event_id = snapshot.event_id or "0"
-    text = render(event_id, snapshot.json, model.is_active(snapshot.state))
+    text = render(event_id, snapshot.json, snapshot.state)
     return Frame(event_id, _seq_of(event_id), text, snapshot.state is None)
 
 
@@ -80,7 +80,7 @@ def frame_of_event(event: Event) -> tuple[Frame, dict[str, Any] | None]:
     frame = Frame(
         event.id,
         _seq_of(event.id),
-        render(event.id, event.json, model.is_active(state)),
+        render(event.id, event.json, state),
         state is None,
     )
     return frame, state
@@ -240,7 +240,7 @@ class Hub:
             self._tracked = None
         if snapshot.state is None:
             event_id = f"{version}:expired"
-            self._broadcast(Frame(event_id, version, render(event_id, "null", False), True))
+            self._broadcast(Frame(event_id, version, render(event_id, "null", None), True))
 
 
 def close_all_hubs() -> None:

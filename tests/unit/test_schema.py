@@ -8,6 +8,7 @@ sections 8 and 9 are published and describe the answers those routes will give.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from service import model, schema
+from service import model, runs, schema
 from service.openapi import build_document
 from service.storage import HISTORY_MAX
 
@@ -262,9 +263,10 @@ RUN = {
         ("WorkflowChange", {"workflow_id": "wf", "state": {}}, False),
         ("WorkflowEvent", {"event": "workflow", "data": json.dumps(ENTRY)}, True),
         ("Run", RUN, True),
-        ("Run", {**RUN, "status": "queued", "runner": None, "heartbeat": None}, True),
+        ("Run", {**RUN, "status": "queued", "runner": None}, True),
         ("Run", {**RUN, "status": "paused"}, False),
-        ("Run", {**RUN, "attempt": -1}, False),
+        ("Run", {**RUN, "attempt": 0}, False),
+        ("Run", {**RUN, "lease_expires": None}, False),
         ("RunStarted", {"success": True, "message": "Workflow run started", "state": STORED}, True),
         ("RunStarted", {"success": True, "message": "started", "state": STORED}, False),
         ("UserName", "ada.lovelace@example", True),
@@ -275,8 +277,15 @@ def test_the_bodies_of_sections_8_and_9_are_published(name, instance, valid):
     assert validator(name).is_valid(instance) is valid
 
 
-def test_the_history_limit_is_the_one_storage_keeps():
+def test_the_limits_and_names_are_the_ones_the_code_uses():
     assert schema.HISTORY_MAX == HISTORY_MAX
+    assert schema.RUN_STATUSES == runs.RUN_STATUSES
+
+
+def test_a_run_the_rules_make_is_a_published_run():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    queued = runs.request_run({**STORED}, now=now, lease=15)
+    assert validator("Run").is_valid(queued["run"]), queued["run"]
 
 
 def test_the_level_by_level_depth_walk_matches_a_recursive_one():
