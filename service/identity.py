@@ -32,7 +32,14 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
-from .config import ConfigError
+# The name rule and the network parser are setting parsers too, so they live in config.py.
+from .config import (
+    USER_NAME_RULE,
+    ConfigError,
+    Network,
+    is_user_name,
+    parse_networks,
+)
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -41,9 +48,6 @@ PUBLIC = "public"
 # `?owner=*`: an admin's list of every owner's workflows.
 ALL_OWNERS = "*"
 OWNER_PARAM = "owner"
-# A user name names a directory on the file backend too, hence no "/" and never "." or "..".
-USER_NAME_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}\Z")
-USER_NAME_RULE = "1-64 characters of A-Z a-z 0-9 _ . @ -, and not . or .."
 # /workflow/* and /workflows*; an unknown path under them is refused too, revealing no routes.
 PROTECTED_PREFIX = "/workflow"
 # Seconds between two looks at the tokens file's modification time.
@@ -54,13 +58,6 @@ SHA256_HEX_RE = re.compile(r"[0-9a-fA-F]{64}\Z")
 EMPTY_DIGEST = hashlib.sha256(b"").digest()
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="workflow-state"'}
 EXTENSION = "workflow_identity"
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def is_user_name(name: str) -> bool:
-    """Tell whether `name` may name a user (and so an owner)."""
-    return USER_NAME_RE.match(name) is not None and name not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -228,20 +225,6 @@ def match_token(header: str | None, users: Iterable[TokenUser]) -> TokenUser | N
         if hmac.compare_digest(digest, user.digest):
             found = user
     return found
-
-
-def parse_networks(name: str, parts: Iterable[str | Network]) -> tuple[Network, ...]:
-    """Parse addresses and CIDR networks (`10.0.0.0/8`, `::1`); raise ConfigError naming `name`."""
-    networks = []
-    for part in parts:
-        try:
-            # strict: `10.0.0.1/8` (host bits set) is more likely a typo than a wish.
-            networks.append(ipaddress.ip_network(part))
-        except ValueError as error:
-            raise ConfigError(
-                f"{name} must be comma-separated addresses or CIDR networks, got {part!r}: {error}"
-            ) from None
-    return tuple(networks)
 
 
 def peer_address(environ: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service import identity
-from service.config import ConfigError, check_environment
+from service.config import ConfigError
 from service.identity import (
     Identity,
     Refused,
@@ -26,6 +26,7 @@ from service.identity import (
     match_token,
     owner_for,
 )
+from service.store import check_environment
 from tests.support import ROOT
 from tests.support.identity import sha256_hex, write_tokens
 
