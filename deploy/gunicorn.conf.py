@@ -36,9 +36,11 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
 # WEB_CONCURRENCY is gunicorn's own variable; set here so the default is 2, not 1.
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
-worker_class = "gevent"
+# gunicorn's gevent worker plus a deadline on request bodies (WORKFLOW_STATE_BODY_TIMEOUT) and
+# JSON answers for the requests gunicorn refuses itself (service/http_worker.py).
+worker_class = "service.http_worker.Worker"
 # Connections per worker: open streams plus ordinary requests (a stream keeps some in reserve).
-worker_connections = 1000
+worker_connections = 4000
 # gunicorn's default: also how long a worker that is stopping waits on an idle connection.
 keepalive = 2
 # Streams are long-lived: on restart, give them a moment, then move on.
