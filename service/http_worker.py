@@ -28,6 +28,7 @@ import gevent
 from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.http.body import Body, LengthReader
+from gunicorn.http.message import Request
 from gunicorn.http.wsgi import Response, default_environ
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -320,7 +321,8 @@ class Worker(GeventWorker):
             refusal = INTERNAL_ERROR
         else:
             self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
-        req = req if req is not None else getattr(exc, "req", None)
+        if req is None and isinstance(getattr(exc, "req", None), Request):
+            req = exc.req  # a bad header names its request (a bad request line, only the line)
         self._refuse(req, client, addr, *refusal)
 
     def _log_access(self, req, client, addr, status: str) -> None:
