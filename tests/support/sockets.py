@@ -206,3 +206,21 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise ValueError(f"no VmRSS for {pid}")
+
+
+def open_event_streams(port: int, path: str, count: int) -> list[socket.socket]:
+    """Open `count` Server-Sent Events streams on raw sockets; return once each has its first
+    event."""
+    streams = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        streams.append(sock)
+    for sock in streams:
+        received = b""
+        while b"event: state" not in received:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"stream closed before its first event: {received[:200]!r}")
+            received += chunk
+    return streams
