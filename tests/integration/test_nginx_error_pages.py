@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import STATE, Gunicorn, free_port
 from tests.support.nginx import NGINX, Nginx
-from tests.support.sockets import RawResponse, raw_exchange
+from tests.support.sockets import assert_json_error, raw_exchange
 
 pytestmark = [
     pytest.mark.slow,
@@ -79,18 +79,6 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     finally:
         nginx.stop()
         instance.stop()
-
-
-def assert_json_error(response: RawResponse, status: int, code: str) -> None:
-    """Check one of nginx's own answers: the status, and the contract's JSON error shape."""
-    assert response.status == status, response
-    assert response.headers["content-type"] == "application/json"
-    assert response.headers["x-content-type-options"] == "nosniff"
-    body = response.json()
-    assert set(body) == {"success", "message", "error"}
-    assert body["success"] is False
-    assert body["error"] == code
-    assert body["message"] and "<" not in body["message"]
 
 
 @pytest.mark.parametrize("name", list(NGINX_REFUSES))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import STATE, Gunicorn, http
-from tests.support.sockets import raw_exchange
+from tests.support.sockets import assert_json_error, raw_exchange
 
 pytestmark = pytest.mark.slow
 
@@ -119,14 +119,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
 def test_gunicorn_refusals_answer_the_json_error_shape(server: Gunicorn, name: str):
     request, status, code = REFUSED[name]
     response, closed = raw_exchange(server.port, request)
-    assert response.status == status
-    assert response.headers["content-type"] == "application/json"
-    assert response.headers["x-content-type-options"] == "nosniff"
-    body = response.json()
-    assert set(body) == {"success", "message", "error"}
-    assert body["success"] is False
-    assert body["error"] == code
-    assert body["message"] and "<" not in body["message"]  # a sentence, not markup
+    assert_json_error(response, status, code)
     assert response.headers["connection"] == "close" and closed
     # The server goes on serving.
     assert http("GET", server.url + "/healthz")[0] == 200

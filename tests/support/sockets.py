@@ -160,6 +160,18 @@ class RawResponse:
         return json.loads(self.body)
 
 
+def assert_json_error(response: RawResponse, status: int, code: str) -> None:
+    """Check a refusal: its status, and the contract's JSON error shape with that code."""
+    assert response.status == status, response
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    body = response.json()
+    assert set(body) == {"success", "message", "error"}
+    assert body["success"] is False
+    assert body["error"] == code
+    assert body["message"] and "<" not in body["message"]  # a sentence, not markup
+
+
 def parse_response(raw: bytes) -> RawResponse:
     """Parse one HTTP/1.1 response with a Content-Length."""
     head, _, rest = raw.partition(b"\r\n\r\n")
