@@ -57,26 +57,28 @@ loglevel = "info"
 logger_class = "service.logs.GunicornLogger"
 
 
-def _refuse_a_wrong_configuration() -> None:
+def _refuse_a_wrong_configuration(workers: int) -> None:
     """Exit with one line naming the variable when the configuration is wrong.
 
     Run while gunicorn reads this file, before it logs anything, so the line is all there is.
     """
     # gunicorn has not applied --chdir yet: find the service next to this file.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from service.config import check_environment
+    from service.store import check_environment
 
-    problem = check_environment()
+    problem = check_environment(workers=workers)
     if problem:
         print(f"workflow-state: {problem}", file=sys.stderr)
         sys.exit(1)
 
 
-_refuse_a_wrong_configuration()
+_refuse_a_wrong_configuration(workers)
 
 
 def on_starting(server):
     """Make (and empty) the metrics directory before any worker starts."""
+    if server.cfg.workers != workers:  # `-w N` on the command line: check again with N
+        _refuse_a_wrong_configuration(server.cfg.workers)
     directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(directory, mode=0o700, exist_ok=True)
     # A previous run's counts would be summed into this one's. A master re-executed for an

@@ -149,10 +149,14 @@ SCHEMAS: dict[str, Schema] = {
     },
     "StateResponse": {
         "type": "object",
-        "required": ["success", "active", "state"],
+        "required": ["success", "active", "progress_percent", "state"],
         "properties": {
             "success": {"const": True},
             "active": {"type": "boolean", "description": "true exactly when status is running"},
+            "progress_percent": {
+                "type": "number",
+                "description": "the summary's progress_percent (0 with no state)",
+            },
             "state": {"anyOf": [ref("schemas", "State"), {"type": "null"}]},
         },
         "additionalProperties": False,
