@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import selectors
 import socket
@@ -36,7 +37,9 @@ def open_files_limit(needed: int) -> Iterator[None]:
 def low_open_files_limit(soft_limit: int) -> Iterator[None]:
     """Start processes under a small soft limit (as many systems do), the hard one unchanged."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft_limit, hard), hard))
+    # Never below what this process already holds: its next open() would fail.
+    in_use = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft_limit, in_use + 64), hard), hard))
     try:
         yield
     finally:
