@@ -4,10 +4,10 @@ README's `sh` blocks run in order, as a person would type them, in a copy of the
 (what a clone has: no var/, no caches) that uses this checkout's installed `.venv`:
 
 - `make test` is not run (it is this suite); it must be exactly the command `.ci/run` runs.
-- A block that ends in `make run` starts the server as written, in the background; the next
-  blocks talk to it. Only its address changes: `127.0.0.1:8000` becomes a free port (given to
-  gunicorn through `GUNICORN_CMD_ARGS`), and a Redis URL's `127.0.0.1:6379` the test's own
-  redis-server (never the shared one).
+- A block that ends in `make run` starts the server as written, in the background; each of
+  its workers must log where the state is, once; the next blocks talk to it. Only its address
+  changes: `127.0.0.1:8000` becomes a free port (given to gunicorn through `GUNICORN_CMD_ARGS`),
+  and a Redis URL's `127.0.0.1:6379` the test's own redis-server (never the shared one).
 - A block whose first line is `# runs until Ctrl-C` must still be running once it has printed
   something; it then gets Ctrl-C (SIGINT).
 - Any other block runs under `bash -e -o pipefail`, with `curl` failing on an HTTP error.
@@ -41,6 +41,7 @@ NEEDS_RE = re.compile(r"\A# needs: (.+)\n")
 UNTIL_CTRL_C = "# runs until Ctrl-C\n"
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 README_REDIS = "127.0.0.1:6379"
+WORKERS = 2  # WEB_CONCURRENCY's default (README's configuration table)
 TOOLS = ("curl", "jq", "redis-cli")
 # A person sees an HTTP error in curl's output; a script needs the exit status for it.
 PRELUDE = 'curl() { command curl --fail-with-body "$@"; }\n'
@@ -140,7 +141,16 @@ class Session:
             if "REDIS_URL" in block
             else f"storage: file at {self.clone}/var/workflow_state.json"
         )
-        wait_until(lambda: expected in log.read_text(), timeout=10)
+
+        def logged_by_each_worker() -> bool:
+            # Text lines carry "[<pid>] service.store"; README's default is 2 workers.
+            pids = re.findall(
+                rf"\[(\d+)\] service\.store \[-\] {re.escape(expected)}$", log.read_text(), re.M
+            )
+            assert len(pids) == len(set(pids)), "a worker logged its storage line twice"
+            return len(pids) == WORKERS
+
+        wait_until(logged_by_each_worker, timeout=10)
         status, _, document = http("GET", f"http://127.0.0.1:{self.port}/openapi.json")
         assert status == 200
         self.paths = list(document["paths"])
