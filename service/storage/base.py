@@ -23,6 +23,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -80,6 +81,10 @@ class LockTimeout(StorageUnavailable):
     """The write lock stayed held by another writer for longer than the lock wait."""
 
 
+class LockStuck(StorageUnavailable):
+    """The write lock was found without an expiry: writers are refused until it expires."""
+
+
 def dumps(value: Any) -> str:
     """Serialise JSON the one way the service stores and serves it (compact, ASCII-safe)."""
     return json.dumps(value, separators=(",", ":"))
@@ -108,6 +113,11 @@ def check_workflow_id(workflow_id: Any) -> str | None:
             "A-Z a-z 0-9 _ . : -"
         )
     return workflow_id
+
+
+def clock_microseconds() -> int:
+    """Return the wall clock in microseconds since the epoch (where a lost counter restarts)."""
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +438,10 @@ class StateStore(ABC):
         """Raise StorageUnavailable unless the backend answers."""
         self._ping()
 
+    def ready(self) -> None:
+        """Raise StorageUnavailable unless the backend answers and writers can get the lock."""
+        self._ready()
+
     def events(self, stop: threading.Event) -> Iterator[Event]:
         """Yield every accepted write and delete of every owner, in order, until `stop` is set.
 
@@ -617,6 +631,10 @@ class StateStore(ABC):
     @abstractmethod
     def _ping(self) -> None:
         """Check the backend answers."""
+
+    def _ready(self) -> None:
+        """Check the backend answers and no stuck lock refuses writers (see `ready`)."""
+        self._ping()
 
     @abstractmethod
     def _events(self, stop: threading.Event) -> Iterator[Event]:

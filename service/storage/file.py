@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -47,6 +48,7 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    clock_microseconds,
     dumps,
     log,
 )
@@ -78,6 +80,11 @@ RACY_SECONDS = 2.0
 CACHED_FILES = 512
 # Owners whose last journal event a follower remembers, to notice a gap; past this it forgets.
 FOLLOWED_OWNERS_MAX = 10_000
+# `_atomic_write`'s temp files: .<name>.tmp-<pid>-<hex>. One lives for a single write; one that
+# outlived its writer (a killed worker) is removed on start.
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+")
+# Older than this, a temp file is a leftover even if its pid is alive (the pid was reused).
+STALE_TEMP_SECONDS = 60.0
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -112,11 +119,6 @@ def _identity(info: os.stat_result) -> tuple[int, ...]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _clock_version() -> int:
-    """Return the clock in microseconds: where a missing counter starts again (never back)."""
-    return time.time_ns() // 1000
 
 
 class _FileCache:
@@ -163,6 +165,7 @@ class FileStore(StateStore):
         self._owner_locks: Keyed[str, threading.Lock] = Keyed(lambda owner: threading.Lock())
         self._held = threading.local()
         self._migrated_pid: int | None = None
+        self._remove_stale_temp_files()
 
     # --- paths and files -------------------------------------------------------------------
 
@@ -232,6 +235,47 @@ class FileStore(StateStore):
             raise self._fail("write", path, error) from None
         if sync_directory:
             self._sync_directory(directory)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Remove temp files that killed writers left behind: beside the configured path (the
+        journal, an earlier version's files) and in every owner's directory.
+
+        Only temp files of this store's own files, and only those whose writer is gone: its pid
+        is not a live process, or the file is older than a minute (a write takes milliseconds).
+        """
+        # Beside the configured path only its own files: the directory may hold others'.
+        name = os.path.basename(self.path)
+        top = {name, name + OLD_SEQ_SUFFIX, name + OLD_HISTORY_SUFFIX, JOURNAL_NAME}
+        try:
+            owners = [os.path.join(self.root, name) for name in os.listdir(self.root)]
+        except OSError:
+            owners = []  # no state directory yet: nothing to clean there
+        for directory in (self.directory, *owners):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue  # not a directory, or not readable
+            for entry in names:
+                match = TEMP_NAME.fullmatch(entry)
+                if match is None:
+                    continue
+                if directory == self.directory:
+                    if match["name"] not in top:
+                        continue
+                elif _OWNER_FILE.fullmatch(match["name"]) is None:
+                    continue
+                path = os.path.join(directory, entry)
+                try:
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    recent = time.time() - info.st_mtime < STALE_TEMP_SECONDS
+                    if recent and _process_alive(int(match["pid"])):
+                        continue
+                    os.unlink(path)
+                except OSError:
+                    continue
+                log.info("removed %s, a temp file left by a writer that stopped mid-write", path)
 
     def _remove(self, path: str) -> None:
         try:
@@ -311,7 +355,7 @@ class FileStore(StateStore):
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _ready(self) -> None:
+    def _started(self) -> None:
         """Migrate the single-state layout of an earlier version, once per process."""
         if self._migrated_pid != os.getpid():
             self._migrate()
@@ -378,7 +422,7 @@ class FileStore(StateStore):
         return int(text) if text and text.isdigit() else None
 
     def _get(self, owner: str, workflow_id: str | None, *, with_id: bool) -> Snapshot:
-        self._ready()
+        self._started()
         target = workflow_id if workflow_id is not None else self._read_current(owner)
         stored, text, last_version = (
             self._read_state(owner, target) if target is not None else (None, None, 0)
@@ -422,7 +466,7 @@ class FileStore(StateStore):
     def _list(
         self, owner: str, status: str, after: Position | None, count: int
     ) -> list[tuple[Position, dict[str, Any]]]:
-        self._ready()
+        self._started()
         now = _now_ms()
         positions = sorted(
             (
@@ -444,7 +488,7 @@ class FileStore(StateStore):
         return found
 
     def _owners(self) -> list[str]:
-        self._ready()
+        self._started()
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:
@@ -469,7 +513,7 @@ class FileStore(StateStore):
         return entries if isinstance(entries, list) else []
 
     def _history(self, owner: str, limit: int) -> list[str]:
-        self._ready()
+        self._started()
         entries = self._load_history(self._meta(owner, HISTORY_FILE))
         return [dumps(entry) for entry in entries[:limit]]
 
@@ -478,11 +522,11 @@ class FileStore(StateStore):
     def _seq_or_clock(self, owner: str) -> int:
         """Return the owner's counter, or (missing) the clock in µs less one: never back."""
         seq = self._read_seq(owner)
-        return seq if seq is not None else _clock_version() - 1
+        return seq if seq is not None else clock_microseconds() - 1
 
     def _run_batch(self, owner: str, workflow_id: str | None, batch: list[PendingWrite]) -> None:
         """Apply and commit a batch of writes to one workflow under the owner's lock."""
-        self._ready()
+        self._started()
         with self._locked(owner):
             current = self._read_current(owner)
             target = workflow_id if workflow_id is not None else current
@@ -586,7 +630,7 @@ class FileStore(StateStore):
                 del index[workflow_id]
 
     def _delete(self, owner: str, workflow_id: str | None) -> int:
-        self._ready()
+        self._started()
         with self._locked(owner):
             current = self._read_current(owner)
             target = workflow_id if workflow_id is not None else current
@@ -746,7 +790,7 @@ class FileStore(StateStore):
         current = self._read_current(MIGRATION_OWNER)
         if current is not None:
             self._refuse_symlink(self._state_path(MIGRATION_OWNER, current))
-        self._ready()
+        self._started()
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise self._fail("write in", self.root, OSError(errno.EACCES, "denied"))
 
@@ -813,6 +857,23 @@ class FileStore(StateStore):
 
     def _describe(self) -> str:
         return "file://" + self.path
+
+
+# In an owner's directory every file is the service's: a workflow's or one of the owner's.
+_OWNER_FILE = re.compile(r"\.(seq|current|index|history)|[A-Za-z0-9_.:-]{1,128}\.json")
+
+
+def _process_alive(pid: int) -> bool:
+    """Tell whether a process with this pid exists (on this host, in this pid namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _history_key(entry: Any) -> Any:

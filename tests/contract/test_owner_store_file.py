@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -150,3 +152,16 @@ def test_a_corrupt_old_state_file_is_moved_aside(make_store, state_file):
     store = make_store()
     assert store.save("public", {"workflow_id": "next"}).version == 10
     assert list(state_file.parent.glob("workflow_state.json.corrupt-*"))
+
+
+def test_temp_files_of_killed_writers_in_owner_directories_are_removed_on_start(state_file):
+    owner = state_file.parent / "workflows" / ALICE
+    owner.mkdir(mode=0o700, parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a writer killed mid-write: its pid is no longer a process
+    left_over = [f".wf.json.tmp-{gone.pid}-0badc0de", f"..index.tmp-{gone.pid}-12345678"]
+    kept = [f".wf.json.tmp-{os.getpid()}-abcdef01", "notes.txt"]  # a live writer's; not ours
+    for name in left_over + kept:
+        (owner / name).write_text("partial")
+    FileStore(f"file://{state_file}").close()
+    assert {path.name for path in owner.iterdir()} == set(kept)

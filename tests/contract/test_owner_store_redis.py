@@ -219,3 +219,56 @@ def test_a_migration_that_found_redis_down_is_tried_again(own_redis: RedisServer
     state = old_layout(own_redis.client())
     assert store.get("public").state == state
     store.close()
+
+
+# --- round trips (issue 13's budgets rest on them) -----------------------------------------------
+
+
+class RoundTrips:
+    """Count the commands (or pipelines) a store sends to Redis: each is one round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import redis.connection
+
+        self.count = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            return original(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def of(self, call: Callable[[], Any]) -> int:
+        """Return how many round trips `call` took."""
+        before = self.count
+        call()
+        return self.count - before
+
+
+def test_reads_take_one_round_trip_writes_two_and_a_page_of_a_thousand_one(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+):
+    redis_server.flush()
+    store = RedisStore(redis_server.url, max_workflows=2000)
+    try:
+        for n in range(1000):
+            store.save(ALICE, {"workflow_id": f"wf{n:04d}", "steps": steps(3)})
+        trips = RoundTrips(monkeypatch)
+        # Warm: scripts loaded, connections open (what a server has after its first requests).
+        store.get(ALICE), store.merge(ALICE, None, {"n": 0}), store.list(ALICE, limit=50)
+        store.delete(ALICE, "wf0998")
+        assert trips.of(lambda: store.get(ALICE)) == 1
+        assert trips.of(lambda: store.get(ALICE, "wf0500")) == 1
+        assert trips.of(lambda: store.get_for_stream(ALICE)) == 1
+        assert trips.of(lambda: store.merge(ALICE, None, {"n": 1})) == 2
+        assert trips.of(lambda: store.update_step(ALICE, "wf0007", 1, {"status": "failed"})) == 2
+        assert trips.of(lambda: store.save(ALICE, {"workflow_id": "wf0001", "steps": []})) == 2
+        assert trips.of(lambda: store.create(ALICE, {"workflow_id": "new"})) == 2
+        assert trips.of(lambda: store.delete(ALICE, "new")) == 1
+        page = store.list(ALICE, limit=50)
+        assert len(page.entries) == 50 and page.next_cursor
+        assert trips.of(lambda: store.list(ALICE, limit=50, cursor=page.next_cursor)) == 1
+        assert trips.of(lambda: store.list(ALICE, status="finished", limit=50)) == 1
+    finally:
+        store.close()
