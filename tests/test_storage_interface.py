@@ -59,6 +59,7 @@ def test_schemes_map_to_backends():
         "redis": RedisStore,
         "rediss": RedisStore,
         "unix": RedisStore,
+        "redis+cluster": RedisStore,
         "file": FileStore,
         "fakeredis": FakeRedisStore,
     } == BACKENDS

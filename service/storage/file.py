@@ -495,13 +495,14 @@ class FileStore(StateStore):
             return []
         except OSError as error:
             raise self._fail("list", self.root, error) from None
+        # An owner that ever created a workflow has an index (a stream alone makes a directory).
         return [
             name
             for name in names
             if OWNER_RE.match(name)
             and name not in (".", "..")
-            and os.path.isdir(os.path.join(self.root, name))
             and not os.path.islink(os.path.join(self.root, name))
+            and os.path.isfile(self._meta(name, INDEX_FILE))
         ]
 
     def _load_history(self, path: str) -> list[Any]:
