@@ -224,28 +224,36 @@ class Observer:
         """Record an accepted write or delete."""
 
 
-class _Remembered:
-    """The last documents decoded or committed, by workflow, with the bytes they came from."""
+class TaggedCache:
+    """A bounded cache of values by key, each kept with a tag that must match to hit (the bytes
+    a document was decoded from, a file's stat identity); least recently used goes first."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._guard = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str], tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()
 
-    def get(self, where: tuple[str, str], raw: bytes) -> dict[str, Any] | None:
+    def get(self, key: Any, tag: Any) -> Any:
+        """Return the value kept for `key` under `tag`, or None."""
         with self._guard:
-            entry = self._entries.get(where)
-            if entry is None or entry[0] != raw:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != tag:
                 return None
-            self._entries.move_to_end(where)
+            self._entries.move_to_end(key)
             return entry[1]
 
-    def put(self, where: tuple[str, str], raw: bytes, state: dict[str, Any]) -> None:
+    def put(self, key: Any, tag: Any, value: Any) -> None:
+        """Keep `value` for `key` under `tag`, dropping the least recently used past the size."""
         with self._guard:
-            self._entries[where] = (raw, state)
-            self._entries.move_to_end(where)
+            self._entries[key] = (tag, value)
+            self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._guard:
+            self._entries.clear()
 
 
 class StateStore(ABC):
@@ -272,7 +280,8 @@ class StateStore(ABC):
         self.io_timeout = options.io_timeout
         self.cipher = FieldCipher(options.secret_keys) if options.secret_keys else None
         self.observer = Observer()
-        self._remembered = _Remembered(REMEMBERED_DOCUMENTS)
+        # (owner, id) -> the state decoded (or committed) last, under the bytes it came from.
+        self._remembered = TaggedCache(REMEMBERED_DOCUMENTS)
         self._writes: Keyed[tuple[str, str | None], WriteCombiner] = Keyed(
             lambda where: WriteCombiner(lambda batch: self._run_batch(*where, batch))
         )

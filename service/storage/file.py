@@ -29,7 +29,6 @@ import secrets
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -48,6 +47,7 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    TaggedCache,
     clock_microseconds,
     dumps,
     log,
@@ -121,34 +121,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class _FileCache:
-    """What files held when last read, keyed by path and checked against their stat identity."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._guard = threading.Lock()
-        self._entries: OrderedDict[str, tuple[tuple[int, ...], Any]] = OrderedDict()
-
-    def get(self, path: str, identity: tuple[int, ...]) -> Any:
-        with self._guard:
-            entry = self._entries.get(path)
-            if entry is None or entry[0] != identity:
-                return None
-            self._entries.move_to_end(path)
-            return entry[1]
-
-    def put(self, path: str, identity: tuple[int, ...], value: Any) -> None:
-        with self._guard:
-            self._entries[path] = (identity, value)
-            self._entries.move_to_end(path)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._guard:
-            self._entries.clear()
-
-
 class FileStore(StateStore):
     """Keep every owner's workflows in JSON files guarded by per-owner lock files."""
 
@@ -161,7 +133,8 @@ class FileStore(StateStore):
         self.root = os.path.join(self.directory, STATES_DIRECTORY)
         self.events_path = os.path.join(self.directory, JOURNAL_NAME)
         self.journal_lock_path = self.events_path + OLD_LOCK_SUFFIX
-        self._cache = _FileCache(CACHED_FILES)
+        # path -> what the file held, under its stat identity.
+        self._cache = TaggedCache(CACHED_FILES)
         self._owner_locks: Keyed[str, threading.Lock] = Keyed(lambda owner: threading.Lock())
         self._held = threading.local()
         self._migrated_pid: int | None = None

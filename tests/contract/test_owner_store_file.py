@@ -9,17 +9,15 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service import model
 from service.storage import FileStore, StateStore
 from tests.conftest import steps
 from tests.contract.owner_store_contract import ALICE, OwnerStoreContract
-from tests.support import wait_until
+from tests.support import layout, wait_until
 
 
 @pytest.fixture
@@ -105,17 +103,7 @@ def test_an_expired_workflow_file_is_removed_by_a_later_write(make_store, state_
 
 def old_file(state_file: Path, version: int = 42) -> dict[str, Any]:
     """Write the files an earlier version left: the state, its counter and its history."""
-    now = datetime.now(UTC)
-    state = {
-        "workflow_id": "seed-wf",
-        "status": "running",
-        "current_step": 0,
-        "steps": steps(2),
-        "start_time": model.format_time(now - timedelta(minutes=5)),
-        "last_update": model.format_time(now - timedelta(minutes=1)),
-        "version": version,
-    }
-    older = dict(state, workflow_id="older", status="failed", version=version - 3)
+    state, older = layout.single_workflow_state(version)
     state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state))
     Path(f"{state_file}.seq").write_text(str(version))

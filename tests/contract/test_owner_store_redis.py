@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
 import pytest
 
-from service import model
 from service.storage import RedisStore, StateStore
 from tests.conftest import steps
 from tests.contract.owner_store_contract import ALICE, OwnerStoreContract
-from tests.support import RedisServer
+from tests.support import RedisServer, layout
 
 OLD_KEY = "workflow:state"
 
@@ -160,19 +158,9 @@ def test_a_lock_without_an_expiry_gets_one(place):
 # --- migration of the single-workflow layout ----------------------------------------------------
 
 
-def old_layout(raw: Any, version: int = 42, status: str = "running") -> dict[str, Any]:
+def old_layout(raw: Any, version: int = 42) -> dict[str, Any]:
     """Write the keys an earlier version left: the state, its counter and a history."""
-    now = datetime.now(UTC)
-    state = {
-        "workflow_id": "seed-wf",
-        "status": status,
-        "current_step": 0,
-        "steps": steps(2),
-        "start_time": model.format_time(now - timedelta(minutes=5)),
-        "last_update": model.format_time(now - timedelta(minutes=1)),
-        "version": version,
-    }
-    old_done = dict(state, workflow_id="older", status="completed", version=version - 5)
+    state, old_done = layout.single_workflow_state(version)
     raw.set(OLD_KEY, json.dumps(state), px=3_600_000)
     raw.set(f"{OLD_KEY}:seq", version)
     raw.rpush(f"{OLD_KEY}:history", json.dumps(old_done))

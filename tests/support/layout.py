@@ -9,9 +9,12 @@ service/storage/file.py say why).
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from service import model
 from service.storage import CurrentWorkflow, FileStore, RedisStore, StateStore
+from tests.conftest import steps
 
 PUBLIC = "public"
 
@@ -117,3 +120,19 @@ def owner_directory(store: Any) -> str:
     """Return the directory of owner public's files (file backend)."""
     assert isinstance(store, FileStore)
     return os.path.join(store.root, PUBLIC)
+
+
+def single_workflow_state(version: int = 42) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return what an earlier, single-workflow version left: its running state (`seed-wf`, at
+    `version`) and a finished one of its history (`older`)."""
+    now = datetime.now(UTC)
+    state = {
+        "workflow_id": "seed-wf",
+        "status": "running",
+        "current_step": 0,
+        "steps": steps(2),
+        "start_time": model.format_time(now - timedelta(minutes=5)),
+        "last_update": model.format_time(now - timedelta(minutes=1)),
+        "version": version,
+    }
+    return state, dict(state, workflow_id="older", status="completed", version=version - 5)
