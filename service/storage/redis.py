@@ -638,9 +638,10 @@ class RedisStore(StateStore):
             self.keys.index(owner),
             self.keys.events(owner),
         ]
-        with self._lease() as client:
-            args = [self.keys.base(owner), workflow_id or ""]
-            version = int(self._run("delete", keys, args, client, once=True))
+        # Through the pool, whose checkout finds a connection Redis closed (a restart): sent
+        # once, never retried, this must not be the call that discovers it.
+        args = [self.keys.base(owner), workflow_id or ""]
+        version = int(self._run("delete", keys, args, self._started(), once=True))
         if version < 0:
             raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
         return version
