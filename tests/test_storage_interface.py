@@ -38,6 +38,7 @@ def test_schemes_map_to_backends():
         "redis": RedisStore,
         "rediss": RedisStore,
         "unix": RedisStore,
+        "redis+sentinel": RedisStore,
         "file": FileStore,
     } == BACKENDS
     assert issubclass(RedisStore, StateStore) and issubclass(FileStore, StateStore)

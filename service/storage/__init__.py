@@ -29,7 +29,8 @@ class UnknownBackend(ValueError):
 
 
 def open_store(url: str, **options: Any) -> StateStore:
-    """Create the backend that serves `url` (redis://, rediss://, unix://, file://)."""
+    """Create the backend that serves `url` (redis://, rediss://, unix://, redis+sentinel://,
+    file://)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     backend = BACKENDS.get(scheme)
     if backend is None:

@@ -5,6 +5,8 @@ trip, applies the pure model in Python, then commits with one Lua script that is
 counter (so a writer whose lock expired mid-write is refused, never lost), stamps the version,
 sets the TTL, publishes the event, records history and releases the lock. Two round trips in
 the locked section, whatever the write.
+
+Where Redis is (one server, or the master Sentinel names) is `redis_urls`'s business.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -41,6 +42,7 @@ from .base import (
     log,
 )
 from .batching import PendingWrite, ReadCoalescer, WriteCombiner
+from .redis_urls import TARGETS, close_client, redis_target
 
 # Related keys are the state key plus one of these suffixes (README's key table lists them).
 LOCK_SUFFIX = "lock"
@@ -208,7 +210,7 @@ class _ReadingLock(Lock):
 class RedisStore(StateStore):
     """Keep the state in one Redis key; safe across processes and hosts."""
 
-    schemes = ("redis", "rediss", "unix")
+    schemes = tuple(TARGETS)
 
     def __init__(
         self,
@@ -218,6 +220,7 @@ class RedisStore(StateStore):
         **options: Any,
     ) -> None:
         super().__init__(url, **options)
+        self.target = redis_target(url)
         self._factory = client_factory
         self._client_guard = threading.Lock()
         self._pid: int | None = None
@@ -242,13 +245,7 @@ class RedisStore(StateStore):
             if retries
             else Retry(NoBackoff(), 0)
         )
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.io_timeout,
-            socket_connect_timeout=self.io_timeout,
-            retry=retry,
-            health_check_interval=10,
-        )
+        return self.target.connect(io_timeout=self.io_timeout, retry=retry)
 
     def client(self) -> redis.Redis:
         """Return this process's client, creating it after a fork (gunicorn workers)."""
@@ -508,18 +505,16 @@ class RedisStore(StateStore):
 
     def _close(self) -> None:
         if self._redis is not None:
-            for client in (*self._dedicated_clients.values(), self._redis):
+            for client in self._dedicated_clients.values():
                 with suppress(RedisError):
                     client.close()
+            with suppress(RedisError):
+                close_client(self._redis)
             self._redis = None
             self._pid = None
 
     def _describe(self) -> str:
-        parts = urlsplit(self.url)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc = f"{netloc}:{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        return self.target.describe()
 
 
 def _parse_event(data: bytes) -> Event:
@@ -545,4 +540,4 @@ def _release_quietly(lock: _ReadingLock) -> None:
 def _close_quietly(pubsub: Any, client: redis.Redis) -> None:
     with suppress(RedisError):
         pubsub.close()
-        client.close()
+        close_client(client)
