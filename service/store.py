@@ -21,6 +21,7 @@ def build_store(config: dict) -> StateStore:
         "lock_wait": config["LOCK_WAIT"],
         "io_timeout": config["IO_TIMEOUT"],
         "cipher": FieldCipher(keys) if keys else None,
+        "min_replicas": config["MIN_REPLICAS"],
     }
     if config.get("REDIS_CLIENT_FACTORY") is not None:
         options["client_factory"] = config["REDIS_CLIENT_FACTORY"]

@@ -40,6 +40,11 @@ def open_store(url: str, **options: Any) -> StateStore:
         )
     if backend is not RedisStore:
         options.pop("client_factory", None)
+        if options.pop("min_replicas", 0):
+            raise ValueError(
+                "WORKFLOW_STATE_MIN_REPLICAS needs a Redis backend with replicas; "
+                f"{scheme}:// keeps a single copy"
+            )
     return backend(url, **options)
 
 

@@ -4,7 +4,8 @@ A write takes redis-py's Lock and reads the state and the version counter in the
 trip, applies the pure model in Python, then commits with one Lua script that is fenced on the
 counter (so a writer whose lock expired mid-write is refused, never lost), stamps the version,
 sets the TTL, publishes the event, records history and releases the lock. Two round trips in
-the locked section, whatever the write.
+the locked section, whatever the write. With WORKFLOW_STATE_MIN_REPLICAS, a WAIT rides in the
+commit's round trip, and a write the replicas did not confirm in time is answered as unavailable.
 
 Where Redis is (one server, or the master Sentinel names) is `redis_urls`'s business.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
 
@@ -54,6 +55,14 @@ CORRUPT_SUFFIX = "corrupt"
 # redis-py's Lock sleeps 100 ms between tries by default, but a batch holds the lock for well
 # under a millisecond. Only one writer per process polls at a time (the combiner queues the rest).
 LOCK_POLL_SECONDS = 0.001
+# WAIT must answer (how many replicas confirmed) before the socket's I/O timeout cuts it off,
+# and Redis checks WAIT's deadline on its 10 Hz cron: it answers up to 100 ms late. So WAIT gets
+# the I/O timeout less this much, but never less than a third of it.
+WAIT_SLACK_MS = 150
+
+
+class NotDurable(StorageUnavailable):
+    """A write ran on the master, but fewer replicas than required confirmed it in time."""
 
 
 def redis_key(base: str, *parts: str) -> str:
@@ -217,11 +226,15 @@ class RedisStore(StateStore):
         url: str,
         *,
         client_factory: Callable[[], redis.Redis] | None = None,
+        min_replicas: int = 0,
         **options: Any,
     ) -> None:
         super().__init__(url, **options)
         self.target = redis_target(url)
         self._factory = client_factory
+        self.min_replicas = min_replicas
+        io_ms = int(self.io_timeout * 1000)
+        self._wait_ms = max(io_ms - WAIT_SLACK_MS, io_ms // 3, 1)
         self._client_guard = threading.Lock()
         self._pid: int | None = None
         self._redis: redis.Redis | None = None
@@ -419,10 +432,11 @@ class RedisStore(StateStore):
             for (head, _), done in zip(encoded, finished, strict=True):
                 args += [head, 1 if done else 0]
             try:
-                first = self._scripts["commit"](
-                    keys=[self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
-                    args=args,
-                    client=lock.redis,
+                first, replicas = self._replicated(
+                    lock.redis,
+                    "commit",
+                    [self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
+                    args,
                 )
             except RedisError as error:
                 raise self._unavailable(error) from None
@@ -430,9 +444,18 @@ class RedisStore(StateStore):
             lock.local.token = None
             if first < 0:
                 return False
-            for offset, (new, (head, sealed)) in enumerate(zip(chain, encoded, strict=True)):
-                snapshots.append(self._committed(new, head, sealed, first + offset))
-                self.observer.wrote()
+            if self._confirmed(replicas):
+                for offset, (new, (head, sealed)) in enumerate(zip(chain, encoded, strict=True)):
+                    snapshots.append(self._committed(new, head, sealed, first + offset))
+                    self.observer.wrote()
+            else:
+                # Each write that changed the state is refused; refusals and no-ops stand.
+                answers = [
+                    (write, self._not_durable(replicas, f"the write of version {first + answer}"))
+                    if isinstance(answer, int) and answer >= 0
+                    else (write, answer)
+                    for write, answer in answers
+                ]
         else:
             _release_quietly(lock)
         self._settle(answers, snapshots, self._served(stored, raw))
@@ -441,13 +464,55 @@ class RedisStore(StateStore):
     def _delete(self) -> int:
         client = self.client()
         try:
-            return int(
-                self._scripts["delete"](
-                    keys=[self.key, self.seq_key, self.events_key], client=client
-                )
+            version, replicas = self._replicated(
+                client, "delete", [self.key, self.seq_key, self.events_key], []
             )
         except RedisError as error:
             raise self._unavailable(error) from None
+        if not self._confirmed(replicas):
+            raise self._not_durable(replicas, f"the delete (version {version})")
+        return int(version)
+
+    def _replicated(
+        self, client: redis.Redis, script: str, keys: list[str], args: list[Any]
+    ) -> tuple[Any, int | None]:
+        """Run a write script; with MIN_REPLICAS, WAIT for the replicas in the same round trip.
+
+        Return the script's result and how many replicas confirmed it (None: not asked). WAIT
+        counts the writes of the connection it is sent on, so it is pipelined right behind the
+        script: one connection, one round trip. If the reply is lost and redis-py resends
+        both, the script's fence refuses the repeat and the redo is waited for in its turn.
+        """
+        code = self._scripts[script]
+        if not self.min_replicas:
+            return code(keys=keys, args=args, client=client), None
+        for _ in range(2):
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(code.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
+            result, replicas = pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):
+                # A new master (failover, restart) has not cached the script yet.
+                client.script_load(code.script)
+                continue
+            for answer in (result, replicas):
+                if isinstance(answer, Exception):
+                    raise answer
+            return result, int(replicas)
+        raise NoScriptError(f"Redis keeps forgetting the {script} script")
+
+    def _confirmed(self, replicas: int | None) -> bool:
+        """Tell whether enough replicas confirmed a write (None: none were asked for)."""
+        return replicas is None or replicas >= self.min_replicas
+
+    def _not_durable(self, replicas: int | None, what: str) -> NotDurable:
+        """Describe a write that ran on the master but that too few replicas confirmed."""
+        return NotDurable(
+            f"Redis at {self._describe()}: {what} was applied on the master but may not be "
+            f"durable: only {replicas} of the {self.min_replicas} replicas "
+            f"WORKFLOW_STATE_MIN_REPLICAS requires confirmed it within {self._wait_ms} ms, and "
+            "a failover would lose it; read the state before retrying"
+        )
 
     def _history(self, limit: int) -> list[str]:
         try:

@@ -121,3 +121,60 @@ def test_a_demoted_master_answering_readonly_is_left_for_the_new_one(group, make
     assert store._dedicated("writes").connection.port == new.port
     assert store._dedicated("reads").connection.port == new.port
     assert b'"status":"completed"' in new.client().get("workflow:state")
+
+
+def cut_off_and_fail_over(group: SentinelGroup, client, write) -> tuple[int, dict]:
+    """Cut the replica off, make `write` on the master alone, crash it; return the answer.
+
+    The replica is frozen (SIGSTOP) so that it cannot reconnect, and the master drops its link
+    to it: what the master takes now reaches no replica. Then the master dies and the frozen
+    replica, thawed, is promoted with what it had. Deterministic, unlike a race with the
+    replication stream.
+    """
+    (replica,) = group.replicas()
+    group.freeze(replica)
+    try:
+        group.master.client().client_kill_filter(_type="replica")
+        response = write()
+        old = group.kill_master()
+    finally:
+        group.thaw(replica)
+    killed = time.monotonic()
+    group.wait_for_event("+switch-master", after=killed, timeout=20)
+    assert group.current_master() is replica and old is not replica
+    wait_until(lambda: client.get(STATE).status_code == 200, timeout=5)
+    return response.status_code, response.get_json()
+
+
+def test_without_min_replicas_a_failover_can_lose_an_acknowledged_write(group, make_app):
+    """Why MIN_REPLICAS exists: replication is asynchronous, a write is acknowledged first."""
+    client = make_app(IO_TIMEOUT=0.25).test_client()
+    assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
+    wait_until(lambda: group.replicas()[0].client().get("workflow:state") is not None)
+
+    status, body = cut_off_and_fail_over(
+        group, client, lambda: client.patch(f"{STATE}/steps/0", json={"status": "completed"})
+    )
+    assert status == 200  # acknowledged...
+    acknowledged = body["state"]["version"]
+    after = client.get(STATE).get_json()["state"]
+    assert after["steps"][0]["status"] == "pending"  # ...and lost
+    assert after["version"] < acknowledged
+
+
+def test_with_min_replicas_the_same_write_is_refused_and_nothing_acknowledged_is_lost(
+    group, make_app
+):
+    client = make_app(IO_TIMEOUT=0.25, MIN_REPLICAS=1).test_client()
+    saved = client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)})
+    assert saved.status_code == 200
+    acknowledged = saved.get_json()["state"]["version"]
+
+    status, body = cut_off_and_fail_over(
+        group, client, lambda: client.patch(f"{STATE}/steps/0", json={"status": "completed"})
+    )
+    assert status == 503 and body["error"] == "backend_unavailable"
+    assert "may not be durable" in body["message"]
+    after = client.get(STATE).get_json()["state"]
+    assert after["version"] == acknowledged  # what was acknowledged survived the failover
+    assert after["steps"][0]["status"] == "pending"  # the refused write did not

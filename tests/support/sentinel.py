@@ -54,7 +54,10 @@ class Node:
 
 
 class SentinelGroup:
-    """1 master, `replicas` replicas and `sentinels` sentinels (quorum 2) watching `service`."""
+    """1 master, `replicas` replicas and `sentinels` sentinels (quorum 2) watching `service`.
+
+    With `sentinels=0` it is just a master and its replicas (`master_url` reaches the master).
+    """
 
     def __init__(
         self,
@@ -82,6 +85,11 @@ class SentinelGroup:
         directory = self.root / name
         directory.mkdir()
         return Node(free_port(), directory)
+
+    @property
+    def master_url(self) -> str:
+        """Return a plain redis:// URL of the first master (database 0)."""
+        return f"redis://127.0.0.1:{self.master.port}/0"
 
     @property
     def url(self) -> str:
@@ -151,6 +159,14 @@ class SentinelGroup:
                 info = node.client().info("replication")
                 if info.get("master_link_status") != "up":
                     return False
+        # After a full sync the master streams to a replica only from its first acknowledgement
+        # (sent once a second): until then WAIT would count none. A PUBLISH is replicated and
+        # leaves no key behind.
+        probe = self.master.client().pipeline(transaction=False)
+        probe.publish("wss:probe", "")
+        probe.execute_command("WAIT", len(self.nodes) - 1, 100)
+        if probe.execute()[1] != len(self.nodes) - 1:
+            return False
         for sentinel in self.sentinels:
             state = sentinel.client().sentinel_master(self.service)
             if state["num-other-sentinels"] != len(self.sentinels) - 1:

@@ -109,3 +109,15 @@ def test_a_sentinel_client_has_bounded_timeouts_and_no_retry_of_its_own_on_senti
             assert kwargs["retry"].get_retries() == 0
     finally:
         close_client(client)
+
+
+def test_min_replicas_needs_a_redis_backend(tmp_path):
+    problem = check_environment(
+        {
+            "WORKFLOW_STATE_URL": f"file://{tmp_path}/state.json",
+            "WORKFLOW_STATE_MIN_REPLICAS": "1",
+        }
+    )
+    assert problem is not None and "WORKFLOW_STATE_MIN_REPLICAS" in problem
+    assert check_environment({"WORKFLOW_STATE_MIN_REPLICAS": "-1"}) is not None
+    assert check_environment({"WORKFLOW_STATE_MIN_REPLICAS": "0"}) is None
