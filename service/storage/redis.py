@@ -168,20 +168,34 @@ class _FlatRetry(Retry):
 
 
 # Take the lock if it is free and, in the same round trip, read what it guards.
+# The lock's value is the token stamped with this master's replication id. A lock stamped with
+# another id was taken on a master that has since been replaced (a failover, or a restart): its
+# holder's hold ended with that master, so it is taken over instead of waited out. (Waiting would
+# block every writer for up to the lock timeout after a failover; the version fence, not the
+# lock, is what keeps a late commit of the old holder from losing an update.) A value without a
+# stamp is waited out as before.
 # KEYS: lock, state, seq; ARGV: token, lock timeout ms
 # Returns {0} when the lock is held, else {1, state or nil, seq or nil, 1 if the state key holds
-# a value of another type}.
+# a value of another type, the lock value stored}.
 ACQUIRE_SCRIPT = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {0}
+local held = redis.pcall('GET', KEYS[1])
+local info = redis.pcall('INFO', 'replication')
+local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
+if held then
+  local stamp = type(held) == 'string' and string.match(held, '@(%x+)$')
+  if not stamp or master == '' or stamp == master then
+    return {0}
+  end
 end
+local value = ARGV[1] .. '@' .. master
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 local raw = redis.pcall('GET', KEYS[2])
 local wrong = 0
 if type(raw) == 'table' and raw.err then
   raw = false
   wrong = 1
 end
-return {1, raw or false, redis.call('GET', KEYS[3]) or false, wrong}
+return {1, raw or false, redis.call('GET', KEYS[3]) or false, wrong, value}
 """
 WRONG_TYPE = ResponseError("a Redis value that is not a string")
 
@@ -201,6 +215,14 @@ class _ReadingLock(Lock):
         self._read_keys = read_keys
         self._acquire_script = acquire_script
         self.read: tuple[Any, Any] = (None, None)
+        self._stored: bytes | None = None
+
+    def acquire(self, *args: Any, **kw: Any) -> bool:
+        """Acquire as redis-py does, then own the value the script stored (token@master id)."""
+        acquired = super().acquire(*args, **kw)
+        if acquired:
+            self.local.token = self._stored
+        return acquired
 
     def do_acquire(self, token: str) -> bool:
         """Set the lock if free and read the state and counter, in one script call."""
@@ -211,7 +233,7 @@ class _ReadingLock(Lock):
         )
         if not result[0]:
             return False
-        raw, seq, wrong_type = result[1], result[2], result[3]
+        raw, seq, wrong_type, self._stored = result[1], result[2], result[3], result[4]
         self.read = (WRONG_TYPE if wrong_type else raw, seq)
         return True
 
