@@ -33,7 +33,10 @@ bp = Blueprint("stream", __name__, url_prefix="/workflow")
 EXTENSION = "workflow_stream_hub"
 RETRY_MS = 2000
 # How long a new stream waits for the hub's first subscription before reading its snapshot.
-READY_WAIT_SECONDS = 2.0
+# Short: in an outage the snapshot's own I/O timeouts come after it, and the whole answer (a
+# 503) must come within 2 s. Waiting less loses nothing: once the hub subscribes it sends every
+# open stream a resync, which takes a fresh snapshot.
+READY_WAIT_SECONDS = 0.5
 # After a state's expected expiry, how often the expiry watcher looks whether it is gone.
 EXPIRY_POLL_SECONDS = 0.2
 # Connections (gevent) or threads (gthread) a worker keeps for ordinary requests, whatever the
