@@ -65,7 +65,7 @@ class SentinelGroup:
         replicas: int = 1,
         sentinels: int = 3,
         service: str = "wss",
-        down_after_ms: int = 400,
+        down_after_ms: int = 1500,
         failover_timeout_ms: int = 2000,
     ) -> None:
         self.service = service
