@@ -6,14 +6,15 @@ Real redis-server processes: a master with one replica, and a master with none.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from service import create_app
 from tests.conftest import steps
-from tests.support import REDIS_SERVER, STATE, RedisServer
+from tests.support import REDIS_SERVER, ROOT, STATE, RedisServer
 from tests.support.sentinel import SentinelGroup
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs a real redis-server")
@@ -28,23 +29,17 @@ def pair() -> Iterator[SentinelGroup]:
 
 
 @pytest.fixture
-def apps() -> Iterator[list]:
-    """Apps a test made; closed after it."""
-    made: list = []
-    yield made
-    for app in made:
-        app.extensions["workflow_stream_hub"].close()
-        app.extensions["workflow_state"].close()
+def backend() -> dict[str, Any]:
+    """Nothing: each test gives conftest's `make_app` the URL of its own servers."""
+    return {}
 
 
-def client_of(apps: list, url: str, **config):
-    app = create_app({"STATE_URL": url, **config})
-    apps.append(app)
-    return app.test_client()
+def client_of(make_app, url: str, **config):
+    return make_app(STATE_URL=url, **config).test_client()
 
 
-def test_an_acknowledged_write_is_already_on_the_replica(pair, apps):
-    client = client_of(apps, pair.master_url, MIN_REPLICAS=1)
+def test_an_acknowledged_write_is_already_on_the_replica(pair, make_app):
+    client = client_of(make_app, pair.master_url, MIN_REPLICAS=1)
     replica = pair.nodes[1].client()
     for index in range(20):
         if index == 0:
@@ -59,8 +54,8 @@ def test_an_acknowledged_write_is_already_on_the_replica(pair, apps):
     assert replica.get("workflow:state") is None
 
 
-def test_wait_rides_on_the_connection_that_ran_the_script(pair, apps):
-    client = client_of(apps, pair.master_url, MIN_REPLICAS=1)
+def test_wait_rides_on_the_connection_that_ran_the_script(pair, make_app):
+    client = client_of(make_app, pair.master_url, MIN_REPLICAS=1)
     assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
     lines: list[str] = []
     with pair.master.client(timeout=5).monitor() as monitor:
@@ -87,10 +82,10 @@ def lonely(own_redis: RedisServer) -> RedisServer:
 
 
 def test_a_write_no_replica_confirms_is_refused_and_says_it_may_not_be_durable(
-    lonely, apps, caplog
+    lonely, make_app, caplog
 ):
     caplog.set_level(logging.ERROR)
-    client = client_of(apps, lonely.url, MIN_REPLICAS=1, IO_TIMEOUT=0.25)
+    client = client_of(make_app, lonely.url, MIN_REPLICAS=1, IO_TIMEOUT=0.25)
     for method, path, body in (
         ("POST", STATE, {"workflow_id": "wf", "steps": steps(2)}),
         ("PATCH", f"{STATE}/steps/0", {"status": "completed"}),
@@ -115,9 +110,36 @@ def test_a_write_no_replica_confirms_is_refused_and_says_it_may_not_be_durable(
     assert client.patch(f"{STATE}/steps/0", json={"status": "nope"}).status_code in (400, 404)
 
 
-def test_without_min_replicas_the_same_writes_are_acknowledged_at_once(lonely, apps):
-    client = client_of(apps, lonely.url, IO_TIMEOUT=0.25)
+def test_without_min_replicas_the_same_writes_are_acknowledged_at_once(lonely, make_app):
+    client = client_of(make_app, lonely.url, IO_TIMEOUT=0.25)
     started = time.monotonic()
     assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
     assert client.delete(STATE).status_code == 200
     assert time.monotonic() - started < 0.15
+
+
+def test_the_acl_user_of_redis_md_may_wait_and_stamp_its_lock(pair, make_app):
+    """deploy/redis.md's user can run MIN_REPLICAS and read the master's replication id."""
+    line = next(
+        line
+        for line in (ROOT / "deploy" / "redis.md").read_text().splitlines()
+        if line.startswith("ACL SETUSER")
+    )
+    pair.master.client().execute_command(
+        *shlex.split(line.replace("CHANGE-ME-TO-A-LONG-RANDOM-PASSWORD", "pw"))
+    )
+    url = f"redis://workflow-state:pw@127.0.0.1:{pair.master.port}/0"
+    client = client_of(make_app, url, MIN_REPLICAS=1)
+    store = client.application.extensions["workflow_state"]
+    locks = []
+    original = store._locked_batch
+
+    def look(lock, batch):
+        locks.append(lock.local.token)
+        return original(lock, batch)
+
+    store._locked_batch = look
+    assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}).status_code == 200
+    assert client.delete(STATE).status_code == 200
+    replid = pair.master.client().info("replication")["master_replid"]
+    assert locks and locks[0].endswith(f"@{replid}".encode())

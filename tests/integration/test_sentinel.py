@@ -7,16 +7,16 @@ and three redis-sentinel processes on free loopback ports.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+import redis
 
-from service import create_app
 from tests.conftest import steps
-from tests.support import STATE, wait_until
+from tests.support import ROOT, STATE, free_port, wait_until
 from tests.support.sentinel import REDIS_SENTINEL, SKIP_REASON, SentinelGroup
 
 pytestmark = pytest.mark.skipif(REDIS_SENTINEL is None, reason=SKIP_REASON)
@@ -32,19 +32,9 @@ def group() -> Iterator[SentinelGroup]:
 
 
 @pytest.fixture
-def make_app(group: SentinelGroup) -> Iterator[Callable[..., Flask]]:
-    """Build in-process apps on the group's sentinel URL; close them after the test."""
-    apps: list[Flask] = []
-
-    def make(**overrides: Any) -> Flask:
-        app = create_app({"STATE_URL": group.url, **overrides})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.extensions["workflow_stream_hub"].close()
-        app.extensions["workflow_state"].close()
+def backend(group: SentinelGroup) -> dict[str, Any]:
+    """Put conftest's `make_app` apps on the group's sentinel URL."""
+    return {"STATE_URL": group.url}
 
 
 @pytest.fixture
@@ -178,3 +168,25 @@ def test_with_min_replicas_the_same_write_is_refused_and_nothing_acknowledged_is
     after = client.get(STATE).get_json()["state"]
     assert after["version"] == acknowledged  # what was acknowledged survived the failover
     assert after["steps"][0]["status"] == "pending"  # the refused write did not
+
+
+def test_deploy_sentinel_conf_runs_as_written(group, tmp_path):
+    """deploy/sentinel.conf, with this machine's ports and directory, watches the master."""
+    port = free_port()
+    text = (ROOT / "deploy" / "sentinel.conf").read_text()
+    text = text.replace("port 26379", f"port {port}").replace("bind 0.0.0.0", "bind 127.0.0.1")
+    text = text.replace("dir /var/lib/redis-sentinel", f"dir {tmp_path}")
+    text = text.replace("redis-a.internal 6379", f"127.0.0.1 {group.master.port}")
+    config = tmp_path / "sentinel.conf"
+    config.write_text(text)
+    process = subprocess.Popen(
+        [REDIS_SENTINEL, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        sentinel = redis.Redis(port=port, socket_timeout=2)
+        state = wait_until(lambda: sentinel.sentinel_master("workflow-state"), timeout=10)
+        assert state["is_master"] and not state["is_sdown"]
+        assert state["down-after-milliseconds"] > 1000  # see the comment in the file
+    finally:
+        process.kill()
+        process.wait(timeout=10)

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from service import create_app
 from tests.conftest import steps
 from tests.support import STATE, STREAM, Gunicorn, SSEClient, http, wait_until
 from tests.support.sentinel import REDIS_SENTINEL, SKIP_REASON, SentinelGroup
@@ -59,6 +58,12 @@ def group() -> Iterator[SentinelGroup]:
     yield group
     print(group.logs())  # shown only when the test failed
     group.close()
+
+
+@pytest.fixture
+def backend(group: SentinelGroup) -> dict[str, Any]:
+    """Put conftest's `make_app` apps (the in-process probe) on the group's sentinel URL."""
+    return {"STATE_URL": group.url}
 
 
 @pytest.fixture
@@ -168,7 +173,9 @@ class Load:
                 self._keep(timed(route, send))
 
 
-def test_a_killed_master_loses_no_acknowledged_write_and_every_route_recovers(group, server):
+def test_a_killed_master_loses_no_acknowledged_write_and_every_route_recovers(
+    group, server, make_app
+):
     status, _, saved = http(
         "POST", server.url + STATE, {"workflow_id": "wf", "steps": steps(WRITERS)}
     )
@@ -176,7 +183,7 @@ def test_a_killed_master_loses_no_acknowledged_write_and_every_route_recovers(gr
     stream = SSEClient(server.url + STREAM, timeout=30)
     assert stream.status == 200
     assert stream.next()["json"]["state"]["workflow_id"] == "wf"
-    probe_app = create_app({"STATE_URL": group.url, "STATE_KEY": "probe:state", "MIN_REPLICAS": 1})
+    probe_app = make_app(STATE_KEY="probe:state", MIN_REPLICAS=1)
     load = Load(server.url, probe_app.test_client()).start()
     try:
         wait_until(lambda: min(load.last_acked) >= 5, timeout=20)
@@ -186,8 +193,6 @@ def test_a_killed_master_loses_no_acknowledged_write_and_every_route_recovers(gr
         wait_until(lambda: time.monotonic() > promoted + WATCH_AFTER_PROMOTION, timeout=30)
     finally:
         load.finish()
-        probe_app.extensions["workflow_stream_hub"].close()
-        probe_app.extensions["workflow_state"].close()
     calls = load.calls
     report(group, load, killed, promoted)
 
