@@ -169,8 +169,9 @@ class _FlatRetry(Retry):
 
 # Take the lock if it is free and, in the same round trip, read what it guards.
 # The lock's value is the token stamped with this master's replication id. A lock stamped with
-# another id was taken on a master that has since been replaced (a failover, or a restart): its
-# holder's hold ended with that master, so it is taken over instead of waited out. (Waiting would
+# another id was taken on a master that has since been replaced (a failover promotes a replica
+# with a new id): its holder's hold ended with that master, so it is taken over instead of
+# waited out. (Waiting would
 # block every writer for up to the lock timeout after a failover; the version fence, not the
 # lock, is what keeps a late commit of the old holder from losing an update.) A value without a
 # stamp is waited out as before.
