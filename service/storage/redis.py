@@ -55,10 +55,11 @@ CORRUPT_SUFFIX = "corrupt"
 # redis-py's Lock sleeps 100 ms between tries by default, but a batch holds the lock for well
 # under a millisecond. Only one writer per process polls at a time (the combiner queues the rest).
 LOCK_POLL_SECONDS = 0.001
-# WAIT must answer (how many replicas confirmed) before the socket's I/O timeout cuts it off,
-# and Redis checks WAIT's deadline on its 10 Hz cron: it answers up to 100 ms late. So WAIT gets
-# the I/O timeout less this much, but never less than a third of it.
-WAIT_SLACK_MS = 150
+# WAIT must answer (how many replicas confirmed) well before the socket's I/O timeout cuts it
+# off: a cut-off reply is resent and the write redone, at twice the cost. Redis checks WAIT's
+# deadline on its 10 Hz cron, so it answers up to this late; WAIT gets half of what is left of
+# the I/O timeout (200 ms of the default 500), but never less than a quarter of it.
+WAIT_LATE_MS = 100
 
 
 class NotDurable(StorageUnavailable):
@@ -257,7 +258,7 @@ class RedisStore(StateStore):
         self._factory = client_factory
         self.min_replicas = min_replicas
         io_ms = int(self.io_timeout * 1000)
-        self._wait_ms = max(io_ms - WAIT_SLACK_MS, io_ms // 3, 1)
+        self._wait_ms = max((io_ms - WAIT_LATE_MS) // 2, io_ms // 4, 1)
         self._client_guard = threading.Lock()
         self._pid: int | None = None
         self._redis: redis.Redis | None = None
