@@ -33,10 +33,7 @@ bp = Blueprint("stream", __name__, url_prefix="/workflow")
 EXTENSION = "workflow_stream_hub"
 RETRY_MS = 2000
 # How long a new stream waits for the hub's first subscription before reading its snapshot.
-# Short: in an outage the snapshot's own I/O timeouts come after it, and the whole answer (a
-# 503) must come within 2 s. Waiting less loses nothing: once the hub subscribes it sends every
-# open stream a resync, which takes a fresh snapshot.
-READY_WAIT_SECONDS = 0.5
+READY_WAIT_SECONDS = 2.0
 # After a state's expected expiry, how often the expiry watcher looks whether it is gone.
 EXPIRY_POLL_SECONDS = 0.2
 # Connections (gevent) or threads (gthread) a worker keeps for ordinary requests, whatever the
@@ -150,9 +147,16 @@ class Hub:
         return len(self._subscriptions)
 
     def subscribe(self) -> Subscription:
-        """Register a new stream; its inbox gets every change from now on."""
+        """Register a new stream; its inbox gets every change from now on.
+
+        Raise StorageUnavailable when the hub has yet to subscribe and storage does not answer.
+        """
         self._ensure_running()
-        self._ready.wait(READY_WAIT_SECONDS)
+        if not self._ready.is_set():
+            # This worker's first stream. In an outage the hub cannot subscribe, and waiting
+            # for it, then for the snapshot, would take the 503 past the 2 s bound.
+            self.store.ping()
+            self._ready.wait(READY_WAIT_SECONDS)
         subscription = Subscription()
         with self._guard:
             self._subscriptions.add(subscription)
