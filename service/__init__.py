@@ -9,12 +9,12 @@ from flask import Flask
 
 from . import (
     api,
-    auth,
     config,
     cors,
     errors,
     headers,
     health,
+    identity,
     logs,
     metrics,
     openapi,
@@ -25,25 +25,28 @@ from . import (
 from .pages import STATIC_DIR
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Assemble the app: defaults, then the environment, then the test override."""
+def create_app(
+    test_config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Flask:
+    """Assemble the app: defaults, then the environment (or `environ`), then the test override."""
     app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
-    app.config.from_mapping(config.from_env())
+    app.config.from_mapping(config.from_env(environ))
     if test_config:
         app.config.update(test_config)
-    # Order matters: the request id first (every response carries it, every refusal is logged),
-    # a preflight is answered before auth, auth before any route work.
+    # Order matters. The store and the stream hub first: metrics plugs into them, and its timer
+    # must be the first before-request hook. Then the request id (every response carries it,
+    # every refusal is logged); a preflight is answered before the identity check, which comes
+    # before any route work.
+    store.init_app(app)
+    stream.init_app(app)
+    metrics.init_app(app)
     logs.init_app(app)
     errors.init_app(app)
     cors.init_app(app)
-    auth.init_app(app)
-    store.init_app(app)
+    identity.init_app(app)
     pages.init_app(app)
-    app.register_blueprint(api.bp)
+    api.init_app(app)
     app.register_blueprint(health.bp)
-    stream.init_app(app)
-    # After the store and the stream hub, which it plugs its observer and gauge into.
-    metrics.init_app(app)
     openapi.init_app(app)
     headers.init_app(app)
     return app

@@ -1,7 +1,5 @@
 """`python -m service status|watch|clear|cancel|history`: see service/cli.py."""
 
-import sys
+from .cli import PROG, cli
 
-from .cli import main
-
-sys.exit(main())
+cli.main(prog_name=PROG)

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import model
@@ -15,6 +15,7 @@ from .storage import HISTORY_MAX, Snapshot, dumps
 from .store import get_store
 
 bp = Blueprint("api", __name__, url_prefix="/workflow")
+SUMMARY_EXTENSION = "workflow_state_summary"
 
 SAVED = "Workflow state saved"
 CLEARED = "Workflow state cleared"
@@ -64,10 +65,15 @@ def if_match() -> frozenset[str] | None:
     return frozenset(tags.as_set(include_weak=True))
 
 
-def state_body(snapshot: Snapshot) -> str:
-    """Serialise the GET /workflow/state body without re-encoding the stored state."""
-    active = "true" if model.is_active(snapshot.state) else "false"
-    return f'{{"success":true,"active":{active},"state":{snapshot.json}}}'
+def state_body(state: dict[str, Any] | None, state_json: str) -> str:
+    """Serialise the GET /workflow/state body, which is also the stream's `state` data."""
+    active = "true" if model.is_active(state) else "false"
+    # The summary's value, so no client re-implements Python's rounding.
+    percent = 0 if state is None else model.progress_percent(state)
+    return (
+        f'{{"success":true,"active":{active},"progress_percent":{json.dumps(percent)},'
+        f'"state":{state_json}}}'
+    )
 
 
 def _saved(snapshot: Snapshot) -> Response:
@@ -90,7 +96,7 @@ def get_state() -> Response:
     headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
     if request.if_none_match.contains_weak(etag):
         return Response(status=304, headers=headers)
-    return json_response(state_body(snapshot), headers=headers)
+    return json_response(state_body(snapshot.state, snapshot.json), headers=headers)
 
 
 @bp.post("/state")
@@ -119,22 +125,29 @@ def clear_state() -> Response:
     return json_response(f'{{"success":true,"message":"{CLEARED}"}}')
 
 
-# (stored JSON, summary body) of the last summary served: between writes every summary is the
-# same, and re-deriving it was most of the route's own cost.
-_last_summary: tuple[str, str] = ("", "")
+class SummaryCache:
+    """The last summary an app served, with the stored JSON it was made from.
+
+    Between writes every summary is the same, and re-deriving it was most of the route's cost.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[str, str] = ("", "")
+
+    def body(self, snapshot: Snapshot) -> str:
+        """Return the summary body for `snapshot`, derived at most once per stored state."""
+        last = self._last  # one read: another thread may replace it meanwhile
+        if last[0] == snapshot.json:
+            return last[1]
+        body = dumps({"success": True, "summary": model.summarize(snapshot.state)})
+        self._last = (snapshot.json, body)
+        return body
 
 
 @bp.get("/state/summary")
 def summary() -> Response:
     """Answer the progress summary."""
-    global _last_summary
-    snapshot = get_store().get()
-    remembered = _last_summary
-    if remembered[0] == snapshot.json:
-        body = remembered[1]
-    else:
-        body = dumps({"success": True, "summary": model.summarize(snapshot.state)})
-        _last_summary = (snapshot.json, body)
+    body = current_app.extensions[SUMMARY_EXTENSION].body(get_store().get())
     return json_response(body, headers={"Cache-Control": NO_STORE})
 
 
@@ -148,3 +161,9 @@ def history() -> Response:
     return json_response(
         dumps({"success": True, "workflows": workflows}), headers={"Cache-Control": NO_STORE}
     )
+
+
+def init_app(app: Flask) -> None:
+    """Register the state routes, with a summary cache of this app's own."""
+    app.extensions[SUMMARY_EXTENSION] = SummaryCache()
+    app.register_blueprint(bp)

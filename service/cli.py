@@ -1,14 +1,15 @@
 """Operate the service from a shell: `python -m service status|watch|clear|cancel|history`.
 
-The CLI reads the same environment variables as the server and talks to the same storage, so
-it works on a host with no server running, or beside one. Output is for people by default and
-JSON with `--json`. Exit codes: 0 done (also when there was nothing to do), 1 storage down,
-2 usage error (bad arguments, a bad setting, a workflow id that is not the stored one).
+The CLI (a click group) reads the same settings as the server, through service/config.py, and
+talks to the same storage, so it works on a host with no server running, or beside one. Output
+is for people by default and JSON with `--json`. Exit codes: 0 done (also when there was nothing
+to do), 1 storage down, 2 usage error (bad arguments, a bad setting, a workflow id that is not
+the stored one).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import logging
 import os
@@ -17,11 +18,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
-from . import config as config_module
-from . import logs, model
+import click
+
+from . import config, logs, model
 from .storage import HISTORY_MAX, RESYNC, Event, FileStore, StateStore, StorageUnavailable
 from .storage.base import HISTORY_DAYS, dumps, utc_now
 from .store import build_store
@@ -34,10 +37,12 @@ PROG = "python -m service"
 WATCH_TICK_SECONDS = 0.25
 # How long `watch` waits between tries to re-read the state while storage is down.
 WATCH_RETRY_SECONDS = 0.5
+# Put in the watch's inbox by a signal handler, so the main loop wakes up at once.
+WAKE = object()
 
 
-class UsageError(Exception):
-    """The command cannot run as asked (exit code 2)."""
+class Refused(Exception):
+    """The command cannot run as asked (exit code 2, with one line saying why)."""
 
 
 class Output:
@@ -117,11 +122,130 @@ def change_record(kind: str, event_id: str, state: dict[str, Any] | None) -> dic
     }
 
 
+# --- running a command ---------------------------------------------------------------------
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def on_signals(handler: Callable[[], None]) -> Iterator[None]:
+    """Call `handler` on SIGINT and SIGTERM (`timeout`, a supervisor) within the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers (an embedding program's choice)
+        return
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: handler())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            if handler_before is not None:
+                signal.signal(signum, handler_before)
+
+
+class Invocation:
+    """One run of the CLI: the group's options, then the command's."""
+
+    def __init__(self, as_json: bool, url: str | None) -> None:
+        self.as_json = as_json
+        self.url = url
+
+    def run(self, command: Callable[..., int], as_json: bool, **options: Any) -> None:
+        """Run `command` on the configured store, then exit with its code (see module doc)."""
+        out = Output(sys.stdout, sys.stderr, self.as_json or as_json)
+        with logs.configured("text", level=logging.WARNING):
+            code = self._run(command, out, options)
+        click.get_current_context().exit(code)
+
+    def _run(self, command: Callable[..., int], out: Output, options: dict[str, Any]) -> int:
+        overrides = {"WORKFLOW_STATE_URL": self.url} if self.url else None
+        try:
+            store = build_store(config.from_env(overrides=overrides))
+        except ValueError as error:  # ConfigError, UnknownBackend, a bad path or key
+            out.note(str(error))
+            return EXIT_USAGE
+        try:
+            with on_signals(_interrupt):
+                return command(store, out, **options)
+        except StorageUnavailable as error:
+            out.note(f"storage unavailable: {error.message}")
+            return EXIT_STORAGE_DOWN
+        except Refused as error:
+            out.note(str(error))
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            return EXIT_OK
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head -1`): stop quietly, and keep Python's exit
+            # flush from complaining about the closed pipe.
+            _silence_stdout()
+            return EXIT_OK
+        finally:
+            store.close()
+
+
+def _silence_stdout() -> None:
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (an in-process test runner): nothing will flush to a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
+
+
+# --- the command line ----------------------------------------------------------------------
+
+json_flag = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _a_number(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes every range check
+        raise click.BadParameter("must be a number")
+    return value
+
+
+@click.group(
+    epilog="Exit codes: 0 done, 1 storage unavailable, 2 usage or configuration error.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@json_flag
+@click.option(
+    "--url",
+    envvar="WORKFLOW_STATE_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="Storage URL, read as the server reads it (default: REDIS_URL, else the state file "
+    "under ./var). The other settings (WORKFLOW_STATE_KEY, ...) come from the environment.",
+)
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool, url: str | None) -> None:
+    """Inspect and operate the workflow state, on the storage the server uses."""
+    ctx.obj = Invocation(as_json, url)
+
+
+def command(function: Callable[..., int]) -> click.Command:
+    """Make `function(store, out, **options)` a command of `cli` that takes --json too."""
+
+    @json_flag
+    @click.pass_obj
+    @functools.wraps(function)  # the name, the help text and the options declared on it
+    def run(invocation: Invocation, as_json: bool, **options: Any) -> None:
+        invocation.run(function, as_json, **options)
+
+    return cli.command()(run)
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
-def cmd_status(store: StateStore, args: argparse.Namespace, out: Output) -> int:
-    """Print the summary of the current workflow (the API's summary with --json)."""
+@command
+def status(store: StateStore, out: Output) -> int:
+    """Print the current workflow's summary (--json: as the API does)."""
     state = store.get().state
     summary = model.summarize(state)
     if out.as_json:
@@ -165,15 +289,16 @@ def check_file_owner(store: StateStore) -> None:
     except OSError:
         return  # no directory yet: nothing to lock anyone out of
     if owner != os.geteuid():
-        raise UsageError(
+        raise Refused(
             f"{store.directory} belongs to uid {owner}; files written as uid {os.geteuid()} "
             f"would lock the server out. Run as that user (sudo -u '#{owner}' ...) or use the "
             "HTTP API"
         )
 
 
-def cmd_clear(store: StateStore, args: argparse.Namespace, out: Output) -> int:
-    """Delete the state (also when there is none), as DELETE /workflow/state does."""
+@command
+def clear(store: StateStore, out: Output) -> int:
+    """Delete the state, as DELETE /workflow/state does."""
     check_file_owner(store)
     before = store.get().state
     version = store.clear()
@@ -193,23 +318,27 @@ def cmd_clear(store: StateStore, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_cancel(store: StateStore, args: argparse.Namespace, out: Output) -> int:
-    """Set a running workflow's status to cancelled; a finished or absent one is left alone."""
+@command
+@click.option(
+    "--workflow-id", metavar="ID", help="Cancel only if this is the stored workflow (else exit 2)."
+)
+def cancel(store: StateStore, out: Output, workflow_id: str | None) -> int:
+    """Cancel a running workflow; leave a finished one alone."""
     check_file_owner(store)
     state = store.get().state
-    if state is not None and args.workflow_id and args.workflow_id != state["workflow_id"]:
-        raise UsageError(
-            f"workflow_id {args.workflow_id!r} is not the stored workflow {state['workflow_id']!r}"
+    if state is not None and workflow_id and workflow_id != state["workflow_id"]:
+        raise Refused(
+            f"workflow_id {workflow_id!r} is not the stored workflow {state['workflow_id']!r}"
         )
     if state is None or model.is_finished(state):
         return _nothing_to_cancel(state, out)
     body: dict[str, Any] = {"status": "cancelled"}
-    if args.workflow_id:
-        body["workflow_id"] = args.workflow_id
+    if workflow_id:
+        body["workflow_id"] = workflow_id
     try:
         snapshot = store.merge(body)
     except model.WorkflowMismatch as error:
-        raise UsageError(error.message) from None
+        raise Refused(error.message) from None
     except (model.NoWorkflow, model.WorkflowFinished):
         # It finished or went away between our read and our write.
         return _nothing_to_cancel(store.get().state, out)
@@ -234,9 +363,17 @@ def _nothing_to_cancel(state: dict[str, Any] | None, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_history(store: StateStore, args: argparse.Namespace, out: Output) -> int:
-    """List the last finished workflows, newest first (the API's `workflows` with --json)."""
-    workflows = store.history(args.limit)
+@command
+@click.option(
+    "--limit",
+    type=click.IntRange(1, HISTORY_MAX),
+    default=HISTORY_MAX,
+    metavar="N",
+    help=f"How many to list, 1-{HISTORY_MAX} (default {HISTORY_MAX}).",
+)
+def history(store: StateStore, out: Output, limit: int) -> int:
+    """List the last finished workflows, newest first."""
+    workflows = store.history(limit)
     if out.as_json:
         out.data(workflows)
         return EXIT_OK
@@ -254,6 +391,31 @@ def cmd_history(store: StateStore, args: argparse.Namespace, out: Output) -> int
     return EXIT_OK
 
 
+@command
+@click.option(
+    "--count",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Exit after N changes (0: never).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    callback=_a_number,
+    metavar="SECONDS",
+    help="Exit after this many seconds (0: never).",
+)
+def watch(store: StateStore, out: Output, count: int, timeout: float) -> int:
+    """Follow changes live, one line per change, until Ctrl-C."""
+    store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
+    watcher = Watcher(store, out, count, timeout)
+    # Explicitly: a shell that starts a job in the background starts it with SIGINT ignored.
+    with on_signals(watcher.interrupt):
+        return watcher.run()
+
+
 class Watcher:
     """Follow the store's change feed and print one line per change."""
 
@@ -263,7 +425,8 @@ class Watcher:
         self.count = count
         self.deadline = time.monotonic() + timeout if timeout else None
         self.stop = threading.Event()
-        self.inbox: queue.SimpleQueue[Event | BaseException] = queue.SimpleQueue()
+        self.interrupted = False
+        self.inbox: queue.SimpleQueue[Event | BaseException | object] = queue.SimpleQueue()
         self.shown: int | None = None  # the counter value of the last line printed
         self.state: dict[str, Any] | None = None
         self.expires: float | None = None
@@ -278,6 +441,11 @@ class Watcher:
         except BaseException as error:  # handed to the main thread, which decides
             self.inbox.put(error)
 
+    def interrupt(self) -> None:
+        """End the watch at once; safe in a signal handler (a flag and a reentrant put)."""
+        self.interrupted = True
+        self.inbox.put(WAKE)
+
     def run(self) -> int:
         """Print the current state, then each change, until count, timeout or Ctrl-C."""
         feed = threading.Thread(target=self._feed, name="watch-feed", daemon=True)
@@ -291,7 +459,7 @@ class Watcher:
         return EXIT_OK
 
     def _done(self) -> bool:
-        if self.count and self.changes >= self.count:
+        if self.interrupted or (self.count and self.changes >= self.count):
             return True
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -306,12 +474,15 @@ class Watcher:
         except queue.Empty:
             self._check_expiry()
             return
+        if item is WAKE:
+            return
         if isinstance(item, BaseException):
             raise item
         if item is RESYNC:
             # Subscribed (again): whatever happened before is in a fresh snapshot.
             self.need_snapshot = True
             return
+        assert isinstance(item, Event)
         self._show_event(item)
 
     def _snapshot(self) -> None:
@@ -384,139 +555,3 @@ class Watcher:
 def _seq(event_id: str) -> int | None:
     head = event_id.split(":", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def cmd_watch(store: StateStore, args: argparse.Namespace, out: Output) -> int:
-    """Print the current state, then one line per change, until Ctrl-C (or --count/--timeout)."""
-    store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
-    return Watcher(store, out, args.count, args.timeout).run()
-
-
-# --- parsing and running -------------------------------------------------------------------
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 1 <= value <= HISTORY_MAX:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {HISTORY_MAX}, got {value}")
-    return value
-
-
-def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-        return value
-
-    return parse
-
-
-COMMANDS: dict[str, tuple[Callable[[StateStore, argparse.Namespace, Output], int], str]] = {
-    "status": (cmd_status, "print the current workflow's summary"),
-    "watch": (cmd_watch, "follow changes live, one line per change"),
-    "clear": (cmd_clear, "delete the state, as DELETE /workflow/state does"),
-    "cancel": (cmd_cancel, "set a running workflow's status to cancelled"),
-    "history": (cmd_history, "list the last finished workflows, newest first"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser for every command."""
-    json_flag = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a sub-command's default must not undo `--json` given before the command.
-    json_flag.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
-    )
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Inspect and operate the workflow state, on the storage the server uses "
-        "(WORKFLOW_STATE_URL, REDIS_URL, WORKFLOW_STATE_KEY, ...).",
-        epilog="Exit codes: 0 done, 1 storage unavailable, 2 usage or configuration error.",
-        parents=[json_flag],
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub = {
-        name: commands.add_parser(name, help=text, description=text, parents=[json_flag])
-        for name, (_, text) in COMMANDS.items()
-    }
-    sub["watch"].add_argument(
-        "--count",
-        type=_non_negative(int),
-        default=0,
-        metavar="N",
-        help="exit after N changes (0: never)",
-    )
-    sub["watch"].add_argument(
-        "--timeout",
-        type=_non_negative(float),
-        default=0.0,
-        metavar="SECONDS",
-        help="exit after this many seconds (0: never)",
-    )
-    sub["cancel"].add_argument(
-        "--workflow-id",
-        metavar="ID",
-        help="cancel only if this is the stored workflow (else exit 2)",
-    )
-    sub["history"].add_argument(
-        "--limit",
-        type=_limit,
-        default=HISTORY_MAX,
-        metavar="N",
-        help=f"how many to list, 1-{HISTORY_MAX} (default {HISTORY_MAX})",
-    )
-    return parser
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def main(
-    argv: Sequence[str] | None = None,
-    *,
-    environ: dict[str, str] | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """Run one command; return its exit code (argparse exits with 2 on bad arguments)."""
-    args = build_parser().parse_args(argv)
-    out = Output(stdout or sys.stdout, stderr or sys.stderr, getattr(args, "json", False))
-    logs.configure("text", level=logging.WARNING, stream=out.stderr)
-    try:
-        settings = config_module.from_env(os.environ if environ is None else environ)
-        store = build_store(settings)
-    except ValueError as error:  # ConfigError, UnknownBackend, a bad path or key
-        out.note(str(error))
-        return EXIT_USAGE
-    handler = COMMANDS[args.command][0]
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    # SIGTERM (`timeout`, a supervisor, a test) ends `watch` as cleanly as Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
-    try:
-        return handler(store, args, out)
-    except StorageUnavailable as error:
-        out.note(f"storage unavailable: {error.message}")
-        return EXIT_STORAGE_DOWN
-    except UsageError as error:
-        out.note(str(error))
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_OK
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head -1`): stop quietly, and keep Python's exit flush
-        # from complaining about the closed pipe.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
-    finally:
-        store.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

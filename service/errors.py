@@ -8,7 +8,7 @@ import re
 from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
-from . import model
+from . import model, runs
 from .storage import LockTimeout, StorageUnavailable, dumps
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,8 @@ STATUS_BY_ERROR: dict[type[model.StateError], int] = {
     model.WorkflowMismatch: 409,
     model.WorkflowFinished: 409,
     model.PreconditionFailed: 412,
+    runs.RunActive: 409,
+    runs.RunSuperseded: 409,
 }
 # Seconds a client should wait before retrying when storage is down or busy.
 RETRY_AFTER_SECONDS = 1

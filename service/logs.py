@@ -6,25 +6,33 @@ request: method, route (the URL rule, never the raw path or query string), statu
 Every line written through the handlers set up here passes two filters: one that adds the
 request id, one that scrubs anything that looks like a secret. Bodies, headers and query
 strings are never logged in the first place; the scrubbing is a second line of defence.
+
+Each app keeps its own format (WORKFLOW_STATE_LOG_FORMAT, read by config.py) and its own secrets.
+A process has one stderr, so one handler: it writes a line the way the app it was logged in asks
+(a request, or the app's stream hub), and any other line the way whoever set it up asked (the
+first app, gunicorn's logger class, the CLI).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request
 from gunicorn import glogging
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
 
-from . import model
+from . import config, model
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What a caller-supplied id may look like: a UUID, nginx's $request_id, a trace id. Anything
@@ -36,8 +44,20 @@ PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 # line costs about as much as the rest of a cached read, so a successful read is logged only when
 # the caller sent its own X-Request-ID (someone upstream will look it up); writes and errors always.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# The fields a request line adds to a JSON log line.
-REQUEST_FIELDS = ("method", "route", "status", "duration_ms")
+EXTENSION = "workflow_state_logs"
+# The fields of every JSON line, in order, as python-json-logger names the record attributes.
+JSON_FIELDS = ("asctime", "levelname", "name", "message", "request_id", "process")
+JSON_NAMES = {
+    "asctime": "ts",
+    "levelname": "level",
+    "name": "logger",
+    "process": "pid",
+    "exc_info": "exc",
+    "stack_info": "stack",
+}
+# A LogRecord's own attributes; any other is an `extra` field (the request id, and a request
+# line's method, route, status, duration_ms), which the redaction filter scrubs too.
+RECORD_ATTRIBUTES = frozenset(RESERVED_ATTRS) | {"taskName"}
 HANDLER_MARK = "_workflow_state_handler"
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s [%(request_id)s] %(message)s"
 REDACTED = "[REDACTED]"
@@ -69,10 +89,11 @@ SUSPECT = re.compile(r"(?i)bearer|ssh|@|gAAAAA")
 class Redactor:
     """Scrub configured secret values and secret-shaped text out of log text."""
 
-    def __init__(self) -> None:
+    def __init__(self, values: Iterable[str | None] = ()) -> None:
         self._values: frozenset[str] = frozenset()
         # Longest first, so a key that contains another secret is removed whole.
         self._ordered: tuple[str, ...] = ()
+        self.add(values)
 
     def add(self, values: Iterable[str | None]) -> None:
         """Remember more secret values (the token, Fernet keys) to scrub wherever they appear."""
@@ -92,39 +113,67 @@ class Redactor:
         return text
 
 
-REDACTOR = Redactor()
+def secrets_of(settings: Mapping[str, Any]) -> list[str | None]:
+    """Return the configured secret values (the token, the Fernet keys) of a config dict."""
+    return [settings.get("STATE_TOKEN"), *(settings.get("STATE_SECRET_KEYS") or ())]
 
 
-def _secrets_from_environ() -> list[str]:
-    keys = os.environ.get("WORKFLOW_STATE_SECRET_KEY", "").split(",")
-    return [os.environ.get("WORKFLOW_STATE_TOKEN", "").strip(), *(k.strip() for k in keys)]
+@dataclass(frozen=True)
+class AppLogs:
+    """How one app's log lines look and what they must never contain."""
+
+    redactor: Redactor
+    formatter: logging.Formatter
 
 
-# Known before any app exists, so gunicorn's own lines (master and workers) are scrubbed too.
-REDACTOR.add(_secrets_from_environ())
+def app_logs() -> AppLogs | None:
+    """Return the logging settings of the app whose context is active, or None."""
+    if not has_app_context():
+        return None
+    return current_app.extensions.get(EXTENSION)
 
 
 class RedactingFilter(logging.Filter):
-    """Scrub the message, exception text and stack of every record a handler writes."""
+    """Scrub the message, exception text, stack and extra fields of every record a handler writes.
+
+    With the handler's own redactor (the secrets of whoever set the handler up) and, inside an
+    app's context, that app's.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record in place with secrets removed; never drop it."""
+        own = app_logs()
+        redactors = (self.redactor,)
+        if own is not None and own.redactor is not self.redactor:
+            redactors = (self.redactor, own.redactor)
+
+        def scrub(text: str) -> str:
+            for redactor in redactors:
+                text = redactor.scrub(text)
+            return text
+
         try:
             message = record.getMessage()
         except Exception:  # a bad format string; the handler reports it as usual
             return True
-        clean = REDACTOR.scrub(message)
+        clean = scrub(message)
         if clean != message or record.args:
             record.msg, record.args = clean, None
-        request_id = getattr(record, "request_id", None)
-        if request_id:  # a caller may send anything as its id, a token included
-            record.request_id = REDACTOR.scrub(request_id)
+        # Extra fields, the request id among them: a caller may send anything as its id.
+        fields = vars(record)
+        for name in fields.keys() - RECORD_ATTRIBUTES:
+            if isinstance(fields[name], str):
+                fields[name] = scrub(fields[name])
         if record.exc_info and not record.exc_text:
             record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = REDACTOR.scrub(record.exc_text)
+            record.exc_text = scrub(record.exc_text)
         if record.stack_info:
-            record.stack_info = REDACTOR.scrub(record.stack_info)
+            record.stack_info = scrub(record.stack_info)
         return True
 
 
@@ -148,30 +197,36 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON object on one line."""
+class JsonFormatter(LibraryJsonFormatter):
+    """python-json-logger's formatter with the service's field names and time format.
 
-    def format(self, record: logging.LogRecord) -> str:
-        """Return ts, level, logger, message, request_id, pid (and request fields, exc)."""
-        entry: dict[str, Any] = {
-            "ts": model.format_time(datetime.fromtimestamp(record.created, UTC)),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
-            "pid": record.process,
-        }
-        for field in REQUEST_FIELDS:
-            value = getattr(record, field, None)
-            if value is not None:
-                entry[field] = value
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
+    One object per line: ts, level, logger, message, request_id, pid, then any extra fields
+    (a request line's method, route, status, duration_ms), exc and stack when there are some.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(list(JSON_FIELDS), rename_fields=JSON_NAMES)
+        # One encoder for every line: json.dumps builds a new one per call when given `default`.
+        self._encoder = json.JSONEncoder(default=str)
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        """Serialise a line's fields (anything JSON has no type for as its str())."""
+        return self._encoder.encode(log_data)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Return the record's time as the API writes times: UTC, milliseconds, `Z`."""
+        return model.format_time(datetime.fromtimestamp(record.created, UTC))
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        """Add the record's fields, taking the exception text the redacting filter scrubbed.
+
+        python-json-logger formats `exc_info` afresh, which would bring back what was removed.
+        """
         if record.exc_text:
-            entry["exc"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+            message_dict["exc_info"] = record.exc_text
+        super().add_fields(log_data, record, message_dict)
 
 
 class TextFormatter(logging.Formatter):
@@ -206,12 +261,26 @@ def make_formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
-def dress(handler: logging.Handler, log_format: str) -> logging.Handler:
+class AppFormatter(logging.Formatter):
+    """Format a record as the app it was logged in asks (its LOG_FORMAT), else as the default."""
+
+    def __init__(self, default: logging.Formatter) -> None:
+        super().__init__()
+        self.default = default
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format with the current app's formatter, or the handler's own outside any app."""
+        own = app_logs()
+        return (own.formatter if own is not None else self.default).format(record)
+
+
+def dress(handler: logging.Handler, log_format: str, redactor: Redactor) -> logging.Handler:
     """Give a handler the service's format and both filters (request id, then redaction)."""
-    handler.setFormatter(make_formatter(log_format))
-    for kind in (RequestIdFilter, RedactingFilter):
-        if not any(isinstance(f, kind) for f in handler.filters):
-            handler.addFilter(kind())
+    handler.setFormatter(AppFormatter(make_formatter(log_format)))
+    for old in [f for f in handler.filters if isinstance(f, RequestIdFilter | RedactingFilter)]:
+        handler.removeFilter(old)
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(RedactingFilter(redactor))
     return handler
 
 
@@ -228,18 +297,52 @@ class StderrHandler(logging.StreamHandler):
         pass  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
 
 
-def configure(log_format: str, *, level: int = logging.INFO, stream: IO[str] | None = None) -> None:
-    """Send the `service.*` loggers to stderr (or `stream`) in `log_format`, replacing ours."""
-    logger = logging.getLogger("service")
-    for old in [h for h in logger.handlers if getattr(h, HANDLER_MARK, False)]:
+def _service_logger() -> logging.Logger:
+    return logging.getLogger("service")
+
+
+def _our_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    return [h for h in logger.handlers if getattr(h, HANDLER_MARK, False)]
+
+
+def configure(
+    log_format: str,
+    *,
+    level: int = logging.INFO,
+    stream: IO[str] | None = None,
+    redactor: Redactor | None = None,
+) -> None:
+    """Send the `service.*` loggers to stderr (or `stream`) in `log_format`, replacing ours.
+
+    Logging is the process's (one stderr): outside any app's context, lines have this format
+    and are scrubbed of `redactor`'s secrets; inside one, of the app's (see `init_app`).
+    """
+    logger = _service_logger()
+    for old in _our_handlers(logger):
         logger.removeHandler(old)
     base = StderrHandler() if stream is None else logging.StreamHandler(stream)
-    handler = dress(base, log_format)
+    handler = dress(base, log_format, redactor or Redactor())
     setattr(handler, HANDLER_MARK, True)
     logger.addHandler(handler)
     logger.setLevel(level)
     # Records still propagate: under gunicorn the root logger has no handler, so nothing is
     # written twice, and test tools that listen on the root logger keep seeing them.
+
+
+@contextmanager
+def configured(log_format: str, *, level: int = logging.INFO) -> Iterator[None]:
+    """Configure the `service.*` loggers for a block, then put back what was there (the CLI)."""
+    logger = _service_logger()
+    before = (_our_handlers(logger), logger.level)
+    configure(log_format, level=level)
+    try:
+        yield
+    finally:
+        for handler in _our_handlers(logger):
+            logger.removeHandler(handler)
+        for handler in before[0]:
+            logger.addHandler(handler)
+        logger.setLevel(before[1])
 
 
 def _begin() -> None:
@@ -293,16 +396,17 @@ def _finish(response: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    """Set up the log format, the request id and one log line per request."""
-    REDACTOR.add([app.config.get("STATE_TOKEN"), *(app.config.get("STATE_SECRET_KEYS") or ())])
-    configure(app.config.get("LOG_FORMAT", "text"))
+    """Set up this app's log format and secrets, the request id and one line per request.
+
+    The first app in a process also sets up the process's handler (stderr), unless something
+    (the CLI, a test) already did; a later app changes nothing of an earlier one's.
+    """
+    own = AppLogs(Redactor(secrets_of(app.config)), make_formatter(app.config["LOG_FORMAT"]))
+    app.extensions[EXTENSION] = own
+    if not _our_handlers(_service_logger()):
+        configure(app.config["LOG_FORMAT"], redactor=own.redactor)
     app.before_request(_begin)
     app.after_request(_finish)
-
-
-def _gunicorn_format() -> str:
-    raw = os.environ.get("WORKFLOW_STATE_LOG_FORMAT", "").strip().lower()
-    return "json" if raw == "json" else "text"
 
 
 class GunicornLogger(glogging.Logger):
@@ -315,7 +419,9 @@ class GunicornLogger(glogging.Logger):
     def setup(self, cfg: Any) -> None:
         """Let gunicorn set its handlers up (also on reload), then dress them."""
         super().setup(cfg)
-        log_format = _gunicorn_format()
+        # gunicorn.conf.py has already refused a configuration from_env cannot read.
+        settings = config.from_env()
+        redactor = Redactor(secrets_of(settings))
         for logger in (self.error_log, self.access_log):
             for handler in logger.handlers:
-                dress(handler, log_format)
+                dress(handler, settings["LOG_FORMAT"], redactor)

@@ -1,9 +1,10 @@
 """Prometheus metrics: GET /metrics, request counts and latency, and storage measurements.
 
-Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set (deploy/gunicorn.conf.py does it before any
-worker starts), every worker writes its values to files there, and a scrape sums them, so a
-count is right whichever worker answers. Without the variable (tests, the CLI, `flask run`)
-the metrics live in the process's default registry.
+Each app has its own metric objects in a registry of its own, so two apps in one process count
+apart. Under gunicorn, `PROMETHEUS_MULTIPROC_DIR` is set (deploy/gunicorn.conf.py does it before
+any worker starts), every worker writes its values to files there, and a scrape sums them, so a
+count is right whichever worker answers; that mode is per process by nature (the files are named
+by pid), which is fine for a worker that serves one app.
 
 prometheus_client picks its mode when it is first imported, so it is imported lazily here,
 after the server had its chance to set the variable.
@@ -12,15 +13,16 @@ after the server had its chance to set the variable.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
 from .storage import LockTimeout, Observer
+from .store import store_of
+from .stream import hub_of
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+EXTENSION = "workflow_state_metrics"
 # Label values stay few: the URL rule (never the raw path), a known method, the status code.
 UNMATCHED_ROUTE = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -33,44 +35,57 @@ bp = Blueprint("metrics", __name__)
 
 
 class Metrics:
-    """The service's metric objects, created once per process."""
+    """One app's metric objects, in a registry of the app's own."""
 
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(self, multiprocess_dir: str | None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir:
+            # Normally gunicorn.conf.py made it; a bare `flask run` with the variable set must
+            # not crash on a missing directory.
+            os.makedirs(multiprocess_dir, mode=0o700, exist_ok=True)
+        self.registry = registry = CollectorRegistry()
         self.requests = Counter(
             "workflow_state_requests_total",
             "HTTP requests answered, by URL rule, method and status",
             ("route", "method", "status"),
+            registry=registry,
         )
         self.request_seconds = Histogram(
             "workflow_state_request_seconds",
             "Time to answer an HTTP request (a stream: until its headers), by URL rule and method",
             ("route", "method"),
             buckets=REQUEST_BUCKETS,
+            registry=registry,
         )
         self.writes = Counter(
             "workflow_state_writes_total",
             "Accepted state writes and deletes (exact repeats, which change nothing, excluded)",
+            registry=registry,
         )
         self.lock_wait = Histogram(
             "workflow_state_lock_wait_seconds",
             "Time a writer waited for the write lock",
             buckets=LOCK_BUCKETS,
+            registry=registry,
         )
         self.lock_timeouts = Counter(
             "workflow_state_lock_timeouts_total",
             "Writes refused (503) because the write lock stayed held past the lock wait",
+            registry=registry,
         )
         # livesum: the sum over live workers; a dead worker's streams leave with it.
         self.open_streams = Gauge(
             "workflow_state_open_streams",
             "Server-Sent Events streams open now",
             multiprocess_mode="livesum",
+            registry=registry,
         )
         self.backend_errors = Counter(
             "workflow_state_backend_errors_total",
             "Storage operations that failed because the backend did not answer",
+            registry=registry,
         )
         # (route, method, status) -> (counter child, histogram child): one dict lookup per request
         # instead of prometheus_client's label validation and locking.
@@ -90,31 +105,47 @@ class Metrics:
             self._children[key] = pair
         return pair
 
+    def start_timer(self) -> None:
+        """Note when the request began (the app's first before-request hook)."""
+        g.metrics_started = time.perf_counter()
 
-_metrics: Metrics | None = None
-_metrics_guard = threading.Lock()
+    def record(self, response: Response) -> Response:
+        """Count and time the request, and count a storage failure it met."""
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED_ROUTE
+        method = request.method
+        if method not in KNOWN_METHODS:
+            method = "other"
+        status = response.status_code
+        counter, histogram = self.children(route, method, status)
+        counter.inc()
+        started = g.get("metrics_started")
+        if started is not None:
+            histogram.observe(time.perf_counter() - started)
+        # Each request that storage failed counts once; a lock timeout is contention, not an outage.
+        failure = g.get("storage_error")
+        if failure is not None and not isinstance(failure, LockTimeout):
+            self.backend_errors.inc()
+        return response
 
+    def exposition_registry(self) -> Any:
+        """Return the registry a scrape reads: this app's, or every worker's files."""
+        if not self.multiprocess_dir:
+            return self.registry
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
 
-def get_metrics() -> Metrics:
-    """Return this process's metrics, creating them (and the multiprocess directory) once."""
-    global _metrics
-    if _metrics is None:
-        with _metrics_guard:
-            if _metrics is None:
-                directory = os.environ.get(MULTIPROC_ENV)
-                if directory:
-                    # Normally gunicorn.conf.py made it; a bare `flask run` with the variable
-                    # set must not crash on a missing directory.
-                    os.makedirs(directory, mode=0o700, exist_ok=True)
-                _metrics = Metrics()
-    return _metrics
+        # A fresh registry per scrape: it reads the files of every worker, live or dead.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return registry
 
 
 class PrometheusObserver(Observer):
     """Turn the store's measurements into metrics."""
 
-    def __init__(self) -> None:
-        self.metrics = get_metrics()
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
 
     def lock_waited(self, seconds: float) -> None:
         """Record how long a writer waited for the lock."""
@@ -129,64 +160,32 @@ class PrometheusObserver(Observer):
         self.metrics.writes.inc()
 
 
-def set_open_streams(count: int) -> None:
-    """Set how many streams are open in this process (the stream hub's change callback)."""
-    get_metrics().open_streams.set(count)
-
-
-def _start_timer() -> None:
-    g.metrics_started = time.perf_counter()
-
-
-def _record(response: Response) -> Response:
-    metrics = _metrics
-    if metrics is None:
-        return response
-    rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED_ROUTE
-    method = request.method
-    if method not in KNOWN_METHODS:
-        method = "other"
-    status = response.status_code
-    counter, histogram = metrics.children(route, method, status)
-    counter.inc()
-    started = g.get("metrics_started")
-    if started is not None:
-        histogram.observe(time.perf_counter() - started)
-    # Each request that storage failed counts once; a lock timeout is contention, not an outage.
-    failure = g.get("storage_error")
-    if failure is not None and not isinstance(failure, LockTimeout):
-        metrics.backend_errors.inc()
-    return response
+def metrics_of(app: Flask) -> Metrics:
+    """Return `app`'s metrics."""
+    return app.extensions[EXTENSION]
 
 
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """Answer every metric, summed over all workers, in the format the scraper asks for."""
-    from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.exposition import choose_encoder
 
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        # A fresh registry per scrape: it reads the files of every worker, live or dead.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
+    registry = metrics_of(current_app).exposition_registry()
     # Prometheus text format (0.0.4) unless the Accept header asks for OpenMetrics.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encode(registry), headers={"Content-Type": content_type})
 
 
 def init_app(app: Flask) -> None:
-    """Serve /metrics, time and count every request, and plug metrics into the store and hub."""
-    get_metrics()
+    """Serve /metrics, time and count every request, and plug metrics into the store and hub.
+
+    Call it before any other extension registers a before-request hook: the timer must be the
+    first, so a request that CORS or auth answer is timed too.
+    """
+    metrics = Metrics(app.config["METRICS_DIR"])
+    app.extensions[EXTENSION] = metrics
     app.register_blueprint(bp)
-    # First of all before-request hooks, so a request that CORS or auth answer is timed too.
-    app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
-    app.after_request(_record)
-    app.extensions["workflow_state"].observer = PrometheusObserver()
-    hub = app.extensions.get("workflow_stream_hub")
-    if hub is not None:
-        hub.on_change.append(set_open_streams)
+    app.before_request(metrics.start_timer)
+    app.after_request(metrics.record)
+    store_of(app).observer = PrometheusObserver(metrics)
+    hub_of(app).on_change.append(metrics.open_streams.set)

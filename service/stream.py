@@ -15,16 +15,18 @@ import os
 import queue
 import threading
 import time
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
 from . import model
+from .api import state_body
 from .errors import RETRY_AFTER_SECONDS, error_response
 from .storage import RESYNC, Event, Snapshot, StateStore, StorageUnavailable
+from .store import store_of
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,15 @@ def _seq_of(event_id: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def render(event_id: str, state_json: str, active: bool) -> str:
+def render(event_id: str, state_json: str, state: dict[str, Any] | None) -> str:
     """Render an `event: state` frame whose data is the GET /workflow/state body."""
-    data = f'{{"success":true,"active":{"true" if active else "false"},"state":{state_json}}}'
-    return f"id: {event_id}\nevent: state\ndata: {data}\n\n"
+    return f"id: {event_id}\nevent: state\ndata: {state_body(state, state_json)}\n\n"
 
 
 def frame_of_snapshot(snapshot: Snapshot) -> Frame:
     """Render a snapshot (its event id must be set)."""
     event_id = snapshot.event_id or "0"
-    text = render(event_id, snapshot.json, model.is_active(snapshot.state))
+    text = render(event_id, snapshot.json, snapshot.state)
     return Frame(event_id, _seq_of(event_id), text, snapshot.state is None)
 
 
@@ -80,14 +81,11 @@ def frame_of_event(event: Event) -> tuple[Frame, dict[str, Any] | None]:
     frame = Frame(
         event.id,
         _seq_of(event.id),
-        render(event.id, event.json, model.is_active(state)),
+        render(event.id, event.json, state),
         state is None,
     )
     return frame, state
 
-
-# Every hub of this process, so a worker that is told to stop can end its streams at once.
-_HUBS: weakref.WeakSet[Hub] = weakref.WeakSet()
 
 RESYNC_FRAME = Frame("", None, "", False)
 CLOSE_FRAME = Frame("", None, "", True)
@@ -103,8 +101,12 @@ class Subscription:
 class Hub:
     """Fan one change feed out to every open stream of this process."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(
+        self, store: StateStore, context: Callable[[], AbstractContextManager] = nullcontext
+    ) -> None:
         self.store = store
+        # Entered by the hub's threads: the app's context, so their log lines are the app's.
+        self.context = context
         self._subscriptions: set[Subscription] = set()
         self._guard = threading.Lock()
         self._pid: int | None = None
@@ -114,7 +116,6 @@ class Hub:
         # (version, unix time it expires) of the newest state seen, or None.
         self._tracked: tuple[int, float] | None = None
         self.on_change: list = []  # callables(open_count) for the open-streams gauge
-        _HUBS.add(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class Hub:
             self._ready = threading.Event()
             self._tracked = None
             for target, name in ((self._follow, "feed"), (self._watch_expiry, "expiry")):
-                threading.Thread(target=target, name=f"stream-hub-{name}", daemon=True).start()
+                HubThread(self, target, f"stream-hub-{name}").start()
             self._pid = pid
 
     def close(self) -> None:
@@ -247,23 +248,47 @@ class Hub:
             self._tracked = None
         if snapshot.state is None:
             event_id = f"{version}:expired"
-            self._broadcast(Frame(event_id, version, render(event_id, "null", False), True))
+            self._broadcast(Frame(event_id, version, render(event_id, "null", None), True))
+
+
+class HubThread(threading.Thread):
+    """One of a hub's threads; it names its hub, so a stopping worker finds every hub it runs."""
+
+    def __init__(self, hub: Hub, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.hub = hub
+        self._target_in_context = target
+
+    def run(self) -> None:
+        """Run the hub's loop inside the hub's context."""
+        with self.hub.context():
+            self._target_in_context()
 
 
 def close_all_hubs() -> None:
-    """End every open stream in this process (a gunicorn worker shutting down)."""
-    for hub in list(_HUBS):
-        hub.close()
+    """End every open stream in this process (a gunicorn worker shutting down, a test's end).
+
+    Only a hub with running threads can have open streams, so the process's threads (no
+    registry of this module's own) are where to look.
+    """
+    for thread in threading.enumerate():
+        if isinstance(thread, HubThread):
+            thread.hub.close()
+
+
+def hub_of(app: Flask) -> Hub:
+    """Return `app`'s hub."""
+    return app.extensions[EXTENSION]
 
 
 def get_hub() -> Hub:
     """Return the current app's hub."""
-    return current_app.extensions[EXTENSION]
+    return hub_of(current_app)
 
 
 def _stream_limit() -> int:
-    # Set by deploy/gunicorn.conf.py in each worker; unset (tests, `flask run`) means no cap.
-    capacity = int(os.environ.get("WORKFLOW_WORKER_CAPACITY") or 0)
+    # WORKFLOW_WORKER_CAPACITY, set by deploy/gunicorn.conf.py in each worker; 0 means no cap.
+    capacity = current_app.config["WORKER_CAPACITY"]
     return max(capacity - RESERVED_CAPACITY, 1) if capacity else 1 << 30
 
 
@@ -365,5 +390,5 @@ def stream() -> Response:
 
 def init_app(app: Flask) -> None:
     """Create this app's hub (its threads start in each process on first use)."""
-    app.extensions[EXTENSION] = Hub(app.extensions["workflow_state"])
+    app.extensions[EXTENSION] = Hub(store_of(app), app.app_context)
     app.register_blueprint(bp)

@@ -50,7 +50,12 @@ def assert_error(response, status: int, code: str | None = None) -> dict[str, An
 def test_get_with_no_state_answers_null(client):
     response = client.get(STATE)
     assert response.status_code == 200
-    assert response.get_json() == {"success": True, "active": False, "state": None}
+    assert response.get_json() == {
+        "success": True,
+        "active": False,
+        "progress_percent": 0,
+        "state": None,
+    }
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["ETag"] == '"0"'
     assert client.get(STATE, headers={"If-None-Match": '"0"'}).status_code == 304
@@ -69,7 +74,7 @@ def test_get_returns_what_post_stored_with_version_etag(client):
     saved = post(client, {"steps": steps(3)}).get_json()["state"]
     response = client.get(STATE)
     body = response.get_json()
-    assert body == {"success": True, "active": True, "state": saved}
+    assert body == {"success": True, "active": True, "progress_percent": 33.33, "state": saved}
     assert response.headers["ETag"] == f'"{saved["version"]}"'
     assert response.headers["Cache-Control"] == "no-store"
 

@@ -192,7 +192,7 @@ def test_history_lists_finished_workflows_newest_first(storage, store):
 def test_usage_errors_exit_2(args, tmp_path):
     result = cli({"WORKFLOW_STATE_URL": f"file://{tmp_path}/s.json"}, *args)
     assert result.returncode == 2, result
-    assert "usage:" in result.stderr
+    assert "usage:" in result.stderr.lower()
     assert "Traceback" not in result.stderr
 
 

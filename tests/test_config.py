@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from service import create_app
-from service.config import SETTINGS, check_environment, from_env
+from service.config import SETTINGS, from_env
+from service.store import check_environment
 from tests.support import ROOT, VENV_BIN
 
 README = (ROOT / "README.md").read_text()

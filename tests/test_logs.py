@@ -154,25 +154,28 @@ def test_text_is_the_default_format(tmp_path):
     ],
 )
 def test_secret_shaped_text_is_scrubbed(text, gone):
-    scrubbed = logs.REDACTOR.scrub(text)
+    scrubbed = logs.Redactor().scrub(text)
     assert gone not in scrubbed
     assert logs.REDACTED in scrubbed
 
 
 def test_configured_secrets_are_scrubbed_wherever_they_appear(tmp_path, captured):
     key = Fernet.generate_key().decode()
-    json_app(
+    app = json_app(
         captured,
         STATE_URL=f"file://{tmp_path}/s.json",
         STATE_TOKEN="plain-token-value",
         STATE_SECRET_KEYS=(key,),
     )
     log = logging.getLogger("service.test")
-    log.warning("token plain-token-value and key %s", key)
-    try:
-        raise ValueError(f"boom {key}")
-    except ValueError:
-        log.exception("failed with plain-token-value")
+    # Whatever the app's code logs runs in its context (requests, and its stream hub's threads).
+    with app.app_context():
+        log.warning("token plain-token-value and key %s", key)
+        try:
+            raise ValueError(f"boom {key}")
+        except ValueError:
+            log.exception("failed with plain-token-value")
+        log.info("extra fields too", extra={"detail": f"key={key}"})
     text = captured.getvalue()
     assert "plain-token-value" not in text and key not in text
     assert "boom" in text and "ValueError" in text  # the exception itself is still there
@@ -180,7 +183,7 @@ def test_configured_secrets_are_scrubbed_wherever_they_appear(tmp_path, captured
 
 def test_ordinary_text_is_left_alone():
     for text in ("GET /workflow/state 200 0.40ms", "worker 12 booted", "ssh_connection field"):
-        assert logs.REDACTOR.scrub(text) == text
+        assert logs.Redactor().scrub(text) == text
 
 
 # --- the real server -----------------------------------------------------------------------

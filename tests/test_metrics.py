@@ -10,10 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
+from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import create_app
+from service.metrics import metrics_of
 from service.storage import FileStore, RedisStore
 from tests.conftest import steps
 from tests.support import Gunicorn, RedisServer, SSEClient, free_port, http, wait_until
@@ -30,9 +31,9 @@ NAMES = (
 )
 
 
-def value(name: str, **labels: str) -> float:
-    """Return a sample of this process's default registry (0 when it does not exist yet)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+def value(app: Flask, name: str, **labels: str) -> float:
+    """Return a sample of the app's registry (0 when it does not exist yet)."""
+    return metrics_of(app).registry.get_sample_value(name, labels) or 0.0
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
@@ -71,9 +72,10 @@ def test_metrics_page_has_every_contract_metric(client):
 
 
 def test_requests_are_counted_by_url_rule_method_and_status(client):
+    app = client.application
     route = "/workflow/state/steps/<index>"
     before = {
-        key: value("workflow_state_requests_total", route=r, method=m, status=s)
+        key: value(app, "workflow_state_requests_total", route=r, method=m, status=s)
         for key, (r, m, s) in {
             "patched": (route, "PATCH", "200"),
             "bad": (route, "PATCH", "400"),
@@ -81,7 +83,7 @@ def test_requests_are_counted_by_url_rule_method_and_status(client):
             "odd": ("unmatched", "other", "404"),
         }.items()
     }
-    seconds = value("workflow_state_request_seconds_count", route=route, method="PATCH")
+    seconds = value(app, "workflow_state_request_seconds_count", route=route, method="PATCH")
     client.post(STATE, json={"steps": steps(3)})
     for index in (0, 1, 2):
         assert (
@@ -90,20 +92,20 @@ def test_requests_are_counted_by_url_rule_method_and_status(client):
     assert client.patch(f"{STATE}/steps/9", json={"status": "completed"}).status_code == 400
     assert client.get("/no/such/page/12345").status_code == 404
     assert client.open("/no/such/page", method="BREW").status_code == 404
-    assert value("workflow_state_requests_total", route=route, method="PATCH", status="200") == (
-        before["patched"] + 3
-    )
-    assert value("workflow_state_requests_total", route=route, method="PATCH", status="400") == (
-        before["bad"] + 1
-    )
+    assert value(
+        app, "workflow_state_requests_total", route=route, method="PATCH", status="200"
+    ) == (before["patched"] + 3)
+    assert value(
+        app, "workflow_state_requests_total", route=route, method="PATCH", status="400"
+    ) == (before["bad"] + 1)
     # Raw paths and unknown methods never become label values: their number is unbounded.
     assert value(
-        "workflow_state_requests_total", route="unmatched", method="GET", status="404"
+        app, "workflow_state_requests_total", route="unmatched", method="GET", status="404"
     ) == (before["missing"] + 1)
     assert value(
-        "workflow_state_requests_total", route="unmatched", method="other", status="404"
+        app, "workflow_state_requests_total", route="unmatched", method="other", status="404"
     ) == (before["odd"] + 1)
-    assert value("workflow_state_request_seconds_count", route=route, method="PATCH") == (
+    assert value(app, "workflow_state_request_seconds_count", route=route, method="PATCH") == (
         seconds + 4
     )
     text = client.get("/metrics").get_data(as_text=True)
@@ -111,16 +113,17 @@ def test_requests_are_counted_by_url_rule_method_and_status(client):
 
 
 def test_accepted_writes_are_counted_and_exact_repeats_are_not(client):
-    before = value("workflow_state_writes_total")
-    waits = value("workflow_state_lock_wait_seconds_count")
+    app = client.application
+    before = value(app, "workflow_state_writes_total")
+    waits = value(app, "workflow_state_lock_wait_seconds_count")
     body = {"workflow_id": "w", "status": "completed", "steps": steps(1, "completed")}
     client.post(STATE, json={"workflow_id": "w", "steps": steps(1)})
     client.post(STATE, json=body)
     client.post(STATE, json=body)  # an exact repeat of a finished state: no write
     client.patch(STATE, json={"status": "completed"})  # no write either
     client.delete(STATE)
-    assert value("workflow_state_writes_total") == before + 3
-    assert value("workflow_state_lock_wait_seconds_count") >= waits + 3
+    assert value(app, "workflow_state_writes_total") == before + 3
+    assert value(app, "workflow_state_lock_wait_seconds_count") >= waits + 3
 
 
 @contextmanager
@@ -140,22 +143,23 @@ def hold_the_lock(store) -> Iterator[None]:
 
 
 def test_a_lock_timeout_is_counted_as_such_not_as_a_backend_error(make_app):
-    client = make_app(LOCK_WAIT=0.05).test_client()
+    app = make_app(LOCK_WAIT=0.05)
+    client = app.test_client()
     client.post(STATE, json={"steps": steps(1)})
-    timeouts = value("workflow_state_lock_timeouts_total")
-    errors = value("workflow_state_backend_errors_total")
+    timeouts = value(app, "workflow_state_lock_timeouts_total")
+    errors = value(app, "workflow_state_backend_errors_total")
     with hold_the_lock(client.application.extensions["workflow_state"]):
         assert client.patch(f"{STATE}/steps/0", json={"status": "completed"}).status_code == 503
         assert client.post(STATE, json={"steps": steps(2)}).status_code == 503
-    assert value("workflow_state_lock_timeouts_total") == timeouts + 2
-    assert value("workflow_state_backend_errors_total") == errors
+    assert value(app, "workflow_state_lock_timeouts_total") == timeouts + 2
+    assert value(app, "workflow_state_backend_errors_total") == errors
     assert client.patch(f"{STATE}/steps/0", json={"status": "completed"}).status_code == 200
 
 
 def test_each_request_that_storage_failed_is_one_backend_error():
     app = create_app({"STATE_URL": f"redis://127.0.0.1:{free_port()}/0", "IO_TIMEOUT": 0.2})
     client = app.test_client()
-    before = value("workflow_state_backend_errors_total")
+    before = value(app, "workflow_state_backend_errors_total")
     calls = [
         ("GET", STATE, None),
         ("POST", STATE, {"steps": steps(1)}),
@@ -166,19 +170,20 @@ def test_each_request_that_storage_failed_is_one_backend_error():
     ]
     for method, path, body in calls:
         assert client.open(path, method=method, json=body).status_code == 503, (method, path)
-    assert value("workflow_state_backend_errors_total") == before + len(calls)
+    assert value(app, "workflow_state_backend_errors_total") == before + len(calls)
     assert client.get("/healthz").status_code == 200
-    assert value("workflow_state_backend_errors_total") == before + len(calls)
+    assert value(app, "workflow_state_backend_errors_total") == before + len(calls)
 
 
 def test_the_stream_hub_moves_the_open_streams_gauge(make_app):
-    hub = make_app().extensions["workflow_stream_hub"]
-    before = value("workflow_state_open_streams")
+    app = make_app()
+    hub = app.extensions["workflow_stream_hub"]
+    before = value(app, "workflow_state_open_streams")
     first, second = hub.subscribe(), hub.subscribe()
-    assert value("workflow_state_open_streams") == before + 2
+    assert value(app, "workflow_state_open_streams") == before + 2
     hub.unsubscribe(first)
     hub.unsubscribe(second)
-    assert value("workflow_state_open_streams") == before
+    assert value(app, "workflow_state_open_streams") == before
 
 
 # --- the real server, several workers ------------------------------------------------------

@@ -401,7 +401,13 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
                 return
             body = self.expect(response, 200)
             active = self.model is not None and self.model["status"] == "running"
-            assert body == {"success": True, "active": active, "state": self.model}
+            percent = 0 if self.model is None else progress(self.model)
+            assert body == {
+                "success": True,
+                "active": active,
+                "progress_percent": percent,
+                "state": self.model,
+            }
             if self.model is not None:
                 assert response.headers["ETag"] == f'"{self.model["version"]}"'
 

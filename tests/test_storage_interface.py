@@ -6,7 +6,15 @@ import inspect
 
 import pytest
 
-from service.storage import BACKENDS, FileStore, RedisStore, StateStore, UnknownBackend, open_store
+from service.storage import (
+    BACKENDS,
+    FakeRedisStore,
+    FileStore,
+    RedisStore,
+    StateStore,
+    UnknownBackend,
+    open_store,
+)
 from service.storage.base import StateStore as Base
 
 
@@ -40,6 +48,7 @@ def test_schemes_map_to_backends():
         "unix": RedisStore,
         "redis+sentinel": RedisStore,
         "file": FileStore,
+        "fakeredis": FakeRedisStore,
     } == BACKENDS
     assert issubclass(RedisStore, StateStore) and issubclass(FileStore, StateStore)
 

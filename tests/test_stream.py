@@ -106,7 +106,12 @@ def test_delete_event_carries_the_counter_value_it_took(redis_pair):
         http("DELETE", a.url + "/workflow/state")
         deleted = stream.next()
         assert deleted["id"] == str(version + 1)
-        assert deleted["json"] == {"success": True, "active": False, "state": None}
+        assert deleted["json"] == {
+            "success": True,
+            "active": False,
+            "progress_percent": 0,
+            "state": None,
+        }
     finally:
         stream.close()
 
@@ -120,7 +125,12 @@ def test_expiry_sends_null_within_two_seconds(redis_pair):
         assert stream.next()["id"] == str(done["version"])
         expired = stream.next(timeout=1 + 2.5)  # TTL 1 s, then within 2 s
         assert expired["id"] == f"{done['version']}:expired"
-        assert expired["json"] == {"success": True, "active": False, "state": None}
+        assert expired["json"] == {
+            "success": True,
+            "active": False,
+            "progress_percent": 0,
+            "state": None,
+        }
         stream.assert_quiet(0.5)
     finally:
         stream.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from ..config import StoreOptions
 from .base import (
     HISTORY_MAX,
     RESYNC,
@@ -15,12 +17,15 @@ from .base import (
     StorageUnavailable,
     dumps,
 )
+from .fake import FakeRedisStore
 from .file import FileStore
 from .redis import RedisStore
 
 # The one place a URL scheme picks a backend.
 BACKENDS: dict[str, type[StateStore]] = {
-    scheme: backend for backend in (RedisStore, FileStore) for scheme in backend.schemes
+    scheme: backend
+    for backend in (RedisStore, FileStore, FakeRedisStore)
+    for scheme in backend.schemes
 }
 
 
@@ -28,9 +33,9 @@ class UnknownBackend(ValueError):
     """WORKFLOW_STATE_URL names a scheme no backend serves."""
 
 
-def open_store(url: str, **options: Any) -> StateStore:
+def open_store(url: str, options: StoreOptions | None = None, **extra: Any) -> StateStore:
     """Create the backend that serves `url` (redis://, rediss://, unix://, redis+sentinel://,
-    file://)."""
+    file://, fakeredis://)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     backend = BACKENDS.get(scheme)
     if backend is None:
@@ -39,13 +44,13 @@ def open_store(url: str, **options: Any) -> StateStore:
             f"WORKFLOW_STATE_URL has unsupported scheme {scheme or '(none)'!r}; use one of {known}"
         )
     if backend is not RedisStore:
-        options.pop("client_factory", None)
-        if options.pop("min_replicas", 0):
+        extra.pop("client_factory", None)
+        if replace(options or StoreOptions(), **extra).min_replicas:
             raise ValueError(
                 "WORKFLOW_STATE_MIN_REPLICAS needs a Redis backend with replicas; "
                 f"{scheme}:// keeps a single copy"
             )
-    return backend(url, **options)
+    return backend(url, options=options, **extra)
 
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "HISTORY_MAX",
     "RESYNC",
     "Event",
+    "FakeRedisStore",
     "FileStore",
     "LockTimeout",
     "Observer",

@@ -13,11 +13,12 @@ import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from .. import model
+from ..config import StoreOptions
 from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
 from .batching import PendingWrite
 
@@ -100,27 +101,21 @@ class StateStore(ABC):
 
     # URL schemes this backend serves; the registry in `storage/__init__.py` maps them.
     schemes: ClassVar[tuple[str, ...]] = ()
+    # True when the state lives in this process's memory, so no other process can share it.
+    single_process: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        key: str = "workflow:state",
-        ttl: int = 30,
-        stale_ttl: int = 86400,
-        lock_timeout: float = 5.0,
-        lock_wait: float = 1.0,
-        io_timeout: float = 0.5,
-        cipher: FieldCipher | None = None,
-    ) -> None:
+    def __init__(self, url: str, options: StoreOptions | None = None, **overrides: Any) -> None:
+        """Open the store at `url` with `options` (config.py's defaults), some overridden."""
+        options = replace(options or StoreOptions(), **overrides)
         self.url = url
-        self.key = key
-        self.ttl = ttl
-        self.stale_ttl = stale_ttl
-        self.lock_timeout = lock_timeout
-        self.lock_wait = lock_wait
-        self.io_timeout = io_timeout
-        self.cipher = cipher
+        self.options = options
+        self.key = options.key
+        self.ttl = options.ttl
+        self.stale_ttl = options.stale_ttl
+        self.lock_timeout = options.lock_timeout
+        self.lock_wait = options.lock_wait
+        self.io_timeout = options.io_timeout
+        self.cipher = FieldCipher(options.secret_keys) if options.secret_keys else None
         self.observer = Observer()
         # (stored bytes, decoded state) of the last document read or written; see `_decode`.
         self._remembered: tuple[bytes, dict[str, Any]] | None = None

@@ -43,7 +43,7 @@ from .base import (
     log,
 )
 from .batching import PendingWrite, ReadCoalescer, WriteCombiner
-from .redis_urls import TARGETS, close_client, redis_target
+from .redis_urls import TARGETS, RedisTarget, close_client, redis_target
 
 # Related keys are the state key plus one of these suffixes (README's key table lists them).
 LOCK_SUFFIX = "lock"
@@ -250,13 +250,16 @@ class RedisStore(StateStore):
         url: str,
         *,
         client_factory: Callable[[], redis.Redis] | None = None,
-        min_replicas: int = 0,
         **options: Any,
     ) -> None:
         super().__init__(url, **options)
-        self.target = redis_target(url)
+        scheme = url.partition("://")[0].lower()
+        # A subclass with a scheme of its own (fakeredis://) connects only through its factory.
+        self.target: RedisTarget | None = (
+            redis_target(url) if scheme in TARGETS or client_factory is None else None
+        )
         self._factory = client_factory
-        self.min_replicas = min_replicas
+        self.min_replicas = self.options.min_replicas
         io_ms = int(self.io_timeout * 1000)
         self._wait_ms = max((io_ms - WAIT_LATE_MS) // 2, io_ms // 4, 1)
         self._client_guard = threading.Lock()
@@ -282,6 +285,7 @@ class RedisStore(StateStore):
             if retries
             else Retry(NoBackoff(), 0)
         )
+        assert self.target is not None, "a store without a Redis URL connects through its factory"
         return self.target.connect(io_timeout=self.io_timeout, retry=retry)
 
     def client(self) -> redis.Redis:
@@ -603,6 +607,8 @@ class RedisStore(StateStore):
             self._pid = None
 
     def _describe(self) -> str:
+        if self.target is None:
+            return f"{self.url.partition('://')[0]}://"
         return self.target.describe()
 
 

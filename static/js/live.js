@@ -1,14 +1,18 @@
 /**
- * Follow the workflow state as it changes (contract section 5).
+ * A state source: follows one workflow's state as it changes (contract section 5), from
+ * whichever pair of URLs it is given (`/workflow/state/stream` + `/workflow/state` for the
+ * current workflow; a workflow's own stream and route answer the same bodies). It knows
+ * nothing of the page.
  *
  * - With a stream URL and no token: `EventSource(streamUrl)`, listening for `state` events.
  * - With a token: EventSource cannot send headers, and a token never goes into a URL, so the
  *   same stream is read with fetch() and an `Authorization` header.
- * - No stream (the server has none, it failed, or it is reconnecting): poll GET /workflow/state
+ * - No stream (the server has none, it failed, or it is reconnecting): poll GET `stateUrl`
  *   every 2 s, cheaply, with If-None-Match.
  *
- * Events: `state` (detail: {body, source}) where body is the GET /workflow/state body, and
- * `mode` (detail: 'connecting' | 'live' | 'polling' | 'offline').
+ * Events: `state` (detail: {body, source}) where body is the GET /workflow/state body
+ * ({success, active, progress_percent, state}), and `mode` (detail: 'connecting' | 'live' |
+ * 'polling' | 'offline').
  */
 
 import { isAbortError } from './state-client.js';
@@ -65,12 +69,13 @@ export class SseParser {
 export class LiveState extends EventTarget {
   /**
    * @param {import('./state-client.js').StateClient} client
-   * @param {{streamUrl?: string|null, pollMs?: number}} [options]
+   * @param {{streamUrl?: string|null, stateUrl?: string, pollMs?: number}} [options]
    */
-  constructor(client, { streamUrl = null, pollMs = 2000 } = {}) {
+  constructor(client, { streamUrl = null, stateUrl = '/workflow/state', pollMs = 2000 } = {}) {
     super();
     this.client = client;
     this.streamUrl = streamUrl;
+    this.stateUrl = stateUrl;
     this.pollMs = pollMs;
     this.mode = 'connecting';
     this.started = false;
@@ -118,7 +123,7 @@ export class LiveState extends EventTarget {
     this.connect();
   }
 
-  /** Remember the newest version the page has shown (so polling can answer 304). */
+  /** Remember the newest version the caller holds in full (so polling can answer 304). */
   seen(version) {
     if (typeof version === 'number' && (this.version === null || version > this.version)) {
       this.version = version;
@@ -279,9 +284,13 @@ export class LiveState extends EventTarget {
     if (this.polling) return;
     this.polling = true;
     try {
-      const answer = await this.client.getState({ ifNoneMatch: this.version, retries: 0 });
+      const answer = await this.client.getState({
+        path: this.stateUrl,
+        ifNoneMatch: this.version,
+        retries: 0,
+      });
       if (!this.streamOpen) this.setMode('polling');
-      if (!answer.notModified) this.emit({ success: true, active: answer.active, state: answer.state }, 'poll');
+      if (!answer.notModified) this.emit(answer.body, 'poll');
     } catch {
       if (!this.streamOpen) this.setMode('offline');
     } finally {

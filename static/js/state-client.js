@@ -71,31 +71,6 @@ export function describeError(error) {
   }
 }
 
-/**
- * progress_percent exactly as the server computes it (contract section 2, summary):
- * (current_step + 1) / total * 100 rounded to 2 decimals like Python's round(), 0 with no steps.
- */
-export function progressPercent(state) {
-  const total = (state && Array.isArray(state.steps) && state.steps.length) || 0;
-  if (!total) return 0;
-  return roundHalfEven((state.current_step + 1) / total * 100, 2);
-}
-
-/** Round a double the way Python's round(x, digits) does: exact value, ties to even. */
-function roundHalfEven(value, digits) {
-  if (!Number.isFinite(value)) return value;
-  const negative = value < 0;
-  // toFixed(n) with a large n prints the double's exact binary value (up to 100 places).
-  const [whole, fraction] = Math.abs(value).toFixed(100).split('.');
-  let kept = BigInt(whole + fraction.slice(0, digits));
-  const rest = fraction.slice(digits);
-  if (rest[0] > '5' || (rest[0] === '5' && (/[1-9]/.test(rest.slice(1)) || kept % 2n === 1n))) {
-    kept += 1n;
-  }
-  const rounded = Number(kept) / 10 ** digits;
-  return negative ? -rounded : rounded;
-}
-
 /** A token store on sessionStorage (one browser tab), the one the page uses. */
 export function sessionTokenStore(key = TOKEN_STORAGE_KEY) {
   const storage = () => {
@@ -332,13 +307,22 @@ export class StateClient extends EventTarget {
   // --- the API, one method per route --------------------------------------------------------
 
   /**
-   * GET /workflow/state → {active, state, version}; with `ifNoneMatch` (a version) and an
-   * unchanged state → {notModified: true}.
+   * GET /workflow/state (or `path`, another route answering the same body) → {active, state,
+   * progressPercent, version, body}; with `ifNoneMatch` (a version) and an unchanged state →
+   * {notModified: true}. `progressPercent` is the server's `progress_percent`.
    */
-  async getState({ ifNoneMatch = null, signal, retries } = {}) {
-    const answer = await this.request('GET', '/workflow/state', { ifNoneMatch, signal, retries });
+  async getState({ path = '/workflow/state', ifNoneMatch = null, signal, retries } = {}) {
+    const answer = await this.request('GET', path, { ifNoneMatch, signal, retries });
     if (answer.status === 304) return { notModified: true, version: answer.version };
-    return { notModified: false, active: answer.body.active, state: answer.body.state, version: answer.version };
+    const { body } = answer;
+    return {
+      notModified: false,
+      active: body.active,
+      state: body.state,
+      progressPercent: body.progress_percent,
+      version: answer.version,
+      body,
+    };
   }
 
   /** POST /workflow/state: save or replace the whole state; resolves to the stored state. */

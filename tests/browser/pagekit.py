@@ -238,6 +238,11 @@ def progress_value(page: Page) -> float:
     return float(page.get_attribute("#workflow-progress", "aria-valuenow"))
 
 
+def expect_progress(page: Page, percent: float, timeout: float = 10) -> None:
+    """Wait until aria-valuenow of #workflow-progress is `percent` (it follows the server's)."""
+    wait_until(lambda: progress_value(page) == percent, timeout=timeout, interval=0.05)
+
+
 def selected_tab(page: Page) -> str:
     """The data-tab of the selected tab button."""
     return page.get_attribute('.tab-button[aria-selected="true"]', "data-tab")

@@ -7,7 +7,6 @@ import re
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from service import model
 from tests.browser.pagekit import Server, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -56,28 +55,6 @@ CLIENT_ERRORS = """async () => {
   await capture('unknown_action', () => client.runAction({ action: 'nope' }, {}));
   return out;
 }"""
-
-
-def test_progress_percent_is_the_servers_formula(server: Server, page: Page) -> None:
-    open_page(page, server)
-    totals = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 24, 33, 64, 99, 128, 200, 400, 800, 1000]
-    cases = [(current, total) for total in totals for current in range(total)]
-    shown = page.evaluate(
-        """async (cases) => {
-          const { progressPercent } = await import('/static/js/state-client.js');
-          return cases.map(([current, total]) =>
-            progressPercent({ current_step: current, steps: new Array(total).fill({}) }));
-        }""",
-        cases,
-    )
-    expected = [model.progress_percent({"current_step": c, "steps": [{}] * t}) for c, t in cases]
-    assert shown == expected
-    assert (
-        page.evaluate(
-            "async () => (await import('/static/js/state-client.js')).progressPercent(null)"
-        )
-        == 0
-    )
 
 
 def test_errors_carry_status_code_and_message(server: Server, page: Page, console) -> None:

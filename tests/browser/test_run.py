@@ -14,9 +14,9 @@ from tests.browser.pagekit import (
     SLOW_STEPS,
     P,
     Server,
+    expect_progress,
     expect_steps,
     open_page,
-    progress_value,
     selected_tab,
     start_run,
 )
@@ -38,7 +38,7 @@ def test_run_end_to_end(server: Server, page: Page) -> None:
     expect(result).to_have_text("✅ Workflow completed successfully!")
     expect(result).to_have_class(re.compile(r"\bsuccess\b"))
     expect_steps(page, ["completed"] * 6, running=False)
-    assert progress_value(page) == 100
+    expect_progress(page, 100)
     expect(page.locator("#run-workflow-btn")).to_have_text("Run workflow")
     expect(page.locator("#run-workflow-btn")).to_be_enabled()
 
@@ -96,7 +96,8 @@ def test_failure_stops_the_run(failing_server: Server, page: Page) -> None:
     assert statuses(state) == expected
     assert state["current_step"] == 3
     assert "WORKFLOW_DEMO_FAIL" in state["steps"][3]["data"]["message"]
-    assert progress_value(page) == failing_server.summary()["progress_percent"] == 66.67
+    assert failing_server.summary()["progress_percent"] == 66.67
+    expect_progress(page, 66.67)
     expect(page.locator('.workflow-step[data-action="sync_instance"] .step-note')).to_contain_text(
         "Simulated failure"
     )

@@ -6,7 +6,6 @@ import pytest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.config import check_environment
 from service.storage import BACKENDS, RedisStore, open_store
 from service.storage.redis_urls import (
     TARGETS,
@@ -16,6 +15,7 @@ from service.storage.redis_urls import (
     close_client,
     redis_target,
 )
+from service.store import check_environment
 
 
 def test_every_redis_scheme_is_served_by_the_redis_store():
