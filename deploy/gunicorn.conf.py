@@ -4,8 +4,8 @@ Worker model: gevent. Every Server-Sent Events stream stays open for as long as 
 ordinary requests last a millisecond or two. With gevent each connection is a greenlet, so a
 thousand open streams per worker cost memory, not threads, and never starve GET and POST; and
 the requests that wait on Redis yield to the others instead of contending for the GIL (bench/
-measured 1.3-1.8x the write throughput of gthread on the same machine). README's "Server
-concurrency" section explains the choice.
+measured 1.3-1.8x the write throughput of gthread on the same machine). docs/architecture.md
+("Server concurrency: why gevent") explains the choice.
 """
 
 # gevent's monkey-patching must come before anything imports ssl, threading or socket (gunicorn

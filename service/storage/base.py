@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -46,6 +47,10 @@ class LockTimeout(StorageUnavailable):
     """The write lock stayed held by another writer for longer than the lock wait."""
 
 
+class LockStuck(StorageUnavailable):
+    """The write lock was found without an expiry: writers are refused until it expires."""
+
+
 def dumps(value: Any) -> str:
     """Serialise JSON the one way the service stores and serves it (compact, ASCII-safe)."""
     return json.dumps(value, separators=(",", ":"))
@@ -54,6 +59,11 @@ def dumps(value: Any) -> str:
 def utc_now() -> datetime:
     """Return the current moment in UTC."""
     return datetime.now(UTC)
+
+
+def clock_microseconds() -> int:
+    """Return the wall clock in microseconds since the epoch (where a lost counter restarts)."""
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +199,10 @@ class StateStore(ABC):
     def ping(self) -> None:
         """Raise StorageUnavailable unless the backend answers."""
         self._ping()
+
+    def ready(self) -> None:
+        """Raise StorageUnavailable unless the backend answers and writers can get the lock."""
+        self._ready()
 
     def events(self, stop: threading.Event) -> Iterator[Event]:
         """Yield every accepted write and delete in order until `stop` is set.
@@ -350,6 +364,10 @@ class StateStore(ABC):
     @abstractmethod
     def _ping(self) -> None:
         """Check the backend answers."""
+
+    def _ready(self) -> None:
+        """Check the backend answers and no stuck lock refuses writers (see `ready`)."""
+        self._ping()
 
     @abstractmethod
     def _events(self, stop: threading.Event) -> Iterator[Event]:

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -32,6 +33,7 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    clock_microseconds,
     dumps,
     log,
 )
@@ -49,6 +51,11 @@ LOCK_POLL_SECONDS = 0.001
 # A file changed this recently may have an mtime that a later write repeats (coarse clocks),
 # so it is re-read rather than served from the cache (git's "racily clean" rule).
 RACY_SECONDS = 2.0
+# `_atomic_write`'s temp files: .<name>.tmp-<pid>-<hex>. One lives for a single write; one that
+# outlived its writer (a killed worker) is removed on start.
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+")
+# Older than this, a temp file is a leftover even if its pid is alive (the pid was reused).
+STALE_TEMP_SECONDS = 60.0
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -95,6 +102,7 @@ class FileStore(StateStore):
         self._thread_lock = threading.Lock()
         self._held = threading.local()
         self._writes = WriteCombiner(self._run_batch)
+        self._remove_stale_temp_files()
 
     # --- files ----------------------------------------------------------------------------
 
@@ -130,6 +138,37 @@ class FileStore(StateStore):
             raise self._fail("read", path, error) from None
         finally:
             os.close(fd)
+
+    def _remove_stale_temp_files(self) -> None:
+        """Remove temp files that killed writers left beside the state files.
+
+        Only this store's own temp files, and only those whose writer is gone: its pid is not a
+        live process, or the file is older than a minute (a write takes milliseconds).
+        """
+        ours = {
+            os.path.basename(path)
+            for path in (self.path, self.seq_path, self.history_path, self.events_path)
+        }
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return  # no directory yet (or not readable): nothing to clean
+        for name in names:
+            match = TEMP_NAME.fullmatch(name)
+            if match is None or match["name"] not in ours:
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode):
+                    continue
+                recent = time.time() - info.st_mtime < STALE_TEMP_SECONDS
+                if recent and _process_alive(int(match["pid"])):
+                    continue
+                os.unlink(path)
+            except OSError:
+                continue
+            log.info("removed %s, a temp file left by a writer that stopped mid-write", path)
 
     def _atomic_write(self, path: str, data: bytes) -> None:
         """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
@@ -235,18 +274,30 @@ class FileStore(StateStore):
             return None, None, stored["version"]
         return stored, text, stored["version"]
 
-    def _read_seq(self) -> int:
+    def _read_seq(self) -> int | None:
+        """Return the version counter, or None when its file is missing or unreadable."""
         raw = self._read_file(self.seq_path)
         try:
-            return int(raw or 0)
+            return int(raw) if raw is not None else None
         except ValueError:
-            return 0
+            return None
+
+    def _last_version(self, stored_version: int) -> int:
+        """Return the last version number taken (under the lock).
+
+        A missing counter file starts from the clock in microseconds, and never below the stored
+        state's version, so a version is never reused.
+        """
+        seq = self._read_seq()
+        if seq is None:
+            return max(clock_microseconds(), stored_version)
+        return max(seq, stored_version)
 
     def _get(self, *, with_id: bool) -> Snapshot:
         stored, text, last_version = self._read_stored()
         if stored is None:
             if with_id:
-                return Snapshot(None, "null", str(max(self._read_seq(), last_version)))
+                return Snapshot(None, "null", str(max(self._read_seq() or 0, last_version)))
             return Snapshot(None, "null")
         return self._served(stored, text)
 
@@ -260,7 +311,7 @@ class FileStore(StateStore):
         """Apply and commit a batch of writes under the lock file."""
         with self._locked():
             stored, text, last_version = self._read_stored()
-            base = max(self._read_seq(), last_version)
+            base = self._last_version(last_version)
             chain, finished, answers = self._apply_batch(stored, batch, base)
             committed: list[Snapshot] = []
             if chain:
@@ -287,7 +338,7 @@ class FileStore(StateStore):
     def _delete(self) -> int:
         with self._locked():
             _, _, last_version = self._read_stored()
-            version = max(self._read_seq(), last_version) + 1
+            version = self._last_version(last_version) + 1
             self._atomic_write(self.seq_path, str(version).encode())
             try:
                 os.unlink(self.path)
@@ -432,6 +483,19 @@ class FileStore(StateStore):
 
     def _describe(self) -> str:
         return "file://" + self.path
+
+
+def _process_alive(pid: int) -> bool:
+    """Tell whether a process with this pid exists (on this host, in this pid namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _read_to_end(fd: int) -> bytes:

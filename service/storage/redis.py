@@ -19,12 +19,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import LockNotOwnedError, NoScriptError, RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
 
@@ -36,6 +36,7 @@ from .base import (
     RESYNC,
     Change,
     Event,
+    LockStuck,
     LockTimeout,
     Snapshot,
     StateStore,
@@ -55,10 +56,12 @@ CORRUPT_SUFFIX = "corrupt"
 # redis-py's Lock sleeps 100 ms between tries by default, but a batch holds the lock for well
 # under a millisecond. Only one writer per process polls at a time (the combiner queues the rest).
 LOCK_POLL_SECONDS = 0.001
+# How often the lock releaser tries again while Redis does not answer.
+RELEASE_RETRY_SECONDS = 0.05
 # WAIT must answer (how many replicas confirmed) well before the socket's I/O timeout cuts it
-# off: a cut-off reply is resent and the write redone, at twice the cost. Redis checks WAIT's
-# deadline on its 10 Hz cron, so it answers up to this late; WAIT gets half of what is left of
-# the I/O timeout (200 ms of the default 500), but never less than a quarter of it.
+# off. Redis checks WAIT's deadline on its 10 Hz cron, so it answers up to this late; WAIT gets
+# half of what is left of the I/O timeout (200 ms of the default 500), but never less than a
+# quarter of it.
 WAIT_LATE_MS = 100
 
 
@@ -71,13 +74,54 @@ def redis_key(base: str, *parts: str) -> str:
     return ":".join((base, *parts))
 
 
+# Lua that more than one script shares, prepended to them.
+#
+# counter: the version counter's value, seeded when it is missing (a Redis that lost its data, or
+# a fresh one) from the clock in microseconds, and never below the version of the stored state
+# (its raw value is passed in), so a version is never reused. Numbers are formatted with
+# string.format('%.0f'): Lua 5.1 writes a number above 1e14 as "1.7e+15" with `..`.
+#
+# stuck: a lock that would outlive every writer (no expiry, a longer one than the lock timeout,
+# or not a string) is renamed 'stuck:<value>' and given the lock timeout, so it blocks writers for
+# at most that long and every instance can tell, until it is gone, that it was stuck.
+SHARED_LUA = """
+local function counter(seq_key, raw_state)
+  local seq = redis.call('GET', seq_key)
+  if seq then return seq end
+  local now = redis.call('TIME')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if type(raw_state) == 'string' then
+    local ok, doc = pcall(cjson.decode, raw_state)
+    if ok and type(doc) == 'table' and type(doc.version) == 'number' and doc.version > floor then
+      floor = doc.version
+    end
+  end
+  seq = string.format('%.0f', floor)
+  redis.call('SET', seq_key, seq)
+  return seq
+end
+local function stuck(key, timeout_ms)
+  local left = redis.call('PTTL', key)
+  if left == -2 then return false end
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then value = '' end
+  if left == -1 or left > tonumber(timeout_ms) or value == '' then
+    redis.call('SET', key, 'stuck:' .. string.sub(value, 1, 100), 'PX', timeout_ms)
+    return true
+  end
+  return string.sub(value, 1, 6) == 'stuck:'
+end
+"""
+
 # Commit a batch of states, in order, each with the next version, its own event and history.
 # KEYS: state, seq, lock, events, history
 # ARGV: lock token, expected seq, expected exists (0/1), ttl ms of the last state,
 #       history max, history ttl ms, then (document head, finished 0/1) for each state.
+# Sent once, never retried: a commit that ran but whose answer was lost would, sent again, find
+# the fence moved by itself and be redone on top of its own result.
 COMMIT_SCRIPT = """
 local function release()
-  if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
+  if redis.pcall('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
 end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2]
    or redis.call('EXISTS', KEYS[1]) ~= tonumber(ARGV[3]) then
@@ -87,9 +131,10 @@ end
 local first, doc, finished = nil, nil, false
 for i = 7, #ARGV, 2 do
   local v = redis.call('INCR', KEYS[2])
+  local id = string.format('%.0f', v)
   first = first or v
-  doc = ARGV[i] .. v .. '}'
-  redis.call('PUBLISH', KEYS[4], '{"id":"' .. v .. '","state":' .. doc .. '}')
+  doc = ARGV[i] .. id .. '}'
+  redis.call('PUBLISH', KEYS[4], '{"id":"' .. id .. '","state":' .. doc .. '}')
   if ARGV[i + 1] == '1' then
     redis.call('LPUSH', KEYS[5], doc)
     finished = true
@@ -104,13 +149,40 @@ release()
 return first
 """
 
-# KEYS: state, seq, events
-DELETE_SCRIPT = """
+# KEYS: state, seq, events. Sent once, never retried (as the commit): a delete sent again could
+# delete a state written after the first one ran.
+DELETE_SCRIPT = (
+    SHARED_LUA
+    + """
+counter(KEYS[2], redis.pcall('GET', KEYS[1]))
 local v = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', KEYS[3], '{"id":"' .. v .. '","state":null}')
+redis.call('PUBLISH', KEYS[3], '{"id":"' .. string.format('%.0f', v) .. '","state":null}')
 return v
 """
+)
+
+# Release the lock if one of these tokens holds it (tokens whose holder lost Redis's answer).
+# A token may come bare (an acquire whose answer was lost) or as stored, stamped '<token>@<id>'.
+# KEYS: lock; ARGV: tokens.
+RELEASE_SCRIPT = """
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) ~= 'string' then return 0 end
+local token = string.match(holder, '^(.*)@%x*$') or holder
+for i = 1, #ARGV do
+  if holder == ARGV[i] or token == ARGV[i] then return redis.call('DEL', KEYS[1]) end
+end
+return 0
+"""
+
+# Readiness: KEYS: lock; ARGV: lock timeout ms. Returns the stuck lock's ms to live, or false.
+READY_SCRIPT = (
+    SHARED_LUA
+    + """
+if stuck(KEYS[1], ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
+return false
+"""
+)
 
 # Rename the value aside only if it is still the one found corrupt (a writer may have fixed it),
 # to <prefix><unix time>, or <prefix><unix time>-<n> when that name is taken: an earlier copy is
@@ -168,37 +240,104 @@ class _FlatRetry(Retry):
             _retrying.active = False
 
 
+@contextmanager
+def _sent_once() -> Iterator[None]:
+    """Send the commands of this block once, without redis-py's retry.
+
+    For scripts that must not run twice: when Redis ran one but its answer was lost (a timeout,
+    a dropped connection), the retry would run it again.
+    """
+    outer = getattr(_retrying, "active", False)
+    _retrying.active = True
+    try:
+        yield
+    finally:
+        _retrying.active = outer
+
+
+class _LockReleaser:
+    """Release, in the background, locks that a lost answer may have left held.
+
+    When an acquire (or the commit after it) fails on I/O, Redis may still have run it; the
+    lock would then be held by a token nobody uses, and refuse every writer, in every process,
+    until it expired. This releases such tokens as soon as Redis answers again.
+    """
+
+    def __init__(self, release: Callable[[list[bytes]], None], lock_timeout: float) -> None:
+        self._release = release
+        self._lock_timeout = lock_timeout
+        # token -> when (monotonic) its lock has expired anyway
+        self._tokens: dict[bytes, float] = {}
+        self._guard = threading.Lock()
+        self._running = False
+        self.stop = threading.Event()
+
+    def add(self, token: bytes) -> None:
+        """Release `token`'s lock, if it holds one, once Redis answers."""
+        with self._guard:
+            self._tokens[token] = time.monotonic() + self._lock_timeout
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._run, name="redis-lock-releaser", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with self._guard:
+                now = time.monotonic()
+                self._tokens = {t: end for t, end in self._tokens.items() if end > now}
+                tokens = list(self._tokens)
+                if not tokens:
+                    self._running = False
+                    return
+            try:
+                self._release(tokens)
+            except (RedisError, StorageUnavailable):
+                self.stop.wait(RELEASE_RETRY_SECONDS)
+                continue
+            with self._guard:
+                for token in tokens:
+                    self._tokens.pop(token, None)
+
+
 # Take the lock if it is free and, in the same round trip, read what it guards.
-# The lock's value is the token stamped with this master's replication id. A lock stamped with
-# another id was taken on a master that has since been replaced (a failover promotes a replica
-# with a new id): its holder's hold ended with that master, so it is taken over instead of
-# waited out. (Waiting would
-# block every writer for up to the lock timeout after a failover; the version fence, not the
-# lock, is what keeps a late commit of the old holder from losing an update.) A value without a
-# stamp is waited out as before.
+# The lock's value is the token stamped with this master's replication id, '<token>@<id>'.
+# A lock already held by this token is this acquire's own: a call that ran but whose answer was
+# lost, sent again by redis-py's retry or by the Lock's polling. A lock stamped with another id
+# was taken on a master that has since been replaced (a failover promotes a replica with a new
+# id): its holder's hold ended with that master, so it is taken over instead of waited out
+# (waiting would block every writer for up to the lock timeout after a failover; the version
+# fence, not the lock, keeps a late commit of the old holder from losing an update). Any other
+# lock, stamped with this id or not stamped at all, is waited for.
 # KEYS: lock, state, seq; ARGV: token, lock timeout ms
-# Returns {0} when the lock is held, else {1, state or nil, seq or nil, 1 if the state key holds
-# a value of another type, the lock value stored}.
-ACQUIRE_SCRIPT = """
-local held = redis.pcall('GET', KEYS[1])
+# Returns {0} when the lock is held, else {1, state or nil, seq, 1 if the state key holds a value
+# of another type, the lock value stored}.
+ACQUIRE_SCRIPT = (
+    SHARED_LUA
+    + """
 local info = redis.pcall('INFO', 'replication')
 local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
-if held then
-  local stamp = type(held) == 'string' and string.match(held, '@(%x+)$')
-  if not stamp or master == '' or stamp == master then
+local value = ARGV[1] .. '@' .. master
+if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
+  local held = redis.pcall('GET', KEYS[1])
+  if type(held) ~= 'string' then held = '' end
+  local stamp = string.match(held, '@(%x+)$')
+  local own = (string.match(held, '^(.*)@%x*$') or held) == ARGV[1]
+  if not own and (not stamp or master == '' or stamp == master) then
+    stuck(KEYS[1], ARGV[2])
     return {0}
   end
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 end
-local value = ARGV[1] .. '@' .. master
-redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 local raw = redis.pcall('GET', KEYS[2])
 local wrong = 0
 if type(raw) == 'table' and raw.err then
   raw = false
   wrong = 1
 end
-return {1, raw or false, redis.call('GET', KEYS[3]) or false, wrong, value}
+return {1, raw or false, counter(KEYS[3], raw), wrong, value}
 """
+)
 WRONG_TYPE = ResponseError("a Redis value that is not a string")
 
 
@@ -303,8 +442,11 @@ class RedisStore(StateStore):
                             ("commit", COMMIT_SCRIPT),
                             ("delete", DELETE_SCRIPT),
                             ("quarantine", QUARANTINE_SCRIPT),
+                            ("release", RELEASE_SCRIPT),
+                            ("ready", READY_SCRIPT),
                         )
                     }
+                    self._releaser = _LockReleaser(self._release_tokens, self.lock_timeout)
                     self._token_prefix = f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}:"
                     self._tokens = itertools.count()
                     self._pid = pid
@@ -418,9 +560,12 @@ class RedisStore(StateStore):
                 thread_local=False,
             )
             started = time.monotonic()
+            token = self._lock_token()
             try:
-                acquired = lock.acquire(token=self._lock_token())
+                acquired = lock.acquire(token=token)
             except RedisError as error:
+                # Redis may have run the acquire and lost only its answer.
+                self._releaser.add(token.encode())
                 raise self._unavailable(error) from None
             self.observer.lock_waited(time.monotonic() - started)
             if not acquired:
@@ -432,7 +577,7 @@ class RedisStore(StateStore):
             try:
                 committed = self._locked_batch(lock, batch)
             except BaseException:
-                _release_quietly(lock)
+                self._release_quietly(lock)
                 raise
             if committed:
                 return
@@ -460,13 +605,18 @@ class RedisStore(StateStore):
             for (head, _), done in zip(encoded, finished, strict=True):
                 args += [head, 1 if done else 0]
             try:
-                first, replicas = self._replicated(
-                    lock.redis,
-                    "commit",
-                    [self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
-                    args,
-                )
+                with _sent_once():
+                    first, replicas = self._replicated(
+                        lock.redis,
+                        "commit",
+                        [self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
+                        args,
+                    )
             except RedisError as error:
+                # Whether it ran is unknown: answer 503 (never redo it), and free the lock
+                # once Redis answers, if the commit did not.
+                self._releaser.add(lock.local.token)
+                lock.local.token = None
                 raise self._unavailable(error) from None
             # The script released the lock (or found it taken over); don't release it twice.
             lock.local.token = None
@@ -485,16 +635,17 @@ class RedisStore(StateStore):
                     for write, answer in answers
                 ]
         else:
-            _release_quietly(lock)
+            self._release_quietly(lock)
         self._settle(answers, snapshots, self._served(stored, raw))
         return True
 
     def _delete(self) -> int:
         client = self.client()
         try:
-            version, replicas = self._replicated(
-                client, "delete", [self.key, self.seq_key, self.events_key], []
-            )
+            with _sent_once():
+                version, replicas = self._replicated(
+                    client, "delete", [self.key, self.seq_key, self.events_key], []
+                )
         except RedisError as error:
             raise self._unavailable(error) from None
         if not self._confirmed(replicas):
@@ -508,8 +659,8 @@ class RedisStore(StateStore):
 
         Return the script's result and how many replicas confirmed it (None: not asked). WAIT
         counts the writes of the connection it is sent on, so it is pipelined right behind the
-        script: one connection, one round trip. If the reply is lost and redis-py resends
-        both, the script's fence refuses the repeat and the redo is waited for in its turn.
+        script: one connection, one round trip. Callers send it once (`_sent_once`): a script
+        whose answer was lost is never run again.
         """
         code = self._scripts[script]
         if not self.min_replicas:
@@ -575,6 +726,38 @@ class RedisStore(StateStore):
         except RedisError as error:
             raise self._unavailable(error) from None
 
+    def _ready(self) -> None:
+        client = self.client()
+        try:
+            stuck_ms = self._scripts["ready"](
+                keys=[self.lock_key], args=[int(self.lock_timeout * 1000)], client=client
+            )
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        if stuck_ms:
+            raise LockStuck(
+                f"The workflow state lock {self.lock_key} is stuck (found with no expiry, or "
+                f"one past the lock timeout); writers are refused until it expires within "
+                f"{max(stuck_ms, 0) / 1000:g}s"
+            )
+
+    def _release_quietly(self, lock: _ReadingLock) -> None:
+        """Release a lock this process holds; if Redis does not answer, release it later."""
+        token = lock.local.token
+        if token is None:
+            return
+        try:
+            lock.release()
+        except LockNotOwnedError:
+            pass  # it expired, or the commit released it
+        except RedisError:
+            self._releaser.add(token)
+
+    def _release_tokens(self, tokens: list[bytes]) -> None:
+        """Delete the lock if one of `tokens` holds it (the lock releaser's work)."""
+        client = self._dedicated("releases")
+        self._scripts["release"](keys=[self.lock_key], args=tokens, client=client)
+
     def _events(self, stop: threading.Event) -> Iterator[Event]:
         backoff = 0.05
         while not stop.is_set():
@@ -598,6 +781,7 @@ class RedisStore(StateStore):
 
     def _close(self) -> None:
         if self._redis is not None:
+            self._releaser.stop.set()
             for client in self._dedicated_clients.values():
                 with suppress(RedisError):
                     client.close()
@@ -622,14 +806,6 @@ def _parse_event(data: bytes) -> Event:
         if end > 0 and text.startswith(marker, end):
             return Event(id=text[len(prefix) : end], json=text[end + len(marker) : -1])
     return Event(id="", json="null")
-
-
-def _release_quietly(lock: _ReadingLock) -> None:
-    if lock.local.token is None:
-        return
-    # If this fails the lock expires on its own after lock_timeout.
-    with suppress(RedisError):
-        lock.release()
 
 
 def _close_quietly(pubsub: Any, client: redis.Redis) -> None:
