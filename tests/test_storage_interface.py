@@ -46,6 +46,7 @@ def test_schemes_map_to_backends():
         "redis": RedisStore,
         "rediss": RedisStore,
         "unix": RedisStore,
+        "redis+sentinel": RedisStore,
         "file": FileStore,
         "fakeredis": FakeRedisStore,
     } == BACKENDS

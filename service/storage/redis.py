@@ -4,7 +4,10 @@ A write takes redis-py's Lock and reads the state and the version counter in the
 trip, applies the pure model in Python, then commits with one Lua script that is fenced on the
 counter (so a writer whose lock expired mid-write is refused, never lost), stamps the version,
 sets the TTL, publishes the event, records history and releases the lock. Two round trips in
-the locked section, whatever the write.
+the locked section, whatever the write. With WORKFLOW_STATE_MIN_REPLICAS, a WAIT rides in the
+commit's round trip, and a write the replicas did not confirm in time is answered as unavailable.
+
+Where Redis is (one server, or the master Sentinel names) is `redis_urls`'s business.
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import LockNotOwnedError, RedisError, ResponseError
+from redis.exceptions import LockNotOwnedError, NoScriptError, RedisError, ResponseError
 from redis.lock import Lock
 from redis.retry import Retry
 
@@ -42,6 +44,7 @@ from .base import (
     log,
 )
 from .batching import PendingWrite, ReadCoalescer, WriteCombiner
+from .redis_urls import TARGETS, RedisTarget, close_client, redis_target
 
 # Related keys are the state key plus one of these suffixes (README's key table lists them).
 LOCK_SUFFIX = "lock"
@@ -55,6 +58,15 @@ CORRUPT_SUFFIX = "corrupt"
 LOCK_POLL_SECONDS = 0.001
 # How often the lock releaser tries again while Redis does not answer.
 RELEASE_RETRY_SECONDS = 0.05
+# WAIT must answer (how many replicas confirmed) well before the socket's I/O timeout cuts it
+# off. Redis checks WAIT's deadline on its 10 Hz cron, so it answers up to this late; WAIT gets
+# half of what is left of the I/O timeout (200 ms of the default 500), but never less than a
+# quarter of it.
+WAIT_LATE_MS = 100
+
+
+class NotDurable(StorageUnavailable):
+    """A write ran on the master, but fewer replicas than required confirmed it in time."""
 
 
 def redis_key(base: str, *parts: str) -> str:
@@ -151,11 +163,14 @@ return v
 )
 
 # Release the lock if one of these tokens holds it (tokens whose holder lost Redis's answer).
+# A token may come bare (an acquire whose answer was lost) or as stored, stamped '<token>@<id>'.
 # KEYS: lock; ARGV: tokens.
 RELEASE_SCRIPT = """
 local holder = redis.pcall('GET', KEYS[1])
+if type(holder) ~= 'string' then return 0 end
+local token = string.match(holder, '^(.*)@%x*$') or holder
 for i = 1, #ARGV do
-  if holder == ARGV[i] then return redis.call('DEL', KEYS[1]) end
+  if holder == ARGV[i] or token == ARGV[i] then return redis.call('DEL', KEYS[1]) end
 end
 return 0
 """
@@ -286,19 +301,33 @@ class _LockReleaser:
 
 
 # Take the lock if it is free and, in the same round trip, read what it guards.
+# The lock's value is the token stamped with this master's replication id, '<token>@<id>'.
+# A lock already held by this token is this acquire's own: a call that ran but whose answer was
+# lost, sent again by redis-py's retry or by the Lock's polling. A lock stamped with another id
+# was taken on a master that has since been replaced (a failover promotes a replica with a new
+# id): its holder's hold ended with that master, so it is taken over instead of waited out
+# (waiting would block every writer for up to the lock timeout after a failover; the version
+# fence, not the lock, keeps a late commit of the old holder from losing an update). Any other
+# lock, stamped with this id or not stamped at all, is waited for.
 # KEYS: lock, state, seq; ARGV: token, lock timeout ms
 # Returns {0} when the lock is held, else {1, state or nil, seq, 1 if the state key holds a value
-# of another type}. A lock already held by this token is this acquire's own: a call that ran
-# but whose answer was lost, sent again by redis-py's retry or by the Lock's polling.
+# of another type, the lock value stored}.
 ACQUIRE_SCRIPT = (
     SHARED_LUA
     + """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if redis.pcall('GET', KEYS[1]) ~= ARGV[1] then
+local info = redis.pcall('INFO', 'replication')
+local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
+local value = ARGV[1] .. '@' .. master
+if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
+  local held = redis.pcall('GET', KEYS[1])
+  if type(held) ~= 'string' then held = '' end
+  local stamp = string.match(held, '@(%x+)$')
+  local own = (string.match(held, '^(.*)@%x*$') or held) == ARGV[1]
+  if not own and (not stamp or master == '' or stamp == master) then
     stuck(KEYS[1], ARGV[2])
     return {0}
   end
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 end
 local raw = redis.pcall('GET', KEYS[2])
 local wrong = 0
@@ -306,7 +335,7 @@ if type(raw) == 'table' and raw.err then
   raw = false
   wrong = 1
 end
-return {1, raw or false, counter(KEYS[3], raw), wrong}
+return {1, raw or false, counter(KEYS[3], raw), wrong, value}
 """
 )
 WRONG_TYPE = ResponseError("a Redis value that is not a string")
@@ -327,6 +356,14 @@ class _ReadingLock(Lock):
         self._read_keys = read_keys
         self._acquire_script = acquire_script
         self.read: tuple[Any, Any] = (None, None)
+        self._stored: bytes | None = None
+
+    def acquire(self, *args: Any, **kw: Any) -> bool:
+        """Acquire as redis-py does, then own the value the script stored (token@master id)."""
+        acquired = super().acquire(*args, **kw)
+        if acquired:
+            self.local.token = self._stored
+        return acquired
 
     def do_acquire(self, token: str) -> bool:
         """Set the lock if free and read the state and counter, in one script call."""
@@ -337,7 +374,7 @@ class _ReadingLock(Lock):
         )
         if not result[0]:
             return False
-        raw, seq, wrong_type = result[1], result[2], result[3]
+        raw, seq, wrong_type, self._stored = result[1], result[2], result[3], result[4]
         self.read = (WRONG_TYPE if wrong_type else raw, seq)
         return True
 
@@ -345,7 +382,7 @@ class _ReadingLock(Lock):
 class RedisStore(StateStore):
     """Keep the state in one Redis key; safe across processes and hosts."""
 
-    schemes = ("redis", "rediss", "unix")
+    schemes = tuple(TARGETS)
 
     def __init__(
         self,
@@ -355,7 +392,15 @@ class RedisStore(StateStore):
         **options: Any,
     ) -> None:
         super().__init__(url, **options)
+        scheme = url.partition("://")[0].lower()
+        # A subclass with a scheme of its own (fakeredis://) connects only through its factory.
+        self.target: RedisTarget | None = (
+            redis_target(url) if scheme in TARGETS or client_factory is None else None
+        )
         self._factory = client_factory
+        self.min_replicas = self.options.min_replicas
+        io_ms = int(self.io_timeout * 1000)
+        self._wait_ms = max((io_ms - WAIT_LATE_MS) // 2, io_ms // 4, 1)
         self._client_guard = threading.Lock()
         self._pid: int | None = None
         self._redis: redis.Redis | None = None
@@ -379,13 +424,8 @@ class RedisStore(StateStore):
             if retries
             else Retry(NoBackoff(), 0)
         )
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.io_timeout,
-            socket_connect_timeout=self.io_timeout,
-            retry=retry,
-            health_check_interval=10,
-        )
+        assert self.target is not None, "a store without a Redis URL connects through its factory"
+        return self.target.connect(io_timeout=self.io_timeout, retry=retry)
 
     def client(self) -> redis.Redis:
         """Return this process's client, creating it after a fork (gunicorn workers)."""
@@ -566,16 +606,11 @@ class RedisStore(StateStore):
                 args += [head, 1 if done else 0]
             try:
                 with _sent_once():
-                    first = self._scripts["commit"](
-                        keys=[
-                            self.key,
-                            self.seq_key,
-                            self.lock_key,
-                            self.events_key,
-                            self.history_key,
-                        ],
-                        args=args,
-                        client=lock.redis,
+                    first, replicas = self._replicated(
+                        lock.redis,
+                        "commit",
+                        [self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
+                        args,
                     )
             except RedisError as error:
                 # Whether it ran is unknown: answer 503 (never redo it), and free the lock
@@ -587,9 +622,18 @@ class RedisStore(StateStore):
             lock.local.token = None
             if first < 0:
                 return False
-            for offset, (new, (head, sealed)) in enumerate(zip(chain, encoded, strict=True)):
-                snapshots.append(self._committed(new, head, sealed, first + offset))
-                self.observer.wrote()
+            if self._confirmed(replicas):
+                for offset, (new, (head, sealed)) in enumerate(zip(chain, encoded, strict=True)):
+                    snapshots.append(self._committed(new, head, sealed, first + offset))
+                    self.observer.wrote()
+            else:
+                # Each write that changed the state is refused; refusals and no-ops stand.
+                answers = [
+                    (write, self._not_durable(replicas, f"the write of version {first + answer}"))
+                    if isinstance(answer, int) and answer >= 0
+                    else (write, answer)
+                    for write, answer in answers
+                ]
         else:
             self._release_quietly(lock)
         self._settle(answers, snapshots, self._served(stored, raw))
@@ -599,13 +643,55 @@ class RedisStore(StateStore):
         client = self.client()
         try:
             with _sent_once():
-                return int(
-                    self._scripts["delete"](
-                        keys=[self.key, self.seq_key, self.events_key], client=client
-                    )
+                version, replicas = self._replicated(
+                    client, "delete", [self.key, self.seq_key, self.events_key], []
                 )
         except RedisError as error:
             raise self._unavailable(error) from None
+        if not self._confirmed(replicas):
+            raise self._not_durable(replicas, f"the delete (version {version})")
+        return int(version)
+
+    def _replicated(
+        self, client: redis.Redis, script: str, keys: list[str], args: list[Any]
+    ) -> tuple[Any, int | None]:
+        """Run a write script; with MIN_REPLICAS, WAIT for the replicas in the same round trip.
+
+        Return the script's result and how many replicas confirmed it (None: not asked). WAIT
+        counts the writes of the connection it is sent on, so it is pipelined right behind the
+        script: one connection, one round trip. Callers send it once (`_sent_once`): a script
+        whose answer was lost is never run again.
+        """
+        code = self._scripts[script]
+        if not self.min_replicas:
+            return code(keys=keys, args=args, client=client), None
+        for _ in range(2):
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(code.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
+            result, replicas = pipe.execute(raise_on_error=False)
+            if isinstance(result, NoScriptError):
+                # A new master (failover, restart) has not cached the script yet.
+                client.script_load(code.script)
+                continue
+            for answer in (result, replicas):
+                if isinstance(answer, Exception):
+                    raise answer
+            return result, int(replicas)
+        raise NoScriptError(f"Redis keeps forgetting the {script} script")
+
+    def _confirmed(self, replicas: int | None) -> bool:
+        """Tell whether enough replicas confirmed a write (None: none were asked for)."""
+        return replicas is None or replicas >= self.min_replicas
+
+    def _not_durable(self, replicas: int | None, what: str) -> NotDurable:
+        """Describe a write that ran on the master but that too few replicas confirmed."""
+        return NotDurable(
+            f"Redis at {self._describe()}: {what} was applied on the master but may not be "
+            f"durable: only {replicas} of the {self.min_replicas} replicas "
+            f"WORKFLOW_STATE_MIN_REPLICAS requires confirmed it within {self._wait_ms} ms, and "
+            "a failover would lose it; read the state before retrying"
+        )
 
     def _history(self, limit: int) -> list[str]:
         try:
@@ -696,18 +782,18 @@ class RedisStore(StateStore):
     def _close(self) -> None:
         if self._redis is not None:
             self._releaser.stop.set()
-            for client in (*self._dedicated_clients.values(), self._redis):
+            for client in self._dedicated_clients.values():
                 with suppress(RedisError):
                     client.close()
+            with suppress(RedisError):
+                close_client(self._redis)
             self._redis = None
             self._pid = None
 
     def _describe(self) -> str:
-        parts = urlsplit(self.url)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc = f"{netloc}:{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        if self.target is None:
+            return f"{self.url.partition('://')[0]}://"
+        return self.target.describe()
 
 
 def _parse_event(data: bytes) -> Event:
@@ -725,4 +811,4 @@ def _parse_event(data: bytes) -> Event:
 def _close_quietly(pubsub: Any, client: redis.Redis) -> None:
     with suppress(RedisError):
         pubsub.close()
-        client.close()
+        close_client(client)
