@@ -167,6 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_LOCK_TIMEOUT", "LOCK_TIMEOUT", 5.0, _positive_float),
     Setting("WORKFLOW_STATE_LOCK_WAIT", "LOCK_WAIT", 1.0, _positive_float),
     Setting("WORKFLOW_STATE_IO_TIMEOUT", "IO_TIMEOUT", 0.5, _positive_float),
+    Setting("WORKFLOW_STATE_MIN_REPLICAS", "MIN_REPLICAS", 0, _non_negative_int),
     Setting("WORKFLOW_STREAM_KEEPALIVE", "STREAM_KEEPALIVE", 10.0, _positive_float),
     Setting("WORKFLOW_STEPS_FILE", "STEPS_FILE", None, _text),
     Setting("WORKFLOW_DEMO_STEP_SECONDS", "DEMO_STEP_SECONDS", 2.0, _non_negative_float),
@@ -244,6 +245,7 @@ class StoreOptions:
     lock_timeout: float = _option("LOCK_TIMEOUT")
     lock_wait: float = _option("LOCK_WAIT")
     io_timeout: float = _option("IO_TIMEOUT")
+    min_replicas: int = _option("MIN_REPLICAS")
     secret_keys: tuple[str, ...] = _option("STATE_SECRET_KEYS")
 
     @classmethod

@@ -162,9 +162,16 @@ class Hub:
         return self._count
 
     def subscribe(self, topic: Topic) -> Subscription:
-        """Register a new stream of `topic`; its inbox gets every change from now on."""
+        """Register a new stream of `topic`; its inbox gets every change from now on.
+
+        Raise StorageUnavailable when the hub has yet to subscribe and storage does not answer.
+        """
         self._ensure_running()
-        self._ready.wait(READY_WAIT_SECONDS)
+        if not self._ready.is_set():
+            # This worker's first stream. In an outage the hub cannot subscribe, and waiting
+            # for it, then for the snapshot, would take the 503 past the 2 s bound.
+            self.store.ping()
+            self._ready.wait(READY_WAIT_SECONDS)
         subscription = Subscription(topic)
         with self._guard:
             self._subscriptions.setdefault(topic, set()).add(subscription)

@@ -60,6 +60,7 @@ def test_schemes_map_to_backends():
         "rediss": RedisStore,
         "unix": RedisStore,
         "redis+cluster": RedisStore,
+        "redis+sentinel": RedisStore,
         "file": FileStore,
         "fakeredis": FakeRedisStore,
     } == BACKENDS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..config import StoreOptions
@@ -37,8 +38,8 @@ class UnknownBackend(ValueError):
 
 
 def open_store(url: str, options: StoreOptions | None = None, **extra: Any) -> StateStore:
-    """Create the backend that serves `url` (redis://, rediss://, unix://, redis+cluster://,
-    file://, fakeredis://)."""
+    """Create the backend that serves `url` (redis://, rediss://, unix://, redis+sentinel://,
+    redis+cluster://, file://, fakeredis://)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     backend = BACKENDS.get(scheme)
     if backend is None:
@@ -48,6 +49,11 @@ def open_store(url: str, options: StoreOptions | None = None, **extra: Any) -> S
         )
     if backend is not RedisStore:
         extra.pop("client_factory", None)
+        if replace(options or StoreOptions(), **extra).min_replicas:
+            raise ValueError(
+                "WORKFLOW_STATE_MIN_REPLICAS needs a Redis backend with replicas; "
+                f"{scheme}:// keeps a single copy"
+            )
     return backend(url, options=options, **extra)
 
 

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from .. import model
@@ -52,6 +51,7 @@ from .keys import Keys
 from .listing import Position, matches
 from .listing import score as score_of
 from .redis_scripts import SCRIPTS
+from .redis_urls import TARGETS, RedisTarget, close_client, redis_target
 
 # A batch holds a lock for well under a millisecond. Only one writer per workflow and process
 # polls at a time (the combiner queues the rest).
@@ -63,6 +63,16 @@ KNOWN_OWNERS_MAX = 4096
 IDLE_CONNECTIONS_MAX = 16
 # How often the lock releaser tries again while Redis does not answer.
 RELEASE_RETRY_SECONDS = 0.05
+# WAIT must answer (how many replicas confirmed) well before the socket's I/O timeout cuts it
+# off. Redis checks WAIT's deadline on its 10 Hz cron, so it answers up to this late; WAIT gets
+# half of what is left of the I/O timeout (200 ms of the default 500), but never less than a
+# quarter of it.
+WAIT_LATE_MS = 100
+
+
+class NotDurable(StorageUnavailable):
+    """A write ran on the master, but fewer replicas than required confirmed it in time."""
+
 
 _retrying = threading.local()
 
@@ -163,33 +173,6 @@ class _LockReleaser:
                     self._held.pop(held, None)
 
 
-CLUSTER_SCHEME = "redis+cluster"
-
-
-def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
-    """Parse `redis+cluster://[user[:password]@]host:port[,host:port...]`: the startup nodes,
-    the username and the password. Raise ValueError (never naming the password)."""
-    rest = url.partition("://")[2].partition("?")[0]
-    authority, _, path = rest.partition("/")
-    userinfo, _, hosts = authority.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, colon, secret = userinfo.partition(":")
-        username, password = unquote(user) or None, unquote(secret) if colon else None
-    if path not in ("", "0"):
-        raise ValueError("WORKFLOW_STATE_URL: a Redis Cluster has only database 0")
-    nodes = []
-    for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(
-                "WORKFLOW_STATE_URL: redis+cluster:// needs host:port for each node, separated "
-                "by commas"
-            )
-        nodes.append((host.strip("[]"), int(port)))
-    return nodes, username, password
-
-
 def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -202,7 +185,7 @@ def _held(raw: Any) -> list[Any]:
 class RedisStore(StateStore):
     """Keep every owner's workflows in Redis; safe across processes and hosts."""
 
-    schemes = ("redis", "rediss", "unix", CLUSTER_SCHEME)
+    schemes = tuple(TARGETS)
 
     def __init__(
         self,
@@ -213,10 +196,16 @@ class RedisStore(StateStore):
     ) -> None:
         super().__init__(url, **options)
         self.keys = Keys(self.prefix)
-        # A Redis Cluster: every key of an owner is in one slot, so each script runs on one node.
-        self.cluster = None
-        if url.partition("://")[0].lower() == CLUSTER_SCHEME:
-            self.cluster = cluster_nodes(url)
+        scheme = url.partition("://")[0].lower()
+        # Where Redis is (one server, Sentinel's master, a Cluster); parsed now, so a bad URL
+        # stops the server at start. A subclass with a scheme of its own (fakeredis://)
+        # connects only through its factory.
+        self.target: RedisTarget | None = (
+            redis_target(url) if scheme in TARGETS or client_factory is None else None
+        )
+        self.min_replicas = self.options.min_replicas
+        io_ms = int(self.io_timeout * 1000)
+        self._wait_ms = max((io_ms - WAIT_LATE_MS) // 2, io_ms // 4, 1)
         self._factory = client_factory
         self._client_guard = threading.Lock()
         self._pid: int | None = None
@@ -240,27 +229,11 @@ class RedisStore(StateStore):
             if retries
             else Retry(NoBackoff(), 0)
         )
-        if self.cluster is not None:
-            nodes, username, password = self.cluster
-            try:
-                # This asks the nodes for the slot map at once: down is a RedisError here.
-                return RedisCluster(
-                    startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-                    username=username,
-                    password=password,
-                    socket_timeout=self.io_timeout,
-                    socket_connect_timeout=self.io_timeout,
-                    retry=retry,
-                )
-            except RedisError as error:
-                raise self._unavailable(error) from None
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.io_timeout,
-            socket_connect_timeout=self.io_timeout,
-            retry=retry,
-            health_check_interval=10,
-        )
+        assert self.target is not None, "a store without a Redis URL connects through its factory"
+        try:
+            return self.target.connect(io_timeout=self.io_timeout, retry=retry)
+        except RedisError as error:  # a Cluster asks for its slot map at once
+            raise self._unavailable(error) from None
 
     def client(self) -> redis.Redis:
         """Return this process's client, creating it after a fork (gunicorn workers)."""
@@ -517,8 +490,10 @@ class RedisStore(StateStore):
         result: list[Any],
     ) -> bool:
         """Apply the batch to what the lock read and commit it; False if the fence refused it."""
-        _, locked, raw, wrong, current, other_raw, other_wrong, seq = result
+        _, locked, raw, wrong, current, other_raw, other_wrong, seq = result[:8]
         workflow_id, current = _text(locked), _text(current)
+        if len(result) > 8:
+            token = _text(result[8])  # the lock's value: the token, stamped with the master
         if workflow_id is None:
             # No current workflow: nothing was locked, and every write to it is refused.
             applied = self._apply_batch(Found(None, None, False, seq=_number(seq)), batch)
@@ -558,27 +533,21 @@ class RedisStore(StateStore):
             encoded, applied.finished, applied.makes_current, strict=True
         ):
             args += [head, 1 if done else 0, 1 if makes else 0]
+        keys = [
+            self.keys.current(owner),
+            self.keys.seq(owner),
+            self.keys.index(owner),
+            self.keys.history(owner),
+            self.keys.events(owner),
+        ]
         try:
-            first = int(
-                self._run(
-                    "commit",
-                    [
-                        self.keys.current(owner),
-                        self.keys.seq(owner),
-                        self.keys.index(owner),
-                        self.keys.history(owner),
-                        self.keys.events(owner),
-                    ],
-                    args,
-                    writer,
-                    once=True,
-                )
-            )
+            result, replicas = self._replicated(writer, "commit", keys, args)
         except StorageUnavailable:
             # Whether it ran is unknown: answer 503 (never redo it), and free the lock once
             # Redis answers, if the commit did not.
             self._releaser.add(owner, workflow_id, token)
             raise
+        first = int(result)
         if first == -1:
             return False
         if first == -2:
@@ -589,12 +558,70 @@ class RedisStore(StateStore):
             answers = [(w, a if isinstance(a, Exception) else refused) for w, a in applied.answers]
             self._settle(answers, [], unchanged)
             return True
+        if not self._confirmed(replicas):
+            # Each write that changed the state is refused; refusals and no-ops stand.
+            answers = [
+                (write, self._not_durable(replicas, f"the write of version {first + answer}"))
+                if isinstance(answer, int) and answer >= 0
+                else (write, answer)
+                for write, answer in applied.answers
+            ]
+            self._settle(answers, [], unchanged)
+            return True
         snapshots = []
         for offset, (new, (head, sealed)) in enumerate(zip(applied.chain, encoded, strict=True)):
             snapshots.append(self._committed(owner, new, head, sealed, first + offset))
             self.observer.wrote()
         self._settle(applied.answers, snapshots, unchanged)
         return True
+
+    def _replicated(
+        self, client: redis.Redis, script: str, keys: list[str], args: list[Any]
+    ) -> tuple[Any, int | None]:
+        """Run a write script once; with MIN_REPLICAS, WAIT for the replicas in the same round
+        trip.
+
+        Return the script's result and how many replicas confirmed it (None: not asked). WAIT
+        counts the writes of the connection it is sent on, so it is pipelined right behind the
+        script: one connection (on a Cluster, one to the node serving the owner's slot), one
+        round trip. Never sent again: a script whose answer was lost must not run twice.
+        """
+        if not self.min_replicas:
+            return self._run(script, keys, args, client, once=True), None
+        code = self._scripts[script]
+        if isinstance(client, RedisCluster):
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
+        try:
+            with _sent_once():
+                for _ in range(2):
+                    pipe = client.pipeline(transaction=False)
+                    pipe.evalsha(code.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
+                    result, replicas = pipe.execute(raise_on_error=False)
+                    if isinstance(result, NoScriptError):
+                        # A new master (failover, restart) has not cached the script yet.
+                        client.script_load(code.script)
+                        continue
+                    for answer in (result, replicas):
+                        if isinstance(answer, Exception):
+                            raise answer
+                    return result, int(replicas)
+                raise NoScriptError(f"Redis keeps forgetting the {script} script")
+        except RedisError as error:
+            raise self._unavailable(error) from None
+
+    def _confirmed(self, replicas: int | None) -> bool:
+        """Tell whether enough replicas confirmed a write (None: none were asked for)."""
+        return replicas is None or replicas >= self.min_replicas
+
+    def _not_durable(self, replicas: int | None, what: str) -> NotDurable:
+        """Describe a write that ran on the master but that too few replicas confirmed."""
+        return NotDurable(
+            f"Redis at {self._describe()}: {what} was applied on the master but may not be "
+            f"durable: only {replicas} of the {self.min_replicas} replicas "
+            f"WORKFLOW_STATE_MIN_REPLICAS requires confirmed it within {self._wait_ms} ms, and "
+            "a failover would lose it; read the state before retrying"
+        )
 
     def _register_owner(self, owner: str) -> None:
         """Add the owner to the owners set (another slot, so not in the commit script)."""
@@ -641,9 +668,12 @@ class RedisStore(StateStore):
         # Through the pool, whose checkout finds a connection Redis closed (a restart): sent
         # once, never retried, this must not be the call that discovers it.
         args = [self.keys.base(owner), workflow_id or ""]
-        version = int(self._run("delete", keys, args, self._started(), once=True))
+        result, replicas = self._replicated(self._started(), "delete", keys, args)
+        version = int(result)
         if version < 0:
             raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
+        if not self._confirmed(replicas):
+            raise self._not_durable(replicas, f"the delete (version {version})")
         return version
 
     def _quarantine(
@@ -803,21 +833,18 @@ class RedisStore(StateStore):
     def _close(self) -> None:
         if self._redis is not None:
             self._releaser.stop.set()
-            for client in (*self._idle, self._redis):
+            for client in self._idle:
                 with suppress(RedisError):
                     client.close()
+            with suppress(RedisError):
+                close_client(self._redis)
             self._redis = None
             self._pid = None
 
     def _describe(self) -> str:
-        if self.cluster is not None:
-            hosts = ",".join(f"{host}:{port}" for host, port in self.cluster[0])
-            return f"{CLUSTER_SCHEME}://{hosts}"
-        parts = urlsplit(self.url)
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc = f"{netloc}:{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        if self.target is None:
+            return f"{self.url.partition('://')[0]}://"
+        return self.target.describe()
 
 
 def _number(value: Any) -> int | None:
@@ -861,4 +888,4 @@ def _parse_event(owner: str, data: bytes) -> Event:
 def _close_quietly(pubsub: Any, client: redis.Redis) -> None:
     with suppress(RedisError):
         pubsub.close()
-        client.close()
+        close_client(client)

@@ -92,14 +92,19 @@ return {id, raw, wrong, seq}
 """
 )
 
-# Take a workflow's lock if it is free (or already ours: a call that ran but whose answer was
-# lost, sent again) and, in the same round trip, read what it guards. A stuck lock is given the
-# lock timeout (see `stuck`), so it ends in time.
+# Take a workflow's lock if it is free and, in the same round trip, read what it guards. The
+# lock's value is the token stamped with this master's replication id, '<token>@<id>'. A lock
+# held by this token is this acquire's own (a call that ran but whose answer was lost, sent
+# again). A lock stamped with another id was taken on a master that has since been replaced (a
+# failover promotes a replica with a new id): its holder's hold ended with that master, so it is
+# taken over rather than waited out (the fence, not the lock, keeps a late commit of the old
+# holder from losing an update). Any other lock is waited for; a stuck one is given the lock
+# timeout (see `stuck`), so it ends in time.
 # KEYS[1]: current. ARGV: token, lock ms, key base, workflow id ('' = the current one), 1 to also
 # read the current workflow when it is another one.
 # Returns {0} when another writer holds the lock, else
 # {1, id or false (no current workflow: nothing locked), state, wrong, current id,
-#  current state, current wrong, seq}.
+#  current state, current wrong, seq, the lock's value}.
 ACQUIRE = (
     _HELPERS
     + """
@@ -110,24 +115,31 @@ if id == '' then
   id = current
 end
 local lock = base .. 'lock:' .. id
-if not redis.call('SET', lock, token, 'NX', 'PX', ms) then
-  if text(lock) ~= token then
+local info = redis.pcall('INFO', 'replication')
+local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
+local value = token .. '@' .. master
+if not redis.call('SET', lock, value, 'NX', 'PX', ms) then
+  local held = text(lock) or ''
+  local stamp = string.match(held, '@(%x+)$')
+  local own = (string.match(held, '^(.*)@%x*$') or held) == token
+  if not own and (not stamp or master == '' or stamp == master) then
     stuck(lock, ms)
     return {0}
   end
-  redis.call('PEXPIRE', lock, ms)
+  redis.call('SET', lock, value, 'PX', ms)
 end
 local raw, wrong = read(base .. 'state:' .. id)
 local other, other_wrong = false, 0
 if ARGV[5] == '1' and current and current ~= id then
   other, other_wrong = read(base .. 'state:' .. current)
 end
-return {1, id, raw, wrong, current or false, other, other_wrong, text(base .. 'seq')}
+return {1, id, raw, wrong, current or false, other, other_wrong, text(base .. 'seq'), value}
 """
 )
 
 # Release a workflow's lock if one of these tokens holds it (ours, or tokens whose holder lost
-# Redis's answer). KEYS[1]: current. ARGV: key base, workflow id ('' = the current one), tokens.
+# Redis's answer); a token may come bare or as stored, stamped '<token>@<id>'.
+# KEYS[1]: current. ARGV: key base, workflow id ('' = the current one), tokens.
 RELEASE = (
     _HELPERS
     + """
@@ -136,8 +148,10 @@ if id == '' then id = text(KEYS[1]) end
 if not id then return 0 end
 local lock = ARGV[1] .. 'lock:' .. id
 local holder = text(lock)
+if not holder then return 0 end
+local bare = string.match(holder, '^(.*)@%x*$') or holder
 for i = 3, #ARGV do
-  if holder == ARGV[i] then return redis.call('DEL', lock) end
+  if holder == ARGV[i] or bare == ARGV[i] then return redis.call('DEL', lock) end
 end
 return 0
 """
@@ -158,7 +172,8 @@ return false
 )
 
 # Commit a batch of new states of one workflow, in order, each with the owner's next version,
-# its own event and history entry; fenced on our lock token and on the workflow's state being
+# its own event and history entry; fenced on our lock (its value as the acquire stored it) and
+# on the workflow's state being
 # the one read (and, for an If-Match on the current workflow, on that one too). Releases the
 # lock in every case.
 # KEYS: current, seq, index, history, events.

@@ -99,8 +99,7 @@ def test_owners_spread_over_the_nodes_and_each_owner_stays_on_one(cluster: Redis
         store.close()
 
 
-def test_a_bad_cluster_url_is_refused_at_start():
-    for url in ("redis+cluster://", "redis+cluster://host", "redis+cluster://h:1/3"):
-        with pytest.raises(ValueError, match="WORKFLOW_STATE_URL"):
-            RedisStore(url)
+def test_a_bad_cluster_url_is_refused_when_the_store_is_made():
+    with pytest.raises(ValueError, match="WORKFLOW_STATE_URL"):
+        RedisStore("redis+cluster://host")
     assert "s3cret" not in RedisStore("redis+cluster://u:s3cret@h:1,k:2").describe()
