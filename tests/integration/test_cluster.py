@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service.storage import RedisStore, StateStore
+from service.storage import RedisStore, StateStore, StorageUnavailable
 from tests.conftest import steps
 from tests.contract.owner_store_contract import OwnerStoreContract
 from tests.support.cluster import RedisCluster, cluster_missing
@@ -103,3 +103,19 @@ def test_a_bad_cluster_url_is_refused_when_the_store_is_made():
     with pytest.raises(ValueError, match="WORKFLOW_STATE_URL"):
         RedisStore("redis+cluster://host")
     assert "s3cret" not in RedisStore("redis+cluster://u:s3cret@h:1,k:2").describe()
+
+
+def test_min_replicas_waits_on_the_node_serving_the_owner(cluster: RedisCluster):
+    """No node of this Cluster has a replica: the WAIT behind each commit, sent to the owner's
+    node, finds none, and the write answers that it may not be durable (it ran)."""
+    cluster.flush()
+    store = RedisStore(cluster.url, min_replicas=1, io_timeout=0.25)
+    try:
+        with pytest.raises(StorageUnavailable, match="0 of the 1 replicas"):
+            store.create("alice", {"workflow_id": "wf", "steps": steps(1)})
+        assert store.get("alice", "wf").state is not None
+        with pytest.raises(StorageUnavailable, match="may not be durable"):
+            store.delete("alice", "wf")
+        assert store.get("alice", "wf").state is None
+    finally:
+        store.close()
