@@ -153,12 +153,20 @@ def test_a_lock_left_by_an_acquire_given_up_on_is_released_once_redis_answers(
     """
     lost = layout.current(RedisStore(proxy.url, lock_timeout=5))
     other = layout.current(RedisStore(redis_server.url, lock_timeout=5, lock_wait=0.2))
+    # Redis tells of every SET and DEL of the lock: the releaser may free it (its command runs
+    # at once, only the answers are held) before this test could look for it.
+    redis.config_set("notify-keyspace-events", "K$g")
+    changes = redis.pubsub(ignore_subscribe_messages=True)
+    changes.psubscribe(f"__keyspace@*__:{LOCK}")
     try:
         lost.save({"workflow_id": "wf", "steps": steps(2)})
+        while changes.get_message(timeout=0.2) is not None:
+            pass  # the save's own lock
         back = proxy.stall(2.0)
         with pytest.raises(StorageUnavailable):
             lost.update_step(0, {"status": "completed"})
-        assert redis.exists(LOCK), "the acquire ran in Redis"
+        taken = wait_until(lambda: changes.get_message(timeout=0.1), timeout=5)
+        assert taken["data"] == b"set", "the acquire ran in Redis"
         wait_until(lambda: time.monotonic() > back, timeout=5)
 
         def other_writes() -> bool:
@@ -171,6 +179,8 @@ def test_a_lock_left_by_an_acquire_given_up_on_is_released_once_redis_answers(
         wait_until(other_writes, timeout=10, interval=0.01)
         assert time.monotonic() - back < RECOVERY_BUDGET
     finally:
+        changes.close()
+        redis.config_set("notify-keyspace-events", "")
         lost.close()
         other.close()
 
