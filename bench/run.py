@@ -1,9 +1,15 @@
-"""Benchmark the state routes against a bare route of the same server, in one run.
+"""Benchmark the service's routes against two references and a bare route, in one run.
 
-`make bench` starts a private redis-server and the real gunicorn with the shipped config, loads
-each route with wrk (Debian's package) or, without it, a built-in load generator, and prints
-ratios to `/healthz` measured in the same run, plus peak RSS per worker and the live-update
-figures. It writes the results to docs/benchmarks.md and exits 1 if a budget is missed.
+`make bench` starts a private redis-server and, all at once, the real gunicorn with the shipped
+config serving the service on Redis, the service on the file backend, and the two references of
+bench/references.py (a bare Flask hello; a naive GET that reads the state file on every request).
+It loads each route with wrk (Debian's package) or, without it, a built-in load generator, the
+routes of every server taking turns, and prints each route's ratio to the same run's `/healthz`
+and to both references, RSS per worker and the live-update figures. It writes the results to
+docs/benchmarks.md and exits 1 if a budget is missed.
+
+Routes, budgets and probes are data (ROUTES, BUDGETS, PROBES): a route of a later issue is listed
+with `pending=` and its budget is reported as pending until the route exists.
 """
 
 from __future__ import annotations
