@@ -211,6 +211,8 @@ class Run:
     requests: int
     errors: int
     extra: dict = field(default_factory=dict)
+    # CPU time (user + system) the server's workers spent per request, in µs.
+    cpu_us: float = 0.0
 
 
 # --- load generators -----------------------------------------------------------------------
@@ -330,6 +332,15 @@ def builtin_run(base: str, route: Route, seconds: float, connections: int) -> Ru
 # --- the server under test -----------------------------------------------------------------
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time (user + system) the processes have used so far, in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(server: Gunicorn) -> tuple[float, float]:
     """Return the largest RSS now (VmRSS) and at peak (VmHWM) among the server's workers, in MB."""
     now, peak = [], []
@@ -399,7 +410,10 @@ def measure_round(name: str, target: Target, seconds: float, connections: int, g
         generator(base, route, 1, connections)  # warm-up
         if route.method == "PATCH":
             before = http("GET", base + "/workflow/state")[2]["state"]["version"]
+        workers = target.server.worker_pids()
+        cpu_before = cpu_seconds(workers)
         run = generator(base, route, seconds, connections)
+        run.cpu_us = (cpu_seconds(workers) - cpu_before) / max(run.requests, 1) * 1e6
         target.samples.setdefault(route_name, []).append(run)
         if route.method == "PATCH":
             check = check_no_lost_update(base, route_name, run, before)
@@ -460,7 +474,10 @@ def bench(
 
 
 def median_run(runs: list[Run]) -> Run:
-    """Return the run with the median req/s, with the errors of every run added up."""
+    """Return the run with the median req/s, with the errors of every run added up.
+
+    Its CPU per request is the median of every run's, on its own.
+    """
     ordered = sorted(runs, key=lambda run: run.rps)
     middle = ordered[len(ordered) // 2]
     return Run(
@@ -470,6 +487,7 @@ def median_run(runs: list[Run]) -> Run:
         middle.requests,
         sum(run.errors for run in runs),
         middle.extra,
+        statistics.median(run.cpu_us for run in runs),
     )
 
 
@@ -775,11 +793,16 @@ def render(
         "Flask hello, and the naive file GET. The state is the reference workflow (the six "
         "VastAI setup steps, about 700 bytes; the naive GET's file holds the same state), except "
         "for 'PATCH distinct steps', whose sixteen clients need sixteen steps.",
+        "CPU µs/req: the CPU time (user + system) the server's gunicorn workers spent per "
+        "request, median of the rounds (redis-server's own time not included). On a machine "
+        "shared with other work it moves much less than req/s: it is what to compare when "
+        "measuring a change of the per-request path.",
         "",
         "## References",
         "",
-        "| reference | route | req/s | p50 ms | p99 ms | errors | RSS per worker after (peak) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| reference | route | req/s | CPU µs/req | p50 ms | p99 ms | errors | RSS per worker "
+        "after (peak) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in REFERENCE_ROUTES:
         if name not in results:
@@ -788,8 +811,8 @@ def render(
         for route, run in result["runs"].items():
             lines.append(
                 f"| {TARGET_TITLES[name]} | {REFERENCE_ROUTES[name][route].path} | "
-                f"{run.rps:,.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} | "
-                f"{result['rss']:.1f} MB ({result['peak_rss']:.1f}) |"
+                f"{run.rps:,.0f} | {run.cpu_us:.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | "
+                f"{run.errors} | {result['rss']:.1f} MB ({result['peak_rss']:.1f}) |"
             )
     lines.append("")
     for backend in ("redis", "file"):
@@ -799,16 +822,16 @@ def render(
         lines += [
             f"## {backend} backend",
             "",
-            "| route | req/s | / `/healthz` | / bare Flask | / naive GET | p50 ms | p99 ms "
-            "| errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| route | req/s | / `/healthz` | / bare Flask | / naive GET | CPU µs/req | p50 ms "
+            "| p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for route, run in result["runs"].items():
             figure = (backend, route)
             lines.append(
                 f"| {route} | {run.rps:,.0f} | {ratio(results, figure, healthz(backend)):.2f} | "
                 f"{ratio(results, figure, HELLO):.2f} | {ratio(results, figure, NAIVE):.2f} | "
-                f"{run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} |"
+                f"{run.cpu_us:.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} |"
             )
         lines += [
             "",
