@@ -1,14 +1,21 @@
-"""Benchmark the state routes against a bare route of the same server, in one run.
+"""Benchmark the service's routes against two references and a bare route, in one run.
 
-`make bench` starts a private redis-server and the real gunicorn with the shipped config, loads
-each route with wrk (Debian's package) or, without it, a built-in load generator, and prints
-ratios to `/healthz` measured in the same run, plus peak RSS per worker and the live-update
-figures. It writes the results to docs/benchmarks.md and exits 1 if a budget is missed.
+`make bench` starts a private redis-server and, all at once, the real gunicorn with the shipped
+config serving the service on Redis, the service on the file backend, and the two references of
+bench/references.py (a bare Flask hello; a naive GET that reads the state file on every request).
+It loads each route with wrk (Debian's package) or, without it, a built-in load generator, the
+routes of every server taking turns, and prints each route's ratio to the same run's `/healthz`
+and to both references, RSS per worker and the live-update figures. It writes the results to
+docs/benchmarks.md and exits 1 if a budget is missed.
+
+Routes, budgets and probes are data (ROUTES, BUDGETS, PROBES): a route of a later issue is listed
+with `pending=` and its budget is reported as pending until the route exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -22,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.client import HTTPConnection
@@ -56,31 +64,113 @@ WIDE_WORKFLOW = dict(
     WORKFLOW,
     steps=[{"action": f"step_{i}", "label": f"Step {i}", "status": "pending"} for i in range(16)],
 )
-# route name -> (method, path, body or None, wrk lua mode)
-ROUTES = {
-    "healthz": ("GET", "/healthz", None, None),
-    "GET state": ("GET", "/workflow/state", None, None),
-    "summary": ("GET", "/workflow/state/summary", None, None),
-    "POST": ("POST", "/workflow/state", WORKFLOW, None),
-    "PATCH same step": (
-        "PATCH",
-        "/workflow/state/steps/1",
-        {"status": "in_progress", "data": {"progress": 42}},
-        None,
+
+
+@dataclass(frozen=True)
+class Route:
+    """One request wrk repeats, and what the server must hold before it."""
+
+    method: str
+    path: str
+    body: dict | None = None
+    # "distinct": each connection patches its own step (DISTINCT_LUA); None: the same request.
+    mode: str | None = None
+    # The state stored (DELETE, then POST /workflow/state) before each round on the service.
+    seed: dict | None = field(default_factory=lambda: WORKFLOW)
+    # Called once with the server's base URL before the first round (e.g. store 1,000 workflows).
+    prepare: Callable[[str], None] | None = None
+    # Why the route cannot be measured yet: listed, budgeted, reported as pending, never loaded.
+    pending: str | None = None
+
+
+def store_workflows(count: int) -> Callable[[str], None]:
+    """Return a `prepare` that creates `count` more workflows (409 for one there is fine)."""
+
+    def prepare(base: str) -> None:
+        for n in range(count):
+            body = dict(WORKFLOW, workflow_id=f"bench-list-{n:04d}")
+            status = http("POST", base + "/workflows", body)[0]
+            if status not in (201, 409):
+                raise RuntimeError(f"POST /workflows answered {status} storing workflow {n}")
+
+    return prepare
+
+
+# The service's routes, measured on every backend. `pending` routes are placeholders for §8 and
+# §9 (issues 10 and 11): delete the `pending=` argument once the route exists.
+ROUTES: dict[str, Route] = {
+    "healthz": Route("GET", "/healthz"),
+    "GET state": Route("GET", "/workflow/state"),
+    "summary": Route("GET", "/workflow/state/summary"),
+    "POST": Route("POST", "/workflow/state", WORKFLOW),
+    "PATCH same step": Route(
+        "PATCH", "/workflow/state/steps/1", {"status": "in_progress", "data": {"progress": 42}}
     ),
-    "PATCH distinct steps": ("PATCH", "/workflow/state/steps/", None, "distinct"),
+    "PATCH distinct steps": Route(
+        "PATCH", "/workflow/state/steps/", mode="distinct", seed=WIDE_WORKFLOW
+    ),
+    # --- §8 (issue 10) ---------------------------------------------------------------------
+    # The seed's POST /workflow/state creates workflow "bench" and makes it the current one.
+    "GET workflow": Route("GET", "/workflows/bench", pending="§8: GET /workflows/<id> is missing"),
+    # 999 more, plus "bench": 1,000 stored, the default WORKFLOW_STATE_MAX_WORKFLOWS.
+    "list 50 of 1,000": Route(
+        "GET",
+        "/workflows?limit=50",
+        prepare=store_workflows(999),
+        pending="§8: GET /workflows is missing",
+    ),
 }
+
+# The two references, each its own server with the same gunicorn config (bench/references.py).
+HELLO = ("hello", "healthz")
+NAIVE = ("naive", "GET state")
+REFERENCE_ROUTES: dict[str, dict[str, Route]] = {
+    "hello": {"healthz": Route("GET", "/healthz", seed=None)},
+    "naive": {"GET state": Route("GET", "/workflow/state", seed=None)},
+}
+TARGET_TITLES = {
+    "redis": "the service, Redis backend",
+    "file": "the service, file backend",
+    "hello": "bare Flask hello",
+    "naive": "naive file GET",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`figure` req/s divided by `reference` req/s, both (target, route) of the same run."""
+
+    figure: tuple[str, str]
+    reference: tuple[str, str]
+    minimum: float
+    zero_errors: bool = False
+
+
+def healthz(backend: str) -> tuple[str, str]:
+    """Name the service's /healthz on `backend`."""
+    return (backend, "healthz")
+
+
+# Issue 13's budgets, then those of §8 (issue 10). A budget on a pending route is reported as
+# pending until the route is measured.
 BUDGETS = [
-    # (backend, route, minimum ratio to healthz req/s)
-    ("redis", "GET state", 0.80),
-    ("redis", "summary", 0.80),
-    ("redis", "POST", 0.45),
-    ("redis", "PATCH same step", 0.35),
-    ("file", "GET state", 0.70),
+    Budget(healthz("redis"), HELLO, 0.90),
+    Budget(("redis", "GET state"), NAIVE, 1.00),
+    Budget(("file", "GET state"), NAIVE, 1.10),
+    Budget(("redis", "summary"), healthz("redis"), 0.85),
+    Budget(("redis", "POST"), healthz("redis"), 0.45, zero_errors=True),
+    Budget(("redis", "PATCH same step"), healthz("redis"), 0.40, zero_errors=True),
+    # --- §8 (issue 10) ---------------------------------------------------------------------
+    Budget(("redis", "GET workflow"), NAIVE, 1.00),
+    Budget(("file", "GET workflow"), NAIVE, 1.10),
+    Budget(("redis", "list 50 of 1,000"), healthz("redis"), 0.30),
 ]
-RSS_BUDGET_MB = 80
+# Resident memory of each service worker once the load is over (after the rounds).
+RSS_BUDGET_MB = 60
 PROPAGATION_BUDGET_MS = 100
 STREAM_GET_BUDGET = 2.0
+WORKERS = int(os.environ.get("WEB_CONCURRENCY", 2))
+SERVICE_APP = "service.wsgi:app"
 
 DISTINCT_LUA = """
 local threads = {}
@@ -121,6 +211,8 @@ class Run:
     requests: int
     errors: int
     extra: dict = field(default_factory=dict)
+    # CPU time (user + system) the server's workers spent per request, in µs.
+    cpu_us: float = 0.0
 
 
 # --- load generators -----------------------------------------------------------------------
@@ -137,9 +229,9 @@ def _ms(text: str) -> float:
     return value
 
 
-def wrk_run(base: str, route: str, seconds: float, connections: int) -> Run:
+def wrk_run(base: str, route: Route, seconds: float, connections: int) -> Run:
     """Load one route with wrk."""
-    method, path, body, mode = ROUTES[route]
+    method, path, body, mode = route.method, route.path, route.body, route.mode
     threads = 2
     if mode == "distinct":
         lua = DISTINCT_LUA
@@ -183,9 +275,9 @@ def wrk_run(base: str, route: str, seconds: float, connections: int) -> Run:
     return Run(rps, p50, p99, requests, errors, extra)
 
 
-def builtin_run(base: str, route: str, seconds: float, connections: int) -> Run:
+def builtin_run(base: str, route: Route, seconds: float, connections: int) -> Run:
     """Load one route with keep-alive http.client connections in threads (no wrk here)."""
-    method, path, body, mode = ROUTES[route]
+    method, path, body, mode = route.method, route.path, route.body, route.mode
     host, port = base.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors = 0
@@ -240,13 +332,23 @@ def builtin_run(base: str, route: str, seconds: float, connections: int) -> Run:
 # --- the server under test -----------------------------------------------------------------
 
 
-def peak_rss_mb(server: Gunicorn) -> float:
-    """Return the largest peak RSS (VmHWM) among the server's workers, in MB."""
-    peaks = []
+def cpu_seconds(pids: list[int]) -> float:
+    """Return the CPU time (user + system) the processes have used so far, in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(server: Gunicorn) -> tuple[float, float]:
+    """Return the largest RSS now (VmRSS) and at peak (VmHWM) among the server's workers, in MB."""
+    now, peak = [], []
     for pid in server.worker_pids():
         status = Path(f"/proc/{pid}/status").read_text()
-        peaks.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)
-    return max(peaks)
+        now.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024)
+        peak.append(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024)
+    return max(now), max(peak)
 
 
 def check_no_lost_update(base: str, route: str, run: Run, before: int) -> str:
@@ -266,46 +368,116 @@ def check_no_lost_update(base: str, route: str, run: Run, before: int) -> str:
     )
 
 
-def bench_backend(
-    backend: str, url: str, seconds: float, connections: int, rounds: int, generator
-) -> dict:
-    """Measure every route on one backend; return {route: Run} plus rss and checks.
+@dataclass
+class Target:
+    """One server of the run: the service on one backend, or a reference app."""
 
-    The routes take turns for `rounds` rounds and each route's median round is reported, so a
-    noisy moment on a shared machine moves one sample, not the ratio.
+    app: str
+    env: dict[str, str]
+    routes: dict[str, Route]
+    server: Gunicorn | None = None
+    samples: dict[str, list[Run]] = field(default_factory=dict)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def live_routes(self) -> dict[str, Route]:
+        """Return the routes that can be measured (not pending)."""
+        return {name: route for name, route in self.routes.items() if not route.pending}
+
+    def start(self) -> None:
+        """Start the server and warm each worker up."""
+        self.server = Gunicorn(self.env, workers=WORKERS, app=self.app).start()
+        wait_for_workers(self.server, next(iter(self.live_routes.values())).path)
+        for route in self.live_routes.values():
+            if route.prepare is not None:
+                route.prepare(self.server.url)
+
+
+def service_target(url: str) -> Target:
+    """Return the service on the backend `url` names, with every route of ROUTES."""
+    # A 0 s step simulator: the run-overhead probe measures the engine, not a pretend step.
+    env = {"WORKFLOW_STATE_URL": url, "WORKFLOW_DEMO_STEP_SECONDS": "0"}
+    return Target(SERVICE_APP, env, ROUTES)
+
+
+def measure_round(name: str, target: Target, seconds: float, connections: int, generator) -> None:
+    """Load each of the target's routes once, adding one sample to each."""
+    base = target.server.url
+    for route_name, route in target.live_routes.items():
+        if route.seed is not None:
+            http("DELETE", base + "/workflow/state")
+            http("POST", base + "/workflow/state", route.seed)
+        generator(base, route, 1, connections)  # warm-up
+        if route.method == "PATCH":
+            before = http("GET", base + "/workflow/state")[2]["state"]["version"]
+        workers = target.server.worker_pids()
+        cpu_before = cpu_seconds(workers)
+        run = generator(base, route, seconds, connections)
+        run.cpu_us = (cpu_seconds(workers) - cpu_before) / max(run.requests, 1) * 1e6
+        target.samples.setdefault(route_name, []).append(run)
+        if route.method == "PATCH":
+            check = check_no_lost_update(base, route_name, run, before)
+            label = f"{name} {route_name}"
+            if "LOST" in check or not any(c.startswith(label) for c in target.checks):
+                target.checks.append(f"{label}: {check}")
+
+
+def write_naive_state(path: Path, service: Target) -> None:
+    """Give the naive GET's file the state the service answers for the reference workflow."""
+    http("POST", service.server.url + "/workflow/state", WORKFLOW)
+    state = http("GET", service.server.url + "/workflow/state")[2]["state"]
+    path.write_text(json.dumps(state))
+
+
+def bench(
+    targets: dict[str, Target],
+    seconds: float,
+    connections: int,
+    rounds: int,
+    generator,
+    ready: Callable[[], None] = lambda: None,
+) -> dict[str, dict]:
+    """Measure every route of every target, all servers up at once; return each one's figures.
+
+    Every target's routes take turns for `rounds` rounds (the references among them) and each
+    route's median round is reported, so a noisy moment on a shared machine moves one sample,
+    not a ratio.
     """
-    server = Gunicorn(
-        {"WORKFLOW_STATE_URL": url}, workers=int(os.environ.get("WEB_CONCURRENCY", 2))
-    )
-    server.start()
-    samples: dict[str, list[Run]] = {route: [] for route in ROUTES}
-    checks: list[str] = []
+    results: dict[str, dict] = {}
     try:
-        wait_for_workers(server)
-        for _ in range(rounds):
-            for route in ROUTES:
-                seed = WIDE_WORKFLOW if route == "PATCH distinct steps" else WORKFLOW
-                http("DELETE", server.url + "/workflow/state")
-                http("POST", server.url + "/workflow/state", seed)
-                generator(server.url, route, 1, connections)  # warm-up
-                before = http("GET", server.url + "/workflow/state")[2]["state"]["version"]
-                run = generator(server.url, route, seconds, connections)
-                samples[route].append(run)
-                if route.startswith("PATCH"):
-                    check = check_no_lost_update(server.url, route, run, before)
-                    if "LOST" in check or not any(
-                        c.startswith(f"{backend} {route}") for c in checks
-                    ):
-                        checks.append(f"{backend} {route}: {check}")
-        rss = peak_rss_mb(server)
+        for target in targets.values():
+            target.start()
+        ready()
+        for number in range(rounds):
+            print(f"round {number + 1} of {rounds}...", flush=True)
+            for name, target in targets.items():
+                measure_round(name, target, seconds, connections, generator)
+        for name, target in targets.items():
+            rss, peak = rss_mb(target.server)
+            probes = {
+                probe.name: probe.measure(target.server)
+                for probe in PROBES
+                if probe.target == name and not probe.pending
+            }
+            results[name] = {
+                "runs": {route: median_run(runs) for route, runs in target.samples.items()},
+                "rss": rss,
+                "peak_rss": peak,
+                "checks": target.checks,
+                "probes": probes,
+            }
     finally:
-        server.stop()
-    results = {route: median_run(runs) for route, runs in samples.items()}
-    return {"runs": results, "rss": rss, "checks": checks}
+        for target in targets.values():
+            if target.server is not None:
+                target.server.stop()
+    return results
 
 
 def median_run(runs: list[Run]) -> Run:
-    """Return the run with the median req/s, with the errors of every run added up."""
+    """Return the run with the median req/s, with the errors of every run added up.
+
+    Its CPU per request is the median of every run's, on its own.
+    """
     ordered = sorted(runs, key=lambda run: run.rps)
     middle = ordered[len(ordered) // 2]
     return Run(
@@ -315,17 +487,99 @@ def median_run(runs: list[Run]) -> Run:
         middle.requests,
         sum(run.errors for run in runs),
         middle.extra,
+        statistics.median(run.cpu_us for run in runs),
     )
 
 
-def wait_for_workers(server: Gunicorn) -> None:
+def wait_for_workers(server: Gunicorn, path: str = "/workflow/state") -> None:
     """Wait until every worker has booted, so the first run isn't measuring start-up."""
     wanted = int(server.env["WEB_CONCURRENCY"])
     deadline = time.monotonic() + 20
     while len(server.worker_pids()) < wanted and time.monotonic() < deadline:
         time.sleep(0.05)
     for _ in range(50):
-        http("GET", server.url + "/workflow/state")
+        http("GET", server.url + path)
+
+
+# --- figures that are not req/s ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A figure measured once on a target's running server after the rounds, with a maximum."""
+
+    target: str
+    name: str
+    measure: Callable[[Gunicorn], float]
+    maximum: float
+    unit: str
+    pending: str | None = None
+
+
+def step_overhead_ms(server: Gunicorn, steps: int = 100) -> float:
+    """Run a workflow of `steps` 0 s simulator steps; return the median gap between completions.
+
+    Contract §9. The gaps are read from the workflow's stream as each step completes, so they
+    are the engine's own time per step: claiming, the step call, the fenced writes, the lease.
+    On Redis the runs need a worker (`python -m service worker`); the file backend runs them in
+    the web processes.
+    """
+    worker = None
+    if not server.env["WORKFLOW_STATE_URL"].startswith("file:"):
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"],
+            cwd=ROOT,
+            env=server.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        body = dict(
+            WORKFLOW,
+            workflow_id="bench-run",
+            steps=[dict(STEPS[n % len(STEPS)]) for n in range(steps)],
+        )
+        http("DELETE", server.url + "/workflows/bench-run")
+        if http("POST", server.url + "/workflows", body)[0] != 201:
+            raise RuntimeError("POST /workflows refused the run probe's workflow")
+        host, port = server.url.removeprefix("http://").split(":")
+        stream = HTTPConnection(host, int(port), timeout=30)
+        stream.request("GET", "/workflows/bench-run/stream")
+        events = stream.getresponse()
+        completed_at = [time.perf_counter()]  # the first gap is the run's start to step 0
+        if http("POST", server.url + "/workflows/bench-run/run")[0] != 202:
+            raise RuntimeError("POST /workflows/bench-run/run did not start a run")
+        while len(completed_at) <= steps:
+            line = events.readline()
+            if not line:
+                raise RuntimeError("the run probe's stream ended before the run did")
+            if not line.startswith(b"data: {"):
+                continue
+            state = json.loads(line[6:]).get("state") or {}
+            done = sum(step["status"] == "completed" for step in state.get("steps", []))
+            completed_at += [time.perf_counter()] * (done + 1 - len(completed_at))
+            if state.get("status") in ("failed", "cancelled"):
+                raise RuntimeError(f"the run probe's workflow ended {state['status']}")
+        stream.close()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=15)
+    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(completed_at)]
+    return statistics.median(gaps)
+
+
+# §9 (issue 11): delete `pending=` once server runs exist.
+PROBES = [
+    Probe(
+        "redis",
+        "server run, 0 s simulator: per-step overhead, median of 100 steps",
+        step_overhead_ms,
+        20,
+        "ms",
+        pending="§9: POST /workflows/<id>/run is missing",
+    ),
+]
 
 
 # --- live updates ----------------------------------------------------------------------------
@@ -414,10 +668,10 @@ def bench_streams(redis: RedisServer, seconds: float, connections: int, generato
             if v in reader.arrivals[i]
         )
         missed = len(sends) * len(reader.arrivals) - len(latencies)
-        idle = generator(a.url, "GET state", seconds, connections)
+        idle = generator(a.url, ROUTES["GET state"], seconds, connections)
         crowd = StreamReader(a.url, 200)
         crowd.wait_connected()
-        busy = generator(a.url, "GET state", seconds, connections)
+        busy = generator(a.url, ROUTES["GET state"], seconds, connections)
         crowd.close()
     finally:
         a.stop()
@@ -457,8 +711,78 @@ def machine() -> dict[str, str]:
     }
 
 
+def ratio(results: dict[str, dict], figure: tuple[str, str], reference: tuple[str, str]) -> float:
+    """Return figure req/s divided by reference req/s."""
+    (target, route), (over, base) = figure, reference
+    return results[target]["runs"][route].rps / results[over]["runs"][base].rps
+
+
+def verdict(ok: bool) -> str:
+    """Say whether a budget held."""
+    return "yes" if ok else "**no**"
+
+
+def render_budgets(results: dict[str, dict]) -> tuple[list[str], bool]:
+    """Render the budget table; also tell whether every budget that could be measured held."""
+    lines = [
+        "## Budgets",
+        "",
+        "Budgets are on req/s. 'CPU-based' is the same ratio from the workers' CPU per request "
+        "(the reference's µs divided by the figure's; redis-server's time not included): what "
+        "the req/s ratio would be if both were CPU-bound on a machine of their own.",
+        "",
+        "| budget | measured | margin | holds | CPU-based |",
+        "|---|---:|---:|:---:|---:|",
+    ]
+    all_ok = True
+
+    def name(key: tuple[str, str]) -> str:
+        return f"{key[0]} {key[1]}" if key[0] in ("redis", "file") else TARGET_TITLES[key[0]]
+
+    for budget in BUDGETS:
+        route = ROUTES.get(budget.figure[1])
+        label = f"{name(budget.figure)} / {name(budget.reference)} ≥ {budget.minimum:.2f}"
+        label += ", 0 errors" if budget.zero_errors else ""
+        if route is not None and route.pending:
+            lines.append(f"| {label} | pending ({route.pending}) | | | |")
+            continue
+        if budget.figure[0] not in results or budget.reference[0] not in results:
+            continue
+        value = ratio(results, budget.figure, budget.reference)
+        figure = results[budget.figure[0]]["runs"][budget.figure[1]]
+        reference = results[budget.reference[0]]["runs"][budget.reference[1]]
+        ok = value >= budget.minimum and (figure.errors == 0 or not budget.zero_errors)
+        all_ok &= ok
+        lines.append(
+            f"| {label} | {value:.2f} ({figure.errors} errors) | {value - budget.minimum:+.2f} | "
+            f"{verdict(ok)} | {reference.cpu_us / figure.cpu_us:.2f} |"
+        )
+    for backend in ("redis", "file"):
+        if backend in results:
+            rss = results[backend]["rss"]
+            ok = rss <= RSS_BUDGET_MB
+            all_ok &= ok
+            lines.append(
+                f"| {backend} RSS per worker after the benchmark ≤ {RSS_BUDGET_MB} MB | "
+                f"{rss:.1f} MB | {RSS_BUDGET_MB - rss:+.1f} MB | {verdict(ok)} | |"
+            )
+    for probe in PROBES:
+        label = f"{probe.target} {probe.name} ≤ {probe.maximum:g} {probe.unit}"
+        if probe.pending:
+            lines.append(f"| {label} | pending ({probe.pending}) | | | |")
+        elif probe.target in results:
+            value = results[probe.target]["probes"][probe.name]
+            ok = value <= probe.maximum
+            all_ok &= ok
+            lines.append(
+                f"| {label} | {value:.1f} {probe.unit} | {probe.maximum - value:+.1f} {probe.unit} "
+                f"| {verdict(ok)} | |"
+            )
+    return lines, all_ok
+
+
 def render(
-    info, generator_name, seconds, rounds, connections, backends, streams
+    info, generator_name, seconds, rounds, connections, results, streams
 ) -> tuple[str, bool]:
     """Render the report as Markdown; also tell whether every budget held."""
     lines = [
@@ -468,52 +792,67 @@ def render(
         f"Python {info['python']}, Redis {info['redis']}, Linux {info['kernel']}.",
         f"Load generator: {generator_name}; {connections} connections, {seconds:g} s per route "
         f"after a 1 s warm-up, routes taking turns for {rounds} rounds; each figure is the "
-        "route's median round (errors: the sum of all rounds). The server is the real gunicorn "
-        f"with `deploy/gunicorn.conf.py` ({os.environ.get('WEB_CONCURRENCY', 2)} workers), on a "
-        "private redis-server; the load generator runs on the same machine.",
-        "Ratios are req/s divided by `/healthz` req/s from the same backend's run. The state is "
-        "the reference workflow (the six VastAI setup steps, about 700 bytes), except for "
-        "'PATCH distinct steps', whose sixteen clients need sixteen steps.",
+        "route's median round (errors: the sum of all rounds). Every server is the real "
+        f"gunicorn with `deploy/gunicorn.conf.py` ({WORKERS} gevent workers), all of them up "
+        "for the whole run and taking turns in each round: the service on a private "
+        "redis-server, the service on the file backend, and the two references of "
+        "`bench/references.py`: a bare Flask app with no middleware answering `/healthz`, and a "
+        "naive GET that opens and parses a JSON state file on every request (no lock, no fsync, "
+        "no cache). The load generator runs on the same machine.",
+        "Ratios are req/s divided by, from the same run: the same backend's `/healthz`, the bare "
+        "Flask hello, and the naive file GET. The state is the reference workflow (the six "
+        "VastAI setup steps, about 700 bytes; the naive GET's file holds the same state), except "
+        "for 'PATCH distinct steps', whose sixteen clients need sixteen steps.",
+        "CPU µs/req: the CPU time (user + system) the server's gunicorn workers spent per "
+        "request, median of the rounds (redis-server's own time not included). On a machine "
+        "shared with other work it moves much less than req/s: it is what to compare when "
+        "measuring a change of the per-request path.",
         "",
+        "## References",
+        "",
+        "| reference | route | req/s | CPU µs/req | p50 ms | p99 ms | errors | RSS per worker "
+        "after (peak) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    all_ok = True
-    for backend, result in backends.items():
-        runs = result["runs"]
-        floor = runs["healthz"].rps
+    for name in REFERENCE_ROUTES:
+        if name not in results:
+            continue
+        result = results[name]
+        for route, run in result["runs"].items():
+            lines.append(
+                f"| {TARGET_TITLES[name]} | {REFERENCE_ROUTES[name][route].path} | "
+                f"{run.rps:,.0f} | {run.cpu_us:.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | "
+                f"{run.errors} | {result['rss']:.1f} MB ({result['peak_rss']:.1f}) |"
+            )
+    lines.append("")
+    for backend in ("redis", "file"):
+        if backend not in results:
+            continue
+        result = results[backend]
         lines += [
             f"## {backend} backend",
             "",
-            "| route | req/s | ratio to /healthz | p50 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| route | req/s | / `/healthz` | / bare Flask | / naive GET | CPU µs/req | p50 ms "
+            "| p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for route, run in runs.items():
+        for route, run in result["runs"].items():
+            figure = (backend, route)
             lines.append(
-                f"| {route} | {run.rps:,.0f} | {run.rps / floor:.2f} | {run.p50_ms:.2f} | "
-                f"{run.p99_ms:.2f} | {run.errors} |"
+                f"| {route} | {run.rps:,.0f} | {ratio(results, figure, healthz(backend)):.2f} | "
+                f"{ratio(results, figure, HELLO):.2f} | {ratio(results, figure, NAIVE):.2f} | "
+                f"{run.cpu_us:.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.errors} |"
             )
-        lines += ["", f"Peak RSS per worker: {result['rss']:.1f} MB.", ""]
+        lines += [
+            "",
+            f"RSS per worker after the benchmark: {result['rss']:.1f} MB "
+            f"(peak {result['peak_rss']:.1f} MB).",
+            "",
+        ]
         lines += [f"- {check}" for check in result["checks"]] + [""]
-    lines += ["## Budgets", "", "| budget | measured | holds |", "|---|---:|:---:|"]
-    for backend, route, minimum in BUDGETS:
-        if backend not in backends:
-            continue
-        runs = backends[backend]["runs"]
-        ratio = runs[route].rps / runs["healthz"].rps
-        ok = ratio >= minimum and (route != "PATCH same step" or runs[route].errors == 0)
-        all_ok &= ok
-        extra = ", 0 errors" if route == "PATCH same step" else ""
-        lines.append(
-            f"| {backend} {route} ≥ {minimum:.2f}{extra} | {ratio:.2f} "
-            f"({runs[route].errors} errors) | {'yes' if ok else '**no**'} |"
-        )
-    for backend, result in backends.items():
-        ok = result["rss"] <= RSS_BUDGET_MB
-        all_ok &= ok
-        lines.append(
-            f"| {backend} peak RSS per worker ≤ {RSS_BUDGET_MB} MB | {result['rss']:.1f} MB | "
-            f"{'yes' if ok else '**no**'} |"
-        )
-    for result in backends.values():
+    budget_lines, all_ok = render_budgets(results)
+    lines += budget_lines
+    for result in results.values():
         for check in result["checks"]:
             all_ok &= "LOST" not in check
     if streams:
@@ -521,14 +860,15 @@ def render(
         all_ok &= ok
         lines.append(
             f"| propagation p99 ≤ {PROPAGATION_BUDGET_MS} ms, 50 streams, 0 missed | "
-            f"{streams['p99']:.1f} ms, {streams['missed']} missed | {'yes' if ok else '**no**'} |"
+            f"{streams['p99']:.1f} ms, {streams['missed']} missed | "
+            f"{PROPAGATION_BUDGET_MS - streams['p99']:+.1f} ms | {verdict(ok)} | |"
         )
-        ratio = streams["busy"].p50_ms / streams["idle"].p50_ms
-        ok = ratio <= STREAM_GET_BUDGET
+        busy = streams["busy"].p50_ms / streams["idle"].p50_ms
+        ok = busy <= STREAM_GET_BUDGET
         all_ok &= ok
         lines.append(
-            f"| GET p50 with 200 open streams ≤ {STREAM_GET_BUDGET:g}× idle | {ratio:.2f}× | "
-            f"{'yes' if ok else '**no**'} |"
+            f"| GET p50 with 200 open streams ≤ {STREAM_GET_BUDGET:g}× idle | {busy:.2f}× | "
+            f"{STREAM_GET_BUDGET - busy:+.2f} | {verdict(ok)} | |"
         )
         lines += [
             "",
@@ -561,15 +901,25 @@ def main() -> int:
     generator_name = "wrk" if use_wrk else "the built-in generator (no wrk on this machine)"
     print(f"load generator: {generator_name}", flush=True)
     redis = RedisServer().start()
-    backends = {}
     try:
         with tempfile.TemporaryDirectory() as scratch:
             urls = {"redis": redis.url, "file": f"file://{scratch}/workflow_state.json"}
-            for backend in args.backends.split(","):
-                print(f"benchmarking the {backend} backend...", flush=True)
-                backends[backend] = bench_backend(
-                    backend, urls[backend], args.seconds, args.connections, args.rounds, generator
-                )
+            naive_file = Path(scratch, "naive_state.json")
+            targets = {name: service_target(urls[name]) for name in args.backends.split(",")}
+            targets["hello"] = Target("bench.references:hello_app", {}, REFERENCE_ROUTES["hello"])
+            targets["naive"] = Target(
+                f"bench.references:naive_app({str(naive_file)!r})", {}, REFERENCE_ROUTES["naive"]
+            )
+            service = next(t for t in targets.values() if t.app == SERVICE_APP)
+            print("benchmarking " + ", ".join(targets) + "...", flush=True)
+            results = bench(
+                targets,
+                args.seconds,
+                args.connections,
+                args.rounds,
+                generator,
+                ready=lambda: write_naive_state(naive_file, service),
+            )
         streams = None
         if not args.no_streams:
             print("benchmarking live updates...", flush=True)
@@ -577,7 +927,7 @@ def main() -> int:
     finally:
         redis.close()
     report, ok = render(
-        machine(), generator_name, args.seconds, args.rounds, args.connections, backends, streams
+        machine(), generator_name, args.seconds, args.rounds, args.connections, results, streams
     )
     print(report)
     history = Path(__file__).with_name("history.md").read_text()

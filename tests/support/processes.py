@@ -165,9 +165,19 @@ class RedisServer:
 
 
 class Gunicorn:
-    """The real server: `gunicorn -c deploy/gunicorn.conf.py service.wsgi:app` on a free port."""
+    """The real server: `gunicorn -c deploy/gunicorn.conf.py service.wsgi:app` on a free port.
 
-    def __init__(self, env: dict[str, str], workers: int = 3, log_path: Path | None = None):
+    `app` names another WSGI app to serve with the same config (bench/'s reference apps).
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 3,
+        log_path: Path | None = None,
+        app: str = "service.wsgi:app",
+    ):
+        self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -189,7 +199,7 @@ class Gunicorn:
                 str(VENV_BIN / "gunicorn"),
                 "-c",
                 str(ROOT / "deploy/gunicorn.conf.py"),
-                "service.wsgi:app",
+                self.app,
             ],
             cwd=ROOT,
             env=self.env,
