@@ -11,6 +11,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import model
 from .errors import json_response
+from .identity import current_identity
 from .storage import HISTORY_MAX, Snapshot, dumps
 from .store import get_store
 
@@ -91,7 +92,7 @@ NO_STATE_ETAG = "0"
 @bp.get("/state")
 def get_state() -> Response:
     """Answer the current state, with its version as ETag ("0" when there is none)."""
-    snapshot = get_store().get()
+    snapshot = get_store().get(current_identity().owner)
     etag = NO_STATE_ETAG if snapshot.state is None else str(snapshot.version)
     headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
     if request.if_none_match.contains_weak(etag):
@@ -102,26 +103,28 @@ def get_state() -> Response:
 @bp.post("/state")
 def save_state() -> Response:
     """Save or replace the whole state."""
-    return _saved(get_store().save(read_json(), if_match=if_match()))
+    return _saved(get_store().save(current_identity().owner, read_json(), if_match=if_match()))
 
 
 @bp.patch("/state")
 def merge_state() -> Response:
     """Replace top-level fields of the stored state."""
-    return _saved(get_store().merge(read_json(), if_match=if_match()))
+    owner = current_identity().owner
+    return _saved(get_store().merge(owner, None, read_json(), if_match=if_match()))
 
 
 @bp.patch("/state/steps/<index>")
 def update_step(index: str) -> Response:
     """Update one step's status (and data) atomically."""
     position = model.parse_step_index(index)
-    return _saved(get_store().update_step(position, read_json(), if_match=if_match()))
+    owner = current_identity().owner
+    return _saved(get_store().update_step(owner, None, position, read_json(), if_match=if_match()))
 
 
 @bp.delete("/state")
 def clear_state() -> Response:
     """Delete the state; succeeds also when there was none."""
-    get_store().clear()
+    get_store().delete(current_identity().owner, None)
     return json_response(f'{{"success":true,"message":"{CLEARED}"}}')
 
 
@@ -147,7 +150,8 @@ class SummaryCache:
 @bp.get("/state/summary")
 def summary() -> Response:
     """Answer the progress summary."""
-    body = current_app.extensions[SUMMARY_EXTENSION].body(get_store().get())
+    store = get_store()
+    body = current_app.extensions[SUMMARY_EXTENSION].body(store.get(current_identity().owner))
     return json_response(body, headers={"Cache-Control": NO_STORE})
 
 
@@ -157,7 +161,7 @@ def history() -> Response:
     raw = request.args.get("limit", str(HISTORY_MAX))
     if not raw.isascii() or not raw.isdigit() or len(raw) > 3:
         raise model.InvalidState("limit", "must be a whole number from 1 to 100")
-    workflows = get_store().history(int(raw))
+    workflows = get_store().history(current_identity().owner, int(raw))
     return json_response(
         dumps({"success": True, "workflows": workflows}), headers={"Cache-Control": NO_STORE}
     )

@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import click
 
 from . import config, logs, model
-from .storage import HISTORY_MAX, RESYNC, Event, FileStore, StateStore, StorageUnavailable
-from .storage.base import HISTORY_DAYS, dumps, utc_now
+from .storage import HISTORY_MAX, RESYNC, CurrentWorkflow, Event, FileStore, StorageUnavailable
+from .storage.base import HISTORY_DAYS, MIGRATION_OWNER, dumps, utc_now
 from .store import build_store
 
 EXIT_OK = 0
@@ -164,7 +164,10 @@ class Invocation:
     def _run(self, command: Callable[..., int], out: Output, options: dict[str, Any]) -> int:
         overrides = {"WORKFLOW_STATE_URL": self.url} if self.url else None
         try:
-            store = build_store(config.from_env(overrides=overrides))
+            # Owner `public`'s current workflow: the one the seed's single state became.
+            store = CurrentWorkflow(
+                build_store(config.from_env(overrides=overrides)), MIGRATION_OWNER
+            )
         except ValueError as error:  # ConfigError, UnknownBackend, a bad path or key
             out.note(str(error))
             return EXIT_USAGE
@@ -244,7 +247,7 @@ def command(function: Callable[..., int]) -> click.Command:
 
 
 @command
-def status(store: StateStore, out: Output) -> int:
+def status(store: CurrentWorkflow, out: Output) -> int:
     """Print the current workflow's summary (--json: as the API does)."""
     state = store.get().state
     summary = model.summarize(state)
@@ -275,29 +278,30 @@ def status(store: StateStore, out: Output) -> int:
     return EXIT_OK
 
 
-def check_file_owner(store: StateStore) -> None:
+def check_file_owner(store: CurrentWorkflow) -> None:
     """Refuse to write state files that the server, running as another user, could not read.
 
     A file written by this process replaces the server's (atomic rename), so it would be owned
     by whoever runs the CLI, with mode 0600: run as root beside a systemd DynamicUser service,
     that locks the service out of its own state.
     """
-    if not isinstance(store, FileStore):
+    backend = store.store
+    if not isinstance(backend, FileStore):
         return
     try:
-        owner = os.stat(store.directory).st_uid
+        owner = os.stat(backend.directory).st_uid
     except OSError:
         return  # no directory yet: nothing to lock anyone out of
     if owner != os.geteuid():
         raise Refused(
-            f"{store.directory} belongs to uid {owner}; files written as uid {os.geteuid()} "
+            f"{backend.directory} belongs to uid {owner}; files written as uid {os.geteuid()} "
             f"would lock the server out. Run as that user (sudo -u '#{owner}' ...) or use the "
             "HTTP API"
         )
 
 
 @command
-def clear(store: StateStore, out: Output) -> int:
+def clear(store: CurrentWorkflow, out: Output) -> int:
     """Delete the state, as DELETE /workflow/state does."""
     check_file_owner(store)
     before = store.get().state
@@ -322,7 +326,7 @@ def clear(store: StateStore, out: Output) -> int:
 @click.option(
     "--workflow-id", metavar="ID", help="Cancel only if this is the stored workflow (else exit 2)."
 )
-def cancel(store: StateStore, out: Output, workflow_id: str | None) -> int:
+def cancel(store: CurrentWorkflow, out: Output, workflow_id: str | None) -> int:
     """Cancel a running workflow; leave a finished one alone."""
     check_file_owner(store)
     state = store.get().state
@@ -371,7 +375,7 @@ def _nothing_to_cancel(state: dict[str, Any] | None, out: Output) -> int:
     metavar="N",
     help=f"How many to list, 1-{HISTORY_MAX} (default {HISTORY_MAX}).",
 )
-def history(store: StateStore, out: Output, limit: int) -> int:
+def history(store: CurrentWorkflow, out: Output, limit: int) -> int:
     """List the last finished workflows, newest first."""
     workflows = store.history(limit)
     if out.as_json:
@@ -407,7 +411,7 @@ def history(store: StateStore, out: Output, limit: int) -> int:
     metavar="SECONDS",
     help="Exit after this many seconds (0: never).",
 )
-def watch(store: StateStore, out: Output, count: int, timeout: float) -> int:
+def watch(store: CurrentWorkflow, out: Output, count: int, timeout: float) -> int:
     """Follow changes live, one line per change, until Ctrl-C."""
     store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
     watcher = Watcher(store, out, count, timeout)
@@ -419,7 +423,7 @@ def watch(store: StateStore, out: Output, count: int, timeout: float) -> int:
 class Watcher:
     """Follow the store's change feed and print one line per change."""
 
-    def __init__(self, store: StateStore, out: Output, count: int, timeout: float) -> None:
+    def __init__(self, store: CurrentWorkflow, out: Output, count: int, timeout: float) -> None:
         self.store = store
         self.out = out
         self.count = count

@@ -107,6 +107,14 @@ def _user_names(name: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+def _key_prefix(name: str, raw: str) -> str:
+    # Braces would move an owner's keys out of the hash slot their {<owner>} tag picks.
+    value = raw.strip()
+    if any(char in value for char in "{} \t\r\n"):
+        raise ConfigError(f"{name} must not contain braces or white space, got {raw!r}")
+    return value
+
+
 def _base_url(name: str, raw: str) -> str:
     value = raw.strip().rstrip("/")
     parts = urlsplit(value)
@@ -142,6 +150,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_URL", "STATE_URL", None, _text),
     Setting("WORKFLOW_STATE_KEY", "STATE_KEY", "workflow:state", _text),
+    Setting("WORKFLOW_STATE_PREFIX", "STATE_PREFIX", "workflow", _key_prefix),
+    Setting("WORKFLOW_STATE_MAX_WORKFLOWS", "MAX_WORKFLOWS", 1000, _positive_int),
     Setting("WORKFLOW_STATE_TTL", "STATE_TTL", 30, _positive_int),
     Setting("WORKFLOW_STATE_STALE_TTL", "STATE_STALE_TTL", 86400, _positive_int),
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),
@@ -228,6 +238,8 @@ class StoreOptions:
     """What a state store needs besides its URL; each default is its setting's default."""
 
     key: str = _option("STATE_KEY")
+    prefix: str = _option("STATE_PREFIX")
+    max_workflows: int = _option("MAX_WORKFLOWS")
     ttl: int = _option("STATE_TTL")
     stale_ttl: int = _option("STATE_STALE_TTL")
     lock_timeout: float = _option("LOCK_TIMEOUT")

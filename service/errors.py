@@ -22,6 +22,10 @@ STATUS_BY_ERROR: dict[type[model.StateError], int] = {
     model.WorkflowMismatch: 409,
     model.WorkflowFinished: 409,
     model.PreconditionFailed: 412,
+    model.WorkflowExists: 409,
+    model.TooManyWorkflows: 429,
+    model.InvalidWorkflowId: 400,
+    model.InvalidCursor: 400,
     runs.RunActive: 409,
     runs.RunSuperseded: 409,
 }

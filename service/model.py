@@ -81,6 +81,30 @@ class PreconditionFailed(StateError):
     code = "precondition_failed"
 
 
+class WorkflowExists(StateError):
+    """A create names a workflow id the owner already has (and it is not finished)."""
+
+    code = "workflow_exists"
+
+
+class TooManyWorkflows(StateError):
+    """The owner already has the most unexpired workflows allowed."""
+
+    code = "too_many_workflows"
+
+
+class InvalidWorkflowId(StateError):
+    """A workflow id given apart from a body (a URL, a CLI argument) breaks the id rule."""
+
+    code = "invalid_workflow_id"
+
+
+class InvalidCursor(StateError):
+    """A list cursor that this service did not issue for this owner and filter."""
+
+    code = "invalid_cursor"
+
+
 # --- time and identity -------------------------------------------------------------------
 
 

@@ -1,14 +1,17 @@
 """Live updates: GET /workflow/state/stream as Server-Sent Events.
 
-Each process runs one `Hub`: a thread that follows the store's change feed (Redis pub/sub, or
-the file journal) and hands every change, already rendered as an SSE frame, to the queue of
-every open stream in the process. A second thread notices when the last state expires and sends
+Each process runs one `Hub`: a thread that follows the store's change feed of every owner
+(Redis pub/sub, or the file journal) and hands each change, rendered once as an SSE frame, to
+the queue of every open stream of its *topic*: one workflow of one owner, or whichever workflow
+is an owner's current one (what `/workflow/state/stream` follows; a new current workflow
+replaces the old in it). A second thread notices when a watched state expires and sends
 `state: null`. A stream subscribes first, then reads its snapshot, and drops queued changes the
 snapshot already covers, so nothing is skipped or sent twice.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -25,6 +28,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from . import model
 from .api import state_body
 from .errors import RETRY_AFTER_SECONDS, error_response
+from .identity import current_identity
 from .storage import RESYNC, Event, Snapshot, StateStore, StorageUnavailable
 from .store import store_of
 
@@ -46,6 +50,10 @@ HEADERS = {
     "X-Accel-Buffering": "no",
     "Connection": "keep-alive",
 }
+
+
+# What a stream follows: (owner, workflow id), where None is the owner's current workflow.
+Topic = tuple[str, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +100,15 @@ CLOSE_FRAME = Frame("", None, "", True)
 
 
 class Subscription:
-    """One open stream's inbox."""
+    """One open stream's inbox, and the topic it follows."""
 
-    def __init__(self) -> None:
+    def __init__(self, topic: Topic) -> None:
+        self.topic = topic
         self.inbox: queue.SimpleQueue[Frame] = queue.SimpleQueue()
 
 
 class Hub:
-    """Fan one change feed out to every open stream of this process."""
+    """Fan one change feed out to every open stream of this process, by topic."""
 
     def __init__(
         self, store: StateStore, context: Callable[[], AbstractContextManager] = nullcontext
@@ -107,14 +116,17 @@ class Hub:
         self.store = store
         # Entered by the hub's threads: the app's context, so their log lines are the app's.
         self.context = context
-        self._subscriptions: set[Subscription] = set()
+        self._subscriptions: dict[Topic, set[Subscription]] = {}
+        self._count = 0
         self._guard = threading.Lock()
         self._pid: int | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._expiry = threading.Condition()
-        # (version, unix time it expires) of the newest state seen, or None.
-        self._tracked: tuple[int, float] | None = None
+        # Per watched topic, (version, unix time it expires) of the newest state seen; and a
+        # heap of (expires, topic, version) to wake up for, whose stale entries are skipped.
+        self._tracked: dict[Topic, tuple[int, float]] = {}
+        self._due: list[tuple[float, Topic, int]] = []
         self.on_change: list = []  # callables(open_count) for the open-streams gauge
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -127,10 +139,12 @@ class Hub:
         with self._guard:
             if self._pid == pid:
                 return
-            self._subscriptions = set()
+            self._subscriptions = {}
+            self._count = 0
             self._stop = threading.Event()
             self._ready = threading.Event()
-            self._tracked = None
+            self._tracked = {}
+            self._due = []
             for target, name in ((self._follow, "feed"), (self._watch_expiry, "expiry")):
                 HubThread(self, target, f"stream-hub-{name}").start()
             self._pid = pid
@@ -145,10 +159,10 @@ class Hub:
     @property
     def open_streams(self) -> int:
         """Return how many streams are open in this process."""
-        return len(self._subscriptions)
+        return self._count
 
-    def subscribe(self) -> Subscription:
-        """Register a new stream; its inbox gets every change from now on.
+    def subscribe(self, topic: Topic) -> Subscription:
+        """Register a new stream of `topic`; its inbox gets every change from now on.
 
         Raise StorageUnavailable when the hub has yet to subscribe and storage does not answer.
         """
@@ -158,27 +172,49 @@ class Hub:
             # for it, then for the snapshot, would take the 503 past the 2 s bound.
             self.store.ping()
             self._ready.wait(READY_WAIT_SECONDS)
-        subscription = Subscription()
+        subscription = Subscription(topic)
         with self._guard:
-            self._subscriptions.add(subscription)
-            count = len(self._subscriptions)
+            self._subscriptions.setdefault(topic, set()).add(subscription)
+            self._count += 1
+            count = self._count
         self._changed(count)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        """Forget a stream that ended."""
+        """Forget a stream that ended (and the topic's expiry watch, if it was the last)."""
+        topic = subscription.topic
         with self._guard:
-            self._subscriptions.discard(subscription)
-            count = len(self._subscriptions)
+            streams = self._subscriptions.get(topic)
+            if streams is None or subscription not in streams:
+                return
+            streams.discard(subscription)
+            if not streams:
+                del self._subscriptions[topic]
+            self._count -= 1
+            count = self._count
+            watched = topic in self._subscriptions
+        if not watched:
+            with self._expiry:
+                self._tracked.pop(topic, None)
         self._changed(count)
 
     def _changed(self, count: int) -> None:
         for callback in self.on_change:
             callback(count)
 
+    def _watched(self, topic: Topic) -> bool:
+        return topic in self._subscriptions
+
     def _broadcast(self, frame: Frame) -> None:
+        """Hand a frame to every open stream (a resync, or the end)."""
         with self._guard:
-            targets = list(self._subscriptions)
+            targets = [s for streams in self._subscriptions.values() for s in streams]
+        for subscription in targets:
+            subscription.inbox.put(frame)
+
+    def _deliver(self, topic: Topic, frame: Frame) -> None:
+        with self._guard:
+            targets = list(self._subscriptions.get(topic, ()))
         for subscription in targets:
             subscription.inbox.put(frame)
 
@@ -193,62 +229,89 @@ class Hub:
                         self._ready.set()
                         self._broadcast(RESYNC_FRAME)
                         continue
-                    frame, state = frame_of_event(event)
-                    self.track(state, frame.seq)
-                    self._broadcast(frame)
+                    self._dispatch(event)
             except Exception:  # the feed must outlive any single bad event or backend hiccup
                 log.exception("stream hub feed failed; restarting it")
                 stop.wait(0.5)
 
+    def _dispatch(self, event: Event) -> None:
+        """Hand a change to the streams of its workflow and, if current, of its owner's current."""
+        topics = [(event.owner, event.workflow_id)]
+        if event.current:
+            topics.append((event.owner, None))
+        topics = [topic for topic in topics if self._watched(topic)]
+        if not topics:
+            return  # nobody here follows it: not even parsed
+        frame, state = frame_of_event(event)
+        for topic in topics:
+            self.track(topic, state, frame.seq)
+            self._deliver(topic, frame)
+
     # --- expiry ----------------------------------------------------------------------------
 
-    def track(self, state: dict[str, Any] | None, seq: int | None) -> None:
-        """Remember the newest state seen (or that there is none since `seq`), for expiry."""
+    def track(self, topic: Topic, state: dict[str, Any] | None, seq: int | None) -> None:
+        """Remember the newest state a topic showed (or none since `seq`), to announce expiry."""
         with self._expiry:
-            if self._tracked is not None and seq is not None and seq < self._tracked[0]:
+            tracked = self._tracked.get(topic)
+            if tracked is not None and seq is not None and seq < tracked[0]:
                 return  # an older observation than the one already tracked
-            if state is None:
-                self._tracked = None
-            else:
-                expires = model.expires_at(state, self.store.ttl, self.store.stale_ttl)
-                self._tracked = (state["version"], expires)
-            self._expiry.notify_all()
+            if state is None or not self._watched(topic):
+                self._tracked.pop(topic, None)
+                return
+            expires = model.expires_at(state, self.store.ttl, self.store.stale_ttl)
+            self._tracked[topic] = (state["version"], expires)
+            self._schedule(expires, topic, state["version"])
+
+    def _schedule(self, when: float, topic: Topic, version: int) -> None:
+        """Wake the expiry watcher at `when` for `topic` (call with `_expiry` held)."""
+        if len(self._due) > 2 * len(self._tracked) + 64:
+            # Mostly superseded entries: keep only the live ones.
+            self._due = [(t[1], key, t[0]) for key, t in self._tracked.items()]
+            heapq.heapify(self._due)
+        heapq.heappush(self._due, (when, topic, version))
+        self._expiry.notify_all()
 
     def _watch_expiry(self) -> None:
         stop = self._stop
         while not stop.is_set():
             with self._expiry:
-                tracked = self._tracked
-                if tracked is None:
+                if not self._due:
                     self._expiry.wait(timeout=5)
                     continue
-                delay = tracked[1] - time.time()
+                when, topic, version = self._due[0]
+                delay = when - time.time()
                 if delay > 0:
                     self._expiry.wait(timeout=min(delay, 60))
                     continue
-            self._confirm_expiry(tracked)
+                heapq.heappop(self._due)
+                tracked = self._tracked.get(topic)
+                if tracked is None or tracked[0] != version:
+                    continue  # superseded, or nobody watches it any more
+            self._confirm_expiry(topic, tracked)
 
-    def _confirm_expiry(self, tracked: tuple[int, float]) -> None:
-        """Look until the tracked state is gone (then announce it) or replaced."""
+    def _confirm_expiry(self, topic: Topic, tracked: tuple[int, float]) -> None:
+        """Look whether the tracked state is gone (then announce it), replaced, or not yet gone."""
         version, expected = tracked
         try:
-            snapshot = self.store.get()
+            snapshot = self.store.get(*topic)
         except StorageUnavailable:
-            self._stop.wait(1.0)
+            with self._expiry:
+                self._schedule(time.time() + 1.0, topic, version)
             return
         with self._expiry:
-            if self._tracked != tracked:
+            if self._tracked.get(topic) != tracked:
                 return  # a newer state arrived meanwhile
             if snapshot.state is not None and snapshot.version == version:
                 # Not gone yet (clock differences, or an operator changed the TTL): look again,
                 # more slowly once well past the expected time.
                 late = time.time() - expected > 10
-                self._expiry.wait(timeout=1.0 if late else EXPIRY_POLL_SECONDS)
+                self._schedule(time.time() + (1.0 if late else EXPIRY_POLL_SECONDS), topic, version)
                 return
-            self._tracked = None
+            del self._tracked[topic]
         if snapshot.state is None:
             event_id = f"{version}:expired"
-            self._broadcast(Frame(event_id, version, render(event_id, "null", None), True))
+            frame = Frame(event_id, version, render(event_id, "null", None), True)
+            self._deliver(topic, frame)
 
 
 class HubThread(threading.Thread):
@@ -300,13 +363,13 @@ def is_news(frame: Frame, sent: Frame) -> bool:
     return frame.seq is None or sent.seq is None or frame.seq > sent.seq
 
 
-def _resnapshot(hub: Hub) -> Frame | None:
+def _resnapshot(hub: Hub, topic: Topic) -> Frame | None:
     try:
-        snapshot = hub.store.get_for_stream()
+        snapshot = hub.store.get_for_stream(*topic)
     except StorageUnavailable:
         return None
     frame = frame_of_snapshot(snapshot)
-    hub.track(snapshot.state, frame.seq)
+    hub.track(topic, snapshot.state, frame.seq)
     return frame
 
 
@@ -315,7 +378,7 @@ def changes(hub: Hub, subscription: Subscription, sent: Frame, keepalive: float)
     resync = False
     quiet = 0.0
     while True:
-        if resync and (fresh := _resnapshot(hub)) is not None:
+        if resync and (fresh := _resnapshot(hub, subscription.topic)) is not None:
             resync = False
             # After a resync the counter is the baseline again, even if it went back
             # (a Redis that lost its data).
@@ -360,9 +423,8 @@ def follow(
         hub.unsubscribe(subscription)
 
 
-@bp.get("/state/stream")
-def stream() -> Response:
-    """Stream the state: a snapshot, then every accepted write or delete, as SSE."""
+def stream_response(topic: Topic) -> Response:
+    """Answer a stream of `topic`: a snapshot, then every accepted write or delete, as SSE."""
     hub = get_hub()
     if hub.open_streams >= _stream_limit():
         return error_response(
@@ -371,13 +433,13 @@ def stream() -> Response:
             "This worker has no connection to spare for another stream; retry, or poll GET",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    subscription = hub.subscribe()
+    subscription = hub.subscribe(topic)
     try:
-        first = hub.store.get_for_stream()
+        first = hub.store.get_for_stream(*topic)
     except StorageUnavailable:
         hub.unsubscribe(subscription)
         raise
-    hub.track(first.state, _seq_of(first.event_id or ""))
+    hub.track(topic, first.state, _seq_of(first.event_id or ""))
     body = follow(
         hub,
         subscription,
@@ -386,6 +448,12 @@ def stream() -> Response:
         current_app.config["STREAM_KEEPALIVE"],
     )
     return Response(body, mimetype="text/event-stream", headers=HEADERS)
+
+
+@bp.get("/state/stream")
+def stream() -> Response:
+    """Stream the owner's current workflow: a snapshot, then every change, as SSE."""
+    return stream_response((current_identity().owner, None))
 
 
 def init_app(app: Flask) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from service import model
-from service.storage import RESYNC, FileStore, RedisStore, StorageUnavailable
+from service.storage import RESYNC, CurrentWorkflow, FileStore, RedisStore, StorageUnavailable
 from service.storage.batching import ReadCoalescer, WriteCombiner
 from tests.conftest import steps
 from tests.support import RedisServer, wait_until
@@ -165,29 +165,36 @@ def store(request, tmp_path):
     if request.param == "redis":
         redis_server: RedisServer = request.getfixturevalue("redis_server")
         redis_server.flush()
-        store = RedisStore(redis_server.url)
+        backend = RedisStore(redis_server.url)
     else:
-        store = FileStore(f"file://{tmp_path}/state.json")
+        backend = FileStore(f"file://{tmp_path}/state.json")
+    store = CurrentWorkflow(backend, "public")
     store.save({"workflow_id": "wf", "steps": steps(16)})
     yield store
     store.close()
 
 
-def hold_batches(store: RedisStore):
+def hold_batches(store: CurrentWorkflow):
     """Make the store's first batch wait until released, so later writes pile up behind it."""
-    original = store._run_batch
+    backend = store.store
+    original = backend._run_batch
     gate = threading.Event()
     entered = threading.Event()
 
-    def held(batch):
+    def held(owner, workflow_id, batch):
         if not entered.is_set():
             entered.set()
             gate.wait(5)
-        return original(batch)
+        return original(owner, workflow_id, batch)
 
-    store._run_batch = held
-    store._writes._run_batch = held
+    backend._run_batch = held
     return gate, entered
+
+
+def queued(store: CurrentWorkflow) -> int:
+    """Return how many writes to the current workflow wait behind the batch being committed."""
+    combiner = store.store._writes.peek((store.owner, None))
+    return 0 if combiner is None else len(combiner._queue)
 
 
 def test_concurrent_writes_take_consecutive_versions_each_published(store):
@@ -215,7 +222,7 @@ def test_concurrent_writes_take_consecutive_versions_each_published(store):
     ]
     for thread in followers:
         thread.start()
-    wait_until(lambda: len(store._writes._queue) == 8)
+    wait_until(lambda: queued(store) == 8)
     gate.set()
     for thread in [leader, *followers]:
         thread.join(timeout=10)
@@ -252,10 +259,10 @@ def test_if_match_in_a_batch_sees_the_writes_queued_ahead_of_it(store):
     # Both were based on `version`; the first to be applied wins, the second must get 412.
     first = threading.Thread(target=write, args=("first", 1, frozenset({str(version + 1)})))
     first.start()
-    wait_until(lambda: len(store._writes._queue) == 1)
+    wait_until(lambda: queued(store) == 1)
     second = threading.Thread(target=write, args=("second", 2, frozenset({str(version + 1)})))
     second.start()
-    wait_until(lambda: len(store._writes._queue) == 2)
+    wait_until(lambda: queued(store) == 2)
     gate.set()
     for thread in (leader, first, second):
         thread.join(timeout=10)
@@ -291,8 +298,8 @@ def test_a_refused_write_in_a_batch_leaves_the_others_alone(store):
     for name, call in calls.items():
         threads.append(threading.Thread(target=write, args=(name, call)))
         threads[-1].start()
-        queued = len(threads)
-        wait_until(lambda queued=queued: len(store._writes._queue) == queued)
+        count = len(threads)
+        wait_until(lambda count=count: queued(store) == count)
     gate.set()
     for thread in [leader, *threads]:
         thread.join(timeout=10)

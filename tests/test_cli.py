@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from service.config import from_env
-from service.storage import StateStore
+from service.storage import CurrentWorkflow
 from service.store import build_store
 from tests.conftest import steps
 from tests.support import ROOT, RedisServer, free_port
@@ -56,14 +56,14 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def store(storage: dict[str, str]) -> Iterator[StateStore]:
-    """The same storage the CLI sees, for the test to write to and read back."""
-    opened = build_store(from_env(storage))
+def store(storage: dict[str, str]) -> Iterator[CurrentWorkflow]:
+    """The workflow the CLI sees (owner public's current one), to write to and read back."""
+    opened = CurrentWorkflow(build_store(from_env(storage)), "public")
     yield opened
     opened.close()
 
 
-def running(store: StateStore, workflow_id: str = "wf-1", current: int = 2) -> dict[str, Any]:
+def running(store: CurrentWorkflow, workflow_id: str = "wf-1", current: int = 2) -> dict[str, Any]:
     """Save a running 5-step workflow at step `current` (in progress) and return it."""
     plan = steps(5)
     for index in range(current):
@@ -329,7 +329,7 @@ def test_watch_json_lines_and_a_change_made_before_the_first_line(storage, store
 
 def test_watch_reports_expiry(tmp_path, watches):
     env = {"WORKFLOW_STATE_URL": f"file://{tmp_path}/s.json", "WORKFLOW_STATE_TTL": "1"}
-    store = build_store(from_env(env))
+    store = CurrentWorkflow(build_store(from_env(env)), "public")
     watch = Watch(env, "watch", "--count", "2", "--timeout", "30")
     watches.append(watch)
     watch.next()
@@ -359,7 +359,7 @@ def test_watch_exits_at_its_timeout(storage, watches):
 
 def test_watch_follows_redis_through_a_restart(own_redis: RedisServer, watches):
     env = {"WORKFLOW_STATE_URL": own_redis.url}
-    store = build_store(from_env(env))
+    store = CurrentWorkflow(build_store(from_env(env)), "public")
     watch = Watch(env, "watch", "--timeout", "30")
     watches.append(watch)
     watch.next()

@@ -28,7 +28,7 @@ import pytest
 
 from service import model
 from service.openapi import build_document
-from service.storage import RedisStore, StorageUnavailable
+from service.storage import CurrentWorkflow, RedisStore, StorageUnavailable
 from tests.conftest import steps
 from tests.openapi_check import OpenAPIDocument
 from tests.support import REDIS_SERVER, Gunicorn, RedisServer, Tmpfs, wait_until
@@ -148,7 +148,7 @@ def test_parallel_calls_on_a_paused_redis_each_fail_within_the_bound(own_redis: 
     redis-py retries a fresh connection's handshake inside its command retry; unflattened, a
     hung Redis cost four I/O timeouts (2.1 s) instead of two.
     """
-    store = RedisStore(own_redis.url)
+    store = CurrentWorkflow(RedisStore(own_redis.url), "public")
     store.save({"workflow_id": "wf", "steps": steps(2)})
     calls = [store.get, store.history, store.ping] * 4 + [
         lambda: store.update_step(0, {"status": "completed"}),
@@ -182,7 +182,8 @@ def test_a_dead_lock_holder_makes_writers_wait_bounded_then_succeed(redis_gunico
     assert send(server.url, "POST", STATE, {"workflow_id": "wf", "steps": steps(3)})[0] == 200
 
     # A holder that died 0.4 s before its lock runs out: a writer waits, then succeeds.
-    redis.set("workflow:state:lock", "crashed-writer", px=400)
+    lock = "workflow:{public}:lock:wf"
+    redis.set(lock, "crashed-writer", px=400)
     status, _, body, elapsed = send(
         server.url, "PATCH", f"{STATE}/steps/0", {"status": "completed"}
     )
@@ -191,7 +192,7 @@ def test_a_dead_lock_holder_makes_writers_wait_bounded_then_succeed(redis_gunico
 
     # A holder whose lock outlives the wait: every writer, on every worker, gets a 503 naming
     # the lock within 2 s; readers never wait.
-    redis.set("workflow:state:lock", "crashed-writer", px=4000)
+    redis.set(lock, "crashed-writer", px=4000)
     set_at = time.monotonic()
     answers = in_parallel([lambda r=route: send(server.url, *r) for route in WRITES * 3])
     for answer in answers:
@@ -206,7 +207,7 @@ def test_a_dead_lock_holder_makes_writers_wait_bounded_then_succeed(redis_gunico
 
     wait_until(written, timeout=8)
     assert time.monotonic() - set_at < 4.0 + 1.5  # the lock's TTL, plus at most one wait
-    assert not redis.exists("workflow:state:lock")
+    assert not redis.exists(lock)
 
 
 # --- a worker killed under load --------------------------------------------------------------
@@ -324,10 +325,10 @@ def test_a_worker_killed_under_load_loses_no_acknowledged_write(kind, tmp_path, 
         final = body["state"]
         assert final == model.parse_stored(json.dumps(final))
         if kind == "file":
-            on_disk = (tmp_path / "state" / "workflow_state.json").read_text()
+            on_disk = (tmp_path / "state" / "workflows" / "public" / "load.json").read_text()
             assert model.parse_stored(on_disk) == final
         else:
-            assert json.loads(redis_server.client().get("workflow:state")) == final
+            assert json.loads(redis_server.client().get("workflow:{public}:state:load")) == final
         # No acknowledged write was lost: each step holds its client's last acknowledged n, or
         # a later one whose answer the kill swallowed.
         versions = []
@@ -422,7 +423,8 @@ def test_a_broken_state_directory_answers_503_and_touches_nothing_outside(fault,
         assert saved[0] == 200
         before = saved[2]["state"]
         if fault.startswith("symlink"):
-            target = state_file if fault == "symlink-at-state" else Path(f"{state_file}.lock")
+            owner_dir = state_dir / "workflows" / "public"
+            target = owner_dir / ("wf.json" if fault == "symlink-at-state" else ".lock")
             target.unlink()
             target.symlink_to(outside / "precious.txt")
         elif fault == "read-only":
@@ -452,7 +454,7 @@ def test_a_broken_state_directory_answers_503_and_touches_nothing_outside(fault,
             mount.remount("rw")
         again = send(server.url, "POST", STATE, {"workflow_id": "wf2", "steps": steps(1)})
         assert again[0] == 200, again[2]
-        assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+        assert not [p for p in state_dir.rglob("*") if ".tmp-" in p.name]
     finally:
         server.stop()
         if mount is not None:

@@ -16,10 +16,13 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    Write,
     dumps,
 )
+from .current import CurrentWorkflow
 from .fake import FakeRedisStore
 from .file import FileStore
+from .listing import Page, list_entry
 from .redis import RedisStore
 
 # The one place a URL scheme picks a backend.
@@ -36,7 +39,7 @@ class UnknownBackend(ValueError):
 
 def open_store(url: str, options: StoreOptions | None = None, **extra: Any) -> StateStore:
     """Create the backend that serves `url` (redis://, rediss://, unix://, redis+sentinel://,
-    file://, fakeredis://)."""
+    redis+cluster://, file://, fakeredis://)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     backend = BACKENDS.get(scheme)
     if backend is None:
@@ -58,17 +61,21 @@ __all__ = [
     "BACKENDS",
     "HISTORY_MAX",
     "RESYNC",
+    "CurrentWorkflow",
     "Event",
     "FakeRedisStore",
     "FileStore",
     "LockStuck",
     "LockTimeout",
     "Observer",
+    "Page",
     "RedisStore",
     "Snapshot",
     "StateStore",
     "StorageUnavailable",
     "UnknownBackend",
+    "Write",
     "dumps",
+    "list_entry",
     "open_store",
 ]

@@ -1,18 +1,31 @@
-"""The storage interface every backend implements.
+"""The storage interface every backend implements: many workflows, each owner its own.
 
 Public methods validate their input with the pure model and are the same for every backend;
 the private `_` methods are what a backend supplies. Storage knows nothing of HTTP: it raises
 model `StateError`s for refused writes and `StorageUnavailable` when the backend can't answer.
+
+Every method takes the `owner` whose workflows it acts on, and most a workflow id, where None
+means the owner's *current* workflow (the one most recently created or saved): the seed's single
+workflow, which `/workflow/state` and the CLI act on.
+
+Every write goes through one hook, `_transact(owner, workflow_id, Write)`: under the
+workflow's lock, read it, apply the write's pure change, and commit fenced on what was read, so
+a writer whose lock expired is refused and retried, never lost. Concurrent writes to one
+workflow from the threads of a process share one hold of the lock and one commit (see
+`batching`). A new kind of write (a run's claim, a lease renewal) is a new `Write` whose change
+is a pure function in the model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,7 +34,17 @@ from typing import Any, ClassVar
 from .. import model
 from ..config import StoreOptions
 from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
-from .batching import PendingWrite
+from .batching import Keyed, PendingWrite, WriteCombiner
+from .listing import (
+    LIMIT_DEFAULT,
+    Page,
+    Position,
+    check_limit,
+    check_status,
+    decode_cursor,
+    encode_cursor,
+    list_entry,
+)
 
 log = logging.getLogger("service.storage")
 
@@ -31,7 +54,18 @@ HISTORY_SECONDS = HISTORY_DAYS * 86400
 CORRUPT_KEEP_SECONDS = 7 * 86400
 # A write whose fence fails (someone else wrote after our read) is redone this many times.
 FENCE_ATTEMPTS = 5
+# The owner a single-workflow layout of an earlier version is migrated into.
+MIGRATION_OWNER = "public"
+# Decoded documents remembered per process (see `_decode`): enough for the workflows in use.
+REMEMBERED_DOCUMENTS = 256
 
+# The owner rule of service/identity.py: an owner names a Redis hash tag and a directory, so
+# storage checks it too rather than trust every caller.
+OWNER_RE = re.compile(r"[A-Za-z0-9_.@-]{1,64}\Z")
+OWNER_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ . @ -, and not . or .."
+
+# A pure change: (the workflow's stored state or None, now) -> the new state, or None when
+# the write changes nothing; raises a model StateError to refuse.
 Change = Callable[[dict[str, Any] | None, datetime], dict[str, Any] | None]
 
 
@@ -61,6 +95,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def check_owner(owner: Any) -> str:
+    """Return `owner`, or raise InvalidState when it is not a valid owner name."""
+    if not isinstance(owner, str) or not OWNER_RE.match(owner) or owner in (".", ".."):
+        raise model.InvalidState("owner", OWNER_RULE)
+    return owner
+
+
+def check_workflow_id(workflow_id: Any) -> str | None:
+    """Return a workflow id given apart from a body (None: the current one), or raise."""
+    if workflow_id is None:
+        return None
+    if not isinstance(workflow_id, str) or not model.WORKFLOW_ID_RE.match(workflow_id):
+        shown = workflow_id[:40] if isinstance(workflow_id, str) else type(workflow_id).__name__
+        raise model.InvalidWorkflowId(
+            f"Workflow id {shown!r} is not valid: it must be 1-128 characters of "
+            "A-Z a-z 0-9 _ . : -"
+        )
+    return workflow_id
+
+
 def clock_microseconds() -> int:
     """Return the wall clock in microseconds since the epoch (where a lost counter restarts)."""
     return time.time_ns() // 1000
@@ -82,15 +136,79 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A change as streams see it: a new state's JSON (or "null") and its event id."""
+    """A change as streams see it.
+
+    `id` is the new version (or the counter value a delete took), `json` the state as served
+    (or "null"), `owner` and `workflow_id` what changed, and `current` whether that workflow
+    was the owner's current one at commit time (or became it by this write).
+    """
 
     id: str
     json: str
+    owner: str = ""
+    workflow_id: str = ""
+    current: bool = False
 
 
 # Sent by `events()` when the feed was interrupted (e.g. Redis restarted) and may have gaps:
 # a consumer should take a fresh snapshot.
 RESYNC = Event(id="", json="")
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write to one workflow, as the locked transaction applies it.
+
+    `change` is pure (see `Change`). `make_current` makes the workflow the owner's current one
+    when the write changes it. `seed` marks a write of the one-workflow API (POST
+    /workflow/state), whose client knows only the owner's current workflow: it is decided
+    against that one alone, as the seed's single state was, so its `if_match` is checked against
+    the current workflow, and a stored workflow of the same id that is not the current one is
+    replaced as if absent.
+    """
+
+    change: Change
+    make_current: bool = False
+    seed: bool = False
+    if_match: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class Found:
+    """What a locked read found: the workflow written and, when it is another, the current one.
+
+    Backends fill it; `state` and `other` are the stored (still sealed) documents, None when
+    absent, expired or corrupt. `seq` is the owner's counter as read (None: missing).
+    """
+
+    workflow_id: str | None
+    state: dict[str, Any] | None
+    is_current: bool
+    other: dict[str, Any] | None = None
+    seq: int | None = None
+
+    def floor(self) -> int:
+        """Return the lowest version the next write may take: above every version it saw."""
+        seen = [s["version"] for s in (self.state, self.other) if s is not None]
+        return max([self.seq or 0, *seen]) + 1
+
+
+@dataclass(slots=True)
+class Applied:
+    """A batch applied to what was found, ready to commit.
+
+    `chain`: the new states in commit order, each with the version it would take if the
+    counter had not moved (the commit stamps the real ones); per new state, whether it
+    finishes a workflow (history) and whether it makes the workflow current; each write's
+    answer: an index into `chain` (-1: the state as found) or the StateError refusing it.
+    """
+
+    chain: list[dict[str, Any]]
+    finished: list[bool]
+    makes_current: list[bool]
+    answers: list[tuple[PendingWrite, int | Exception]]
+    # The owner's current workflow, when another, was part of an If-Match decision.
+    checked_other: bool = False
 
 
 class Observer:
@@ -106,8 +224,40 @@ class Observer:
         """Record an accepted write or delete."""
 
 
+class TaggedCache:
+    """A bounded cache of values by key, each kept with a tag that must match to hit (the bytes
+    a document was decoded from, a file's stat identity); least recently used goes first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._guard = threading.Lock()
+        self._entries: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()
+
+    def get(self, key: Any, tag: Any) -> Any:
+        """Return the value kept for `key` under `tag`, or None."""
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != tag:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: Any, tag: Any, value: Any) -> None:
+        """Keep `value` for `key` under `tag`, dropping the least recently used past the size."""
+        with self._guard:
+            self._entries[key] = (tag, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._guard:
+            self._entries.clear()
+
+
 class StateStore(ABC):
-    """Hold one workflow state with versioned, locked, fenced writes."""
+    """Hold every owner's workflows with versioned, locked, fenced writes."""
 
     # URL schemes this backend serves; the registry in `storage/__init__.py` maps them.
     schemes: ClassVar[tuple[str, ...]] = ()
@@ -119,7 +269,10 @@ class StateStore(ABC):
         options = replace(options or StoreOptions(), **overrides)
         self.url = url
         self.options = options
+        # The single-workflow key of earlier versions, migrated into owner `public` on start.
         self.key = options.key
+        self.prefix = options.prefix
+        self.max_workflows = options.max_workflows
         self.ttl = options.ttl
         self.stale_ttl = options.stale_ttl
         self.lock_timeout = options.lock_timeout
@@ -127,64 +280,58 @@ class StateStore(ABC):
         self.io_timeout = options.io_timeout
         self.cipher = FieldCipher(options.secret_keys) if options.secret_keys else None
         self.observer = Observer()
-        # (stored bytes, decoded state) of the last document read or written; see `_decode`.
-        self._remembered: tuple[bytes, dict[str, Any]] | None = None
-
-    # --- public interface -----------------------------------------------------------------
-
-    def get(self) -> Snapshot:
-        """Return the current state (a Snapshot whose state is None when there is none)."""
-        return self._get(with_id=False)
-
-    def get_for_stream(self) -> Snapshot:
-        """Return the current state with its event id filled in, also when there is none."""
-        return self._get(with_id=True)
-
-    def save(self, body: Any, *, if_match: frozenset[str] | None = None) -> Snapshot:
-        """Store a whole new state from a POST body (validated before any storage work)."""
-        candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
-
-        def change(current: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
-            decided = model.apply_save(current, candidate, body, if_match)
-            if decided is not None:
-                decided["last_update"] = model.format_time(now)
-            return decided
-
-        return self._transact(change)
-
-    def update_step(
-        self, index: int, body: Any, *, if_match: frozenset[str] | None = None
-    ) -> Snapshot:
-        """Set one step's status (and data) atomically and make it the current step."""
-        if index < 0:
-            raise model.InvalidIndex(f"Step index must be >= 0, got {index}")
-        step_change = model.parse_step_change(body)
-        return self._transact(
-            lambda current, now: model.apply_step(
-                current, index, step_change, now=now, if_match=if_match
-            )
+        # (owner, id) -> the state decoded (or committed) last, under the bytes it came from.
+        self._remembered = TaggedCache(REMEMBERED_DOCUMENTS)
+        self._writes: Keyed[tuple[str, str | None], WriteCombiner] = Keyed(
+            lambda where: WriteCombiner(lambda batch: self._run_batch(*where, batch))
         )
 
-    def merge(self, body: Any, *, if_match: frozenset[str] | None = None) -> Snapshot:
-        """Replace top-level fields of the stored state atomically."""
-        model.require_object(body)
-        return self._transact(
-            lambda current, now: model.apply_merge(current, body, now=now, if_match=if_match)
-        )
+    # --- reading ---------------------------------------------------------------------------
 
-    def clear(self) -> int:
-        """Delete the state; return the version number the delete took."""
-        version = self._delete()
-        self.observer.wrote()
-        return version
+    def get(self, owner: str, workflow_id: str | None = None) -> Snapshot:
+        """Return a workflow (None: the owner's current one); state None when absent or expired."""
+        return self._get(check_owner(owner), check_workflow_id(workflow_id), with_id=False)
 
-    def history(self, limit: int = HISTORY_MAX) -> list[dict[str, Any]]:
-        """Return up to `limit` finished states of the last 7 days, newest first."""
+    def get_for_stream(self, owner: str, workflow_id: str | None = None) -> Snapshot:
+        """Return a workflow with its event id filled in: the owner's counter when there is none."""
+        return self._get(check_owner(owner), check_workflow_id(workflow_id), with_id=True)
+
+    def list(
+        self,
+        owner: str,
+        *,
+        status: str = "all",
+        limit: int = LIMIT_DEFAULT,
+        cursor: str | None = None,
+    ) -> Page:
+        """Return a page of the owner's unexpired workflows, most recently updated first.
+
+        `status` is running, finished or all; `cursor` is a page's `next_cursor`, bound to this
+        owner and status (InvalidCursor otherwise).
+        """
+        check_owner(owner)
+        check_status(status)
+        check_limit(limit)
+        position = decode_cursor(cursor, owner, status)
+        found = self._list(owner, status, position, limit + 1)
+        entries = [list_entry(self._open(state)) for _, state in found[:limit]]
+        following = None
+        if len(found) > limit:
+            following = encode_cursor(owner, status, found[limit - 1][0])
+        return Page(entries, following)
+
+    def owners(self) -> list[str]:
+        """Return every owner that ever created a workflow, sorted (admin `owner=*`)."""
+        return sorted(self._owners())
+
+    def history(self, owner: str, limit: int = HISTORY_MAX) -> list[dict[str, Any]]:
+        """Return up to `limit` of the owner's finished states of the last 7 days, newest first."""
+        check_owner(owner)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= HISTORY_MAX:
             raise model.InvalidState("limit", f"must be a whole number from 1 to {HISTORY_MAX}")
         oldest = utc_now().timestamp() - HISTORY_SECONDS
         entries = []
-        for raw in self._history(HISTORY_MAX):
+        for raw in self._history(owner, HISTORY_MAX):
             try:
                 state = model.parse_stored(raw)
             except ValueError:
@@ -196,6 +343,106 @@ class StateStore(ABC):
                 break
         return entries
 
+    # --- writing ---------------------------------------------------------------------------
+
+    def create(self, owner: str, body: Any) -> Snapshot:
+        """Create a workflow from a POST /workflows body and make it the owner's current one.
+
+        An id the owner has → WorkflowExists, or WorkflowFinished when that one is finished (a
+        deleted or expired id may be created again); at the limit → TooManyWorkflows.
+        """
+        check_owner(owner)
+        candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
+
+        def change(stored: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+            if stored is not None:
+                kind = model.WorkflowFinished if model.is_finished(stored) else model.WorkflowExists
+                raise kind(f"Workflow {stored['workflow_id']} exists and is {stored['status']}")
+            new = dict(candidate)
+            new["last_update"] = model.format_time(now)
+            return new
+
+        return self._transact(owner, candidate["workflow_id"], Write(change, make_current=True))
+
+    def save(self, owner: str, body: Any, *, if_match: frozenset[str] | None = None) -> Snapshot:
+        """Store a whole workflow from a POST /workflow/state body and make it current.
+
+        A new id creates a workflow (the previous current one stays). Decided as the seed's one
+        state was: If-Match and finished-is-final against the owner's current workflow, so
+        saving the current workflow's id follows the finished-is-final rules, and any other id
+        replaces whatever that id held.
+        """
+        check_owner(owner)
+        candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
+
+        def change(stored: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+            decided = model.apply_save(stored, candidate, body)
+            if decided is not None:
+                decided = dict(decided)
+                decided["last_update"] = model.format_time(now)
+            return decided
+
+        write = Write(change, make_current=True, seed=True, if_match=if_match)
+        return self._transact(owner, candidate["workflow_id"], write)
+
+    def update_step(
+        self,
+        owner: str,
+        workflow_id: str | None,
+        index: int,
+        body: Any,
+        *,
+        if_match: frozenset[str] | None = None,
+    ) -> Snapshot:
+        """Set one step's status (and data) atomically and make it the workflow's current step."""
+        check_owner(owner)
+        check_workflow_id(workflow_id)
+        if index < 0:
+            raise model.InvalidIndex(f"Step index must be >= 0, got {index}")
+        step_change = model.parse_step_change(body)
+        return self._transact(
+            owner,
+            workflow_id,
+            Write(
+                lambda current, now: model.apply_step(
+                    current, index, step_change, now=now, if_match=if_match
+                )
+            ),
+        )
+
+    def merge(
+        self,
+        owner: str,
+        workflow_id: str | None,
+        body: Any,
+        *,
+        if_match: frozenset[str] | None = None,
+    ) -> Snapshot:
+        """Replace top-level fields of a workflow atomically."""
+        check_owner(owner)
+        check_workflow_id(workflow_id)
+        model.require_object(body)
+        return self._transact(
+            owner,
+            workflow_id,
+            Write(
+                lambda current, now: model.apply_merge(current, body, now=now, if_match=if_match)
+            ),
+        )
+
+    def delete(self, owner: str, workflow_id: str | None) -> int:
+        """Delete a workflow; return the counter value the delete took.
+
+        An explicit id the owner does not have (or that expired) → NoWorkflow. None deletes
+        the current workflow and always succeeds, as DELETE /workflow/state always did: with
+        nothing to delete it still takes a number and tells the current workflow's streams.
+        """
+        version = self._delete(check_owner(owner), check_workflow_id(workflow_id))
+        self.observer.wrote()
+        return version
+
+    # --- the rest --------------------------------------------------------------------------
+
     def ping(self) -> None:
         """Raise StorageUnavailable unless the backend answers."""
         self._ping()
@@ -205,17 +452,19 @@ class StateStore(ABC):
         self._ready()
 
     def events(self, stop: threading.Event) -> Iterator[Event]:
-        """Yield every accepted write and delete in order until `stop` is set.
+        """Yield every accepted write and delete of every owner, in order, until `stop` is set.
 
-        Yields RESYNC first and after any interruption; the consumer then takes a fresh
-        snapshot. Event JSON is as served (secret fields opened).
+        In order per owner (each owner's counter). Yields RESYNC first and after any
+        interruption; the consumer then takes fresh snapshots. Event JSON is as served (secret
+        fields opened).
         """
         for event in self._events(stop):
             if event is RESYNC or model.ENCRYPTED_MARK not in event.json:
                 yield event
             else:
                 state = json.loads(event.json)
-                yield Event(event.id, dumps(self._open(state) if state else state))
+                opened = dumps(self._open(state) if state else state)
+                yield Event(event.id, opened, event.owner, event.workflow_id, event.current)
 
     def close(self) -> None:
         """Release connections and handles."""
@@ -227,25 +476,39 @@ class StateStore(ABC):
 
     # --- shared machinery for backends -----------------------------------------------------
 
-    def _decode(self, raw: str | bytes | None) -> dict[str, Any] | None:
+    def _transact(self, owner: str, workflow_id: str | None, write: Write) -> Snapshot:
+        """Under the workflow's lock: read, apply `write`'s pure change, commit fenced.
+
+        `workflow_id` None targets the owner's current workflow (resolved under the lock).
+        Concurrent writes to one workflow from this process share one hold of the lock.
+        """
+        with self._writes.use((owner, workflow_id)) as combiner:
+            return combiner.submit(write)
+
+    def _decode(
+        self, owner: str, workflow_id: str, raw: str | bytes | None
+    ) -> dict[str, Any] | None:
         """Parse a stored document; move a corrupt one aside and treat it as no state.
 
-        The last document decoded (or committed) here is remembered with its bytes: between
+        The documents last decoded (or committed) are remembered with their bytes: between
         writes every read returns the same document, and parsing and validating it again would
         be most of a read's cost. Decoded states are shared, so nothing may mutate them.
         """
         if raw is None:
             return None
         key = raw if isinstance(raw, bytes) else raw.encode()
-        remembered = self._remembered
-        if remembered is not None and remembered[0] == key:
-            return remembered[1]
+        where = (owner, workflow_id)
+        remembered = self._remembered.get(where, key)
+        if remembered is not None:
+            return remembered
         try:
             state = model.parse_stored(raw)
+            if state["workflow_id"] != workflow_id:
+                raise ValueError(f"it names workflow {state['workflow_id']!r}")
         except ValueError as error:
-            self._quarantine(raw, str(error))
+            self._quarantine(owner, workflow_id, raw, str(error))
             return None
-        self._remembered = (key, state)
+        self._remembered.put(where, key, state)
         return state
 
     def _open(self, state: dict[str, Any]) -> dict[str, Any]:
@@ -281,44 +544,47 @@ class StateStore(ABC):
         body = {k: v for k, v in stored.items() if k != "version"}
         return dumps(body)[:-1] + ',"version":', stored is not state
 
-    def _committed(self, new: dict[str, Any], head: str, sealed: bool, version: int) -> Snapshot:
+    def _committed(
+        self, owner: str, new: dict[str, Any], head: str, sealed: bool, version: int
+    ) -> Snapshot:
         """Build the Snapshot of a state just committed with `version`."""
         new["version"] = version
         if sealed:
             return Snapshot(new, dumps(new), str(version))
         document = f"{head}{version}}}"
-        self._remembered = (document.encode(), new)
+        self._remembered.put((owner, new["workflow_id"]), document.encode(), new)
         return Snapshot(new, document, str(version))
 
-    def _apply_batch(
-        self, stored: dict[str, Any] | None, batch: list[PendingWrite], last_version: int
-    ) -> tuple[list[dict[str, Any]], list[bool], list[tuple[PendingWrite, int | Exception]]]:
-        """Apply a batch of writes in order to `stored` (whose counter is at `last_version`).
-
-        Return the new states in commit order, whether each finishes a workflow (so it goes
-        into the history), and each write's answer: an index into the new states (-1: the
-        stored state, for a write that changed nothing) or the StateError that refused it.
-        Each new state already carries the version the commit will give it, so a later write's
-        If-Match is checked against the right number.
-        """
-        current = self._open(stored) if stored is not None else None
+    def _apply_batch(self, found: Found, batch: list[PendingWrite]) -> Applied:
+        """Apply a batch of writes in order to what the locked read found."""
+        state = self._open(found.state) if found.state is not None else None
+        other = self._open(found.other) if found.other is not None else None
+        is_current = found.is_current
+        next_version = found.floor()
         now = utc_now()
-        chain: list[dict[str, Any]] = []
-        finished: list[bool] = []
-        answers: list[tuple[PendingWrite, int | Exception]] = []
-        for write in batch:
+        applied = Applied([], [], [], [])
+        for pending in batch:
+            write: Write = pending.change
+            # What the write is decided against: a seed write sees the current workflow only.
+            seen = state if is_current or not write.seed else None
             try:
-                new = write.change(current, now)
+                if write.seed and write.if_match is not None:
+                    applied.checked_other = applied.checked_other or not is_current
+                    model.check_if_match(state if is_current else other, write.if_match)
+                new = write.change(seen, now)
             except model.StateError as error:
-                answers.append((write, error))
+                applied.answers.append((pending, error))
                 continue
             if new is not None:
-                new["version"] = last_version + len(chain) + 1
-                finished.append(model.newly_finished(current, new))
-                chain.append(new)
-                current = new
-            answers.append((write, len(chain) - 1))
-        return chain, finished, answers
+                new["version"] = next_version
+                next_version += 1
+                applied.finished.append(model.newly_finished(seen, new))
+                applied.makes_current.append(write.make_current)
+                applied.chain.append(new)
+                state = new
+                is_current = is_current or write.make_current
+            applied.answers.append((pending, len(applied.chain) - 1))
+        return applied
 
     @staticmethod
     def _settle(
@@ -342,23 +608,33 @@ class StateStore(ABC):
     # --- what each backend supplies -------------------------------------------------------
 
     @abstractmethod
-    def _get(self, *, with_id: bool) -> Snapshot:
-        """Read the current state without taking the lock."""
+    def _get(self, owner: str, workflow_id: str | None, *, with_id: bool) -> Snapshot:
+        """Read a workflow (None: the current one) without taking its lock."""
 
     @abstractmethod
-    def _transact(self, change: Change) -> Snapshot:
-        """Under the lock: read, apply `change`, and commit fenced on the version counter."""
+    def _run_batch(self, owner: str, workflow_id: str | None, batch: list[PendingWrite]) -> None:
+        """Under the workflow's lock: read, `_apply_batch`, commit fenced, `_settle`."""
 
     @abstractmethod
-    def _delete(self) -> int:
-        """Delete the state and take the next version number for the delete."""
+    def _delete(self, owner: str, workflow_id: str | None) -> int:
+        """Delete a workflow (None: the current one) and take the next counter value."""
 
     @abstractmethod
-    def _history(self, limit: int) -> list[str]:
-        """Return up to `limit` stored history documents, newest first."""
+    def _list(
+        self, owner: str, status: str, after: Position | None, count: int
+    ) -> list[tuple[Position, dict[str, Any]]]:
+        """Return up to `count` unexpired stored states in list order after `after`."""
 
     @abstractmethod
-    def _quarantine(self, raw: str | bytes, reason: str) -> None:
+    def _owners(self) -> list[str]:
+        """Return every owner that ever created a workflow."""
+
+    @abstractmethod
+    def _history(self, owner: str, limit: int) -> list[str]:
+        """Return up to `limit` of the owner's history documents, newest first."""
+
+    @abstractmethod
+    def _quarantine(self, owner: str, workflow_id: str, raw: str | bytes, reason: str) -> None:
         """Move a stored value that is not a valid state aside, and log it."""
 
     @abstractmethod

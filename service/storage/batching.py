@@ -8,16 +8,22 @@ failure seen while waiting is shared at once, so an outage costs each reader one
 hands it to the backend as one batch, which applies the writes in order under one hold of the
 lock and commits them together. Each write still gets its own outcome. Leadership passes to the
 first writer of the next batch, so nobody waits for more than the batch ahead of it.
+
+`Keyed`: one coalescer or combiner per workflow, made when a caller comes and dropped when the
+last one leaves, so a process that touched a million workflows holds entries only for those
+in use right now.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 def _rethrow(error: BaseException) -> BaseException:
@@ -149,3 +155,36 @@ class WriteCombiner:
             for write in batch:
                 write.lead = False
                 write.ready.set()
+
+
+class Keyed(Generic[K, T]):
+    """One `T` per key for as long as someone uses it; idle keys hold no memory."""
+
+    def __init__(self, make: Callable[[K], T]) -> None:
+        self._make = make
+        self._guard = threading.Lock()
+        self._entries: dict[K, list[Any]] = {}  # key -> [value, users]
+
+    @contextmanager
+    def use(self, key: K) -> Iterator[T]:
+        """Yield the key's value, made if nobody holds it; forget it when the last user leaves."""
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = [self._make(key), 0]
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def peek(self, key: K) -> T | None:
+        """Return the key's value while someone uses it, else None (for tests and metrics)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[0]

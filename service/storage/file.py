@@ -1,10 +1,21 @@
 """JSON-file backend: the embedded default for one host and any number of worker processes.
 
-The state file holds exactly the stored state. Writers serialise on `flock` of a separate
-lock file and replace the state atomically (temp file, fsync, rename, fsync of the directory),
-so a reader sees the old state or the new one, never a torn one. Beside the state file live
-`<name>.seq` (the version counter, which outlives deletes and expiry), `<name>.history.json`
-and `<name>.events` (a journal that streams in other processes tail).
+`file:///dir/workflow_state.json` keeps every workflow under `dir/workflows/`:
+
+    dir/workflows/<owner>/<id>.json   one workflow, exactly its stored state (0600)
+    dir/workflows/<owner>/.seq        the owner's version counter (outlives deletes and expiry)
+    dir/workflows/<owner>/.current    the id of the owner's current workflow
+    dir/workflows/<owner>/.index      {id: [last_update ms, expires ms]}: listing reads no other
+    dir/workflows/<owner>/.history    the owner's finished workflows, newest first
+    dir/workflows/<owner>/.lock       flock: one writer of the owner at a time, across processes
+    dir/workflows.events              one journal of every owner's changes, tailed by streams
+
+(The per-owner files have no `.json` suffix, so no workflow id can name one; the journal sits
+beside `workflows/` because `.events` is a valid owner name.) A write replaces a file
+atomically (temp file, fsync, rename, fsync of the directory), so a reader sees the old state or
+the new one, never a torn one. Expiry is checked on read; expired files are removed under the
+owner's lock by the writes that come later. A state file of an earlier version (the configured
+path, with its `.seq` and `.history.json`) is moved into owner `public` on start.
 """
 
 from __future__ import annotations
@@ -26,24 +37,38 @@ from urllib.parse import unquote, urlsplit
 from .. import model
 from .base import (
     HISTORY_MAX,
+    MIGRATION_OWNER,
+    OWNER_RE,
     RESYNC,
-    Change,
+    Applied,
     Event,
+    Found,
     LockTimeout,
     Snapshot,
     StateStore,
     StorageUnavailable,
+    TaggedCache,
     clock_microseconds,
     dumps,
     log,
 )
-from .batching import PendingWrite, WriteCombiner
+from .batching import Keyed, PendingWrite
+from .listing import Position, matches
+from .listing import score as score_of
 
-LOCK_SUFFIX = ".lock"
-SEQ_SUFFIX = ".seq"
-HISTORY_SUFFIX = ".history.json"
-EVENTS_SUFFIX = ".events"
+STATES_DIRECTORY = "workflows"
+STATE_SUFFIX = ".json"
+SEQ_FILE = ".seq"
+CURRENT_FILE = ".current"
+INDEX_FILE = ".index"
+HISTORY_FILE = ".history"
+LOCK_FILE = ".lock"
+JOURNAL_NAME = "workflows.events"
 CORRUPT_SUFFIX = ".corrupt-"
+# The single-state layout of earlier versions: <path>, <path>.seq, <path>.history.json.
+OLD_SEQ_SUFFIX = ".seq"
+OLD_HISTORY_SUFFIX = ".history.json"
+OLD_LOCK_SUFFIX = ".lock"
 # The journal is only for live streams; past this size a writer starts a new one.
 EVENTS_MAX_BYTES = 1 << 20
 WATCH_POLL_SECONDS = 0.05
@@ -51,6 +76,10 @@ LOCK_POLL_SECONDS = 0.001
 # A file changed this recently may have an mtime that a later write repeats (coarse clocks),
 # so it is re-read rather than served from the cache (git's "racily clean" rule).
 RACY_SECONDS = 2.0
+# Files whose decoded content is remembered per process (by their stat identity).
+CACHED_FILES = 512
+# Owners whose last journal event a follower remembers, to notice a gap; past this it forgets.
+FOLLOWED_OWNERS_MAX = 10_000
 # `_atomic_write`'s temp files: .<name>.tmp-<pid>-<hex>. One lives for a single write; one that
 # outlived its writer (a killed worker) is removed on start.
 TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+")
@@ -84,8 +113,16 @@ def _problem(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class FileStore(StateStore):
-    """Keep the state in a JSON file guarded by a lock file."""
+    """Keep every owner's workflows in JSON files guarded by per-owner lock files."""
 
     schemes = ("file",)
 
@@ -93,27 +130,38 @@ class FileStore(StateStore):
         super().__init__(url, **options)
         self.path = path_from_url(url)
         self.directory = os.path.dirname(self.path)
-        self.lock_path = self.path + LOCK_SUFFIX
-        self.seq_path = self.path + SEQ_SUFFIX
-        self.history_path = self.path + HISTORY_SUFFIX
-        self.events_path = self.path + EVENTS_SUFFIX
-        # (stat identity, stored state, its JSON, expiry time) of the last file read.
-        self._cache: tuple[tuple[int, ...], dict[str, Any], str, float] | None = None
-        self._thread_lock = threading.Lock()
+        self.root = os.path.join(self.directory, STATES_DIRECTORY)
+        self.events_path = os.path.join(self.directory, JOURNAL_NAME)
+        self.journal_lock_path = self.events_path + OLD_LOCK_SUFFIX
+        # path -> what the file held, under its stat identity.
+        self._cache = TaggedCache(CACHED_FILES)
+        self._owner_locks: Keyed[str, threading.Lock] = Keyed(lambda owner: threading.Lock())
         self._held = threading.local()
-        self._writes = WriteCombiner(self._run_batch)
+        self._migrated_pid: int | None = None
         self._remove_stale_temp_files()
 
-    # --- files ----------------------------------------------------------------------------
+    # --- paths and files -------------------------------------------------------------------
+
+    def _owner_directory(self, owner: str) -> str:
+        """Return the directory holding the owner's workflows."""
+        return os.path.join(self.root, owner)
+
+    def _state_path(self, owner: str, workflow_id: str) -> str:
+        """Return the file of one workflow."""
+        return os.path.join(self.root, owner, workflow_id + STATE_SUFFIX)
+
+    def _meta(self, owner: str, name: str) -> str:
+        return os.path.join(self.root, owner, name)
 
     def _fail(self, action: str, path: str, error: OSError) -> StorageUnavailable:
         return StorageUnavailable(f"State file backend: cannot {action} {path}: {_problem(error)}")
 
-    def _ensure_directory(self) -> None:
+    def _ensure_directory(self, path: str) -> None:
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)
         except OSError as error:
-            raise self._fail("create directory", self.directory, error) from None
+            raise self._fail("create directory", path, error) from None
+        self._refuse_symlink(path)
 
     def _refuse_symlink(self, path: str) -> None:
         try:
@@ -139,42 +187,11 @@ class FileStore(StateStore):
         finally:
             os.close(fd)
 
-    def _remove_stale_temp_files(self) -> None:
-        """Remove temp files that killed writers left beside the state files.
-
-        Only this store's own temp files, and only those whose writer is gone: its pid is not a
-        live process, or the file is older than a minute (a write takes milliseconds).
-        """
-        ours = {
-            os.path.basename(path)
-            for path in (self.path, self.seq_path, self.history_path, self.events_path)
-        }
-        try:
-            names = os.listdir(self.directory)
-        except OSError:
-            return  # no directory yet (or not readable): nothing to clean
-        for name in names:
-            match = TEMP_NAME.fullmatch(name)
-            if match is None or match["name"] not in ours:
-                continue
-            path = os.path.join(self.directory, name)
-            try:
-                info = os.lstat(path)
-                if not stat.S_ISREG(info.st_mode):
-                    continue
-                recent = time.time() - info.st_mtime < STALE_TEMP_SECONDS
-                if recent and _process_alive(int(match["pid"])):
-                    continue
-                os.unlink(path)
-            except OSError:
-                continue
-            log.info("removed %s, a temp file left by a writer that stopped mid-write", path)
-
-    def _atomic_write(self, path: str, data: bytes) -> None:
+    def _atomic_write(self, path: str, data: bytes, *, sync_directory: bool = True) -> None:
         """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the directory."""
         self._refuse_symlink(path)
-        name = os.path.basename(path)
-        temp = os.path.join(self.directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        directory, name = os.path.split(path)
+        temp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             fd = os.open(temp, _OPEN_NEW, 0o600)
             try:
@@ -189,247 +206,574 @@ class FileStore(StateStore):
             with suppress(OSError):
                 os.unlink(temp)
             raise self._fail("write", path, error) from None
-        self._sync_directory()
+        if sync_directory:
+            self._sync_directory(directory)
 
-    def _sync_directory(self) -> None:
+    def _remove_stale_temp_files(self) -> None:
+        """Remove temp files that killed writers left behind: beside the configured path (the
+        journal, an earlier version's files) and in every owner's directory.
+
+        Only temp files of this store's own files, and only those whose writer is gone: its pid
+        is not a live process, or the file is older than a minute (a write takes milliseconds).
+        """
+        # Beside the configured path only its own files: the directory may hold others'.
+        name = os.path.basename(self.path)
+        top = {name, name + OLD_SEQ_SUFFIX, name + OLD_HISTORY_SUFFIX, JOURNAL_NAME}
         try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            owners = [os.path.join(self.root, name) for name in os.listdir(self.root)]
+        except OSError:
+            owners = []  # no state directory yet: nothing to clean there
+        for directory in (self.directory, *owners):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue  # not a directory, or not readable
+            for entry in names:
+                match = TEMP_NAME.fullmatch(entry)
+                if match is None:
+                    continue
+                if directory == self.directory:
+                    if match["name"] not in top:
+                        continue
+                elif _OWNER_FILE.fullmatch(match["name"]) is None:
+                    continue
+                path = os.path.join(directory, entry)
+                try:
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    recent = time.time() - info.st_mtime < STALE_TEMP_SECONDS
+                    if recent and _process_alive(int(match["pid"])):
+                        continue
+                    os.unlink(path)
+                except OSError:
+                    continue
+                log.info("removed %s, a temp file left by a writer that stopped mid-write", path)
+
+    def _remove(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise self._fail("delete", path, error) from None
+
+    def _sync_directory(self, directory: str) -> None:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as error:
-            raise self._fail("sync directory", self.directory, error) from None
+            raise self._fail("sync directory", directory, error) from None
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the writer lock: a thread lock within this process, flock across processes."""
+    def _flock(self, path: str, deadline: float, what: str) -> Iterator[None]:
+        """Hold an exclusive flock on `path` (created 0600), waiting until `deadline`."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise self._fail("open the lock file", path, error) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        self.observer.lock_timed_out()
+                        raise LockTimeout(
+                            f"The {what} lock {path} stayed held by another process "
+                            f"for {self.lock_wait:g}s"
+                        ) from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    @contextmanager
+    def _locked(self, owner: str) -> Iterator[None]:
+        """Hold the owner's writer lock: a thread lock in this process, flock across processes."""
         started = time.monotonic()
         deadline = started + self.lock_wait
-        if not self._thread_lock.acquire(timeout=self.lock_wait):
-            self.observer.lock_timed_out()
-            raise LockTimeout(
-                f"The state lock {self.lock_path} stayed held for {self.lock_wait:g}s"
-            )
-        try:
-            self._ensure_directory()
-            try:
-                fd = os.open(
-                    self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        directory = self._owner_directory(owner)
+        with self._owner_locks.use(owner) as thread_lock:
+            if not thread_lock.acquire(timeout=self.lock_wait):
+                self.observer.lock_timed_out()
+                raise LockTimeout(
+                    f"The lock of owner {owner!r} in {self.root} stayed held "
+                    f"for {self.lock_wait:g}s"
                 )
-            except OSError as error:
-                raise self._fail("open the lock file", self.lock_path, error) from None
             try:
-                while True:
+                for path in (self.directory, self.root, directory):
+                    self._ensure_directory(path)
+                with self._flock(self._meta(owner, LOCK_FILE), deadline, "owner"):
+                    self.observer.lock_waited(time.monotonic() - started)
+                    held = self._holding()
+                    held.add(owner)
                     try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            self.observer.lock_timed_out()
-                            raise LockTimeout(
-                                f"The state lock {self.lock_path} stayed held by another process "
-                                f"for {self.lock_wait:g}s"
-                            ) from None
-                        time.sleep(LOCK_POLL_SECONDS)
-                self.observer.lock_waited(time.monotonic() - started)
-                self._held.active = True
-                try:
-                    yield
-                finally:
-                    self._held.active = False
+                        yield
+                    finally:
+                        held.discard(owner)
             finally:
-                os.close(fd)  # closing the descriptor releases the flock
-        finally:
-            self._thread_lock.release()
+                thread_lock.release()
+
+    def _holding(self) -> set[str]:
+        """Return the owners whose lock this thread holds."""
+        held = getattr(self._held, "owners", None)
+        if held is None:
+            held = self._held.owners = set()
+        return held
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _read_stored(self) -> tuple[dict[str, Any] | None, str | None, int]:
-        """Return (stored state or None, its JSON, its version even if expired)."""
+    def _started(self) -> None:
+        """Migrate the single-state layout of an earlier version, once per process."""
+        if self._migrated_pid != os.getpid():
+            self._migrate()
+            self._migrated_pid = os.getpid()
+
+    def _read_state(
+        self, owner: str, workflow_id: str
+    ) -> tuple[dict[str, Any] | None, str | None, int]:
+        """Return (stored state or None, its JSON, its version even if expired, else 0)."""
+        path = self._state_path(owner, workflow_id)
         try:
-            info = os.stat(self.path, follow_symlinks=False)
+            info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
             return None, None, 0
         except OSError as error:
-            raise self._fail("read", self.path, error) from None
+            raise self._fail("read", path, error) from None
         if stat.S_ISLNK(info.st_mode):
-            raise self._fail("read", self.path, OSError(errno.ELOOP, "symlink"))
-        identity = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        cached = self._cache
-        if cached is not None and cached[0] == identity:
-            stored, text, expiry = cached[1], cached[2], cached[3]
+            raise self._fail("read", path, OSError(errno.ELOOP, "symlink"))
+        identity = _identity(info)
+        cached = self._cache.get(path, identity)
+        if cached is not None:
+            stored, text, expiry = cached
         else:
-            raw = self._read_file(self.path)
+            raw = self._read_file(path)
             if raw is None:
                 return None, None, 0
-            stored = self._decode(raw)
+            stored = self._decode(owner, workflow_id, raw)
             if stored is None:
                 return None, None, 0
             text = raw.decode("utf-8")
             expiry = model.expires_at(stored, self.ttl, self.stale_ttl)
             if time.time() - info.st_mtime > RACY_SECONDS:
-                self._cache = (identity, stored, text, expiry)
+                self._cache.put(path, identity, (stored, text, expiry))
         if time.time() >= expiry:
             return None, None, stored["version"]
         return stored, text, stored["version"]
 
-    def _read_seq(self) -> int | None:
-        """Return the version counter, or None when its file is missing or unreadable."""
-        raw = self._read_file(self.seq_path)
+    def _read_small(self, path: str) -> str | None:
+        """Return the text of a small metadata file (remembered by stat identity), or None."""
         try:
-            return int(raw) if raw is not None else None
-        except ValueError:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
             return None
+        except OSError as error:
+            raise self._fail("read", path, error) from None
+        identity = _identity(info)
+        cached = self._cache.get(path, identity)
+        if cached is not None:
+            return cached
+        raw = self._read_file(path)
+        if raw is None:
+            return None
+        text = raw.decode("utf-8", "replace").strip()
+        if time.time() - info.st_mtime > RACY_SECONDS:
+            self._cache.put(path, identity, text)
+        return text
 
-    def _last_version(self, stored_version: int) -> int:
-        """Return the last version number taken (under the lock).
+    def _read_current(self, owner: str) -> str | None:
+        text = self._read_small(self._meta(owner, CURRENT_FILE))
+        return text if text and model.WORKFLOW_ID_RE.match(text) else None
 
-        A missing counter file starts from the clock in microseconds, and never below the stored
-        state's version, so a version is never reused.
-        """
-        seq = self._read_seq()
-        if seq is None:
-            return max(clock_microseconds(), stored_version)
-        return max(seq, stored_version)
+    def _read_seq(self, owner: str) -> int | None:
+        text = self._read_small(self._meta(owner, SEQ_FILE))
+        return int(text) if text and text.isdigit() else None
 
-    def _get(self, *, with_id: bool) -> Snapshot:
-        stored, text, last_version = self._read_stored()
+    def _get(self, owner: str, workflow_id: str | None, *, with_id: bool) -> Snapshot:
+        self._started()
+        target = workflow_id if workflow_id is not None else self._read_current(owner)
+        stored, text, last_version = (
+            self._read_state(owner, target) if target is not None else (None, None, 0)
+        )
         if stored is None:
             if with_id:
-                return Snapshot(None, "null", str(max(self._read_seq() or 0, last_version)))
+                return Snapshot(None, "null", str(max(self._counter(owner), last_version)))
             return Snapshot(None, "null")
         return self._served(stored, text)
 
-    # --- writing ---------------------------------------------------------------------------
+    def _counter(self, owner: str) -> int:
+        """Return the owner's counter, seeding it from the clock when missing.
 
-    def _transact(self, change: Change) -> Snapshot:
-        # Concurrent writers of this process share one hold of the lock and one set of fsyncs.
-        return self._writes.submit(change)
+        For a stream's snapshot of nothing: its id is then a number the next write follows by
+        one, as it always was.
+        """
+        seq = self._read_seq(owner)
+        if seq is not None:
+            return seq
+        with self._locked(owner):
+            seq = self._read_seq(owner)
+            if seq is None:
+                seq = self._seq_or_clock(owner)
+                self._atomic_write(self._meta(owner, SEQ_FILE), str(seq).encode())
+            return seq
 
-    def _run_batch(self, batch: list[PendingWrite]) -> None:
-        """Apply and commit a batch of writes under the lock file."""
-        with self._locked():
-            stored, text, last_version = self._read_stored()
-            base = self._last_version(last_version)
-            chain, finished, answers = self._apply_batch(stored, batch, base)
-            committed: list[Snapshot] = []
-            if chain:
-                # The counter is written first: a crash after it leaves a gap, never a reused
-                # number.
-                self._atomic_write(self.seq_path, str(base + len(chain)).encode())
-                encoded = [self._encode_head(new, stored) for new in chain]
-                versions = [new["version"] for new in chain]
-                documents = [
-                    f"{head}{version}}}"
-                    for (head, _), version in zip(encoded, versions, strict=True)
-                ]
-                self._atomic_write(self.path, documents[-1].encode())
-                if any(finished):
-                    self._append_history(
-                        [json.loads(d) for d, end in zip(documents, finished, strict=True) if end]
-                    )
-                self._journal(list(zip(versions, documents, strict=True)))
-                for new, (head, sealed) in zip(chain, encoded, strict=True):
-                    committed.append(self._committed(new, head, sealed, new["version"]))
-                    self.observer.wrote()
-            self._settle(answers, committed, self._served(stored, text))
+    def _load_index(self, owner: str) -> dict[str, list[int]]:
+        raw = self._read_file(self._meta(owner, INDEX_FILE))
+        try:
+            index = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError):
+            index = {}
+        if not isinstance(index, dict):
+            return {}
+        return {
+            key: value
+            for key, value in index.items()
+            if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
+        }
 
-    def _delete(self) -> int:
-        with self._locked():
-            _, _, last_version = self._read_stored()
-            version = self._last_version(last_version) + 1
-            self._atomic_write(self.seq_path, str(version).encode())
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                raise self._fail("delete", self.path, error) from None
-            self._sync_directory()
-            self._journal([(version, "null")])
-            return version
+    def _list(
+        self, owner: str, status: str, after: Position | None, count: int
+    ) -> list[tuple[Position, dict[str, Any]]]:
+        self._started()
+        now = _now_ms()
+        positions = sorted(
+            (
+                (when, workflow_id)
+                for workflow_id, (when, expires) in self._load_index(owner).items()
+                if expires > now
+            ),
+            reverse=True,
+        )
+        found: list[tuple[Position, dict[str, Any]]] = []
+        for position in positions:
+            if after is not None and not position < after:
+                continue
+            stored, _, _ = self._read_state(owner, position[1])
+            if stored is not None and matches(stored, status):
+                found.append((position, stored))
+                if len(found) == count:
+                    break
+        return found
 
-    def _append_history(self, finished: list[dict[str, Any]]) -> None:
-        """Record finished states (given oldest first) at the top of the history."""
-        entries = [*reversed(finished), *self._load_history()]
-        self._atomic_write(self.history_path, dumps(entries[:HISTORY_MAX]).encode())
+    def _owners(self) -> list[str]:
+        self._started()
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise self._fail("list", self.root, error) from None
+        # An owner that ever created a workflow has an index (a stream alone makes a directory).
+        return [
+            name
+            for name in names
+            if OWNER_RE.match(name)
+            and name not in (".", "..")
+            and not os.path.islink(os.path.join(self.root, name))
+            and os.path.isfile(self._meta(name, INDEX_FILE))
+        ]
 
-    def _load_history(self) -> list[Any]:
-        raw = self._read_file(self.history_path)
+    def _load_history(self, path: str) -> list[Any]:
+        raw = self._read_file(path)
         try:
             entries = json.loads(raw) if raw else []
         except (ValueError, RecursionError):
             entries = []
         return entries if isinstance(entries, list) else []
 
-    def _history(self, limit: int) -> list[str]:
-        return [dumps(entry) for entry in self._load_history()[:limit]]
+    def _history(self, owner: str, limit: int) -> list[str]:
+        self._started()
+        entries = self._load_history(self._meta(owner, HISTORY_FILE))
+        return [dumps(entry) for entry in entries[:limit]]
 
-    def _journal(self, events: list[tuple[int, str]]) -> None:
+    # --- writing ---------------------------------------------------------------------------
+
+    def _seq_or_clock(self, owner: str) -> int:
+        """Return the owner's counter, or (missing) the clock in µs less one: never back."""
+        seq = self._read_seq(owner)
+        return seq if seq is not None else clock_microseconds() - 1
+
+    def _run_batch(self, owner: str, workflow_id: str | None, batch: list[PendingWrite]) -> None:
+        """Apply and commit a batch of writes to one workflow under the owner's lock."""
+        self._started()
+        with self._locked(owner):
+            current = self._read_current(owner)
+            target = workflow_id if workflow_id is not None else current
+            if target is None:
+                applied = self._apply_batch(Found(None, None, False), batch)
+                assert not applied.chain, "a write to no workflow produced a state"
+                self._settle(applied.answers, [], Snapshot(None, "null"))
+                return
+            stored, text, last_version = self._read_state(owner, target)
+            other = None
+            checks_current = any(write.change.if_match is not None for write in batch)
+            if checks_current and current is not None and current != target:
+                other = self._read_state(owner, current)[0]
+            seq = max(self._seq_or_clock(owner), last_version)
+            found = Found(target, stored, current == target, other, seq)
+            applied = self._apply_batch(found, batch)
+            unchanged = self._served(stored, text)
+            if applied.chain and stored is None and self._at_limit(owner, target):
+                refused = model.TooManyWorkflows(
+                    f"Owner {owner!r} has {self.max_workflows} workflows, the most allowed; "
+                    "delete some or let finished ones expire"
+                )
+                answers = [
+                    (w, a if isinstance(a, Exception) else refused) for w, a in applied.answers
+                ]
+                self._settle(answers, [], unchanged)
+                return
+            committed: list[Snapshot] = []
+            if applied.chain:
+                committed = self._commit(owner, target, current, stored, applied.chain, applied)
+            self._settle(applied.answers, committed, unchanged)
+
+    def _at_limit(self, owner: str, workflow_id: str) -> bool:
+        """Tell whether the owner has as many unexpired workflows as allowed (besides this one)."""
+        now = _now_ms()
+        index = self._load_index(owner)
+        alive = [key for key, (_, expires) in index.items() if expires > now and key != workflow_id]
+        return len(alive) >= self.max_workflows
+
+    def _commit(
+        self,
+        owner: str,
+        workflow_id: str,
+        current: str | None,
+        stored: dict[str, Any] | None,
+        chain: list[dict[str, Any]],
+        applied: Applied,
+    ) -> list[Snapshot]:
+        directory = self._owner_directory(owner)
+        versions = [new["version"] for new in chain]
+        # The counter is written first: a crash after it leaves a gap, never a reused number.
+        self._atomic_write(self._meta(owner, SEQ_FILE), str(versions[-1]).encode())
+        encoded = [self._encode_head(new, stored) for new in chain]
+        documents = [
+            f"{head}{version}}}" for (head, _), version in zip(encoded, versions, strict=True)
+        ]
+        last = chain[-1]
+        self._atomic_write(
+            self._state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
+        )
+        index = self._load_index(owner)
+        expires = int(model.expires_at(last, self.ttl, self.stale_ttl) * 1000)
+        index[workflow_id] = [score_of(last), expires]
+        self._prune(owner, index)
+        self._atomic_write(
+            self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
+        )
+        makes = any(applied.makes_current)
+        if makes and current != workflow_id:
+            self._atomic_write(
+                self._meta(owner, CURRENT_FILE), workflow_id.encode(), sync_directory=False
+            )
+        if any(applied.finished):
+            finished = [
+                json.loads(d) for d, end in zip(documents, applied.finished, strict=True) if end
+            ]
+            self._append_history(owner, finished)
+        self._sync_directory(directory)
+        is_current = current == workflow_id
+        events = []
+        for version, document, made in zip(versions, documents, applied.makes_current, strict=True):
+            is_current = is_current or made
+            events.append((workflow_id, is_current, version, document))
+        self._journal(owner, events)
+        snapshots = []
+        for new, (head, sealed) in zip(chain, encoded, strict=True):
+            snapshots.append(self._committed(owner, new, head, sealed, new["version"]))
+            self.observer.wrote()
+        return snapshots
+
+    def _prune(self, owner: str, index: dict[str, list[int]]) -> None:
+        """Drop expired workflows from `index` and remove their files (under the owner's lock)."""
+        now = _now_ms()
+        for workflow_id, (_, expires) in list(index.items()):
+            if expires > now:
+                continue
+            # The index may be older than the file (a crash between the two): ask the file.
+            stored, _, _ = self._read_state(owner, workflow_id)
+            if stored is None:
+                self._remove(self._state_path(owner, workflow_id))
+                del index[workflow_id]
+
+    def _delete(self, owner: str, workflow_id: str | None) -> int:
+        self._started()
+        with self._locked(owner):
+            current = self._read_current(owner)
+            target = workflow_id if workflow_id is not None else current
+            stored, last_version = None, 0
+            if target is not None:
+                stored, _, last_version = self._read_state(owner, target)
+            index = self._load_index(owner)
+            if workflow_id is not None and stored is None:
+                if target in index or last_version:
+                    self._remove(self._state_path(owner, target))
+                    index.pop(target, None)
+                    self._atomic_write(self._meta(owner, INDEX_FILE), dumps(index).encode())
+                raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
+            version = max(self._seq_or_clock(owner), last_version) + 1
+            self._atomic_write(self._meta(owner, SEQ_FILE), str(version).encode())
+            is_current = workflow_id is None or current == target
+            if target is not None:
+                self._remove(self._state_path(owner, target))
+                if index.pop(target, None) is not None:
+                    self._atomic_write(
+                        self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
+                    )
+            if is_current and current is not None:
+                self._remove(self._meta(owner, CURRENT_FILE))
+            self._sync_directory(self._owner_directory(owner))
+            self._journal(owner, [(target or "", is_current, version, "null")])
+            return version
+
+    def _append_history(self, owner: str, finished: list[dict[str, Any]]) -> None:
+        """Record finished states (given oldest first) at the top of the owner's history."""
+        path = self._meta(owner, HISTORY_FILE)
+        entries = [*reversed(finished), *self._load_history(path)]
+        self._atomic_write(path, dumps(entries[:HISTORY_MAX]).encode(), sync_directory=False)
+
+    def _journal(self, owner: str, events: list[tuple[str, bool, int, str]]) -> None:
         """Append events for streams in every process; start a new journal when it is big."""
         lines = "".join(
-            f'{{"id":"{version}","state":{document}}}\n' for version, document in events
+            f'{{"owner":"{owner}","workflow_id":"{workflow_id}",'
+            f'"current":{"true" if current else "false"},"id":"{version}","state":{document}}}\n'
+            for workflow_id, current, version, document in events
         )
         try:
             self._refuse_symlink(self.events_path)
-            try:
-                if os.stat(self.events_path).st_size > EVENTS_MAX_BYTES:
-                    self._atomic_write(self.events_path, b"")
-            except FileNotFoundError:
-                pass
-            fd = os.open(
-                self.events_path,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-            )
-            try:
-                # One write() per batch, so a follower never sees half a batch's lines.
-                os.write(fd, lines.encode())
-            finally:
-                os.close(fd)
+            deadline = time.monotonic() + self.lock_wait
+            with self._flock(self.journal_lock_path, deadline, "journal"):
+                try:
+                    if os.stat(self.events_path).st_size > EVENTS_MAX_BYTES:
+                        self._atomic_write(self.events_path, b"")
+                except FileNotFoundError:
+                    pass
+                fd = os.open(
+                    self.events_path,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+                try:
+                    # One write() per batch, so a follower never sees half a batch's lines.
+                    os.write(fd, lines.encode())
+                finally:
+                    os.close(fd)
         except (OSError, StorageUnavailable) as error:
-            # The write itself is durable; a stream that misses this event resyncs on its poll.
-            log.warning("could not journal events %s for streams: %s", events[0][0], error)
+            # The write itself is durable; a stream that misses this event resyncs on its next.
+            log.warning("could not journal events %s for streams: %s", events[0][2], error)
 
-    def _quarantine(self, raw: str | bytes, reason: str) -> None:
-        if getattr(self._held, "active", False):
-            self._move_aside(raw, reason)
+    def _quarantine(self, owner: str, workflow_id: str, raw: str | bytes, reason: str) -> None:
+        path = self._state_path(owner, workflow_id)
+        if owner in self._holding():
+            self._move_aside(path, raw, reason)
             return
-        with self._locked():
-            self._move_aside(raw, reason)
+        with self._locked(owner):
+            self._move_aside(path, raw, reason)
 
-    def _move_aside(self, raw: str | bytes, reason: str) -> None:
-        if self._read_file(self.path) != (raw.encode() if isinstance(raw, str) else raw):
+    def _move_aside(self, path: str, raw: str | bytes, reason: str) -> None:
+        if self._read_file(path) != (raw.encode() if isinstance(raw, str) else raw):
             return  # a writer replaced it meanwhile
         # <unix time>, or <unix time>-<n> when taken: an earlier copy is never overwritten.
-        stamp = f"{self.path}{CORRUPT_SUFFIX}{int(time.time())}"
+        stamp = f"{path}{CORRUPT_SUFFIX}{int(time.time())}"
         target, n = stamp, 0
         while os.path.lexists(target):
             n += 1
             target = f"{stamp}-{n}"
         try:
-            os.chmod(self.path, 0o600, follow_symlinks=False)
-            os.replace(self.path, target)
+            os.chmod(path, 0o600, follow_symlinks=False)
+            os.replace(path, target)
         except OSError as error:
-            raise self._fail("move aside the corrupt state file", self.path, error) from None
-        self._sync_directory()
+            raise self._fail("move aside the corrupt state file", path, error) from None
+        self._sync_directory(os.path.dirname(path))
         self._log_quarantine(target, reason)
+
+    # --- migration -------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        """Move the single state file of an earlier version (and its counter and history)
+        into owner `public`, keeping its version; idempotent."""
+        old_seq, old_history = self.path + OLD_SEQ_SUFFIX, self.path + OLD_HISTORY_SUFFIX
+        if not any(os.path.lexists(p) for p in (self.path, old_seq, old_history)):
+            return
+        owner = MIGRATION_OWNER
+        deadline = time.monotonic() + self.lock_wait
+        with self._locked(owner), self._flock(self.path + OLD_LOCK_SUFFIX, deadline, "state"):
+            raw = self._read_file(self.path)
+            state = None
+            if raw is not None:
+                try:
+                    state = model.parse_stored(raw)
+                except ValueError as error:
+                    self._move_aside(self.path, raw, str(error))
+            seq_text = (self._read_file(old_seq) or b"").strip()
+            versions = [self._read_seq(owner) or 0, int(seq_text) if seq_text.isdigit() else 0]
+            index = self._load_index(owner)
+            if state is not None:
+                versions.append(state["version"])
+                workflow_id = state["workflow_id"]
+                target = self._state_path(owner, workflow_id)
+                if not os.path.lexists(target):
+                    self._atomic_write(target, raw, sync_directory=False)
+                    expires = int(model.expires_at(state, self.ttl, self.stale_ttl) * 1000)
+                    index[workflow_id] = [score_of(state), expires]
+                    self._atomic_write(
+                        self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
+                    )
+                    if self._read_current(owner) is None:
+                        self._atomic_write(
+                            self._meta(owner, CURRENT_FILE),
+                            workflow_id.encode(),
+                            sync_directory=False,
+                        )
+            self._atomic_write(self._meta(owner, SEQ_FILE), str(max(versions)).encode())
+            old_entries = self._load_history(old_history)
+            if old_entries:
+                path = self._meta(owner, HISTORY_FILE)
+                entries = self._load_history(path)
+                seen = {_history_key(entry) for entry in entries}
+                entries += [entry for entry in old_entries if _history_key(entry) not in seen]
+                self._atomic_write(path, dumps(entries[:HISTORY_MAX]).encode())
+            for path in (self.path, old_seq, old_history):
+                self._remove(path)
+            self._sync_directory(self.directory)
+        log.warning(
+            "moved the single-workflow state file %s into owner %r (version %s)",
+            self.path,
+            owner,
+            state["version"] if state else "-",
+        )
 
     # --- other -----------------------------------------------------------------------------
 
     def _ping(self) -> None:
-        self._ensure_directory()
-        for path in (self.path, self.lock_path):
-            self._refuse_symlink(path)
-        if not os.access(self.directory, os.W_OK | os.X_OK):
-            raise self._fail("write in", self.directory, OSError(errno.EACCES, "denied"))
+        self._ensure_directory(self.directory)
+        self._ensure_directory(self.root)
+        self._refuse_symlink(self.events_path)
+        # The shared namespace's files too: where every seed client's workflow lives.
+        shared = self._owner_directory(MIGRATION_OWNER)
+        self._refuse_symlink(shared)
+        for name in (LOCK_FILE, CURRENT_FILE):
+            self._refuse_symlink(self._meta(MIGRATION_OWNER, name))
+        current = self._read_current(MIGRATION_OWNER)
+        if current is not None:
+            self._refuse_symlink(self._state_path(MIGRATION_OWNER, current))
+        self._started()
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise self._fail("write in", self.root, OSError(errno.EACCES, "denied"))
 
     def _events(self, stop: threading.Event) -> Iterator[Event]:
         """Tail the journal through an open descriptor, across rotations, missing nothing."""
         journal = self._open_journal(at_end=True)
         pending = b""
-        last_seq: int | None = None
+        # The last counter value seen per owner: each owner's values come in order, one apart.
+        last_seq: dict[str, int] = {}
         yield RESYNC  # everything before the journal's present end is in the consumer's snapshot
         try:
             while not stop.is_set():
@@ -450,11 +794,15 @@ class FileStore(StateStore):
                         if event is None:
                             continue
                         seq = int(event.id) if event.id.isdigit() else None
-                        if last_seq is not None and seq is not None and seq != last_seq + 1:
+                        previous = last_seq.get(event.owner)
+                        if previous is not None and seq is not None and seq != previous + 1:
                             # Journals rotated faster than this loop looked: some events are
-                            # gone, so the consumer must take a fresh snapshot.
+                            # gone, so the consumer must take fresh snapshots.
                             yield RESYNC
-                        last_seq = seq if seq is not None else last_seq
+                        if seq is not None:
+                            if len(last_seq) >= FOLLOWED_OWNERS_MAX:
+                                last_seq.clear()
+                            last_seq[event.owner] = seq
                         yield event
                 stop.wait(WATCH_POLL_SECONDS)
         finally:
@@ -479,10 +827,14 @@ class FileStore(StateStore):
         return (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino)
 
     def _close(self) -> None:
-        self._cache = None
+        self._cache.clear()
 
     def _describe(self) -> str:
         return "file://" + self.path
+
+
+# In an owner's directory every file is the service's: a workflow's or one of the owner's.
+_OWNER_FILE = re.compile(r"\.(seq|current|index|history)|[A-Za-z0-9_.:-]{1,128}\.json")
 
 
 def _process_alive(pid: int) -> bool:
@@ -498,6 +850,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _history_key(entry: Any) -> Any:
+    if isinstance(entry, dict):
+        return (entry.get("workflow_id"), entry.get("version"))
+    return dumps(entry)
+
+
 def _read_to_end(fd: int) -> bytes:
     chunks = []
     while chunk := os.read(fd, 1 << 16):
@@ -510,6 +868,17 @@ def _parse_line(line: bytes) -> Event | None:
         event = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("owner"), str)
+        or not isinstance(event.get("workflow_id"), str)
+    ):
         return None
-    return Event(id=event["id"], json=dumps(event.get("state")))
+    return Event(
+        id=event["id"],
+        json=dumps(event.get("state")),
+        owner=event["owner"],
+        workflow_id=event["workflow_id"],
+        current=event.get("current") is True,
+    )

@@ -1,13 +1,14 @@
-"""Redis backend: one string key shared by every worker and instance.
+"""Redis backend: every owner's workflows, shared by every worker and instance.
 
-A write takes redis-py's Lock and reads the state and the version counter in the same round
-trip, applies the pure model in Python, then commits with one Lua script that is fenced on the
-counter (so a writer whose lock expired mid-write is refused, never lost), stamps the version,
-sets the TTL, publishes the event, records history and releases the lock. Two round trips in
-the locked section, whatever the write. With WORKFLOW_STATE_MIN_REPLICAS, a WAIT rides in the
-commit's round trip, and a write the replicas did not confirm in time is answered as unavailable.
-
-Where Redis is (one server, or the master Sentinel names) is `redis_urls`'s business.
+Keys (service/storage/keys.py) all carry the owner's `{<owner>}` hash tag, so each Lua script
+(service/storage/redis_scripts.py) touches one slot, also on a Cluster. A write takes the
+workflow's lock and reads the workflow (and, for a legacy write, which one is current) in the
+same round trip, applies the pure model in Python, then commits with one script that is fenced
+on the lock token and on the state being the one read (so a writer whose lock expired
+mid-write is refused, never lost), stamps the owner's next version, sets the TTL, updates the
+index and the current pointer, publishes the event, records history and releases the lock.
+Two round trips in the locked section, whatever the write. A read is one round trip, also of
+the current workflow (a script looks up which it is).
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import LockNotOwnedError, NoScriptError, RedisError, ResponseError
-from redis.lock import Lock
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
+from .. import model
 from .base import (
     CORRUPT_KEEP_SECONDS,
     FENCE_ATTEMPTS,
     HISTORY_MAX,
     HISTORY_SECONDS,
+    MIGRATION_OWNER,
     RESYNC,
-    Change,
     Event,
+    Found,
     LockStuck,
     LockTimeout,
     Snapshot,
@@ -43,19 +46,21 @@ from .base import (
     StorageUnavailable,
     log,
 )
-from .batching import PendingWrite, ReadCoalescer, WriteCombiner
+from .batching import Keyed, PendingWrite, ReadCoalescer
+from .keys import Keys
+from .listing import Position, matches
+from .listing import score as score_of
+from .redis_scripts import SCRIPTS
 from .redis_urls import TARGETS, RedisTarget, close_client, redis_target
 
-# Related keys are the state key plus one of these suffixes (README's key table lists them).
-LOCK_SUFFIX = "lock"
-SEQ_SUFFIX = "seq"
-EVENTS_SUFFIX = "events"
-HISTORY_SUFFIX = "history"
-CORRUPT_SUFFIX = "corrupt"
-
-# redis-py's Lock sleeps 100 ms between tries by default, but a batch holds the lock for well
-# under a millisecond. Only one writer per process polls at a time (the combiner queues the rest).
+# A batch holds a lock for well under a millisecond. Only one writer per workflow and process
+# polls at a time (the combiner queues the rest).
 LOCK_POLL_SECONDS = 0.001
+# Owners this process knows are in the owners set; past this many it forgets them all (one
+# more SADD each, no harm).
+KNOWN_OWNERS_MAX = 4096
+# Idle connections of its own a process keeps for reads and write batches (see `_lease`).
+IDLE_CONNECTIONS_MAX = 16
 # How often the lock releaser tries again while Redis does not answer.
 RELEASE_RETRY_SECONDS = 0.05
 # WAIT must answer (how many replicas confirmed) well before the socket's I/O timeout cuts it
@@ -67,142 +72,6 @@ WAIT_LATE_MS = 100
 
 class NotDurable(StorageUnavailable):
     """A write ran on the master, but fewer replicas than required confirmed it in time."""
-
-
-def redis_key(base: str, *parts: str) -> str:
-    """Build a key name from the state key and suffixes: workflow:state:lock, ..."""
-    return ":".join((base, *parts))
-
-
-# Lua that more than one script shares, prepended to them.
-#
-# counter: the version counter's value, seeded when it is missing (a Redis that lost its data, or
-# a fresh one) from the clock in microseconds, and never below the version of the stored state
-# (its raw value is passed in), so a version is never reused. Numbers are formatted with
-# string.format('%.0f'): Lua 5.1 writes a number above 1e14 as "1.7e+15" with `..`.
-#
-# stuck: a lock that would outlive every writer (no expiry, a longer one than the lock timeout,
-# or not a string) is renamed 'stuck:<value>' and given the lock timeout, so it blocks writers for
-# at most that long and every instance can tell, until it is gone, that it was stuck.
-SHARED_LUA = """
-local function counter(seq_key, raw_state)
-  local seq = redis.call('GET', seq_key)
-  if seq then return seq end
-  local now = redis.call('TIME')
-  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  if type(raw_state) == 'string' then
-    local ok, doc = pcall(cjson.decode, raw_state)
-    if ok and type(doc) == 'table' and type(doc.version) == 'number' and doc.version > floor then
-      floor = doc.version
-    end
-  end
-  seq = string.format('%.0f', floor)
-  redis.call('SET', seq_key, seq)
-  return seq
-end
-local function stuck(key, timeout_ms)
-  local left = redis.call('PTTL', key)
-  if left == -2 then return false end
-  local value = redis.pcall('GET', key)
-  if type(value) ~= 'string' then value = '' end
-  if left == -1 or left > tonumber(timeout_ms) or value == '' then
-    redis.call('SET', key, 'stuck:' .. string.sub(value, 1, 100), 'PX', timeout_ms)
-    return true
-  end
-  return string.sub(value, 1, 6) == 'stuck:'
-end
-"""
-
-# Commit a batch of states, in order, each with the next version, its own event and history.
-# KEYS: state, seq, lock, events, history
-# ARGV: lock token, expected seq, expected exists (0/1), ttl ms of the last state,
-#       history max, history ttl ms, then (document head, finished 0/1) for each state.
-# Sent once, never retried: a commit that ran but whose answer was lost would, sent again, find
-# the fence moved by itself and be redone on top of its own result.
-COMMIT_SCRIPT = """
-local function release()
-  if redis.pcall('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
-end
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2]
-   or redis.call('EXISTS', KEYS[1]) ~= tonumber(ARGV[3]) then
-  release()
-  return -1
-end
-local first, doc, finished = nil, nil, false
-for i = 7, #ARGV, 2 do
-  local v = redis.call('INCR', KEYS[2])
-  local id = string.format('%.0f', v)
-  first = first or v
-  doc = ARGV[i] .. id .. '}'
-  redis.call('PUBLISH', KEYS[4], '{"id":"' .. id .. '","state":' .. doc .. '}')
-  if ARGV[i + 1] == '1' then
-    redis.call('LPUSH', KEYS[5], doc)
-    finished = true
-  end
-end
-redis.call('SET', KEYS[1], doc, 'PX', ARGV[4])
-if finished then
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
-  redis.call('PEXPIRE', KEYS[5], ARGV[6])
-end
-release()
-return first
-"""
-
-# KEYS: state, seq, events. Sent once, never retried (as the commit): a delete sent again could
-# delete a state written after the first one ran.
-DELETE_SCRIPT = (
-    SHARED_LUA
-    + """
-counter(KEYS[2], redis.pcall('GET', KEYS[1]))
-local v = redis.call('INCR', KEYS[2])
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', KEYS[3], '{"id":"' .. string.format('%.0f', v) .. '","state":null}')
-return v
-"""
-)
-
-# Release the lock if one of these tokens holds it (tokens whose holder lost Redis's answer).
-# A token may come bare (an acquire whose answer was lost) or as stored, stamped '<token>@<id>'.
-# KEYS: lock; ARGV: tokens.
-RELEASE_SCRIPT = """
-local holder = redis.pcall('GET', KEYS[1])
-if type(holder) ~= 'string' then return 0 end
-local token = string.match(holder, '^(.*)@%x*$') or holder
-for i = 1, #ARGV do
-  if holder == ARGV[i] or token == ARGV[i] then return redis.call('DEL', KEYS[1]) end
-end
-return 0
-"""
-
-# Readiness: KEYS: lock; ARGV: lock timeout ms. Returns the stuck lock's ms to live, or false.
-READY_SCRIPT = (
-    SHARED_LUA
-    + """
-if stuck(KEYS[1], ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
-return false
-"""
-)
-
-# Rename the value aside only if it is still the one found corrupt (a writer may have fixed it),
-# to <prefix><unix time>, or <prefix><unix time>-<n> when that name is taken: an earlier copy is
-# never overwritten.
-# KEYS: state; ARGV: the corrupt value ('' for a value of the wrong type), keep ms, key prefix,
-# unix time. Returns the key it was moved to, or false.
-QUARANTINE_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' then return false end
-if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local target = ARGV[3] .. ARGV[4]
-local n = 0
-while redis.call('EXISTS', target) == 1 do
-  n = n + 1
-  target = ARGV[3] .. ARGV[4] .. '-' .. n
-end
-redis.call('RENAME', KEYS[1], target)
-redis.call('PEXPIRE', target, ARGV[2])
-return target
-"""
 
 
 _retrying = threading.local()
@@ -255,27 +124,31 @@ def _sent_once() -> Iterator[None]:
         _retrying.active = outer
 
 
+# A lock a writer may have left held: (owner, workflow id or None for the current one, token).
+Held = tuple[str, str | None, str]
+
+
 class _LockReleaser:
     """Release, in the background, locks that a lost answer may have left held.
 
     When an acquire (or the commit after it) fails on I/O, Redis may still have run it; the
-    lock would then be held by a token nobody uses, and refuse every writer, in every process,
-    until it expired. This releases such tokens as soon as Redis answers again.
+    lock would then be held by a token nobody uses, and refuse every writer of that workflow, in
+    every process, until it expired. This releases such tokens as soon as Redis answers again.
     """
 
-    def __init__(self, release: Callable[[list[bytes]], None], lock_timeout: float) -> None:
+    def __init__(self, release: Callable[[list[Held]], None], lock_timeout: float) -> None:
         self._release = release
         self._lock_timeout = lock_timeout
-        # token -> when (monotonic) its lock has expired anyway
-        self._tokens: dict[bytes, float] = {}
+        # what -> when (monotonic) its lock has expired anyway
+        self._held: dict[Held, float] = {}
         self._guard = threading.Lock()
         self._running = False
         self.stop = threading.Event()
 
-    def add(self, token: bytes) -> None:
-        """Release `token`'s lock, if it holds one, once Redis answers."""
+    def add(self, owner: str, workflow_id: str | None, token: str) -> None:
+        """Release `token`'s lock of that workflow, if it holds it, once Redis answers."""
         with self._guard:
-            self._tokens[token] = time.monotonic() + self._lock_timeout
+            self._held[(owner, workflow_id, token)] = time.monotonic() + self._lock_timeout
             if self._running:
                 return
             self._running = True
@@ -285,102 +158,32 @@ class _LockReleaser:
         while not self.stop.is_set():
             with self._guard:
                 now = time.monotonic()
-                self._tokens = {t: end for t, end in self._tokens.items() if end > now}
-                tokens = list(self._tokens)
-                if not tokens:
+                self._held = {held: end for held, end in self._held.items() if end > now}
+                pending = list(self._held)
+                if not pending:
                     self._running = False
                     return
             try:
-                self._release(tokens)
+                self._release(pending)
             except (RedisError, StorageUnavailable):
                 self.stop.wait(RELEASE_RETRY_SECONDS)
                 continue
             with self._guard:
-                for token in tokens:
-                    self._tokens.pop(token, None)
+                for held in pending:
+                    self._held.pop(held, None)
 
 
-# Take the lock if it is free and, in the same round trip, read what it guards.
-# The lock's value is the token stamped with this master's replication id, '<token>@<id>'.
-# A lock already held by this token is this acquire's own: a call that ran but whose answer was
-# lost, sent again by redis-py's retry or by the Lock's polling. A lock stamped with another id
-# was taken on a master that has since been replaced (a failover promotes a replica with a new
-# id): its holder's hold ended with that master, so it is taken over instead of waited out
-# (waiting would block every writer for up to the lock timeout after a failover; the version
-# fence, not the lock, keeps a late commit of the old holder from losing an update). Any other
-# lock, stamped with this id or not stamped at all, is waited for.
-# KEYS: lock, state, seq; ARGV: token, lock timeout ms
-# Returns {0} when the lock is held, else {1, state or nil, seq, 1 if the state key holds a value
-# of another type, the lock value stored}.
-ACQUIRE_SCRIPT = (
-    SHARED_LUA
-    + """
-local info = redis.pcall('INFO', 'replication')
-local master = type(info) == 'string' and string.match(info, 'master_replid:(%x+)') or ''
-local value = ARGV[1] .. '@' .. master
-if not redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
-  local held = redis.pcall('GET', KEYS[1])
-  if type(held) ~= 'string' then held = '' end
-  local stamp = string.match(held, '@(%x+)$')
-  local own = (string.match(held, '^(.*)@%x*$') or held) == ARGV[1]
-  if not own and (not stamp or master == '' or stamp == master) then
-    stuck(KEYS[1], ARGV[2])
-    return {0}
-  end
-  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-end
-local raw = redis.pcall('GET', KEYS[2])
-local wrong = 0
-if type(raw) == 'table' and raw.err then
-  raw = false
-  wrong = 1
-end
-return {1, raw or false, counter(KEYS[3], raw), wrong, value}
-"""
-)
-WRONG_TYPE = ResponseError("a Redis value that is not a string")
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
-class _ReadingLock(Lock):
-    """redis-py's Lock whose acquire also reads the state and the counter, in one round trip."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        name: str,
-        read_keys: tuple[str, str],
-        acquire_script: Any,
-        **kw: Any,
-    ) -> None:
-        super().__init__(client, name, **kw)
-        self._read_keys = read_keys
-        self._acquire_script = acquire_script
-        self.read: tuple[Any, Any] = (None, None)
-        self._stored: bytes | None = None
-
-    def acquire(self, *args: Any, **kw: Any) -> bool:
-        """Acquire as redis-py does, then own the value the script stored (token@master id)."""
-        acquired = super().acquire(*args, **kw)
-        if acquired:
-            self.local.token = self._stored
-        return acquired
-
-    def do_acquire(self, token: str) -> bool:
-        """Set the lock if free and read the state and counter, in one script call."""
-        result = self._acquire_script(
-            keys=[self.name, *self._read_keys],
-            args=[token, int(self.timeout * 1000)],
-            client=self.redis,
-        )
-        if not result[0]:
-            return False
-        raw, seq, wrong_type, self._stored = result[1], result[2], result[3], result[4]
-        self.read = (WRONG_TYPE if wrong_type else raw, seq)
-        return True
+def _held(raw: Any) -> list[Any]:
+    """Return a fence's (exists, value) arguments for a state as read."""
+    return [0, ""] if raw is None else [1, raw]
 
 
 class RedisStore(StateStore):
-    """Keep the state in one Redis key; safe across processes and hosts."""
+    """Keep every owner's workflows in Redis; safe across processes and hosts."""
 
     schemes = tuple(TARGETS)
 
@@ -392,26 +195,28 @@ class RedisStore(StateStore):
         **options: Any,
     ) -> None:
         super().__init__(url, **options)
+        self.keys = Keys(self.prefix)
         scheme = url.partition("://")[0].lower()
-        # A subclass with a scheme of its own (fakeredis://) connects only through its factory.
+        # Where Redis is (one server, Sentinel's master, a Cluster); parsed now, so a bad URL
+        # stops the server at start. A subclass with a scheme of its own (fakeredis://)
+        # connects only through its factory.
         self.target: RedisTarget | None = (
             redis_target(url) if scheme in TARGETS or client_factory is None else None
         )
-        self._factory = client_factory
         self.min_replicas = self.options.min_replicas
         io_ms = int(self.io_timeout * 1000)
         self._wait_ms = max((io_ms - WAIT_LATE_MS) // 2, io_ms // 4, 1)
+        self._factory = client_factory
         self._client_guard = threading.Lock()
         self._pid: int | None = None
+        self._migrated_pid: int | None = None
         self._redis: redis.Redis | None = None
-        self.lock_key = redis_key(self.key, LOCK_SUFFIX)
-        self.seq_key = redis_key(self.key, SEQ_SUFFIX)
-        self.events_key = redis_key(self.key, EVENTS_SUFFIX)
-        self.history_key = redis_key(self.key, HISTORY_SUFFIX)
+        self._known_owners: set[str] = set()
         # When (monotonic) and why the last locked write found Redis unavailable.
         self._last_failure: tuple[float, str] | None = None
-        self._reads: ReadCoalescer[Snapshot] = ReadCoalescer(self._fetch)
-        self._writes = WriteCombiner(self._run_batch)
+        self._reads: Keyed[tuple[str, str | None], ReadCoalescer[Snapshot]] = Keyed(
+            lambda where: ReadCoalescer(lambda: self._fetch(*where))
+        )
 
     # --- connection ------------------------------------------------------------------------
 
@@ -425,7 +230,10 @@ class RedisStore(StateStore):
             else Retry(NoBackoff(), 0)
         )
         assert self.target is not None, "a store without a Redis URL connects through its factory"
-        return self.target.connect(io_timeout=self.io_timeout, retry=retry)
+        try:
+            return self.target.connect(io_timeout=self.io_timeout, retry=retry)
+        except RedisError as error:  # a Cluster asks for its slot map at once
+            raise self._unavailable(error) from None
 
     def client(self) -> redis.Redis:
         """Return this process's client, creating it after a fork (gunicorn workers)."""
@@ -434,35 +242,42 @@ class RedisStore(StateStore):
             with self._client_guard:
                 if self._pid != pid:
                     self._redis = self._connect(retries=1)
-                    self._dedicated_clients: dict[str, redis.Redis] = {}
+                    self._idle: list[redis.Redis] = []
                     self._scripts = {
                         name: self._redis.register_script(script)
-                        for name, script in (
-                            ("acquire", ACQUIRE_SCRIPT),
-                            ("commit", COMMIT_SCRIPT),
-                            ("delete", DELETE_SCRIPT),
-                            ("quarantine", QUARANTINE_SCRIPT),
-                            ("release", RELEASE_SCRIPT),
-                            ("ready", READY_SCRIPT),
-                        )
+                        for name, script in SCRIPTS.items()
                     }
-                    self._releaser = _LockReleaser(self._release_tokens, self.lock_timeout)
+                    self._releaser = _LockReleaser(self._release_all, self.lock_timeout)
                     self._token_prefix = f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}:"
                     self._tokens = itertools.count()
+                    self._known_owners = set()
                     self._pid = pid
         assert self._redis is not None
         return self._redis
 
-    def _dedicated(self, role: str) -> redis.Redis:
-        """Return this process's client for `role` ("reads" or "writes"), connecting on first use.
+    def _started(self) -> redis.Redis:
+        """Return this process's client, once the single-workflow layout is migrated."""
+        client = self.client()
+        if self._migrated_pid != os.getpid():
+            self._migrate(client)
+            self._migrated_pid = os.getpid()
+        return client
 
-        Reads and writes each run one at a time per process (the coalescer and the combiner see
-        to it), so each gets a connection of its own: no pool checkout, and no readiness poll of
-        the connection, per command.
+    @contextmanager
+    def _lease(self) -> Iterator[redis.Redis]:
+        """Lend a client with a connection of its own for one read or one write batch.
+
+        No pool checkout and no readiness poll of the connection per command, as a dedicated
+        connection has; yet reads and batches of different workflows run side by side, each
+        within its own I/O timeout, rather than queueing behind one connection.
         """
-        shared = self.client()
-        client = self._dedicated_clients.get(role)
-        if client is None:
+        shared = self._started()
+        if isinstance(shared, RedisCluster):
+            yield shared  # thread-safe, a pool per node
+            return
+        try:
+            client = self._idle.pop()
+        except IndexError:
             try:
                 client = (
                     self._factory()
@@ -474,8 +289,14 @@ class RedisStore(StateStore):
                 )
             except RedisError as error:
                 raise self._unavailable(error) from None
-            self._dedicated_clients[role] = client
-        return client
+        try:
+            yield client
+        finally:
+            if len(self._idle) < IDLE_CONNECTIONS_MAX:
+                self._idle.append(client)
+            else:
+                with suppress(RedisError):
+                    client.close()
 
     def _lock_token(self) -> str:
         # Unique per lock hold across hosts and processes; cheaper than redis-py's uuid1.
@@ -486,47 +307,104 @@ class RedisStore(StateStore):
             f"Redis at {self._describe()} is unavailable ({type(error).__name__}: {error})"[:300]
         )
 
-    # --- backend operations ---------------------------------------------------------------
-
-    def _get(self, *, with_id: bool) -> Snapshot:
-        if not with_id:
-            return self._reads.read()
-        return self._fetch(with_id=True)
-
-    def _fetch(self, *, with_id: bool = False) -> Snapshot:
-        client = self.client()
+    def _run(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        client: redis.Redis,
+        *,
+        once: bool = False,
+    ) -> Any:
+        """Run one of the scripts (`once`: never sent again); Redis errors: StorageUnavailable."""
         try:
-            if with_id:
-                pipe = client.pipeline(transaction=False)
-                pipe.get(self.key)
-                pipe.get(self.seq_key)
-                raw, seq = pipe.execute(raise_on_error=False)
-                if isinstance(seq, Exception):
-                    raise seq
-            else:
-                raw, seq = self._dedicated("reads").get(self.key), None
-        except ResponseError as error:
-            raw, seq = error, None  # a value of the wrong type
+            if once:
+                with _sent_once():
+                    return self._scripts[name](keys=keys, args=args, client=client)
+            return self._scripts[name](keys=keys, args=args, client=client)
         except RedisError as error:
             raise self._unavailable(error) from None
-        stored = self._stored(raw)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _get(self, owner: str, workflow_id: str | None, *, with_id: bool) -> Snapshot:
+        if with_id:
+            return self._fetch(owner, workflow_id, with_id=True)
+        with self._reads.use((owner, workflow_id)) as reads:
+            return reads.read()
+
+    def _fetch(self, owner: str, workflow_id: str | None, *, with_id: bool = False) -> Snapshot:
+        with self._lease() as reader:
+            found, raw, wrong, seq = self._run(
+                "read",
+                [self.keys.current(owner)],
+                [self.keys.base(owner), workflow_id or "", 1 if with_id else 0],
+                reader,
+            )
+        stored = None
+        if found is not None:
+            stored = self._stored(owner, _text(found), raw, wrong)
         if with_id and stored is None:
-            return Snapshot(None, "null", str(int(seq or 0)))
+            return Snapshot(None, "null", _counter(seq))
         return self._served(stored, raw)
 
-    def _stored(self, raw: Any) -> dict[str, Any] | None:
-        """Decode what Redis returned for the state key; a value of another type goes aside."""
-        if isinstance(raw, Exception):
-            self._quarantine(None, "a Redis value that is not a string")
+    def _stored(self, owner: str, workflow_id: str, raw: Any, wrong: Any) -> dict[str, Any] | None:
+        """Decode a state as read; a value of another type goes aside too."""
+        if wrong:
+            self._quarantine(owner, workflow_id, None, "a Redis value that is not a string")
             return None
-        return self._decode(raw)
+        return self._decode(owner, workflow_id, raw)
 
-    def _transact(self, change: Change) -> Snapshot:
-        # Concurrent writers of this process share one hold of the lock and one commit.
-        return self._writes.submit(change)
+    def _list(
+        self, owner: str, status: str, after: Position | None, count: int
+    ) -> list[tuple[Position, dict[str, Any]]]:
+        client = self._started()
+        found: list[tuple[Position, dict[str, Any]]] = []
+        position = after
+        while len(found) < count:
+            want = count - len(found)
+            flat = self._run(
+                "list",
+                [self.keys.index(owner)],
+                [
+                    self.keys.base(owner),
+                    status,
+                    "" if position is None else position[0],
+                    "" if position is None else position[1],
+                    want,
+                ],
+                client,
+            )
+            for i in range(0, len(flat), 4):
+                member, score, raw, wrong = flat[i : i + 4]
+                position = (int(float(score)), _text(member))
+                state = self._stored(owner, position[1], raw, wrong)
+                if state is not None and matches(state, status):
+                    found.append((position, state))
+            if len(flat) < 4 * want:
+                break  # the index has no more; otherwise some were not states: read on
+        return found
 
-    def _run_batch(self, batch: list[PendingWrite]) -> None:
-        """Commit a batch of writes, or fail them all with the reason."""
+    def _owners(self) -> list[str]:
+        try:
+            members = self._started().smembers(self.keys.owners())
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        return [_text(member) for member in members]
+
+    def _history(self, owner: str, limit: int) -> list[str]:
+        try:
+            raws = self._started().lrange(self.keys.history(owner), 0, limit - 1)
+        except redis.ResponseError:
+            return []
+        except RedisError as error:
+            raise self._unavailable(error) from None
+        return [raw.decode("utf-8", "replace") for raw in raws]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _run_batch(self, owner: str, workflow_id: str | None, batch: list[PendingWrite]) -> None:
+        """Commit a batch of writes to one workflow, or fail them all with the reason."""
         failure = self._last_failure
         if failure is not None:
             # The batch ahead found Redis unavailable while these waited: trying again would
@@ -539,146 +417,198 @@ class RedisStore(StateStore):
                 return
         deadline = min(write.arrived for write in batch) + self.lock_wait
         try:
-            self._commit_batch(batch, deadline)
+            self._commit_batch(owner, workflow_id, batch, deadline)
         except LockTimeout:
             raise
         except StorageUnavailable as error:
             self._last_failure = (time.monotonic(), error.message)
             raise
 
-    def _commit_batch(self, batch: list[PendingWrite], deadline: float) -> None:
-        writer = self._dedicated("writes")
-        for _ in range(FENCE_ATTEMPTS):
-            lock = _ReadingLock(
-                writer,
-                self.lock_key,
-                (self.key, self.seq_key),
-                self._scripts["acquire"],
-                timeout=self.lock_timeout,
-                sleep=LOCK_POLL_SECONDS,
-                blocking_timeout=max(deadline - time.monotonic(), 0.001),
-                thread_local=False,
-            )
-            started = time.monotonic()
-            token = self._lock_token()
+    def _acquire(
+        self,
+        writer: redis.Redis,
+        owner: str,
+        workflow_id: str | None,
+        token: str,
+        deadline: float,
+        with_other: bool,
+    ) -> list[Any]:
+        """Take the workflow's lock (waiting until `deadline`) and read it; see ACQUIRE."""
+        started = time.monotonic()
+        args = [
+            token,
+            int(self.lock_timeout * 1000),
+            self.keys.base(owner),
+            workflow_id or "",
+            1 if with_other else 0,
+        ]
+        while True:
             try:
-                acquired = lock.acquire(token=token)
-            except RedisError as error:
+                result = self._run("acquire", [self.keys.current(owner)], args, writer)
+            except StorageUnavailable:
                 # Redis may have run the acquire and lost only its answer.
-                self._releaser.add(token.encode())
-                raise self._unavailable(error) from None
-            self.observer.lock_waited(time.monotonic() - started)
-            if not acquired:
+                self._releaser.add(owner, workflow_id, token)
+                raise
+            if result[0]:
+                self.observer.lock_waited(time.monotonic() - started)
+                return result
+            if time.monotonic() >= deadline:
                 self.observer.lock_timed_out()
+                name = self.keys.lock(owner, workflow_id) if workflow_id else "lock"
                 raise LockTimeout(
-                    f"The workflow state lock {self.lock_key} stayed held by another writer "
+                    f"The workflow lock {name} stayed held by another writer "
                     f"for {self.lock_wait:g}s"
                 )
-            try:
-                committed = self._locked_batch(lock, batch)
-            except BaseException:
-                self._release_quietly(lock)
-                raise
-            if committed:
-                return
+            time.sleep(LOCK_POLL_SECONDS)
+
+    def _commit_batch(
+        self, owner: str, workflow_id: str | None, batch: list[PendingWrite], deadline: float
+    ) -> None:
+        # Only a POST /workflow/state checks If-Match against the current workflow.
+        with_other = any(write.change.if_match is not None for write in batch)
+        with self._lease() as writer:
+            for _ in range(FENCE_ATTEMPTS):
+                token = self._lock_token()
+                result = self._acquire(writer, owner, workflow_id, token, deadline, with_other)
+                try:
+                    committed = self._locked_batch(writer, owner, batch, token, result)
+                except BaseException:
+                    self._release_quietly(writer, owner, _text(result[1]), token)
+                    raise
+                if committed:
+                    return
         raise StorageUnavailable(
             f"Redis at {self._describe()}: {FENCE_ATTEMPTS} writes in a row lost the version fence"
         )
 
-    def _locked_batch(self, lock: _ReadingLock, batch: list[PendingWrite]) -> bool:
+    def _locked_batch(
+        self,
+        writer: redis.Redis,
+        owner: str,
+        batch: list[PendingWrite],
+        token: str,
+        result: list[Any],
+    ) -> bool:
         """Apply the batch to what the lock read and commit it; False if the fence refused it."""
-        raw, seq = lock.read
-        stored = self._stored(raw)
-        base_seq = int(seq or 0)
-        chain, finished, answers = self._apply_batch(stored, batch, base_seq)
-        snapshots: list[Snapshot] = []
-        if chain:
-            encoded = [self._encode_head(new, stored) for new in chain]
-            args: list[Any] = [
-                lock.local.token,
-                seq or b"0",
-                1 if stored is not None else 0,
-                self._ttl_for(chain[-1]) * 1000,
-                HISTORY_MAX,
-                HISTORY_SECONDS * 1000,
-            ]
-            for (head, _), done in zip(encoded, finished, strict=True):
-                args += [head, 1 if done else 0]
-            try:
-                with _sent_once():
-                    first, replicas = self._replicated(
-                        lock.redis,
-                        "commit",
-                        [self.key, self.seq_key, self.lock_key, self.events_key, self.history_key],
-                        args,
-                    )
-            except RedisError as error:
-                # Whether it ran is unknown: answer 503 (never redo it), and free the lock
-                # once Redis answers, if the commit did not.
-                self._releaser.add(lock.local.token)
-                lock.local.token = None
-                raise self._unavailable(error) from None
-            # The script released the lock (or found it taken over); don't release it twice.
-            lock.local.token = None
-            if first < 0:
-                return False
-            if self._confirmed(replicas):
-                for offset, (new, (head, sealed)) in enumerate(zip(chain, encoded, strict=True)):
-                    snapshots.append(self._committed(new, head, sealed, first + offset))
-                    self.observer.wrote()
-            else:
-                # Each write that changed the state is refused; refusals and no-ops stand.
-                answers = [
-                    (write, self._not_durable(replicas, f"the write of version {first + answer}"))
-                    if isinstance(answer, int) and answer >= 0
-                    else (write, answer)
-                    for write, answer in answers
-                ]
-        else:
-            self._release_quietly(lock)
-        self._settle(answers, snapshots, self._served(stored, raw))
-        return True
-
-    def _delete(self) -> int:
-        client = self.client()
+        _, locked, raw, wrong, current, other_raw, other_wrong, seq = result[:8]
+        workflow_id, current = _text(locked), _text(current)
+        if len(result) > 8:
+            token = _text(result[8])  # the lock's value: the token, stamped with the master
+        if workflow_id is None:
+            # No current workflow: nothing was locked, and every write to it is refused.
+            applied = self._apply_batch(Found(None, None, False, seq=_number(seq)), batch)
+            assert not applied.chain, "a write to no workflow produced a state"
+            self._settle(applied.answers, [], Snapshot(None, "null"))
+            return True
+        stored = self._stored(owner, workflow_id, raw, wrong)
+        other = None
+        if other_raw is not None or other_wrong:
+            other = self._stored(owner, current, other_raw, other_wrong)
+        found = Found(workflow_id, stored, current == workflow_id, other, _number(seq))
+        applied = self._apply_batch(found, batch)
+        unchanged = self._served(stored, raw)
+        if not applied.chain:
+            self._release_quietly(writer, owner, workflow_id, token)
+            self._settle(applied.answers, [], unchanged)
+            return True
+        if stored is None:
+            self._register_owner(owner)
+        encoded = [self._encode_head(new, stored) for new in applied.chain]
+        fence_other = applied.checked_other and current is not None
+        args: list[Any] = [
+            self.keys.base(owner),
+            workflow_id,
+            token,
+            *_held(raw if stored is not None else None),
+            current if fence_other else "",
+            *_held(other_raw if fence_other and other is not None else None),
+            self._ttl_for(applied.chain[-1]) * 1000,
+            score_of(applied.chain[-1]),
+            HISTORY_MAX,
+            HISTORY_SECONDS * 1000,
+            self.max_workflows,
+            found.floor(),
+        ]
+        for (head, _), done, makes in zip(
+            encoded, applied.finished, applied.makes_current, strict=True
+        ):
+            args += [head, 1 if done else 0, 1 if makes else 0]
+        keys = [
+            self.keys.current(owner),
+            self.keys.seq(owner),
+            self.keys.index(owner),
+            self.keys.history(owner),
+            self.keys.events(owner),
+        ]
         try:
-            with _sent_once():
-                version, replicas = self._replicated(
-                    client, "delete", [self.key, self.seq_key, self.events_key], []
-                )
-        except RedisError as error:
-            raise self._unavailable(error) from None
+            result, replicas = self._replicated(writer, "commit", keys, args)
+        except StorageUnavailable:
+            # Whether it ran is unknown: answer 503 (never redo it), and free the lock once
+            # Redis answers, if the commit did not.
+            self._releaser.add(owner, workflow_id, token)
+            raise
+        first = int(result)
+        if first == -1:
+            return False
+        if first == -2:
+            refused = model.TooManyWorkflows(
+                f"Owner {owner!r} has {self.max_workflows} workflows, the most allowed; "
+                "delete some or let finished ones expire"
+            )
+            answers = [(w, a if isinstance(a, Exception) else refused) for w, a in applied.answers]
+            self._settle(answers, [], unchanged)
+            return True
         if not self._confirmed(replicas):
-            raise self._not_durable(replicas, f"the delete (version {version})")
-        return int(version)
+            # Each write that changed the state is refused; refusals and no-ops stand.
+            answers = [
+                (write, self._not_durable(replicas, f"the write of version {first + answer}"))
+                if isinstance(answer, int) and answer >= 0
+                else (write, answer)
+                for write, answer in applied.answers
+            ]
+            self._settle(answers, [], unchanged)
+            return True
+        snapshots = []
+        for offset, (new, (head, sealed)) in enumerate(zip(applied.chain, encoded, strict=True)):
+            snapshots.append(self._committed(owner, new, head, sealed, first + offset))
+            self.observer.wrote()
+        self._settle(applied.answers, snapshots, unchanged)
+        return True
 
     def _replicated(
         self, client: redis.Redis, script: str, keys: list[str], args: list[Any]
     ) -> tuple[Any, int | None]:
-        """Run a write script; with MIN_REPLICAS, WAIT for the replicas in the same round trip.
+        """Run a write script once; with MIN_REPLICAS, WAIT for the replicas in the same round
+        trip.
 
         Return the script's result and how many replicas confirmed it (None: not asked). WAIT
         counts the writes of the connection it is sent on, so it is pipelined right behind the
-        script: one connection, one round trip. Callers send it once (`_sent_once`): a script
-        whose answer was lost is never run again.
+        script: one connection (on a Cluster, one to the node serving the owner's slot), one
+        round trip. Never sent again: a script whose answer was lost must not run twice.
         """
-        code = self._scripts[script]
         if not self.min_replicas:
-            return code(keys=keys, args=args, client=client), None
-        for _ in range(2):
-            pipe = client.pipeline(transaction=False)
-            pipe.evalsha(code.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
-            result, replicas = pipe.execute(raise_on_error=False)
-            if isinstance(result, NoScriptError):
-                # A new master (failover, restart) has not cached the script yet.
-                client.script_load(code.script)
-                continue
-            for answer in (result, replicas):
-                if isinstance(answer, Exception):
-                    raise answer
-            return result, int(replicas)
-        raise NoScriptError(f"Redis keeps forgetting the {script} script")
+            return self._run(script, keys, args, client, once=True), None
+        code = self._scripts[script]
+        if isinstance(client, RedisCluster):
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
+        try:
+            with _sent_once():
+                for _ in range(2):
+                    pipe = client.pipeline(transaction=False)
+                    pipe.evalsha(code.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", self.min_replicas, self._wait_ms)
+                    result, replicas = pipe.execute(raise_on_error=False)
+                    if isinstance(result, NoScriptError):
+                        # A new master (failover, restart) has not cached the script yet.
+                        client.script_load(code.script)
+                        continue
+                    for answer in (result, replicas):
+                        if isinstance(answer, Exception):
+                            raise answer
+                    return result, int(replicas)
+                raise NoScriptError(f"Redis keeps forgetting the {script} script")
+        except RedisError as error:
+            raise self._unavailable(error) from None
 
     def _confirmed(self, replicas: int | None) -> bool:
         """Tell whether enough replicas confirmed a write (None: none were asked for)."""
@@ -693,85 +623,206 @@ class RedisStore(StateStore):
             "a failover would lose it; read the state before retrying"
         )
 
-    def _history(self, limit: int) -> list[str]:
+    def _register_owner(self, owner: str) -> None:
+        """Add the owner to the owners set (another slot, so not in the commit script)."""
+        if owner in self._known_owners:
+            return
         try:
-            raws = self.client().lrange(self.history_key, 0, limit - 1)
-        except ResponseError:
-            return []
+            self.client().sadd(self.keys.owners(), owner)
         except RedisError as error:
             raise self._unavailable(error) from None
-        return [raw.decode("utf-8", "replace") for raw in raws]
+        if len(self._known_owners) >= KNOWN_OWNERS_MAX:
+            self._known_owners = set()
+        self._known_owners.add(owner)
 
-    def _quarantine(self, raw: str | bytes | None, reason: str) -> None:
-        client = self.client()
+    def _release_quietly(
+        self, writer: redis.Redis, owner: str, workflow_id: str | None, token: str
+    ) -> None:
+        """Release a lock this process holds; if Redis does not answer, release it later."""
+        if workflow_id is None:
+            return
         try:
-            moved = self._scripts["quarantine"](
-                keys=[self.key],
-                args=[
-                    raw if raw is not None else "",
-                    CORRUPT_KEEP_SECONDS * 1000,
-                    redis_key(self.key, CORRUPT_SUFFIX, ""),
-                    int(time.time()),
-                ],
-                client=client,
-            )
-        except RedisError as error:
-            raise self._unavailable(error) from None
+            self._release(writer, owner, workflow_id, [token])
+        except StorageUnavailable:
+            self._releaser.add(owner, workflow_id, token)
+
+    def _release(
+        self, client: redis.Redis, owner: str, workflow_id: str | None, tokens: list[str]
+    ) -> None:
+        args = [self.keys.base(owner), workflow_id or "", *tokens]
+        self._run("release", [self.keys.current(owner)], args, client)
+
+    def _release_all(self, held: list[Held]) -> None:
+        """Delete the locks that these tokens hold (the lock releaser's work)."""
+        client = self.client()
+        for owner, workflow_id, token in held:
+            self._release(client, owner, workflow_id, [token])
+
+    def _delete(self, owner: str, workflow_id: str | None) -> int:
+        keys = [
+            self.keys.current(owner),
+            self.keys.seq(owner),
+            self.keys.index(owner),
+            self.keys.events(owner),
+        ]
+        # Through the pool, whose checkout finds a connection Redis closed (a restart): sent
+        # once, never retried, this must not be the call that discovers it.
+        args = [self.keys.base(owner), workflow_id or ""]
+        result, replicas = self._replicated(self._started(), "delete", keys, args)
+        version = int(result)
+        if version < 0:
+            raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
+        if not self._confirmed(replicas):
+            raise self._not_durable(replicas, f"the delete (version {version})")
+        return version
+
+    def _quarantine(
+        self, owner: str, workflow_id: str, raw: str | bytes | None, reason: str
+    ) -> None:
+        self._move_aside(
+            self.keys.state(owner, workflow_id), self.keys.corrupt(owner, workflow_id), raw, reason
+        )
+
+    def _move_aside(self, key: str, target: str, raw: str | bytes | None, reason: str) -> None:
+        moved = self._run(
+            "quarantine",
+            [key],
+            [raw if raw is not None else "", CORRUPT_KEEP_SECONDS * 1000, target, int(time.time())],
+            self.client(),
+        )
         if moved:
-            self._log_quarantine(moved.decode(), reason)
+            self._log_quarantine(_text(moved), reason)
+
+    # --- migration -------------------------------------------------------------------------
+
+    def _migrate(self, client: redis.Redis) -> None:
+        """Move the single-workflow layout of an earlier version into owner `public`.
+
+        Idempotent and atomic (one script, retried if the old keys change meanwhile); run once
+        per process before its first use, and again on the next use if Redis was down. Not on a
+        Cluster: no earlier version could keep its state on one.
+        """
+        if isinstance(client, RedisCluster):
+            return
+        old_seq_key, old_history_key = f"{self.key}:seq", f"{self.key}:history"
+        for _ in range(FENCE_ATTEMPTS):
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.type(self.key)
+                pipe.get(self.key)
+                pipe.pttl(self.key)
+                pipe.get(old_seq_key)
+                pipe.exists(old_history_key)
+                kind, raw, pttl, seq, history = pipe.execute(raise_on_error=False)
+            except RedisError as error:
+                raise self._unavailable(error) from None
+            kind = _text(kind)
+            if kind == "none" and seq is None and not history:
+                return
+            state = None
+            if kind not in ("none", "string"):
+                raw = None
+            if kind != "none":
+                try:
+                    state = model.parse_stored(raw) if raw is not None else None
+                except ValueError as error:
+                    reason = str(error)
+                else:
+                    reason = ""
+                if state is None:
+                    reason = reason or "not a string"
+                    self._move_aside(self.key, f"{self.key}:corrupt:", raw, reason)
+                    continue
+            ttl_ms = 0
+            if state is not None:
+                ttl_ms = pttl if isinstance(pttl, int) and pttl > 0 else self._ttl_for(state) * 1000
+            moved = self._run(
+                "migrate",
+                [
+                    self.key,
+                    old_seq_key,
+                    old_history_key,
+                    self.keys.current(MIGRATION_OWNER),
+                    self.keys.seq(MIGRATION_OWNER),
+                    self.keys.index(MIGRATION_OWNER),
+                    self.keys.history(MIGRATION_OWNER),
+                    self.keys.owners(),
+                ],
+                [
+                    self.keys.base(MIGRATION_OWNER),
+                    *_held(raw if state is not None else None),
+                    _text(seq) or "",
+                    state["workflow_id"] if state else "",
+                    ttl_ms,
+                    score_of(state) if state else 0,
+                    state["version"] if state else 0,
+                    HISTORY_MAX,
+                    HISTORY_SECONDS * 1000,
+                    MIGRATION_OWNER,
+                ],
+                client,
+            )
+            if moved:
+                log.warning(
+                    "moved the single-workflow state of %s into owner %r (version %s)",
+                    self.key,
+                    MIGRATION_OWNER,
+                    state["version"] if state else "-",
+                )
+                return
+        raise StorageUnavailable(f"Redis at {self._describe()}: {self.key} kept changing")
+
+    # --- the rest --------------------------------------------------------------------------
 
     def _ping(self) -> None:
         try:
-            self.client().ping()
+            self._started().ping()
         except RedisError as error:
             raise self._unavailable(error) from None
 
     def _ready(self) -> None:
-        client = self.client()
-        try:
-            stuck_ms = self._scripts["ready"](
-                keys=[self.lock_key], args=[int(self.lock_timeout * 1000)], client=client
-            )
-        except RedisError as error:
-            raise self._unavailable(error) from None
-        if stuck_ms:
+        # The shared namespace's current workflow: where every seed client writes. (Locks of
+        # other workflows are not scanned; a stuck one refuses its writers for at most the lock
+        # timeout, from the first writer that finds it.)
+        owner = MIGRATION_OWNER
+        stuck = self._run(
+            "ready",
+            [self.keys.current(owner)],
+            [self.keys.base(owner), int(self.lock_timeout * 1000)],
+            self._started(),
+        )
+        if stuck:
+            left, lock = stuck
             raise LockStuck(
-                f"The workflow state lock {self.lock_key} is stuck (found with no expiry, or "
-                f"one past the lock timeout); writers are refused until it expires within "
-                f"{max(stuck_ms, 0) / 1000:g}s"
+                f"The write lock {_text(lock)} is stuck (found with no expiry, or one past the "
+                "lock timeout); writers of that workflow are refused until it expires within "
+                f"{max(left, 0) / 1000:g}s"
             )
-
-    def _release_quietly(self, lock: _ReadingLock) -> None:
-        """Release a lock this process holds; if Redis does not answer, release it later."""
-        token = lock.local.token
-        if token is None:
-            return
-        try:
-            lock.release()
-        except LockNotOwnedError:
-            pass  # it expired, or the commit released it
-        except RedisError:
-            self._releaser.add(token)
-
-    def _release_tokens(self, tokens: list[bytes]) -> None:
-        """Delete the lock if one of `tokens` holds it (the lock releaser's work)."""
-        client = self._dedicated("releases")
-        self._scripts["release"](keys=[self.lock_key], args=tokens, client=client)
 
     def _events(self, stop: threading.Event) -> Iterator[Event]:
         backoff = 0.05
+        pattern = self.keys.events_pattern()
         while not stop.is_set():
             # A client of its own with no silent retry: a reconnect must surface as RESYNC.
-            client = self._connect(retries=0)
+            try:
+                client = self._connect(retries=0)
+            except StorageUnavailable as error:  # a Cluster asks for its slots at once
+                log.warning("event subscription to %s lost: %s", self._describe(), error.message)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            # One pattern for every owner; on a Cluster, classic pub/sub reaches every node.
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.events_key)
+                pubsub.psubscribe(pattern)
                 yield RESYNC
                 backoff = 0.05
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.25)
-                    if message is not None and message["type"] == "message":
-                        yield _parse_event(message["data"])
+                    if message is not None and message["type"] == "pmessage":
+                        owner = self.keys.owner_of_events(_text(message["channel"]))
+                        if owner is not None:
+                            yield _parse_event(owner, message["data"])
             except RedisError as error:
                 log.warning("event subscription to %s lost: %s", self._describe(), error)
                 stop.wait(backoff)
@@ -782,7 +833,7 @@ class RedisStore(StateStore):
     def _close(self) -> None:
         if self._redis is not None:
             self._releaser.stop.set()
-            for client in self._dedicated_clients.values():
+            for client in self._idle:
                 with suppress(RedisError):
                     client.close()
             with suppress(RedisError):
@@ -796,16 +847,42 @@ class RedisStore(StateStore):
         return self.target.describe()
 
 
-def _parse_event(data: bytes) -> Event:
-    """Split a published '{"id":"N","state":...}' message without re-serialising the state."""
+def _number(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _counter(seq: Any) -> str:
+    return str(_number(seq) or 0)
+
+
+_EVENT_PARTS = ('{"id":"', '","workflow_id":"', '","current":')
+
+
+def _parse_event(owner: str, data: bytes) -> Event:
+    """Split a published event message without re-serialising the state."""
     text = data.decode("utf-8", "replace")
-    prefix = '{"id":"'
-    if text.startswith(prefix):
-        end = text.find('"', len(prefix))
-        marker = '","state":'
-        if end > 0 and text.startswith(marker, end):
-            return Event(id=text[len(prefix) : end], json=text[end + len(marker) : -1])
-    return Event(id="", json="null")
+    head, middle, tail = _EVENT_PARTS
+    if text.startswith(head):
+        id_end = text.find(middle, len(head))
+        if id_end > 0:
+            workflow_end = text.find(tail, id_end + len(middle))
+            if workflow_end > 0:
+                rest = text[workflow_end + len(tail) :]
+                current = rest.startswith("true")
+                flag = "true" if current else "false"
+                marker = f'{flag},"state":'
+                if rest.startswith(marker):
+                    return Event(
+                        id=text[len(head) : id_end],
+                        json=rest[len(marker) : -1],
+                        owner=owner,
+                        workflow_id=text[id_end + len(middle) : workflow_end],
+                        current=current,
+                    )
+    return Event(id="", json="null", owner=owner)
 
 
 def _close_quietly(pubsub: Any, client: redis.Redis) -> None:

@@ -4,7 +4,8 @@
 Redis Sentinel watches: every new connection asks the sentinels for the current master, so the
 store follows a failover without a restart. A scheme is parsed (and refused) when the store is
 created, so a bad URL stops the server at start; clients are made later, after gunicorn forks.
-A Cluster scheme slots in as one more entry of TARGETS.
+`redis+cluster://` names a Redis Cluster: every key of one owner shares a hash slot, so each script
+runs on the one node that serves it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import (
     Sentinel,
@@ -48,7 +50,8 @@ class RedisTarget(Protocol):
 def close_client(client: redis.Redis) -> None:
     """Close a client made by a target, and the sentinel connections behind it."""
     client.close()
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    # A cluster client has a pool per node and no sentinels.
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     if manager is not None:
         manager.close()
 
@@ -246,13 +249,62 @@ class _MasterPool(SentinelConnectionPool):
         self.connection_kwargs["connection_pool"] = self.proxy
 
 
-# The one place a scheme picks how Redis is reached. (`redis+cluster` comes with the layout
-# whose keys share one hash slot per owner.)
+@dataclass(frozen=True)
+class ClusterTarget:
+    """A Redis Cluster: `redis+cluster://[[user]:password@]host:port[,host:port...]`, any of its
+    nodes (the client learns the others and which slots each serves)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterTarget:
+        """Parse a redis+cluster:// URL; raise BadRedisURL (never naming the password)."""
+        rest = url.partition("://")[2]
+        authority, _, path = rest.partition("?")[0].partition("/")
+        userinfo, _, hosts = authority.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, colon, secret = userinfo.partition(":")
+            username, password = unquote(user) or None, unquote(secret) if colon else None
+        if path not in ("", "0"):
+            raise BadRedisURL("WORKFLOW_STATE_URL: a Redis Cluster has only database 0")
+        nodes = []
+        for item in hosts.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise BadRedisURL(
+                    "WORKFLOW_STATE_URL: redis+cluster:// needs host:port for each node, "
+                    "separated by commas"
+                )
+            nodes.append((host.strip("[]"), int(port)))
+        return cls(tuple(nodes), username, password)
+
+    def connect(self, *, io_timeout: float, retry: Retry) -> Any:
+        """Return a cluster client; it asks a node for the slot map at once (down: RedisError)."""
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
+            username=self.username,
+            password=self.password,
+            socket_timeout=io_timeout,
+            socket_connect_timeout=io_timeout,
+            retry=retry,
+        )
+
+    def describe(self) -> str:
+        """Return the URL without credentials."""
+        hosts = ",".join(f"{_bracketed(host)}:{port}" for host, port in self.nodes)
+        return f"redis+cluster://{hosts}"
+
+
+# The one place a scheme picks how Redis is reached.
 TARGETS: dict[str, Callable[[str], RedisTarget]] = {
     "redis": DirectTarget.parse,
     "rediss": DirectTarget.parse,
     "unix": DirectTarget.parse,
     "redis+sentinel": SentinelTarget.parse,
+    "redis+cluster": ClusterTarget.parse,
 }
 
 

@@ -14,11 +14,12 @@ import pytest
 
 from service.storage import LockTimeout, RedisStore
 from tests.conftest import steps
-from tests.support import REDIS_SERVER, RedisServer
+from tests.support import REDIS_SERVER, RedisServer, layout
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs a real redis-server")
 
-LOCK = "workflow:state:lock"
+# Owner public's workflow "wf" (every client without identity writes there).
+LOCK = "workflow:{public}:lock:wf"
 ANOTHER_MASTER = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -27,16 +28,16 @@ def replication_id(server: RedisServer) -> str:
 
 
 def test_a_held_lock_carries_the_masters_replication_id(own_redis):
-    store = RedisStore(own_redis.url)
+    store = layout.current(RedisStore(own_redis.url))
     store.save({"workflow_id": "wf", "steps": steps(1)})
     seen = []
-    original = store._locked_batch
+    original = store.store._locked_batch
 
-    def look(lock, batch):
+    def look(*args):
         seen.append(own_redis.client().get(LOCK))
-        return original(lock, batch)
+        return original(*args)
 
-    store._locked_batch = look
+    store.store._locked_batch = look
     store.update_step(0, {"status": "completed"})
     (value,) = seen
     assert value.endswith(b"@" + replication_id(own_redis).encode())
@@ -45,7 +46,7 @@ def test_a_held_lock_carries_the_masters_replication_id(own_redis):
 
 
 def test_a_lock_taken_on_another_master_is_taken_over_at_once(own_redis):
-    store = RedisStore(own_redis.url, lock_wait=1.0)
+    store = layout.current(RedisStore(own_redis.url, lock_wait=1.0))
     store.save({"workflow_id": "wf", "steps": steps(1)})
     # What a promoted replica holds when its master died mid-write.
     own_redis.client().set(LOCK, f"dead-host:1:ab:7@{ANOTHER_MASTER}", px=5000)
@@ -58,7 +59,7 @@ def test_a_lock_taken_on_another_master_is_taken_over_at_once(own_redis):
 
 @pytest.mark.parametrize("value", ["other-host:1:ab:7@{master}", "crashed-writer"])
 def test_a_lock_held_on_this_master_or_without_a_stamp_is_still_waited_for(own_redis, value):
-    store = RedisStore(own_redis.url, lock_wait=0.2)
+    store = layout.current(RedisStore(own_redis.url, lock_wait=0.2))
     store.save({"workflow_id": "wf", "steps": steps(1)})
     own_redis.client().set(LOCK, value.format(master=replication_id(own_redis)), px=5000)
     with pytest.raises(LockTimeout):

@@ -50,9 +50,9 @@ def test_an_acknowledged_write_is_already_on_the_replica(pair, make_app):
         assert response.status_code == 200, response.get_json()
         version = response.get_json()["state"]["version"]
         # Read from the replica at once: what was acknowledged is there, not on its way.
-        assert f'"version":{version}}}'.encode() in replica.get("workflow:state")
+        assert f'"version":{version}}}'.encode() in replica.get("workflow:{public}:state:wf")
     assert client.delete(STATE).status_code == 200
-    assert replica.get("workflow:state") is None
+    assert replica.get("workflow:{public}:state:wf") is None
 
 
 def test_wait_rides_on_the_connection_that_ran_the_script(pair, make_app):
@@ -106,9 +106,9 @@ def test_a_write_no_replica_confirms_is_refused_and_says_it_may_not_be_durable(
         # WAIT waited 75 ms ((250 - 100) / 2), or up to 100 ms more; never near the 2 s bound.
         assert 0.07 < elapsed < 1.0, elapsed
     # What "applied but may not be durable" means: each write ran on the master.
-    assert lonely.client().get("workflow:state") is None  # the DELETE ran too
+    assert lonely.client().get("workflow:{public}:state:wf") is None  # the DELETE ran too
     assert versions == list(range(versions[0], versions[0] + 4))  # one each, none redone
-    assert int(lonely.client().get("workflow:state:seq")) == versions[-1]
+    assert int(lonely.client().get("workflow:{public}:seq")) == versions[-1]
     # Reads and refusals do not wait for replicas.
     assert client.get(STATE).status_code == 200
     assert client.get("/readyz").status_code == 200
@@ -139,9 +139,9 @@ def test_the_acl_user_of_redis_md_may_wait_and_stamp_its_lock(pair, make_app):
     locks = []
     original = store._locked_batch
 
-    def look(lock, batch):
-        locks.append(lock.local.token)
-        return original(lock, batch)
+    def look(writer, owner, batch, token, result):
+        locks.append(result[8])  # the lock's value, as the acquire stored it
+        return original(writer, owner, batch, token, result)
 
     store._locked_batch = look
     assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}).status_code == 200

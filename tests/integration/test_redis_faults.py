@@ -19,7 +19,7 @@ import pytest
 from service import create_app
 from service.storage import RedisStore, StorageUnavailable
 from tests.conftest import steps
-from tests.support import REDIS_SERVER, STATE, Gunicorn, RedisServer, http, wait_until
+from tests.support import REDIS_SERVER, STATE, Gunicorn, RedisServer, http, layout, wait_until
 from tests.support.proxy import StallingProxy
 
 pytestmark = [
@@ -27,8 +27,9 @@ pytestmark = [
     pytest.mark.skipif(REDIS_SERVER is None, reason="needs a real redis-server"),
 ]
 
-LOCK = "workflow:state:lock"
-SEQ = "workflow:state:seq"
+# Owner public's keys (every client without identity), for the workflow "wf" the tests write.
+LOCK = "workflow:{public}:lock:wf"
+SEQ = "workflow:{public}:seq"
 # The issue's budget: writes serve again within this long of Redis answering again.
 RECOVERY_BUDGET = 1.0
 # Longer than the 2 s fault, so that a lock left behind would show in the recovery time.
@@ -131,7 +132,7 @@ def test_writes_serve_within_a_second_of_redis_answering_again(
 
 def test_an_acquire_sent_again_after_its_answer_was_lost_finds_its_own_lock(redis, proxy):
     """redis-py's retry sends the same token again; the lock it holds is its own."""
-    store = RedisStore(proxy.url, lock_timeout=3)
+    store = layout.current(RedisStore(proxy.url, lock_timeout=3))
     try:
         saved = store.save({"workflow_id": "wf", "steps": steps(2)})
         back = proxy.stall(0.7)  # the acquire runs at once; its answer comes after the timeout
@@ -150,14 +151,22 @@ def test_a_lock_left_by_an_acquire_given_up_on_is_released_once_redis_answers(
 
     Another process writes as soon as Redis answers again, long before the lock's own timeout.
     """
-    lost = RedisStore(proxy.url, lock_timeout=5)
-    other = RedisStore(redis_server.url, lock_timeout=5, lock_wait=0.2)
+    lost = layout.current(RedisStore(proxy.url, lock_timeout=5))
+    other = layout.current(RedisStore(redis_server.url, lock_timeout=5, lock_wait=0.2))
+    # Redis tells of every SET and DEL of the lock: the releaser may free it (its command runs
+    # at once, only the answers are held) before this test could look for it.
+    redis.config_set("notify-keyspace-events", "K$g")
+    changes = redis.pubsub(ignore_subscribe_messages=True)
+    changes.psubscribe(f"__keyspace@*__:{LOCK}")
     try:
         lost.save({"workflow_id": "wf", "steps": steps(2)})
+        while changes.get_message(timeout=0.2) is not None:
+            pass  # the save's own lock
         back = proxy.stall(2.0)
         with pytest.raises(StorageUnavailable):
             lost.update_step(0, {"status": "completed"})
-        assert redis.exists(LOCK), "the acquire ran in Redis"
+        taken = wait_until(lambda: changes.get_message(timeout=0.1), timeout=5)
+        assert taken["data"] == b"set", "the acquire ran in Redis"
         wait_until(lambda: time.monotonic() > back, timeout=5)
 
         def other_writes() -> bool:
@@ -170,6 +179,8 @@ def test_a_lock_left_by_an_acquire_given_up_on_is_released_once_redis_answers(
         wait_until(other_writes, timeout=10, interval=0.01)
         assert time.monotonic() - back < RECOVERY_BUDGET
     finally:
+        changes.close()
+        redis.config_set("notify-keyspace-events", "")
         lost.close()
         other.close()
 
@@ -180,18 +191,18 @@ def test_a_commit_whose_answer_was_lost_is_never_redone(redis, proxy, redis_serv
     Sent again, A's commit would meet the fence moved by itself, and A would redo its whole
     POST on top of B's write: B's update lost. A answers 503 instead (its write is in).
     """
-    a = RedisStore(proxy.url, lock_timeout=3)
-    b = RedisStore(redis_server.url, lock_timeout=3)
+    a = layout.current(RedisStore(proxy.url, lock_timeout=3))
+    b = layout.current(RedisStore(redis_server.url, lock_timeout=3))
     try:
         a.save({"workflow_id": "wf", "steps": steps(2)})
         before = int(redis.get(SEQ))
-        commit = a._locked_batch
+        commit = a.store._locked_batch
 
-        def commit_with_its_answer_held(lock, batch):
+        def commit_with_its_answer_held(*args):
             proxy.stall(0.8)  # the lock and the state are read; the commit's answer is held
-            return commit(lock, batch)
+            return commit(*args)
 
-        a._locked_batch = commit_with_its_answer_held
+        a.store._locked_batch = commit_with_its_answer_held
 
         def b_writes_after_a_committed() -> None:
             wait_until(lambda: int(redis.get(SEQ)) == before + 1, timeout=5)
@@ -213,8 +224,8 @@ def test_a_commit_whose_answer_was_lost_is_never_redone(redis, proxy, redis_serv
 
 def test_a_delete_whose_answer_was_lost_is_never_redone(redis, proxy, redis_server):
     """A's DELETE runs but its answer is lost; B saves a new state; it must survive."""
-    a = RedisStore(proxy.url)
-    b = RedisStore(redis_server.url)
+    a = layout.current(RedisStore(proxy.url))
+    b = layout.current(RedisStore(redis_server.url))
     try:
         # Open the writer's own connection, then the pool's (which a delete uses), and load
         # the scripts, before the answers stop.
@@ -224,7 +235,7 @@ def test_a_delete_whose_answer_was_lost_is_never_redone(redis, proxy, redis_serv
         proxy.stall(0.8)
 
         def b_saves_after_the_delete() -> None:
-            wait_until(lambda: not redis.exists("workflow:state"), timeout=5)
+            wait_until(lambda: not redis.exists("workflow:{public}:state:old"), timeout=5)
             b.save({"workflow_id": "new", "steps": steps(1)})
 
         thread = threading.Thread(target=b_saves_after_the_delete)
@@ -283,8 +294,10 @@ def test_a_stuck_lock_blocks_writers_for_at_most_the_lock_timeout(stuck_app, red
 
 @pytest.mark.parametrize("plant", STUCK_LOCKS.values(), ids=STUCK_LOCKS.keys())
 def test_readyz_reports_a_stuck_lock_until_it_is_gone(stuck_app, redis, plant):
-    """/readyz names the lock; an instance out of rotation still sees it gone in LOCK_TIMEOUT."""
+    """/readyz names the lock of owner public's current workflow (every seed client's); an
+    instance out of rotation still sees it gone in LOCK_TIMEOUT."""
     client = stuck_app.test_client()
+    assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
     assert client.get("/readyz").status_code == 200
     plant(redis)
     found = time.monotonic()
@@ -306,10 +319,12 @@ def test_readyz_reports_a_stuck_lock_until_it_is_gone(stuck_app, redis, plant):
     assert not_ready[-1][0] > 0.7
     assert answers[-1][0] < 1.5
     assert not redis.exists(LOCK)
-    assert client.patch(STATE, json={"note": 1}).status_code == 404  # writes work (no state)
+    assert client.patch(STATE, json={"note": 1}).status_code == 200  # writes work
 
 
 def test_readyz_is_ready_while_a_writer_holds_the_lock(stuck_app, redis):
+    client = stuck_app.test_client()
+    assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
     redis.set(LOCK, "a-live-writer", px=800)
     assert stuck_app.test_client().get("/readyz").status_code == 200
     assert redis.get(LOCK) == b"a-live-writer"
@@ -319,7 +334,7 @@ def test_readyz_is_ready_while_a_writer_holds_the_lock(stuck_app, redis):
 
 
 def test_versions_go_on_rising_after_redis_restarts_without_its_data(own_redis: RedisServer):
-    store = RedisStore(own_redis.url)
+    store = layout.current(RedisStore(own_redis.url))
     try:
         before = store.save({"workflow_id": "wf", "steps": steps(1)}).version
         own_redis.stop()
@@ -336,15 +351,15 @@ def test_versions_go_on_rising_after_redis_restarts_without_its_data(own_redis: 
 
 def test_the_stored_document_carries_a_large_version_exactly(redis, redis_server):
     """Lua 5.1 writes a number above 1e14 as 1.7e+15 unless told otherwise."""
-    store = RedisStore(redis_server.url)
+    store = layout.current(RedisStore(redis_server.url))
     try:
         redis.set(SEQ, 10**15 + 7)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe("workflow:state:events")
+        pubsub.subscribe("workflow:{public}:events")
         wait_until(lambda: pubsub.get_message(timeout=0.1) is None)
         saved = store.save({"workflow_id": "wf", "steps": steps(1)})
         assert saved.version == 10**15 + 8
-        assert json.loads(redis.get("workflow:state"))["version"] == 10**15 + 8
+        assert json.loads(redis.get("workflow:{public}:state:wf"))["version"] == 10**15 + 8
         event = wait_until(lambda: pubsub.get_message(timeout=0.5))
         assert json.loads(event["data"])["id"] == str(10**15 + 8)
         assert store.clear() == 10**15 + 9

@@ -79,7 +79,7 @@ def test_the_store_follows_the_master_sentinel_names_after_a_crash(group, make_a
     state = client.get(STATE).get_json()["state"]
     assert state["steps"][0]["status"] == "completed"
     # The write is on the master the sentinels name, not somewhere else.
-    assert new.client().get("workflow:state") is not None
+    assert new.client().get("workflow:{public}:state:wf") is not None
     assert promoted - killed < 10
 
 
@@ -107,10 +107,10 @@ def test_a_demoted_master_answering_readonly_is_left_for_the_new_one(group, make
 
     wait_until(write_lands, timeout=5)
     assert client.get(STATE).status_code == 200
-    # Both of the store's connections, the write one and the read one, are on the new master.
-    assert store._dedicated("writes").connection.port == new.port
-    assert store._dedicated("reads").connection.port == new.port
-    assert b'"status":"completed"' in new.client().get("workflow:state")
+    # Every connection of the store's own (reads and write batches) is on the new master.
+    assert store._idle
+    assert {idle.connection.port for idle in store._idle} == {new.port}
+    assert b'"status":"completed"' in new.client().get("workflow:{public}:state:wf")
 
 
 def cut_off_and_fail_over(group: SentinelGroup, client, write) -> tuple[int, dict]:
@@ -140,7 +140,7 @@ def test_without_min_replicas_a_failover_can_lose_an_acknowledged_write(group, m
     """Why MIN_REPLICAS exists: replication is asynchronous, a write is acknowledged first."""
     client = make_app(IO_TIMEOUT=0.25).test_client()
     assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)}).status_code == 200
-    wait_until(lambda: group.replicas()[0].client().get("workflow:state") is not None)
+    wait_until(lambda: group.replicas()[0].client().get("workflow:{public}:state:wf") is not None)
 
     status, body = cut_off_and_fail_over(
         group, client, lambda: client.patch(f"{STATE}/steps/0", json={"status": "completed"})

@@ -10,6 +10,7 @@ from service.storage import BACKENDS, RedisStore, open_store
 from service.storage.redis_urls import (
     TARGETS,
     BadRedisURL,
+    ClusterTarget,
     DirectTarget,
     SentinelTarget,
     close_client,
@@ -19,7 +20,7 @@ from service.store import check_environment
 
 
 def test_every_redis_scheme_is_served_by_the_redis_store():
-    assert set(TARGETS) == {"redis", "rediss", "unix", "redis+sentinel"}
+    assert set(TARGETS) == {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"}
     assert {scheme for scheme, backend in BACKENDS.items() if backend is RedisStore} == set(TARGETS)
 
 
@@ -121,3 +122,15 @@ def test_min_replicas_needs_a_redis_backend(tmp_path):
     assert problem is not None and "WORKFLOW_STATE_MIN_REPLICAS" in problem
     assert check_environment({"WORKFLOW_STATE_MIN_REPLICAS": "-1"}) is not None
     assert check_environment({"WORKFLOW_STATE_MIN_REPLICAS": "0"}) is None
+
+
+def test_a_cluster_url_names_its_nodes_and_never_its_password():
+    target = redis_target("redis+cluster://user:s3cret@10.0.0.1:7000,10.0.0.2:7001")
+    assert isinstance(target, ClusterTarget)
+    assert target.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert (target.username, target.password) == ("user", "s3cret")
+    assert target.describe() == "redis+cluster://10.0.0.1:7000,10.0.0.2:7001"
+    assert "s3cret" not in repr(target)
+    for bad in ("redis+cluster://", "redis+cluster://host", "redis+cluster://h:1/3"):
+        with pytest.raises(BadRedisURL, match="WORKFLOW_STATE_URL"):
+            redis_target(bad)

@@ -1,0 +1,86 @@
+"""Redis key names: the one place they are built (contract section 8, README's key table).
+
+Every key of one owner is `<prefix>:{<owner>}:<kind>[:<id>]`. The `{<owner>}` hash tag puts all
+of them in one Cluster slot, so every Lua script touches one slot; the kind comes before the
+id, so no workflow id can name another kind's key. Owner names have no braces (their rule is
+`[A-Za-z0-9_.@-]`) and the prefix may not have any (config.py refuses it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STATE = "state"
+LOCK = "lock"
+CURRENT = "current"
+SEQ = "seq"
+INDEX = "index"
+HISTORY = "history"
+EVENTS = "events"
+CORRUPT = "corrupt"
+# Outside any owner's slot: the set of owners that ever created a workflow (admin `owner=*`).
+OWNERS = "owners"
+
+# Characters PSUBSCRIBE patterns treat specially.
+_GLOB = re.compile(r"([\\*?\[\]])")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (WORKFLOW_STATE_PREFIX)."""
+
+    prefix: str = "workflow"
+
+    def base(self, owner: str) -> str:
+        """Return `<prefix>:{<owner>}:`, the start of every key of `owner` (scripts add to it)."""
+        return f"{self.prefix}:{{{owner}}}:"
+
+    def state(self, owner: str, workflow_id: str) -> str:
+        """Return the key holding one workflow's state JSON."""
+        return f"{self.base(owner)}{STATE}:{workflow_id}"
+
+    def lock(self, owner: str, workflow_id: str) -> str:
+        """Return the key of one workflow's write lock."""
+        return f"{self.base(owner)}{LOCK}:{workflow_id}"
+
+    def current(self, owner: str) -> str:
+        """Return the key naming the owner's current workflow."""
+        return self.base(owner) + CURRENT
+
+    def seq(self, owner: str) -> str:
+        """Return the key of the owner's version counter."""
+        return self.base(owner) + SEQ
+
+    def index(self, owner: str) -> str:
+        """Return the sorted set of the owner's workflow ids, scored by last_update (ms)."""
+        return self.base(owner) + INDEX
+
+    def history(self, owner: str) -> str:
+        """Return the list of the owner's finished workflows, newest first."""
+        return self.base(owner) + HISTORY
+
+    def events(self, owner: str) -> str:
+        """Return the pub/sub channel of the owner's changes."""
+        return self.base(owner) + EVENTS
+
+    def corrupt(self, owner: str, workflow_id: str) -> str:
+        """Return the start of a quarantined value's key; `<unix time>[-<n>]` completes it."""
+        return f"{self.base(owner)}{CORRUPT}:{workflow_id}:"
+
+    def owners(self) -> str:
+        """Return the set of owners that ever created a workflow."""
+        return f"{self.prefix}:{OWNERS}"
+
+    def events_pattern(self) -> str:
+        """Return the PSUBSCRIBE pattern matching every owner's events channel."""
+        escaped = _GLOB.sub(r"\\\1", self.prefix)
+        return f"{escaped}:{{*}}:{EVENTS}"
+
+    def owner_of_events(self, channel: str) -> str | None:
+        """Return the owner whose events channel `channel` is, or None."""
+        head, tail = f"{self.prefix}:{{", f"}}:{EVENTS}"
+        if channel.startswith(head) and channel.endswith(tail):
+            owner = channel[len(head) : -len(tail)]
+            return owner if owner and "}" not in owner else None
+        return None

@@ -1,0 +1,110 @@
+"""Listing an owner's workflows: the order, the status filter, list entries and cursors.
+
+A list is ordered by `last_update` (ms) descending, ties by workflow id descending: the order of
+a Redis sorted set read with ZREVRANGEBYSCORE, and of `position()` sorted in reverse. A cursor
+names the last entry of a page (its position) and is bound to the owner and the filter by a
+checksum, so a cursor that was not issued, or was issued for another list, is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import model
+
+STATUSES = ("running", "finished", "all")
+LIMIT_MAX = 100
+LIMIT_DEFAULT = 50
+# A cursor is a few dozen characters; anything much longer was not issued here.
+CURSOR_MAX_LENGTH = 512
+_CHECK_BYTES = 8
+
+Position = tuple[int, str]  # (last_update in ms, workflow id)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list: its entries and the cursor of the next page (None on the last)."""
+
+    entries: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def check_status(status: Any) -> str:
+    """Return a list filter (running, finished or all), or raise InvalidState naming `status`."""
+    if status not in STATUSES:
+        raise model.InvalidState("status", "must be one of " + ", ".join(STATUSES))
+    return status
+
+
+def check_limit(limit: Any) -> int:
+    """Return a page size from 1 to 100, or raise InvalidState naming `limit`."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= LIMIT_MAX:
+        raise model.InvalidState("limit", f"must be a whole number from 1 to {LIMIT_MAX}")
+    return limit
+
+
+def matches(state: Mapping[str, Any], status: str) -> bool:
+    """Tell whether a state belongs in a list filtered by `status`."""
+    if status == "all":
+        return True
+    return model.is_finished(state) == (status == "finished")
+
+
+def score(state: Mapping[str, Any]) -> int:
+    """Return the sort score of a state: its last_update in unix milliseconds."""
+    return int(model.parse_time(state["last_update"]).timestamp() * 1000)
+
+
+def list_entry(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a workflow as a list shows it: its summary and its version."""
+    return {**model.summarize(state), "version": state["version"]}
+
+
+def _check(owner: str, status: str, position: Position) -> str:
+    text = f"{owner}\0{status}\0{position[0]}\0{position[1]}".encode()
+    return hashlib.sha256(text).hexdigest()[: 2 * _CHECK_BYTES]
+
+
+def encode_cursor(owner: str, status: str, position: Position) -> str:
+    """Return the opaque cursor of the page that follows `position` in this owner's list."""
+    payload = json.dumps([position[0], position[1], _check(owner, status, position)])
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, owner: str, status: str) -> Position | None:
+    """Return the position a cursor names, or raise InvalidCursor for one not issued here."""
+    if cursor is None:
+        return None
+    refused = model.InvalidCursor(
+        "The cursor is not one this service issued for this list; start again without a cursor"
+    )
+    if not isinstance(cursor, str) or not 0 < len(cursor) <= CURSOR_MAX_LENGTH:
+        raise refused
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, workflow_id, check = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error):
+        raise refused from None
+    if (
+        not isinstance(when, int)
+        or isinstance(when, bool)
+        or not isinstance(workflow_id, str)
+        or not isinstance(check, str)
+        or model.WORKFLOW_ID_RE.match(workflow_id) is None
+        or check != _check(owner, status, (when, workflow_id))
+        or encode_cursor(owner, status, (when, workflow_id)) != cursor
+    ):
+        raise refused
+    return when, workflow_id
+
+
+def after(position: Position, cursor: Position | None) -> bool:
+    """Tell whether an entry at `position` comes after `cursor` in list order."""
+    return cursor is None or position < cursor

@@ -1,0 +1,262 @@
+"""The owner-scoped storage contract on Redis (fakeredis and a real redis-server), the key layout
+an operator sees with redis-cli, and the migration of the single-workflow layout."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from service.storage import RedisStore, StateStore
+from tests.conftest import steps
+from tests.contract.owner_store_contract import ALICE, OwnerStoreContract
+from tests.support import RedisServer, layout
+
+OLD_KEY = "workflow:state"
+
+
+class RedisPlace:
+    """Where a test's Redis stores live, and a raw client to look at it."""
+
+    def __init__(self, url: str, factory: Callable[[], Any] | None, raw: Any) -> None:
+        self.url = url
+        self.factory = factory
+        self.raw = raw
+        self.stores: list[RedisStore] = []
+
+    def store(self, **options: Any) -> RedisStore:
+        """Open a store on this place."""
+        extra = {"client_factory": self.factory} if self.factory else {}
+        store = RedisStore(self.url, **extra, **options)
+        self.stores.append(store)
+        return store
+
+    def close(self) -> None:
+        """Close every store opened here."""
+        for store in self.stores:
+            store.close()
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def place(request: pytest.FixtureRequest) -> Iterator[RedisPlace]:
+    if request.param == "fakeredis":
+        server = fakeredis.FakeServer()
+        place = RedisPlace(
+            "redis://fakeredis/0",
+            lambda: fakeredis.FakeRedis(server=server),
+            fakeredis.FakeRedis(server=server),
+        )
+    else:
+        real: RedisServer = request.getfixturevalue("redis_server")
+        real.flush()
+        place = RedisPlace(real.url, None, real.client())
+    yield place
+    place.close()
+
+
+def plant_in(place: RedisPlace) -> Callable[..., None]:
+    def plant(store: RedisStore, owner: str, workflow_id: str, raw: bytes, score=None) -> None:
+        place.raw.set(store.keys.state(owner, workflow_id), raw, px=60_000)
+        if score is not None:
+            place.raw.zadd(store.keys.index(owner), {workflow_id: score})
+
+    return plant
+
+
+class TestRedisContract(OwnerStoreContract):
+    @pytest.fixture
+    def make_store(self, place: RedisPlace) -> Callable[..., StateStore]:
+        return place.store
+
+    @pytest.fixture
+    def plant(self, place: RedisPlace) -> Callable[..., None]:
+        return plant_in(place)
+
+    @pytest.fixture
+    def drop_counter(self, place: RedisPlace) -> Callable[[RedisStore, str], None]:
+        return lambda store, owner: place.raw.delete(store.keys.seq(owner))
+
+
+# --- what redis-cli shows ----------------------------------------------------------------------
+
+
+def test_every_key_of_an_owner_carries_its_hash_tag(place):
+    store = place.store(ttl=30)
+    store.create(ALICE, {"workflow_id": "a:1", "status": "completed", "steps": steps(1)})
+    store.create(ALICE, {"workflow_id": "b", "steps": steps(1)})
+    store.delete(ALICE, "b")
+    keys = sorted(key.decode() for key in place.raw.keys("*"))
+    assert keys == [
+        "workflow:owners",
+        "workflow:{alice}:history",
+        "workflow:{alice}:index",
+        "workflow:{alice}:seq",
+        "workflow:{alice}:state:a:1",
+    ]
+    assert place.raw.get("workflow:{alice}:current") is None  # b was current, and is deleted
+    assert json.loads(place.raw.get("workflow:{alice}:state:a:1")) == store.get(ALICE, "a:1").state
+    assert 1 <= place.raw.ttl("workflow:{alice}:state:a:1") <= 30
+    assert place.raw.ttl("workflow:{alice}:seq") == -1
+    assert place.raw.zrange("workflow:{alice}:index", 0, -1) == [b"a:1"]
+    assert place.raw.smembers("workflow:owners") == {b"alice"}
+
+
+def test_a_running_workflow_carries_the_stale_ttl_refreshed_by_each_write(place):
+    store = place.store(stale_ttl=1000)
+    store.create(ALICE, {"workflow_id": "wf", "steps": steps(2)})
+    key = store.keys.state(ALICE, "wf")
+    assert 990 <= place.raw.ttl(key) <= 1000
+    place.raw.pexpire(key, 5000)
+    store.update_step(ALICE, "wf", 0, {"status": "completed"})
+    assert place.raw.ttl(key) > 990
+
+
+def test_the_prefix_names_every_key(place):
+    store = place.store(prefix="app7")
+    store.create(ALICE, {"workflow_id": "wf"})
+    assert sorted(k.decode() for k in place.raw.keys("*")) == [
+        "app7:owners",
+        "app7:{alice}:current",
+        "app7:{alice}:index",
+        "app7:{alice}:seq",
+        "app7:{alice}:state:wf",
+    ]
+
+
+def test_a_missing_counter_is_seeded_from_the_clock(place):
+    store = place.store()
+    version = store.create(ALICE, {"workflow_id": "wf"}).version
+    assert version > 1_700_000_000_000_000  # microseconds since 1970: never below a version seen
+    assert int(place.raw.get(store.keys.seq(ALICE))) == version
+
+
+def test_a_corrupt_value_is_moved_aside_under_the_owner(place):
+    store = place.store()
+    store.create(ALICE, {"workflow_id": "wf"})
+    for garbage in (b"first", b"second"):
+        place.raw.set(store.keys.state(ALICE, "wf"), garbage)
+        assert store.get(ALICE, "wf").state is None
+    aside = sorted(key.decode() for key in place.raw.keys("workflow:{alice}:corrupt:*"))
+    assert len(aside) == 2
+    assert all(re.fullmatch(r"workflow:\{alice\}:corrupt:wf:\d+(-\d+)?", key) for key in aside)
+    assert 6 * 86400 < place.raw.ttl(aside[0]) <= 7 * 86400
+
+
+def test_a_lock_without_an_expiry_gets_one(place):
+    store = place.store(lock_timeout=0.5, lock_wait=0.2)
+    store.create(ALICE, {"workflow_id": "wf", "steps": steps(1)})
+    place.raw.set(store.keys.lock(ALICE, "wf"), "junk")
+    with pytest.raises(Exception, match="lock"):
+        store.update_step(ALICE, "wf", 0, {"status": "completed"})
+    assert 0 < place.raw.pttl(store.keys.lock(ALICE, "wf")) <= 500
+
+
+# --- migration of the single-workflow layout ----------------------------------------------------
+
+
+def old_layout(raw: Any, version: int = 42) -> dict[str, Any]:
+    """Write the keys an earlier version left: the state, its counter and a history."""
+    state, old_done = layout.single_workflow_state(version)
+    raw.set(OLD_KEY, json.dumps(state), px=3_600_000)
+    raw.set(f"{OLD_KEY}:seq", version)
+    raw.rpush(f"{OLD_KEY}:history", json.dumps(old_done))
+    return state
+
+
+def test_the_single_workflow_layout_moves_into_public_keeping_its_version(place):
+    state = old_layout(place.raw)
+    store = place.store()
+    current = store.get("public")
+    assert current.state == state
+    assert current.event_id == "42"
+    assert store.list("public").entries[0]["version"] == 42
+    assert [h["workflow_id"] for h in store.history("public")] == ["older"]
+    assert not place.raw.exists(OLD_KEY, f"{OLD_KEY}:seq", f"{OLD_KEY}:history")
+    assert 3_500_000 < place.raw.pttl(store.keys.state("public", "seed-wf")) <= 3_600_000
+    assert store.update_step("public", None, 0, {"status": "completed"}).version == 43
+    assert "public" in store.owners()
+    # A second process starting later finds nothing left to move.
+    assert place.store().get("public").version == 43
+
+
+def test_migration_keeps_the_counter_of_a_deleted_state(place):
+    place.raw.set(f"{OLD_KEY}:seq", 77)
+    store = place.store()
+    assert store.get("public").state is None
+    assert store.save("public", {"workflow_id": "next"}).version == 78
+
+
+def test_a_corrupt_old_state_is_moved_aside_and_its_counter_kept(place):
+    place.raw.set(OLD_KEY, "garbage")
+    place.raw.set(f"{OLD_KEY}:seq", 9)
+    store = place.store()
+    assert store.save("public", {"workflow_id": "next"}).version == 10
+    assert place.raw.keys(f"{OLD_KEY}:corrupt:*")
+
+
+def test_a_migration_that_found_redis_down_is_tried_again(own_redis: RedisServer):
+    store = RedisStore(own_redis.url)
+    own_redis.stop()
+    with pytest.raises(Exception, match="unavailable"):
+        store.get("public")
+    own_redis.start()
+    state = old_layout(own_redis.client())
+    assert store.get("public").state == state
+    store.close()
+
+
+# --- round trips (issue 13's budgets rest on them) -----------------------------------------------
+
+
+class RoundTrips:
+    """Count the commands (or pipelines) a store sends to Redis: each is one round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import redis.connection
+
+        self.count = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            return original(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def of(self, call: Callable[[], Any]) -> int:
+        """Return how many round trips `call` took."""
+        before = self.count
+        call()
+        return self.count - before
+
+
+def test_reads_take_one_round_trip_writes_two_and_a_page_of_a_thousand_one(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+):
+    redis_server.flush()
+    store = RedisStore(redis_server.url, max_workflows=2000)
+    try:
+        for n in range(1000):
+            store.save(ALICE, {"workflow_id": f"wf{n:04d}", "steps": steps(3)})
+        trips = RoundTrips(monkeypatch)
+        # Warm: scripts loaded, connections open (what a server has after its first requests).
+        store.get(ALICE), store.merge(ALICE, None, {"n": 0}), store.list(ALICE, limit=50)
+        store.delete(ALICE, "wf0998")
+        assert trips.of(lambda: store.get(ALICE)) == 1
+        assert trips.of(lambda: store.get(ALICE, "wf0500")) == 1
+        assert trips.of(lambda: store.get_for_stream(ALICE)) == 1
+        assert trips.of(lambda: store.merge(ALICE, None, {"n": 1})) == 2
+        assert trips.of(lambda: store.update_step(ALICE, "wf0007", 1, {"status": "failed"})) == 2
+        assert trips.of(lambda: store.save(ALICE, {"workflow_id": "wf0001", "steps": []})) == 2
+        assert trips.of(lambda: store.create(ALICE, {"workflow_id": "new"})) == 2
+        assert trips.of(lambda: store.delete(ALICE, "new")) == 1
+        page = store.list(ALICE, limit=50)
+        assert len(page.entries) == 50 and page.next_cursor
+        assert trips.of(lambda: store.list(ALICE, limit=50, cursor=page.next_cursor)) == 1
+        assert trips.of(lambda: store.list(ALICE, status="finished", limit=50)) == 1
+    finally:
+        store.close()
