@@ -1,32 +1,28 @@
-"""The workflow state model: validation, defaults, progress, summary and finished-is-final.
+"""The workflow state model: defaults, progress, summary and finished-is-final.
 
 Plain functions over plain dicts. Nothing here does I/O or knows about HTTP or storage:
 the clock and randomness come in as arguments, and rule violations are `StateError`s that
-the API layer maps to status codes.
+the API layer maps to status codes. The field rules themselves live in `schema`, the one
+definition of every body; the model calls it and turns its `FieldError` into `InvalidState`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from . import schema
+from .schema import ENCRYPTED_MARK
+
 RUNNING = "running"
-STATUSES = ("running", "completed", "failed", "cancelled")
 FINISHED = frozenset({"completed", "failed", "cancelled"})
-STEP_STATUSES = ("pending", "in_progress", "completed", "failed", "skipped", "cancelled")
 
 # Fields the server owns: whatever a client sends for them is replaced.
 SERVER_FIELDS = ("last_update", "version")
 
-WORKFLOW_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
-# A real workflow has a handful of steps; the cap keeps hostile bodies from costing CPU per write.
-MAX_STEPS = 1000
-# Deeper documents are almost certainly hostile and make every later json.dumps expensive.
-MAX_DEPTH = 32
-ENCRYPTED_MARK = "$encrypted"
+WORKFLOW_ID_RE = schema.python_pattern(schema.WORKFLOW_ID_PATTERN)
 
 
 class StateError(Exception):
@@ -134,35 +130,6 @@ def new_workflow_id(now: datetime, random_hex: str) -> str:
 # --- validation --------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Tell whether a JSON value nests deeper than `limit`, without recursion."""
-    if not isinstance(value, dict | list):
-        return False
-    # Only containers go on the stack: most values are strings and numbers.
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        for child in item.values() if isinstance(item, dict) else item:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
-
-
-def _check_time(field: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise InvalidState(field, "must be an ISO-8601 string")
-    try:
-        parse_time(value)
-    except ValueError:
-        raise InvalidState(field, "must be an ISO-8601 string") from None
-
-
 def is_encrypted(value: Any) -> bool:
     """Tell whether a field holds a sealed secret ({"$encrypted": token})."""
     return (
@@ -170,53 +137,16 @@ def is_encrypted(value: Any) -> bool:
     )
 
 
-def validate_step_status(value: Any, field: str = "status") -> str:
-    """Return a step status, or raise InvalidState naming the field."""
-    if not isinstance(value, str) or value not in STEP_STATUSES:
-        raise InvalidState(field, "must be one of " + ", ".join(STEP_STATUSES))
-    return value
-
-
-def validate(state: Mapping[str, Any], *, stored: bool = False) -> None:
+def validate(state: dict[str, Any], *, stored: bool = False) -> None:
     """Raise InvalidState unless `state` satisfies every field rule of the contract.
 
     With `stored=True` the server-owned fields must be present too, and a sealed
     `ssh_connection` is accepted: that is the shape a backend holds.
     """
-    workflow_id = state.get("workflow_id")
-    if not isinstance(workflow_id, str) or not WORKFLOW_ID_RE.match(workflow_id):
-        raise InvalidState("workflow_id", "must be 1-128 characters of A-Z a-z 0-9 _ . : -")
-    status = state.get("status")
-    if not isinstance(status, str) or status not in STATUSES:
-        raise InvalidState("status", "must be one of " + ", ".join(STATUSES))
-    steps = state.get("steps")
-    if not isinstance(steps, list):
-        raise InvalidState("steps", "must be a list of step objects")
-    if len(steps) > MAX_STEPS:
-        raise InvalidState("steps", f"must have at most {MAX_STEPS} steps")
-    for position, step in enumerate(steps):
-        if not isinstance(step, dict):
-            raise InvalidState(f"steps[{position}]", "must be an object")
-        action = step.get("action")
-        if not isinstance(action, str) or not action:
-            raise InvalidState(f"steps[{position}].action", "must be a non-empty string")
-        validate_step_status(step.get("status"), f"steps[{position}].status")
-    current_step = state.get("current_step")
-    if not _is_int(current_step) or current_step < 0:
-        raise InvalidState("current_step", "must be an integer >= 0")
-    if steps and current_step >= len(steps):
-        raise InvalidState("current_step", f"must be less than the number of steps ({len(steps)})")
-    _check_time("start_time", state.get("start_time"))
-    ssh = state.get("ssh_connection")
-    if ssh is not None and not isinstance(ssh, str) and not (stored and is_encrypted(ssh)):
-        raise InvalidState("ssh_connection", "must be a string")
-    if _depth_exceeds(state, MAX_DEPTH):
-        raise InvalidState("state", f"must not nest deeper than {MAX_DEPTH} levels")
-    if stored:
-        _check_time("last_update", state.get("last_update"))
-        version = state.get("version")
-        if not _is_int(version) or version < 1:
-            raise InvalidState("version", "must be an integer >= 1")
+    try:
+        (schema.check_stored if stored else schema.check_state)(state)
+    except schema.FieldError as error:
+        raise InvalidState(error.field, error.rule) from None
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -386,16 +316,16 @@ def parse_step_change(body: Any) -> dict[str, Any]:
     """Validate a step PATCH body before any storage work; return its parts."""
     if not isinstance(body, dict) or not body:
         raise StateRequired("Step data is required: send a JSON object with a 'status'")
-    status = validate_step_status(body.get("status"))
-    data = body.get("data")
-    if data is not None and not isinstance(data, dict):
-        raise InvalidState("data", "must be an object")
-    if data is not None and _depth_exceeds(data, MAX_DEPTH - 3):
-        raise InvalidState("data", f"must not nest deeper than {MAX_DEPTH - 3} levels")
-    guard = body.get("workflow_id")
-    if guard is not None and not isinstance(guard, str):
-        raise InvalidState("workflow_id", "must be a string")
-    return {"status": status, "data": data, "has_data": "data" in body, "guard": guard}
+    try:
+        schema.check_step_change(body)
+    except schema.FieldError as error:
+        raise InvalidState(error.field, error.rule) from None
+    return {
+        "status": body["status"],
+        "data": body.get("data"),
+        "has_data": "data" in body,
+        "guard": body.get("workflow_id"),
+    }
 
 
 def apply_step(
