@@ -358,6 +358,28 @@ def finish_run(
     return _with(state, now, status=outcome, run=done)
 
 
+def release_run(
+    state: Mapping[str, Any] | None, attempt: int, *, now: datetime, lease: float
+) -> dict[str, Any]:
+    """Hand running attempt `attempt` back to the queue as the next attempt (a worker stops).
+
+    What a runner that is told to shut down does instead of letting its lease lapse: the run
+    is queued again at once, under a new attempt (so the stopping runner's late writes are
+    refused), with a claim deadline of `lease` seconds. The interrupted step stays
+    `in_progress` until the next runner starts it again.
+    """
+    run = _fence(state, attempt, claimed=True)
+    assert state is not None
+    queued = {
+        **run,
+        "attempt": attempt + 1,
+        "runner": None,
+        "lease_expires": _stamp(now, lease),
+        "status": QUEUED,
+    }
+    return _with(state, now, run=queued)
+
+
 def take_over(
     state: Mapping[str, Any] | None,
     expired_attempt: int,
