@@ -446,6 +446,16 @@ class RunStarted(TypedDict):
     state: State
 
 
+@with_config(ConfigDict(extra="forbid"))
+class CancelledResponse(TypedDict):
+    """The workflow is cancelled (also when it already was): its running step, itself and its
+    server run; a runner stops within a second."""
+
+    success: Literal[True]
+    message: Literal["Workflow cancelled"]
+    state: State
+
+
 # Every body the document publishes, in the order it lists them.
 BODIES: tuple[Any, ...] = (
     Error,
@@ -472,6 +482,7 @@ BODIES: tuple[Any, ...] = (
     WorkflowEvent,
     Run,
     RunStarted,
+    CancelledResponse,
     UserName,
 )
 

@@ -116,10 +116,16 @@ class RunWorker(SimpleWorker):
         self.context.start_monitor()
         # RQ's scheduler (a forked process) is for scheduled jobs, which runs never are.
         kwargs["with_scheduler"] = False
+        # RQ leaves its handlers in place; a worker working inside another program (a test's
+        # burst) gives that program its own back.
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             return super().work(*args, **kwargs)
         finally:
             self.context.close()
+            if threading.current_thread() is threading.main_thread():
+                for signum, handler in handlers.items():
+                    signal.signal(signum, handler)
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         """Perform a job with this worker's run context at hand."""
