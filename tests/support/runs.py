@@ -63,12 +63,20 @@ def finished(state: dict[str, Any]) -> bool:
 
 
 def step_running(index: int, attempt: int | None = None) -> Callable[[dict[str, Any]], bool]:
-    """Return a condition: step `index` is in progress (under run attempt `attempt`)."""
+    """Return a condition: step `index` is in progress; with `attempt`, started by the runner
+    of that run attempt, for the `attempt`-th time (a step first interrupted, then resumed)."""
 
     def condition(state: dict[str, Any]) -> bool:
+        step = state["steps"][index]
+        if step["status"] != "in_progress":
+            return False
+        if attempt is None:
+            return True
         run = state.get("run") or {}
-        return state["steps"][index]["status"] == "in_progress" and (
-            attempt is None or run.get("attempt") == attempt
+        return (
+            run.get("attempt") == attempt
+            and run.get("status") == "running"
+            and step.get("attempts") == attempt
         )
 
     return condition
