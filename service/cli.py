@@ -37,6 +37,8 @@ PROG = "python -m service"
 WATCH_TICK_SECONDS = 0.25
 # How long `watch` waits between tries to re-read the state while storage is down.
 WATCH_RETRY_SECONDS = 0.5
+# How long a starting worker waits between tries to reach the queue's Redis.
+WORKER_RETRY_SECONDS = 1.0
 # Put in the watch's inbox by a signal handler, so the main loop wakes up at once.
 WAKE = object()
 
@@ -440,15 +442,15 @@ def _work(settings: dict[str, Any], out: Output, burst: bool) -> int:
         out.note(str(error))
         return EXIT_USAGE
     try:
-        queue = check.control.queue
-        queue.count()
         connection = queue_connection(settings, check.store)
+        queue = check.control.queue
+        with on_signals(_interrupt):
+            _wait_for(queue, out)
     except ValueError as error:  # redis+cluster:// without WORKFLOW_QUEUE_URL
         out.note(str(error))
         return EXIT_USAGE
-    except StorageUnavailable as error:
-        out.note(f"storage unavailable: {error.message}")
-        return EXIT_STORAGE_DOWN
+    except KeyboardInterrupt:
+        return EXIT_OK
     finally:
         check.close()
     name, count = queue.queue.name, settings["RUN_WORKERS"]
@@ -461,6 +463,22 @@ def _work(settings: dict[str, Any], out: Output, burst: bool) -> int:
     else:
         worker_class([name], connection=connection).work(burst=burst)
     return EXIT_OK
+
+
+def _wait_for(queue: Any, out: Output) -> None:
+    """Return once the queue's Redis answers: a supervisor may start the worker before Redis."""
+    waiting = False
+    while True:
+        try:
+            queue.count()
+            break
+        except StorageUnavailable as error:
+            if not waiting:
+                out.note(f"waiting for the run queue: {error.message}")
+                waiting = True
+            time.sleep(WORKER_RETRY_SECONDS)
+    if waiting:
+        out.note("the run queue answers")
 
 
 def _nothing_to_cancel(state: dict[str, Any] | None, out: Output) -> int:

@@ -28,7 +28,7 @@ from .. import runs
 from ..config import load_steps, origin
 from ..model import InvalidIndex
 from ..storage import Snapshot, StateStore, StorageUnavailable
-from .steps import CANCELLED, FAILED, StepCall, StepResult, StepSettings, check_origin, perform_step
+from .steps import CANCELLED, StepCall, StepResult, StepSettings, check_origin, perform_step
 
 log = logging.getLogger("service.runner")
 
@@ -262,10 +262,18 @@ class _Attempt:
         except StorageUnavailable:
             return None
 
-    def step(self, index: int, status: str, data: dict[str, Any] | None = None) -> Snapshot:
+    def step(self, index: int, status: str) -> Snapshot:
         """Write what this attempt did with step `index`."""
         return self.write(
             lambda: self.store.runner_step(
+                self.owner, self.workflow_id, self.attempt, index, status
+            )
+        )
+
+    def advance(self, index: int, status: str, data: dict[str, Any] | None) -> Snapshot:
+        """Write step `index`'s outcome and start the next step (or finish) in the same write."""
+        return self.write(
+            lambda: self.store.advance_run(
                 self.owner, self.workflow_id, self.attempt, index, status, data
             )
         )
@@ -341,23 +349,16 @@ def _run(run: _Attempt, stop: threading.Event | None) -> RunResult:
 
 
 def _steps(run: _Attempt, state: dict[str, Any], watch: _Watch) -> RunResult:
+    """Perform the steps: each write records one step and starts the next (runs.advance)."""
     settings = run.settings
+    state = _start(run, state)
     while True:
+        if state["status"] != "running":
+            outcome = COMPLETED if state["status"] == "completed" else FAILED_OUTCOME
+            return RunResult(outcome, state)
         if watch.cancel.is_set():
             return _interrupted(run, watch)
-        remaining = runs.remaining_steps(state)
-        if not remaining:
-            return RunResult(COMPLETED, run.finish().state)
-        index = remaining[0]
-        try:
-            state = run.step(index, "in_progress").state
-        except InvalidIndex:
-            # A client settled or removed the step since our read: read again and go on.
-            state = run.read()
-            if state is None or not _ours(state, run.attempt):
-                raise runs.RunSuperseded("the run moved on") from None
-            continue
-        assert state is not None
+        index = state["current_step"]  # the step our last write started
         step = state["steps"][index]
         call = StepCall(
             run.workflow_id,
@@ -373,10 +374,30 @@ def _steps(run: _Attempt, state: dict[str, Any], watch: _Watch) -> RunResult:
         run.observer.step_done(result.seconds)
         if result.status == CANCELLED:
             return _interrupted(run, watch)
-        state = run.step(index, result.status, result.data).state
+        state = run.advance(index, result.status, result.data).state
         assert state is not None
-        if result.status == FAILED:
-            return RunResult(FAILED_OUTCOME, state)
+
+
+def _start(run: _Attempt, state: dict[str, Any]) -> dict[str, Any]:
+    """Start the first step not completed or skipped (again, after an interruption), or
+    finish the run when there is none."""
+    while True:
+        remaining = runs.remaining_steps(state)
+        if not remaining:
+            finished = run.finish().state
+            assert finished is not None
+            return finished
+        try:
+            started = run.step(remaining[0], "in_progress").state
+        except InvalidIndex:
+            # A client settled or removed the step since our read: read again and go on.
+            fresh = run.read()
+            if fresh is None or not _ours(fresh, run.attempt):
+                raise runs.RunSuperseded("the run moved on") from None
+            state = fresh
+            continue
+        assert started is not None
+        return started
 
 
 def _interrupted(run: _Attempt, watch: _Watch) -> RunResult:

@@ -490,6 +490,22 @@ class StateStore(ABC):
             lambda state, now: runs.runner_step(state, attempt, index, status, data, now=now),
         )
 
+    def advance_run(
+        self,
+        owner: str,
+        workflow_id: str,
+        attempt: int,
+        index: int,
+        status: str,
+        data: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """Record step `index`'s outcome and start the next step, or finish, in one write."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.advance(state, attempt, index, status, data, now=now),
+        )
+
     def finish_run(self, owner: str, workflow_id: str, attempt: int, outcome: str) -> Snapshot:
         """End run `attempt` with the workflow completed or failed."""
         return self._run_write(

@@ -20,6 +20,7 @@ from service.runner.monitor import LeaseMonitor
 from service.runner.queue import job_id
 from service.store import store_of
 from tests.conftest import backend_config, steps
+from tests.support import wait_until
 from tests.support.runs import OWNER, finished, later, plan, wait_for_state
 
 STATE = "/workflow/state"
@@ -220,7 +221,8 @@ def test_the_web_process_runs_the_workflow_and_counts_it(local_app: Flask):
     state = wait_for_state(store_of(local_app), "wf", finished)
     assert state["status"] == "completed"
     assert [s["status"] for s in state["steps"]] == ["completed"] * 4
-    assert metric(local_app, 'workflow_runs_total{outcome="completed"}') == 1
+    # Counted by the run thread just after its last write.
+    wait_until(lambda: metric(local_app, 'workflow_runs_total{outcome="completed"}') == 1)
     assert metric(local_app, "workflow_step_seconds_count") == 4
 
 

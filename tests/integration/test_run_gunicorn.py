@@ -15,7 +15,7 @@ import pytest
 
 from service.storage import StateStore, open_store
 from tests.support import Gunicorn, http, wait_until
-from tests.support.runs import OWNER, finished, plan, step_running, wait_for_state
+from tests.support.runs import finished, plan, step_running, wait_for_state
 
 LEASE = 1.5
 RESUME_BUDGET = LEASE + 5
