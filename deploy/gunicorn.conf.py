@@ -4,8 +4,8 @@ Worker model: gevent. Every Server-Sent Events stream stays open for as long as 
 ordinary requests last a millisecond or two. With gevent each connection is a greenlet, so a
 thousand open streams per worker cost memory, not threads, and never starve GET and POST; and
 the requests that wait on Redis yield to the others instead of contending for the GIL (bench/
-measured 1.3-1.8x the write throughput of gthread on the same machine). README's "Server
-concurrency" section explains the choice.
+measured 1.3-1.8x the write throughput of gthread on the same machine). docs/architecture.md
+("Server concurrency: why gevent") explains the choice.
 """
 
 # gevent's monkey-patching must come before anything imports ssl, threading or socket (gunicorn
@@ -17,6 +17,7 @@ monkey.patch_all()
 
 import glob  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -36,9 +37,16 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 bind = f"0.0.0.0:{os.environ['PORT']}" if os.environ.get("PORT") else "127.0.0.1:8000"
 # WEB_CONCURRENCY is gunicorn's own variable; set here so the default is 2, not 1.
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
-worker_class = "gevent"
-# Connections per worker: open streams plus ordinary requests (a stream keeps some in reserve).
-worker_connections = 1000
+# gunicorn's gevent worker plus a deadline on request bodies (WORKFLOW_STATE_BODY_TIMEOUT) and
+# JSON answers for the requests gunicorn refuses itself (service/http_worker.py).
+worker_class = "service.http_worker.Worker"
+# Connections per worker: open streams, ordinary requests and clients still sending theirs (a
+# stream keeps some in reserve). Enough that 2 workers keep answering with 2,500 stalled
+# clients open (docs/operations.md); post_fork raises the open-files limit to match.
+worker_connections = 4000
+# File descriptors a worker needs besides its connections: the listening socket, Redis, the
+# state and lock files, the metrics files, logs.
+SPARE_FILES = 256
 # gunicorn's default: also how long a worker that is stopping waits on an idle connection.
 keepalive = 2
 # Streams are long-lived: on restart, give them a moment, then move on.
@@ -115,8 +123,38 @@ def pre_request(worker, req):
 def post_fork(server, worker):
     """Tell the app how many connections this worker serves at once, so streams never take all."""
     gthread_or_sync = worker.cfg.worker_class_str in ("gthread", "sync")
-    capacity = worker.cfg.threads if gthread_or_sync else worker.cfg.worker_connections
+    if gthread_or_sync:
+        capacity = worker.cfg.threads
+    else:
+        capacity = worker.worker_connections = _fit_open_files_limit(worker)
     os.environ["WORKFLOW_WORKER_CAPACITY"] = str(capacity)
+
+
+def _fit_open_files_limit(worker) -> int:
+    """Raise the open-files limit to what worker_connections needs; return what it allows.
+
+    Each connection is a file descriptor. Many systems start processes with a soft limit of
+    1024, under which a worker refuses connections (EMFILE) long before worker_connections; the
+    hard limit is what an operator actually allowed.
+    """
+    wanted = worker.cfg.worker_connections
+    needed = wanted + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft >= needed:
+        return wanted
+    allowed = max(soft - SPARE_FILES, 1)
+    worker.log.warning(
+        "open-files limit %s allows %s connections per worker, not worker_connections %s:"
+        " raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn)",
+        soft,
+        allowed,
+        wanted,
+    )
+    return allowed
 
 
 def post_worker_init(worker):

@@ -186,6 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_STALE_TTL", "STATE_STALE_TTL", 86400, _positive_int),
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),
     Setting("WORKFLOW_STATE_MAX_BODY", "MAX_CONTENT_LENGTH", 262144, _positive_int),
+    Setting("WORKFLOW_STATE_BODY_TIMEOUT", "BODY_TIMEOUT", 10.0, _positive_float),
     Setting("WORKFLOW_STATE_TOKEN", "STATE_TOKEN", None, _text),
     Setting("WORKFLOW_STATE_TOKENS_FILE", "STATE_TOKENS_FILE", None, _text),
     Setting("WORKFLOW_STATE_USER_HEADER", "USER_HEADER", None, _header_name),

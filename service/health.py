@@ -20,8 +20,8 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """Answer 200 when the backend answers, else 503 backend_unavailable."""
+    """Answer 200 when the backend answers and writers can get the lock, else 503."""
     store = get_store()
-    store.ping()  # StorageUnavailable: the error handler answers 503 backend_unavailable
+    store.ready()  # StorageUnavailable: the error handler answers 503 backend_unavailable
     body = dumps({"success": True, "status": "ready", "backend": store.describe()})
     return Response(body, mimetype="application/json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,8 @@ from .identity import Authenticator
 from .storage import StateStore, open_store
 
 EXTENSION = "workflow_state"
+
+log = logging.getLogger("service.store")
 
 
 def build_store(config: Mapping[str, Any]) -> StateStore:
@@ -57,3 +60,16 @@ def store_of(app: Flask) -> StateStore:
 def get_store() -> StateStore:
     """Return the current app's store."""
     return store_of(current_app)
+
+
+def describe_backend(store: StateStore) -> str:
+    """Name the store's backend and where it keeps the state, without credentials."""
+    # A file is named by its path; a Redis by its URL (describe() leaves credentials out).
+    where = store.describe().removeprefix("file://")
+    return f"{store.schemes[0]} at {where}"
+
+
+def log_backend(app: Flask) -> None:
+    """Log which backend `app` serves from and where, in one line (`storage: file at /path`)."""
+    with app.app_context():  # the app's own log format and secrets apply
+        log.info("storage: %s", describe_backend(store_of(app)))

@@ -5,7 +5,7 @@ pyproject.toml); without installing, `pytest -p service.testing`. docs/testing.m
 
     def test_my_client_saves_its_progress(workflow_state_server):
         my_client.run(base_url=workflow_state_server.url)
-        assert workflow_state_server.store.get().state["status"] == "completed"
+        assert workflow_state_server.store.get("public").state["status"] == "completed"
 
 The instance is this service's app served by a real HTTP server (werkzeug's threaded WSGI
 server, one thread per connection, so Server-Sent Events streams work) on a free port of

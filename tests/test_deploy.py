@@ -70,22 +70,27 @@ def test_the_acl_user_in_redis_md_can_run_the_service_and_nothing_more(own_redis
 
     admin = own_redis.client()
     admin.execute_command(*acl_command(PASSWORD))
+    db3 = redis.Redis(port=own_redis.port, db=3)
+    db3.set("workflow:state:seq", 5)  # left by a single-workflow version: migrated on start
     url = f"redis://workflow-state:{PASSWORD}@127.0.0.1:{own_redis.port}/3"
     client = create_app({"STATE_URL": url}).test_client()
     run_a_workflow(client)
+    assert not db3.exists("workflow:state:seq")
 
     # A value that is not a state is moved aside (TYPE, RENAME, PEXPIRE in the script).
-    db3 = redis.Redis(port=own_redis.port, db=3)
-    db3.set("workflow:state", "garbage")
+    assert client.post(STATE, json={"workflow_id": "bad", "steps": []}).status_code == 200
+    db3.set("workflow:{public}:state:bad", "garbage")
     assert client.get(STATE).get_json()["state"] is None
-    assert list(db3.scan_iter("workflow:state:corrupt:*"))
+    assert list(db3.scan_iter("workflow:{public}:corrupt:*"))
 
-    # Live updates (SUBSCRIBE) and the CLI, as the same user.
+    # Live updates (PSUBSCRIBE) and the CLI, as the same user.
     store = build_store(from_env({"WORKFLOW_STATE_URL": url}))
     stop = threading.Event()
     feed = store.events(stop)
     next(feed)  # subscribed
-    store.save({"workflow_id": "evt", "steps": []})
+    store.save("public", {"workflow_id": "evt", "steps": []})
+    assert store.list("public").entries[0]["workflow_id"] == "evt"
+    assert store.owners() == ["public"]
     assert json.loads(next(feed).json)["workflow_id"] == "evt"
     stop.set()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKFLOW_STATE_URL": url}

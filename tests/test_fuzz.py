@@ -30,6 +30,7 @@ from service.openapi import build_document
 from service.store import get_store
 from service.stream import close_all_hubs
 from tests.conftest import BACKENDS, backend_config, steps
+from tests.support import layout
 
 # Statuses an invalid request may get (Schemathesis's list plus the contract's 412 and 413).
 REJECTIONS = ["400", "401", "404", "405", "409", "412", "413"]
@@ -86,7 +87,7 @@ def fuzz_app(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Flask
 def _reset(app: Flask, baseline: dict[str, Any] | None) -> str:
     """Put a baseline state in place; return its stored JSON."""
     with app.app_context():
-        store = get_store()
+        store = layout.current(get_store())
         store.clear()
         if baseline is not None:
             store.save(baseline)
@@ -95,7 +96,7 @@ def _reset(app: Flask, baseline: dict[str, Any] | None) -> str:
 
 def _stored(app: Flask) -> str:
     with app.app_context():
-        return get_store().get().json
+        return layout.current(get_store()).get().json
 
 
 @pytest.mark.parametrize(("kind", "path", "method"), operations())

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from service.storage import FileStore, RedisStore, StateStore
 from service.storage import base as storage_base
 from tests.conftest import steps
+from tests.support import layout
 
 HISTORY = "/workflow/history"
 STATE = "/workflow/state"
@@ -29,13 +30,12 @@ def store_of(client: FlaskClient) -> StateStore:
 def raw_history(store: StateStore) -> list[str]:
     """Return the history exactly as the backend keeps it, newest first."""
     if isinstance(store, RedisStore):
-        return [raw.decode() for raw in store.client().lrange(store.history_key, 0, -1)]
+        return [
+            raw.decode() for raw in store.client().lrange(layout.history_location(store), 0, -1)
+        ]
     assert isinstance(store, FileStore)
-    try:
-        with open(store.history_path) as handle:
-            return [json.dumps(entry) for entry in json.load(handle)]
-    except FileNotFoundError:
-        return []
+    raw = layout.raw_history(store)
+    return [json.dumps(entry) for entry in json.loads(raw)] if raw else []
 
 
 def history(client: FlaskClient, query: str = "") -> list[dict[str, Any]]:
@@ -146,15 +146,16 @@ def test_secret_fields_are_sealed_in_history_and_opened_for_the_api(make_app):
 def test_where_history_lives(client, backend):
     finished = finish(client, "where")
     store = store_of(client)
+    where = layout.history_location(store)
     if isinstance(store, RedisStore):
         redis = store.client()
-        assert store.history_key == "workflow:state:history"
-        assert redis.type("workflow:state:history") == b"list"
-        assert json.loads(redis.lindex("workflow:state:history", 0)) == finished
-        ttl = redis.pttl("workflow:state:history")
+        assert where == "workflow:{public}:history"
+        assert redis.type(where) == b"list"
+        assert json.loads(redis.lindex(where, 0)) == finished
+        ttl = redis.pttl(where)
         assert 6 * 86400 * 1000 < ttl <= 7 * 86400 * 1000
     else:
-        assert store.history_path == store.path + ".history.json"
-        with open(store.history_path) as handle:
+        assert where == os.path.join(os.path.dirname(store.path), "workflows", "public", ".history")
+        with open(where) as handle:
             assert json.load(handle) == [finished]
-        assert stat.S_IMODE(os.stat(store.history_path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(where).st_mode) == 0o600

@@ -226,7 +226,8 @@ def test_the_real_server_logs_json_lines_with_ids_and_no_secrets(tmp_path: Path,
         http("PATCH", f"{base}{STATE}/steps/0", {"status": "completed", "data": {"cmd": SSH}}, AUTH)
         http("POST", base + STATE, f"{SSH} {TOKEN} not json".encode(), AUTH)
         http("GET", base + "/workflow/history", headers={**AUTH, "X-Request-ID": TOKEN})
-        state_file.write_text(f'{{"ssh_connection": "{SSH}", "token": "{TOKEN}"')  # corrupt
+        logged = tmp_path / "workflows" / "public" / "logged.json"  # the current workflow's file
+        logged.write_text(f'{{"ssh_connection": "{SSH}", "token": "{TOKEN}"')  # corrupt
         assert http("GET", base + STATE, headers=AUTH)[2]["state"] is None
         wait_until(lambda: "trace-me-2" in server.output())
     finally:

@@ -17,7 +17,7 @@ from service import create_app
 from service.metrics import metrics_of
 from service.storage import FileStore, RedisStore
 from tests.conftest import steps
-from tests.support import Gunicorn, RedisServer, SSEClient, free_port, http, wait_until
+from tests.support import Gunicorn, RedisServer, SSEClient, free_port, http, layout, wait_until
 
 STATE = "/workflow/state"
 NAMES = (
@@ -128,15 +128,15 @@ def test_accepted_writes_are_counted_and_exact_repeats_are_not(client):
 
 @contextmanager
 def hold_the_lock(store) -> Iterator[None]:
-    """Hold the store's write lock the way another process would."""
+    """Hold the current workflow's write lock the way another process would."""
+    where = layout.lock_location(store)
     if isinstance(store, RedisStore):
-        store.client().set(store.lock_key, "someone-else", px=10_000)
+        store.client().set(where, "someone-else", px=10_000)
         yield
-        store.client().delete(store.lock_key)
+        store.client().delete(where)
     else:
         assert isinstance(store, FileStore)
-        os.makedirs(store.directory, exist_ok=True)
-        fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # a second open file: conflicts even in this process
         yield
         os.close(fd)
@@ -145,12 +145,13 @@ def hold_the_lock(store) -> Iterator[None]:
 def test_a_lock_timeout_is_counted_as_such_not_as_a_backend_error(make_app):
     app = make_app(LOCK_WAIT=0.05)
     client = app.test_client()
-    client.post(STATE, json={"steps": steps(1)})
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
     timeouts = value(app, "workflow_state_lock_timeouts_total")
     errors = value(app, "workflow_state_backend_errors_total")
     with hold_the_lock(client.application.extensions["workflow_state"]):
         assert client.patch(f"{STATE}/steps/0", json={"status": "completed"}).status_code == 503
-        assert client.post(STATE, json={"steps": steps(2)}).status_code == 503
+        body = {"workflow_id": "wf", "steps": steps(2)}
+        assert client.post(STATE, json=body).status_code == 503
     assert value(app, "workflow_state_lock_timeouts_total") == timeouts + 2
     assert value(app, "workflow_state_backend_errors_total") == errors
     assert client.patch(f"{STATE}/steps/0", json={"status": "completed"}).status_code == 200
@@ -179,7 +180,7 @@ def test_the_stream_hub_moves_the_open_streams_gauge(make_app):
     app = make_app()
     hub = app.extensions["workflow_stream_hub"]
     before = value(app, "workflow_state_open_streams")
-    first, second = hub.subscribe(), hub.subscribe()
+    first, second = hub.subscribe(("public", None)), hub.subscribe(("public", "wf"))
     assert value(app, "workflow_state_open_streams") == before + 2
     hub.unsubscribe(first)
     hub.unsubscribe(second)

@@ -103,8 +103,9 @@ def test_three_workers_on_the_file_backend(tmp_path: Path):
     server = Gunicorn({"WORKFLOW_STATE_URL": f"file://{tmp_path}/state.json"}, workers=3).start()
     try:
         check_nothing_lost([server.url])
-        state_file = json.loads((tmp_path / "state.json").read_text())
-        assert state_file == http("GET", server.url + "/workflow/state")[2]["state"]
+        served = http("GET", server.url + "/workflow/state")[2]["state"]
+        on_disk = tmp_path / "workflows" / "public" / f"{served['workflow_id']}.json"
+        assert json.loads(on_disk.read_text()) == served
     finally:
         server.stop()
 

@@ -36,7 +36,8 @@ from hypothesis.stateful import (
 import service.storage.base as storage_base
 import service.storage.file as storage_file
 from service import create_app
-from tests.support import RedisServer, wait_until
+from service.storage import StateStore
+from tests.support import RedisServer, layout, wait_until
 
 STATE = "/workflow/state"
 TTL = 30
@@ -164,27 +165,27 @@ class Storage:
             self.path = Path(tempfile.mkdtemp(dir=root)) / "workflow_state.json"
             self.config = {"STATE_URL": f"file://{self.path}"}
 
-    def stored(self) -> dict[str, Any] | None:
-        """Return the state document as it sits in storage (None when absent)."""
-        if self.raw is not None:
-            raw = self.raw.get("workflow:state")
-        else:
-            raw = self.path.read_bytes() if self.path.exists() else None
+    def stored(self, store: StateStore) -> dict[str, Any] | None:
+        """Return the current workflow's document as it sits in storage (None when absent)."""
+        raw = layout.raw_state(store)
         return None if raw is None else json.loads(raw)
 
-    def pttl(self) -> int:
-        """Return the Redis key's remaining TTL in ms (-2 when absent)."""
-        return self.raw.pttl("workflow:state")
+    def pttl(self, store: StateStore) -> int:
+        """Return the current workflow's remaining TTL in ms (-2 when absent)."""
+        if layout.current_id(store) is None:
+            return -2
+        return self.raw.pttl(layout.state_location(store))
 
-    def advance(self, seconds: int) -> None:
-        """Let `seconds` pass for the stored state."""
+    def advance(self, store: StateStore, seconds: int) -> None:
+        """Let `seconds` pass for the stored states."""
         if self.raw is None:
             self.clock.offset += seconds
             return
-        remaining = self.pttl()
-        if 0 < remaining <= seconds * 1000:
-            self.raw.pexpire("workflow:state", 1)
-            wait_until(lambda: self.raw.exists("workflow:state") == 0, timeout=5, interval=0.002)
+        for key in self.raw.keys("workflow:{public}:state:*"):
+            remaining = self.raw.pttl(key)
+            if 0 < remaining <= seconds * 1000:
+                self.raw.pexpire(key, 1)
+                wait_until(lambda k=key: self.raw.exists(k) == 0, timeout=5, interval=0.002)
 
 
 def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock: ShiftedClock):
@@ -199,6 +200,7 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
             config = {"TESTING": True, "STATE_TTL": TTL, "STATE_STALE_TTL": STALE_TTL}
             self.app = create_app({**config, **self.storage.config})
             self.client = self.app.test_client()
+            self.store = self.app.extensions["workflow_state"]
             self.model: dict[str, Any] | None = None
             self.last_version = 0
 
@@ -426,7 +428,7 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
         @rule()
         def ttl_runs_out(self) -> None:
             """WORKFLOW_STATE_TTL passes: a finished state expires, a running one stays."""
-            self.storage.advance(TTL + 1)
+            self.storage.advance(self.store, TTL + 1)
             if self.model is not None and self.model["status"] in FINISHED:
                 self.model = None
 
@@ -434,7 +436,7 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
         @rule()
         def stale_ttl_runs_out(self) -> None:
             """WORKFLOW_STATE_STALE_TTL passes with no write: any state expires."""
-            self.storage.advance(STALE_TTL + 1)
+            self.storage.advance(self.store, STALE_TTL + 1)
             self.model = None
 
         # --- invariants ------------------------------------------------------------------
@@ -442,7 +444,7 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
         @invariant()
         def storage_holds_the_model(self) -> None:
             """The Redis key or the file holds exactly the model's state."""
-            stored = self.storage.stored()
+            stored = self.storage.stored(self.store)
             if self.model is not None:
                 assert stored == self.model
             elif self.storage.raw is not None:
@@ -453,7 +455,7 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
             """A finished state carries the short TTL, a running one the stale TTL."""
             if self.storage.raw is None or self.model is None:
                 return
-            remaining = self.storage.pttl()
+            remaining = self.storage.pttl(self.store)
             if self.model["status"] in FINISHED:
                 assert 0 < remaining <= TTL * 1000
             else:

@@ -20,7 +20,7 @@ from flask import Flask
 from service.storage import FileStore, RedisStore
 from service.stream import close_all_hubs
 from tests.conftest import steps
-from tests.support import wait_until
+from tests.support import layout, wait_until
 
 STATE = "/workflow/state"
 SSH = "ssh -p 2222 -i ~/.ssh/vast root@203.0.113.7"
@@ -52,37 +52,19 @@ def store_of(app: Flask) -> RedisStore | FileStore:
 
 
 def raw_state(app: Flask) -> dict[str, Any] | None:
-    """Return the state exactly as stored (Redis key or file), parsed."""
-    store = store_of(app)
-    if isinstance(store, RedisStore):
-        raw = store.client().get(store.key)
-    else:
-        try:
-            with open(store.path, "rb") as handle:
-                raw = handle.read()
-        except FileNotFoundError:
-            raw = None
+    """Return the current workflow exactly as stored (Redis key or file), parsed."""
+    raw = layout.raw_state(store_of(app))
     return None if raw is None else json.loads(raw)
 
 
 def raw_history(app: Flask) -> bytes:
     """Return the stored history, as bytes."""
-    store = store_of(app)
-    if isinstance(store, RedisStore):
-        return b"\n".join(store.client().lrange(store.history_key, 0, -1))
-    with open(store.history_path, "rb") as handle:
-        return handle.read()
+    return layout.raw_history(store_of(app))
 
 
 def plant(app: Flask, state: dict[str, Any]) -> None:
     """Write a state straight into storage, as another instance or an operator would."""
-    store = store_of(app)
-    document = json.dumps(state)
-    if isinstance(store, RedisStore):
-        store.client().set(store.key, document)
-    else:
-        with open(store.path, "w", encoding="utf-8") as handle:
-            handle.write(document)
+    layout.put_raw_state(store_of(app), json.dumps(state), state["workflow_id"])
 
 
 def opens_with(key: str, sealed: Any) -> str:
@@ -155,7 +137,7 @@ def test_published_events_carry_the_sealed_form(keyed, backend):
     client = app.test_client()
     if isinstance(store, RedisStore):
         pubsub = store.client().pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(store.events_key)
+        pubsub.subscribe(layout.events_location(store))
         wait_until(lambda: pubsub.get_message(timeout=0.05) is None and pubsub.subscribed)
         client.post(STATE, json={"steps": steps(1), "ssh_connection": SSH})
         message = wait_until(lambda: pubsub.get_message(timeout=0.1))
@@ -163,7 +145,7 @@ def test_published_events_carry_the_sealed_form(keyed, backend):
         published = json.loads(message["data"])
     else:
         client.post(STATE, json={"steps": steps(1), "ssh_connection": SSH})
-        with open(store.events_path, "rb") as handle:
+        with open(layout.events_location(store), "rb") as handle:
             published = json.loads(handle.read().splitlines()[-1])
     assert SSH not in json.dumps(published)
     assert opens_with(KEY_A, published["state"]["ssh_connection"]) == SSH

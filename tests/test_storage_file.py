@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from service import create_app
-from service.storage import FileStore, StorageUnavailable
+from service.storage import CurrentWorkflow, FileStore, StorageUnavailable
 from tests.conftest import steps
 from tests.support import ROOT, Tmpfs, wait_until
 
@@ -31,16 +31,39 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def state_file(state_dir: Path) -> Path:
+def config_file(state_dir: Path) -> Path:
+    """The path WORKFLOW_STATE_URL names: the state directory is beside it."""
     return state_dir / "workflow_state.json"
 
 
 @pytest.fixture
-def make_client(state_file: Path):
+def owner_dir(state_dir: Path) -> Path:
+    """Where owner public (every seed client) keeps its workflows."""
+    return state_dir / "workflows" / "public"
+
+
+@pytest.fixture
+def state_file(owner_dir: Path) -> Path:
+    """The file of workflow "wf", which these tests make owner public's current one."""
+    return owner_dir / "wf.json"
+
+
+@pytest.fixture
+def url(config_file: Path) -> str:
+    return f"file://{config_file}"
+
+
+@pytest.fixture
+def make_client(url: str):
     def make(**overrides):
-        return create_app({"STATE_URL": f"file://{state_file}", **overrides}).test_client()
+        return create_app({"STATE_URL": url, **overrides}).test_client()
 
     return make
+
+
+def store_at(url: str, **options) -> CurrentWorkflow:
+    """Open owner public's current workflow on the file backend at `url`."""
+    return CurrentWorkflow(FileStore(url, **options), "public")
 
 
 @pytest.fixture
@@ -53,21 +76,24 @@ def mode(path: Path) -> int:
 
 
 def test_the_file_holds_exactly_the_served_state(client, state_file):
-    client.post(STATE, json={"steps": steps(2), "extra": {"a": [1, 2]}})
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(2), "extra": {"a": [1, 2]}})
     client.patch(f"{STATE}/steps/1", json={"status": "failed"})
     assert json.loads(state_file.read_text()) == client.get(STATE).get_json()["state"]
 
 
-def test_files_are_0600_and_a_created_directory_0700(client, state_dir, state_file):
-    client.post(STATE, json={"status": "completed", "steps": steps(1)})
-    assert mode(state_dir) == 0o700
-    for path in state_dir.iterdir():
+def test_files_are_0600_and_a_created_directory_0700(client, state_dir, owner_dir):
+    client.post(STATE, json={"workflow_id": "wf", "status": "completed", "steps": steps(1)})
+    for directory in (state_dir, state_dir / "workflows", owner_dir):
+        assert mode(directory) == 0o700
+    for path in [*owner_dir.iterdir(), state_dir / "workflows.events"]:
         assert mode(path) == 0o600, path
-    assert {p.name for p in state_dir.iterdir()} >= {
-        state_file.name,
-        state_file.name + ".lock",
-        state_file.name + ".seq",
-        state_file.name + ".history.json",
+    assert {p.name for p in owner_dir.iterdir()} >= {
+        "wf.json",
+        ".lock",
+        ".seq",
+        ".current",
+        ".index",
+        ".history",
     }
 
 
@@ -76,15 +102,15 @@ def test_no_temp_files_are_left_behind(client, state_dir):
         client.post(STATE, json={"steps": steps(2), "n": i})
         client.patch(f"{STATE}/steps/0", json={"status": "completed"})
     client.delete(STATE)
-    assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in state_dir.rglob("*") if ".tmp-" in p.name]
 
 
 def test_the_counter_survives_delete_and_expiry(make_client, state_file):
     client = make_client(STATE_TTL=1)
     v1 = client.post(STATE, json={"status": "completed"}).get_json()["state"]["version"]
     wait_until(lambda: client.get(STATE).get_json()["state"] is None, timeout=5)
-    v2 = client.post(STATE, json={"steps": steps(1)}).get_json()["state"]["version"]
-    assert v2 == v1 + 1
+    v2 = client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}).get_json()
+    assert v2["state"]["version"] == v1 + 1
     client.delete(STATE)
     assert not state_file.exists()
     assert client.post(STATE, json={"steps": steps(1)}).get_json()["state"]["version"] == v1 + 3
@@ -99,12 +125,12 @@ def test_expiry_is_checked_on_read_in_every_process(make_client, state_file):
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"status": "running"}', b"\xff"])
-def test_a_corrupt_file_is_moved_aside_and_logged(client, state_dir, state_file, content, caplog):
-    client.post(STATE, json={"steps": steps(1)})
+def test_a_corrupt_file_is_moved_aside_and_logged(client, owner_dir, state_file, content, caplog):
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
     state_file.write_bytes(content)
     with caplog.at_level(logging.ERROR, logger="service.storage"):
         assert client.get(STATE).get_json()["state"] is None
-    aside = list(state_dir.glob(state_file.name + ".corrupt-*"))
+    aside = list(owner_dir.glob(state_file.name + ".corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_bytes() == content
     assert mode(aside[0]) == 0o600
@@ -113,15 +139,15 @@ def test_a_corrupt_file_is_moved_aside_and_logged(client, state_dir, state_file,
 
 
 @pytest.mark.parametrize("which", ["state", "lock"])
-def test_a_symlink_is_never_followed(client, state_dir, state_file, tmp_path, which):
-    client.post(STATE, json={"steps": steps(1)})
+def test_a_symlink_is_never_followed(client, owner_dir, state_file, tmp_path, which):
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
-    target = state_file if which == "state" else Path(str(state_file) + ".lock")
+    target = state_file if which == "state" else owner_dir / ".lock"
     target.unlink()
     target.symlink_to(outside)
     for response in (
-        client.post(STATE, json={"steps": steps(1)}),
+        client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}),
         client.patch(f"{STATE}/steps/0", json={"status": "completed"}),
         client.delete(STATE),
     ):
@@ -172,7 +198,7 @@ def test_a_full_disk_answers_503_and_keeps_the_old_state(client, tmpfs_state_dir
     assert response.status_code == 503
     assert "no space left" in response.get_json()["message"]
     assert client.get(STATE).get_json()["state"] == before
-    assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in state_dir.rglob("*") if ".tmp-" in p.name]
     filler.unlink()
     assert client.post(STATE, json={"steps": steps(2)}).status_code == 200
 
@@ -198,36 +224,38 @@ def test_a_failing_disk_answers_503_and_keeps_the_old_state(
     assert response.headers["Retry-After"]
     monkeypatch.setattr(os, "write", real_write)
     assert client.get(STATE).get_json()["state"] == before
-    assert not [p for p in state_dir.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in state_dir.rglob("*") if ".tmp-" in p.name]
     assert client.post(STATE, json={"steps": steps(3)}).status_code == 200
 
 
-def test_a_writer_killed_before_the_rename_leaves_the_old_state(state_file):
+def test_a_writer_killed_before_the_rename_leaves_the_old_state(url, owner_dir):
     """A process dies between writing the temp file and os.replace: readers see the old state."""
-    store = FileStore(f"file://{state_file}")
-    before = store.save({"workflow_id": "old", "steps": steps(1)}).state
+    store = store_at(url)
+    before = store.save({"workflow_id": "wf", "steps": steps(1)}).state
     script = textwrap.dedent(
         f"""
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from service.storage import FileStore
+        store = FileStore("{url}")
+        store.get("public")  # the start-up work done, the next rename is the write's
         def die(*args):
             os._exit(9)
         os.replace = die
-        FileStore("file://{state_file}").save({{"workflow_id": "new"}})
+        store.save("public", {{"workflow_id": "wf", "note": "new"}})
         """
     )
     result = subprocess.run([sys.executable, "-c", script], check=False)
     assert result.returncode == 9
-    assert FileStore(f"file://{state_file}").get().state == before
-    assert json.loads(state_file.read_text()) == before
+    assert store_at(url).get().state == before
+    assert json.loads((owner_dir / "wf.json").read_text()) == before
     # The killed writer's flock died with it: the next writer is not blocked.
     assert store.save({"workflow_id": "next"}).state["workflow_id"] == "next"
 
 
-def test_lock_file_serialises_writers_across_processes(state_file):
+def test_lock_file_serialises_writers_across_processes(url, owner_dir):
     """A process holding the lock file makes writers here wait (and time out)."""
-    store = FileStore(f"file://{state_file}", lock_wait=0.2)
+    store = store_at(url, lock_wait=0.2)
     store.save({"steps": steps(1)})
     holder = subprocess.Popen(
         [
@@ -235,7 +263,7 @@ def test_lock_file_serialises_writers_across_processes(state_file):
             "-c",
             "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
-            str(state_file) + ".lock",
+            str(owner_dir / ".lock"),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -256,12 +284,12 @@ def test_a_relative_or_remote_file_url_is_refused():
             FileStore(url)
 
 
-def test_the_journal_is_followed_across_rotations_without_a_gap(state_file, monkeypatch):
+def test_the_journal_is_followed_across_rotations_without_a_gap(url, monkeypatch):
     from service.storage import RESYNC
     from service.storage import file as file_backend
 
     monkeypatch.setattr(file_backend, "EVENTS_MAX_BYTES", 700)  # rotate every few writes
-    store = FileStore(f"file://{state_file}")
+    store = store_at(url)
     store.save({"steps": steps(2)})
     stop = threading.Event()
     feed = store.events(stop)
@@ -282,12 +310,12 @@ def test_the_journal_is_followed_across_rotations_without_a_gap(state_file, monk
     assert received == [str(v) for v in versions]
 
 
-def test_a_follower_that_fell_behind_several_rotations_is_told_to_resync(state_file, monkeypatch):
+def test_a_follower_that_fell_behind_several_rotations_is_told_to_resync(url, monkeypatch):
     from service.storage import RESYNC
     from service.storage import file as file_backend
 
     monkeypatch.setattr(file_backend, "EVENTS_MAX_BYTES", 700)
-    store = FileStore(f"file://{state_file}")
+    store = store_at(url)
     store.save({"steps": steps(2)})
     stop = threading.Event()
     feed = store.events(stop)
@@ -305,11 +333,11 @@ def test_a_follower_that_fell_behind_several_rotations_is_told_to_resync(state_f
     assert RESYNC in seen
 
 
-def test_files_found_corrupt_in_the_same_second_are_all_kept(client, state_dir, state_file):
-    client.post(STATE, json={"steps": steps(1)})
+def test_files_found_corrupt_in_the_same_second_are_all_kept(client, owner_dir, state_file):
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
     for content in (b"first", b"second", b"third"):
         state_file.write_bytes(content)
         assert client.get(STATE).get_json()["state"] is None
-    aside = list(state_dir.glob(state_file.name + ".corrupt-*"))
+    aside = list(owner_dir.glob(state_file.name + ".corrupt-*"))
     assert sorted(path.read_bytes() for path in aside) == [b"first", b"second", b"third"]
     assert all(re.fullmatch(r".*\.corrupt-\d+(-\d+)?", path.name) for path in aside)

@@ -1,6 +1,8 @@
 """What an operator with redis-cli sees, and the lock-and-fence guarantees of the Redis backend.
 
-These run on the session's own redis-server (fakeredis's TCP server where no binary exists).
+These run on the session's own redis-server (fakeredis's TCP server where no binary exists). A
+seed client's workflow lives under owner `public`: `workflow:{public}:state:<id>` and the
+owner's other keys (contract section 8).
 """
 
 from __future__ import annotations
@@ -15,12 +17,24 @@ from typing import Any
 import pytest
 
 from service import create_app
-from service.storage import LockTimeout, RedisStore
-from service.storage.redis import redis_key
+from service.storage import CurrentWorkflow, LockTimeout, RedisStore
 from tests.conftest import steps
 from tests.support import RedisServer, wait_until
 
 STATE = "/workflow/state"
+OWNER = "workflow:{public}"
+SEQ = f"{OWNER}:seq"
+EVENTS = f"{OWNER}:events"
+
+
+def key(workflow_id: str = "wf") -> str:
+    """Return the key of one of owner public's workflows."""
+    return f"{OWNER}:state:{workflow_id}"
+
+
+def lock(workflow_id: str = "wf") -> str:
+    """Return the lock key of one of owner public's workflows."""
+    return f"{OWNER}:lock:{workflow_id}"
 
 
 @pytest.fixture
@@ -43,69 +57,76 @@ def client(make_client):
 
 
 def test_the_key_holds_exactly_the_served_state(client, redis):
-    client.post(STATE, json={"steps": steps(2), "ssh_connection": "ssh root@h"})
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(2), "ssh_connection": "ssh h"})
     client.patch(f"{STATE}/steps/0", json={"status": "completed", "data": {"x": 1}})
     served = client.get(STATE).get_json()["state"]
-    assert json.loads(redis.get("workflow:state")) == served
+    assert json.loads(redis.get(key())) == served
+    assert redis.get(f"{OWNER}:current") == b"wf"
 
 
 def test_operator_recipes(client, redis):
-    client.post(STATE, json={"status": "completed", "steps": steps(1)})
-    assert 1 <= redis.ttl("workflow:state") <= 30
-    redis.delete("workflow:state")
+    client.post(STATE, json={"workflow_id": "wf", "status": "completed", "steps": steps(1)})
+    assert 1 <= redis.ttl(key()) <= 30
+    redis.delete(key())
     assert client.get(STATE).get_json()["state"] is None
 
 
 def test_running_state_carries_the_stale_ttl_refreshed_by_each_write(make_client, redis):
     client = make_client(STATE_STALE_TTL=1000)
-    client.post(STATE, json={"steps": steps(2)})
-    assert 990 <= redis.ttl("workflow:state") <= 1000
-    redis.pexpire("workflow:state", 5000)
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)})
+    assert 990 <= redis.ttl(key()) <= 1000
+    redis.pexpire(key(), 5000)
     client.patch(f"{STATE}/steps/0", json={"status": "completed"})
-    assert redis.ttl("workflow:state") > 990
+    assert redis.ttl(key()) > 990
     client.patch(STATE, json={"note": "x"})
-    assert redis.ttl("workflow:state") > 990
+    assert redis.ttl(key()) > 990
 
 
 def test_finishing_sets_the_short_ttl_and_a_repeat_does_not_reset_it(client, redis):
     body = {"workflow_id": "wf", "status": "running", "steps": steps(1)}
     client.post(STATE, json=body)
     client.patch(STATE, json={"status": "completed"})
-    first = redis.pttl("workflow:state")
+    first = redis.pttl(key())
     assert 0 < first <= 30_000
     repeat = client.get(STATE).get_json()["state"]
     assert client.post(STATE, json=repeat).status_code == 200
-    assert 0 < redis.pttl("workflow:state") <= first
+    assert 0 < redis.pttl(key()) <= first
 
 
 def test_version_counter_never_expires_and_never_goes_back(make_client, redis):
     client = make_client(STATE_TTL=1)
-    v1 = client.post(STATE, json={"status": "completed"}).get_json()["state"]["version"]
-    assert int(redis.get("workflow:state:seq")) == v1
-    assert redis.ttl("workflow:state:seq") == -1
-    wait_until(lambda: redis.exists("workflow:state") == 0, timeout=5)
+    v1 = client.post(STATE, json={"workflow_id": "wf", "status": "completed"}).get_json()
+    v1 = v1["state"]["version"]
+    assert int(redis.get(SEQ)) == v1
+    assert redis.ttl(SEQ) == -1
+    wait_until(lambda: redis.exists(key()) == 0, timeout=5)
     client.delete(STATE)
-    assert int(redis.get("workflow:state:seq")) == v1 + 1
+    assert int(redis.get(SEQ)) == v1 + 1
     assert client.post(STATE, json={"steps": steps(1)}).get_json()["state"]["version"] == v1 + 2
 
 
-def test_custom_key_prefixes_every_related_key(make_client, redis):
-    client = make_client(STATE_KEY="app7:wf")
-    client.post(STATE, json={"status": "completed"})
-    assert redis.exists("app7:wf") and redis.exists("app7:wf:seq")
-    assert redis.exists("app7:wf:history")
-    assert not redis.exists("workflow:state")
-    assert redis_key("app7:wf", "lock") == "app7:wf:lock"
+def test_the_prefix_names_every_key(make_client, redis):
+    client = make_client(STATE_PREFIX="app7")
+    client.post(STATE, json={"workflow_id": "wf", "status": "completed"})
+    assert redis.exists("app7:{public}:state:wf") and redis.exists("app7:{public}:seq")
+    assert redis.exists("app7:{public}:history") and redis.exists("app7:{public}:index")
+    assert not redis.keys("workflow:*")
+
+
+def plant(client, redis, value: bytes) -> None:
+    """Make `wf` owner public's current workflow, then put `value` where its state lives."""
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
+    redis.set(key(), value)
 
 
 @pytest.mark.parametrize("garbage", [b"garbage", b'{"status": "running"}', b"[1]", b"\xff\xfe"])
 def test_a_corrupt_value_is_renamed_aside_logged_and_never_served(client, redis, garbage, caplog):
-    redis.set("workflow:state", garbage)
+    plant(client, redis, garbage)
     with caplog.at_level(logging.ERROR, logger="service.storage"):
         response = client.get(STATE)
     assert response.status_code == 200
     assert response.get_json()["state"] is None
-    aside = redis.keys("workflow:state:corrupt:*")
+    aside = redis.keys(f"{OWNER}:corrupt:wf:*")
     assert len(aside) == 1
     assert redis.get(aside[0]) == garbage
     assert 6 * 86400 < redis.ttl(aside[0]) <= 7 * 86400
@@ -113,19 +134,29 @@ def test_a_corrupt_value_is_renamed_aside_logged_and_never_served(client, redis,
     assert client.post(STATE, json={"steps": steps(1)}).status_code == 200
 
 
+def test_a_state_filed_under_another_id_is_renamed_aside(client, redis):
+    other = client.post(STATE, json={"workflow_id": "other", "steps": steps(1)}).get_json()
+    redis.set(key(), json.dumps(other["state"]))  # a copy of "other" where "wf" lives
+    redis.set(f"{OWNER}:current", "wf")
+    assert client.get(STATE).get_json()["state"] is None
+    assert len(redis.keys(f"{OWNER}:corrupt:wf:*")) == 1
+
+
 def test_a_value_of_the_wrong_type_is_renamed_aside(client, redis):
-    redis.rpush("workflow:state", "x")
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
+    redis.delete(key())
+    redis.rpush(key(), "x")
     assert client.get(STATE).get_json()["state"] is None
     assert client.patch(STATE, json={"status": "failed"}).status_code == 404
-    assert client.post(STATE, json={"steps": steps(1)}).status_code == 200
-    assert len(redis.keys("workflow:state:corrupt:*")) == 1
+    assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}).status_code == 200
+    assert len(redis.keys(f"{OWNER}:corrupt:wf:*")) == 1
 
 
 def test_every_write_publishes_the_new_state_with_its_id(client, redis):
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("workflow:state:events")
-    wait_until(lambda: redis.pubsub_numsub("workflow:state:events")[0][1] >= 1)
-    saved = client.post(STATE, json={"steps": steps(1)}).get_json()["state"]
+    pubsub.subscribe(EVENTS)
+    wait_until(lambda: redis.pubsub_numsub(EVENTS)[0][1] >= 1)
+    saved = client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}).get_json()["state"]
     client.delete(STATE)
     messages = []
 
@@ -137,22 +168,23 @@ def test_every_write_publishes_the_new_state_with_its_id(client, redis):
 
     wait_until(two_messages)
     first, second = (json.loads(m["data"]) for m in messages)
-    assert first == {"id": str(saved["version"]), "state": saved}
-    assert second == {"id": str(saved["version"] + 1), "state": None}
+    version = saved["version"]
+    assert first == {"id": str(version), "workflow_id": "wf", "current": True, "state": saved}
+    assert second == {"id": str(version + 1), "workflow_id": "wf", "current": True, "state": None}
     pubsub.close()
 
 
 def test_the_lock_is_free_after_writes_and_after_refused_writes(client, redis):
-    client.post(STATE, json={"steps": steps(1)})
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
     client.patch(f"{STATE}/steps/5", json={"status": "completed"})
     client.patch(f"{STATE}/steps/0", json={"status": "nope"})
-    assert not redis.exists("workflow:state:lock")
+    assert not redis.keys(f"{OWNER}:lock:*")
 
 
 def test_a_dead_lock_holder_delays_writers_only_until_the_lock_expires(make_client, redis):
     client = make_client(LOCK_WAIT=0.2)
-    client.post(STATE, json={"steps": steps(2)})
-    redis.set("workflow:state:lock", "crashed-writer", px=1500)
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)})
+    redis.set(lock(), "crashed-writer", px=1500)
     started = time.monotonic()
     refused = client.patch(f"{STATE}/steps/0", json={"status": "completed"})
     assert time.monotonic() - started < 2
@@ -171,37 +203,37 @@ def test_a_writer_whose_lock_expired_is_fenced_and_loses_nothing(redis_server, r
     """Writer A stalls past its lock; B writes meanwhile; A's stale commit must not win."""
     options = {"lock_timeout": 0.2, "lock_wait": 2.0}
     a = RedisStore(redis_server.url, **options)
-    b = RedisStore(redis_server.url, **options)
-    a.save({"workflow_id": "wf", "steps": steps(2)})
+    b = CurrentWorkflow(RedisStore(redis_server.url, **options), "public")
+    a.save("public", {"workflow_id": "wf", "steps": steps(2)})
     b_wrote = threading.Event()
     calls = []
 
     original = a._locked_batch
 
-    def stalled(lock, batch):
+    def stalled(*args):
         calls.append(1)
         if len(calls) == 1:
             # A has read the state under its lock; now its lock expires and B writes.
-            wait_until(lambda: not redis.exists("workflow:state:lock"), timeout=5)
+            wait_until(lambda: not redis.exists(lock()), timeout=5)
             thread = threading.Thread(
                 target=lambda: (b.update_step(1, {"status": "completed"}), b_wrote.set())
             )
             thread.start()
             assert b_wrote.wait(5)
-        return original(lock, batch)
+        return original(*args)
 
     a._locked_batch = stalled
-    a.update_step(0, {"status": "completed"})
+    a.update_step("public", None, 0, {"status": "completed"})
     final = b.get().state
     assert [step["status"] for step in final["steps"]] == ["completed", "completed"]
     assert len(calls) == 2  # the fence refused A's first commit and A redid its write
-    assert final["version"] == int(redis.get("workflow:state:seq"))
+    assert final["version"] == int(redis.get(SEQ))
 
 
 def test_lock_wait_is_bounded(redis_server, redis):
-    store = RedisStore(redis_server.url, lock_wait=0.1)
-    store.save({"steps": steps(1)})
-    redis.set("workflow:state:lock", "other", px=5000)
+    store = CurrentWorkflow(RedisStore(redis_server.url, lock_wait=0.1), "public")
+    store.save({"workflow_id": "wf", "steps": steps(1)})
+    redis.set(lock(), "other", px=5000)
     started = time.monotonic()
     with pytest.raises(LockTimeout):
         store.update_step(0, {"status": "completed"})
@@ -221,10 +253,11 @@ def test_client_is_created_per_process_with_bounded_timeouts(redis_server):
 
 
 def test_values_found_corrupt_in_the_same_second_are_all_kept(client, redis):
+    client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)})
     for garbage in (b"first", b"second", b"third"):
-        redis.set("workflow:state", garbage)
+        redis.set(key(), garbage)
         assert client.get(STATE).get_json()["state"] is None
-    aside = sorted(redis.keys("workflow:state:corrupt:*"))
+    aside = sorted(redis.keys(f"{OWNER}:corrupt:wf:*"))
     assert len(aside) == 3
-    assert {redis.get(key) for key in aside} == {b"first", b"second", b"third"}
-    assert all(re.fullmatch(rb"workflow:state:corrupt:\d+(-\d+)?", key) for key in aside)
+    assert {redis.get(name) for name in aside} == {b"first", b"second", b"third"}
+    assert all(re.fullmatch(rb"workflow:\{public\}:corrupt:wf:\d+(-\d+)?", k) for k in aside)

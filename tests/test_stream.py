@@ -80,6 +80,8 @@ def test_stream_headers_retry_and_snapshot(redis_pair):
 
 def test_writes_on_one_instance_reach_streams_on_both_in_order_exactly_once(redis_pair):
     a, b = redis_pair
+    # A fresh counter starts from the clock: the snapshot then names a version, not 0.
+    http("POST", a.url + "/workflow/state", {"steps": steps(1)})
     streams = [SSEClient(b.url + STREAM), SSEClient(a.url + STREAM)]
     try:
         baselines = [int(stream.next()["id"]) for stream in streams]
@@ -158,7 +160,8 @@ def test_a_redis_restart_resumes_the_stream_with_a_snapshot(own_redis: RedisServ
     try:
         stream.next()
         http("POST", server.url + "/workflow/state", {"workflow_id": "before", "steps": steps(1)})
-        assert stream.next()["json"]["state"]["workflow_id"] == "before"
+        before = stream.next()
+        assert before["json"]["state"]["workflow_id"] == "before"
         own_redis.stop()
         own_redis.start()  # no persistence: the state is gone
         snapshot = stream.next(timeout=10)
@@ -166,7 +169,11 @@ def test_a_redis_restart_resumes_the_stream_with_a_snapshot(own_redis: RedisServ
         wait_until(
             lambda: http("POST", server.url + "/workflow/state", {"workflow_id": "after"})[0] == 200
         )
-        assert stream.next(timeout=10)["json"]["state"]["workflow_id"] == "after"
+        after = stream.next(timeout=10)
+        assert after["json"]["state"]["workflow_id"] == "after"
+        # Versions never go back (the page shows only a higher one), and each comes once.
+        assert int(after["id"]) > int(before["id"])
+        stream.assert_quiet(0.5)
     finally:
         stream.close()
         server.stop()
@@ -174,6 +181,8 @@ def test_a_redis_restart_resumes_the_stream_with_a_snapshot(own_redis: RedisServ
 
 def test_file_mode_streams_follow_every_worker(tmp_path: Path):
     server = Gunicorn({"WORKFLOW_STATE_URL": f"file://{tmp_path}/state.json"}, workers=3).start()
+    # A fresh counter starts from the clock: the snapshot then names a version, not 0.
+    http("POST", server.url + "/workflow/state", {"steps": steps(1)})
     streams = [SSEClient(server.url + STREAM) for _ in range(3)]
     try:
         baselines = [int(stream.next()["id"]) for stream in streams]

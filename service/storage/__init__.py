@@ -9,6 +9,7 @@ from .base import (
     HISTORY_MAX,
     RESYNC,
     Event,
+    LockStuck,
     LockTimeout,
     Observer,
     Snapshot,
@@ -36,7 +37,8 @@ class UnknownBackend(ValueError):
 
 
 def open_store(url: str, options: StoreOptions | None = None, **extra: Any) -> StateStore:
-    """Create the backend that serves `url` (redis://, rediss://, unix://, file://, fakeredis://)."""
+    """Create the backend that serves `url` (redis://, rediss://, unix://, redis+cluster://,
+    file://, fakeredis://)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     backend = BACKENDS.get(scheme)
     if backend is None:
@@ -57,6 +59,7 @@ __all__ = [
     "Event",
     "FakeRedisStore",
     "FileStore",
+    "LockStuck",
     "LockTimeout",
     "Observer",
     "Page",

@@ -23,6 +23,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -104,6 +105,10 @@ class LockTimeout(StorageUnavailable):
     """The write lock stayed held by another writer for longer than the lock wait."""
 
 
+class LockStuck(StorageUnavailable):
+    """The write lock was found without an expiry: writers are refused until it expires."""
+
+
 def dumps(value: Any) -> str:
     """Serialise JSON the one way the service stores and serves it (compact, ASCII-safe)."""
     return json.dumps(value, separators=(",", ":"))
@@ -132,6 +137,11 @@ def check_workflow_id(workflow_id: Any) -> str | None:
             "A-Z a-z 0-9 _ . : -"
         )
     return workflow_id
+
+
+def clock_microseconds() -> int:
+    """Return the wall clock in microseconds since the epoch (where a lost counter restarts)."""
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +184,17 @@ class Write:
     """One write to one workflow, as the locked transaction applies it.
 
     `change` is pure (see `Change`). `make_current` makes the workflow the owner's current one
-    when the write changes it. `if_match_current` is an If-Match checked against the owner's
-    current workflow rather than the one written (POST /workflow/state).
+    when the write changes it. `seed` marks a write of the one-workflow API (POST
+    /workflow/state), whose client knows only the owner's current workflow: it is decided
+    against that one alone, as the seed's single state was, so its `if_match` is checked against
+    the current workflow, and a stored workflow of the same id that is not the current one is
+    replaced as if absent.
     """
 
     change: Change
     make_current: bool = False
-    if_match_current: frozenset[str] | None = None
+    seed: bool = False
+    if_match: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -234,28 +248,36 @@ class Observer:
         """Record an accepted write or delete."""
 
 
-class _Remembered:
-    """The last documents decoded or committed, by workflow, with the bytes they came from."""
+class TaggedCache:
+    """A bounded cache of values by key, each kept with a tag that must match to hit (the bytes
+    a document was decoded from, a file's stat identity); least recently used goes first."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._guard = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str], tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()
 
-    def get(self, where: tuple[str, str], raw: bytes) -> dict[str, Any] | None:
+    def get(self, key: Any, tag: Any) -> Any:
+        """Return the value kept for `key` under `tag`, or None."""
         with self._guard:
-            entry = self._entries.get(where)
-            if entry is None or entry[0] != raw:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != tag:
                 return None
-            self._entries.move_to_end(where)
+            self._entries.move_to_end(key)
             return entry[1]
 
-    def put(self, where: tuple[str, str], raw: bytes, state: dict[str, Any]) -> None:
+    def put(self, key: Any, tag: Any, value: Any) -> None:
+        """Keep `value` for `key` under `tag`, dropping the least recently used past the size."""
         with self._guard:
-            self._entries[where] = (raw, state)
-            self._entries.move_to_end(where)
+            self._entries[key] = (tag, value)
+            self._entries.move_to_end(key)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._guard:
+            self._entries.clear()
 
 
 class StateStore(ABC):
@@ -282,7 +304,8 @@ class StateStore(ABC):
         self.io_timeout = options.io_timeout
         self.cipher = FieldCipher(options.secret_keys) if options.secret_keys else None
         self.observer = Observer()
-        self._remembered = _Remembered(REMEMBERED_DOCUMENTS)
+        # (owner, id) -> the state decoded (or committed) last, under the bytes it came from.
+        self._remembered = TaggedCache(REMEMBERED_DOCUMENTS)
         self._writes: Keyed[tuple[str, str | None], WriteCombiner] = Keyed(
             lambda where: WriteCombiner(lambda batch: self._run_batch(*where, batch))
         )
@@ -373,9 +396,10 @@ class StateStore(ABC):
     def save(self, owner: str, body: Any, *, if_match: frozenset[str] | None = None) -> Snapshot:
         """Store a whole workflow from a POST /workflow/state body and make it current.
 
-        A new id creates a workflow (the previous current one stays); an existing one is
-        replaced under the finished-is-final rules. If-Match is checked against the owner's
-        current workflow, as the seed's one state was.
+        A new id creates a workflow (the previous current one stays). Decided as the seed's one
+        state was: If-Match and finished-is-final against the owner's current workflow, so
+        saving the current workflow's id follows the finished-is-final rules, and any other id
+        replaces whatever that id held.
         """
         check_owner(owner)
         candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
@@ -388,7 +412,7 @@ class StateStore(ABC):
                 decided["last_update"] = model.format_time(now)
             return decided
 
-        write = Write(change, make_current=True, if_match_current=if_match)
+        write = Write(change, make_current=True, seed=True, if_match=if_match)
         return self._transact(owner, candidate["workflow_id"], write)
 
     def update_step(
@@ -596,6 +620,10 @@ class StateStore(ABC):
         """Raise StorageUnavailable unless the backend answers."""
         self._ping()
 
+    def ready(self) -> None:
+        """Raise StorageUnavailable unless the backend answers and writers can get the lock."""
+        self._ready()
+
     def events(self, stop: threading.Event) -> Iterator[Event]:
         """Yield every accepted write and delete of every owner, in order, until `stop` is set.
 
@@ -710,18 +738,20 @@ class StateStore(ABC):
         applied = Applied([], [], [], [])
         for pending in batch:
             write: Write = pending.change
+            # What the write is decided against: a seed write sees the current workflow only.
+            seen = state if is_current or not write.seed else None
             try:
-                if write.if_match_current is not None:
+                if write.seed and write.if_match is not None:
                     applied.checked_other = applied.checked_other or not is_current
-                    model.check_if_match(state if is_current else other, write.if_match_current)
-                new = write.change(state, now)
+                    model.check_if_match(state if is_current else other, write.if_match)
+                new = write.change(seen, now)
             except model.StateError as error:
                 applied.answers.append((pending, error))
                 continue
             if new is not None:
                 new["version"] = next_version
                 next_version += 1
-                applied.finished.append(model.newly_finished(state, new))
+                applied.finished.append(model.newly_finished(seen, new))
                 applied.makes_current.append(write.make_current)
                 applied.chain.append(new)
                 state = new
@@ -783,6 +813,10 @@ class StateStore(ABC):
     @abstractmethod
     def _ping(self) -> None:
         """Check the backend answers."""
+
+    def _ready(self) -> None:
+        """Check the backend answers and no stuck lock refuses writers (see `ready`)."""
+        self._ping()
 
     @abstractmethod
     def _events(self, stop: threading.Event) -> Iterator[Event]:

@@ -24,11 +24,11 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -47,6 +47,8 @@ from .base import (
     Snapshot,
     StateStore,
     StorageUnavailable,
+    TaggedCache,
+    clock_microseconds,
     dumps,
     log,
 )
@@ -78,6 +80,11 @@ RACY_SECONDS = 2.0
 CACHED_FILES = 512
 # Owners whose last journal event a follower remembers, to notice a gap; past this it forgets.
 FOLLOWED_OWNERS_MAX = 10_000
+# `_atomic_write`'s temp files: .<name>.tmp-<pid>-<hex>. One lives for a single write; one that
+# outlived its writer (a killed worker) is removed on start.
+TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+")
+# Older than this, a temp file is a leftover even if its pid is alive (the pid was reused).
+STALE_TEMP_SECONDS = 60.0
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -114,39 +121,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _clock_version() -> int:
-    """Return the clock in microseconds: where a missing counter starts again (never back)."""
-    return time.time_ns() // 1000
-
-
-class _FileCache:
-    """What files held when last read, keyed by path and checked against their stat identity."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._guard = threading.Lock()
-        self._entries: OrderedDict[str, tuple[tuple[int, ...], Any]] = OrderedDict()
-
-    def get(self, path: str, identity: tuple[int, ...]) -> Any:
-        with self._guard:
-            entry = self._entries.get(path)
-            if entry is None or entry[0] != identity:
-                return None
-            self._entries.move_to_end(path)
-            return entry[1]
-
-    def put(self, path: str, identity: tuple[int, ...], value: Any) -> None:
-        with self._guard:
-            self._entries[path] = (identity, value)
-            self._entries.move_to_end(path)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._guard:
-            self._entries.clear()
-
-
 class FileStore(StateStore):
     """Keep every owner's workflows in JSON files guarded by per-owner lock files."""
 
@@ -159,18 +133,20 @@ class FileStore(StateStore):
         self.root = os.path.join(self.directory, STATES_DIRECTORY)
         self.events_path = os.path.join(self.directory, JOURNAL_NAME)
         self.journal_lock_path = self.events_path + OLD_LOCK_SUFFIX
-        self._cache = _FileCache(CACHED_FILES)
+        # path -> what the file held, under its stat identity.
+        self._cache = TaggedCache(CACHED_FILES)
         self._owner_locks: Keyed[str, threading.Lock] = Keyed(lambda owner: threading.Lock())
         self._held = threading.local()
         self._migrated_pid: int | None = None
+        self._remove_stale_temp_files()
 
     # --- paths and files -------------------------------------------------------------------
 
-    def owner_directory(self, owner: str) -> str:
+    def _owner_directory(self, owner: str) -> str:
         """Return the directory holding the owner's workflows."""
         return os.path.join(self.root, owner)
 
-    def state_path(self, owner: str, workflow_id: str) -> str:
+    def _state_path(self, owner: str, workflow_id: str) -> str:
         """Return the file of one workflow."""
         return os.path.join(self.root, owner, workflow_id + STATE_SUFFIX)
 
@@ -233,6 +209,47 @@ class FileStore(StateStore):
         if sync_directory:
             self._sync_directory(directory)
 
+    def _remove_stale_temp_files(self) -> None:
+        """Remove temp files that killed writers left behind: beside the configured path (the
+        journal, an earlier version's files) and in every owner's directory.
+
+        Only temp files of this store's own files, and only those whose writer is gone: its pid
+        is not a live process, or the file is older than a minute (a write takes milliseconds).
+        """
+        # Beside the configured path only its own files: the directory may hold others'.
+        name = os.path.basename(self.path)
+        top = {name, name + OLD_SEQ_SUFFIX, name + OLD_HISTORY_SUFFIX, JOURNAL_NAME}
+        try:
+            owners = [os.path.join(self.root, name) for name in os.listdir(self.root)]
+        except OSError:
+            owners = []  # no state directory yet: nothing to clean there
+        for directory in (self.directory, *owners):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue  # not a directory, or not readable
+            for entry in names:
+                match = TEMP_NAME.fullmatch(entry)
+                if match is None:
+                    continue
+                if directory == self.directory:
+                    if match["name"] not in top:
+                        continue
+                elif _OWNER_FILE.fullmatch(match["name"]) is None:
+                    continue
+                path = os.path.join(directory, entry)
+                try:
+                    info = os.lstat(path)
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    recent = time.time() - info.st_mtime < STALE_TEMP_SECONDS
+                    if recent and _process_alive(int(match["pid"])):
+                        continue
+                    os.unlink(path)
+                except OSError:
+                    continue
+                log.info("removed %s, a temp file left by a writer that stopped mid-write", path)
+
     def _remove(self, path: str) -> None:
         try:
             os.unlink(path)
@@ -280,7 +297,7 @@ class FileStore(StateStore):
         """Hold the owner's writer lock: a thread lock in this process, flock across processes."""
         started = time.monotonic()
         deadline = started + self.lock_wait
-        directory = self.owner_directory(owner)
+        directory = self._owner_directory(owner)
         with self._owner_locks.use(owner) as thread_lock:
             if not thread_lock.acquire(timeout=self.lock_wait):
                 self.observer.lock_timed_out()
@@ -289,8 +306,8 @@ class FileStore(StateStore):
                     f"for {self.lock_wait:g}s"
                 )
             try:
-                self._ensure_directory(self.root)
-                self._ensure_directory(directory)
+                for path in (self.directory, self.root, directory):
+                    self._ensure_directory(path)
                 with self._flock(self._meta(owner, LOCK_FILE), deadline, "owner"):
                     self.observer.lock_waited(time.monotonic() - started)
                     held = self._holding()
@@ -311,7 +328,7 @@ class FileStore(StateStore):
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _ready(self) -> None:
+    def _started(self) -> None:
         """Migrate the single-state layout of an earlier version, once per process."""
         if self._migrated_pid != os.getpid():
             self._migrate()
@@ -321,7 +338,7 @@ class FileStore(StateStore):
         self, owner: str, workflow_id: str
     ) -> tuple[dict[str, Any] | None, str | None, int]:
         """Return (stored state or None, its JSON, its version even if expired, else 0)."""
-        path = self.state_path(owner, workflow_id)
+        path = self._state_path(owner, workflow_id)
         try:
             info = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
@@ -378,16 +395,32 @@ class FileStore(StateStore):
         return int(text) if text and text.isdigit() else None
 
     def _get(self, owner: str, workflow_id: str | None, *, with_id: bool) -> Snapshot:
-        self._ready()
+        self._started()
         target = workflow_id if workflow_id is not None else self._read_current(owner)
         stored, text, last_version = (
             self._read_state(owner, target) if target is not None else (None, None, 0)
         )
         if stored is None:
             if with_id:
-                return Snapshot(None, "null", str(max(self._read_seq(owner) or 0, last_version)))
+                return Snapshot(None, "null", str(max(self._counter(owner), last_version)))
             return Snapshot(None, "null")
         return self._served(stored, text)
+
+    def _counter(self, owner: str) -> int:
+        """Return the owner's counter, seeding it from the clock when missing.
+
+        For a stream's snapshot of nothing: its id is then a number the next write follows by
+        one, as it always was.
+        """
+        seq = self._read_seq(owner)
+        if seq is not None:
+            return seq
+        with self._locked(owner):
+            seq = self._read_seq(owner)
+            if seq is None:
+                seq = self._seq_or_clock(owner)
+                self._atomic_write(self._meta(owner, SEQ_FILE), str(seq).encode())
+            return seq
 
     def _load_index(self, owner: str) -> dict[str, list[int]]:
         raw = self._read_file(self._meta(owner, INDEX_FILE))
@@ -406,7 +439,7 @@ class FileStore(StateStore):
     def _list(
         self, owner: str, status: str, after: Position | None, count: int
     ) -> list[tuple[Position, dict[str, Any]]]:
-        self._ready()
+        self._started()
         now = _now_ms()
         positions = sorted(
             (
@@ -428,20 +461,21 @@ class FileStore(StateStore):
         return found
 
     def _owners(self) -> list[str]:
-        self._ready()
+        self._started()
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return []
         except OSError as error:
             raise self._fail("list", self.root, error) from None
+        # An owner that ever created a workflow has an index (a stream alone makes a directory).
         return [
             name
             for name in names
             if OWNER_RE.match(name)
             and name not in (".", "..")
-            and os.path.isdir(os.path.join(self.root, name))
             and not os.path.islink(os.path.join(self.root, name))
+            and os.path.isfile(self._meta(name, INDEX_FILE))
         ]
 
     def _load_history(self, path: str) -> list[Any]:
@@ -453,20 +487,20 @@ class FileStore(StateStore):
         return entries if isinstance(entries, list) else []
 
     def _history(self, owner: str, limit: int) -> list[str]:
-        self._ready()
+        self._started()
         entries = self._load_history(self._meta(owner, HISTORY_FILE))
         return [dumps(entry) for entry in entries[:limit]]
 
     # --- writing ---------------------------------------------------------------------------
 
-    def _next_seq(self, owner: str) -> int:
+    def _seq_or_clock(self, owner: str) -> int:
         """Return the owner's counter, or (missing) the clock in µs less one: never back."""
         seq = self._read_seq(owner)
-        return seq if seq is not None else _clock_version() - 1
+        return seq if seq is not None else clock_microseconds() - 1
 
     def _run_batch(self, owner: str, workflow_id: str | None, batch: list[PendingWrite]) -> None:
         """Apply and commit a batch of writes to one workflow under the owner's lock."""
-        self._ready()
+        self._started()
         with self._locked(owner):
             current = self._read_current(owner)
             target = workflow_id if workflow_id is not None else current
@@ -477,10 +511,10 @@ class FileStore(StateStore):
                 return
             stored, text, last_version = self._read_state(owner, target)
             other = None
-            checks_current = any(write.change.if_match_current is not None for write in batch)
+            checks_current = any(write.change.if_match is not None for write in batch)
             if checks_current and current is not None and current != target:
                 other = self._read_state(owner, current)[0]
-            seq = max(self._next_seq(owner), last_version)
+            seq = max(self._seq_or_clock(owner), last_version)
             found = Found(target, stored, current == target, other, seq)
             applied = self._apply_batch(found, batch)
             unchanged = self._served(stored, text)
@@ -515,7 +549,7 @@ class FileStore(StateStore):
         chain: list[dict[str, Any]],
         applied: Applied,
     ) -> list[Snapshot]:
-        directory = self.owner_directory(owner)
+        directory = self._owner_directory(owner)
         versions = [new["version"] for new in chain]
         # The counter is written first: a crash after it leaves a gap, never a reused number.
         self._atomic_write(self._meta(owner, SEQ_FILE), str(versions[-1]).encode())
@@ -525,7 +559,7 @@ class FileStore(StateStore):
         ]
         last = chain[-1]
         self._atomic_write(
-            self.state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
+            self._state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
         )
         index = self._load_index(owner)
         expires = int(model.expires_at(last, self.ttl, self.stale_ttl) * 1000)
@@ -566,11 +600,11 @@ class FileStore(StateStore):
             # The index may be older than the file (a crash between the two): ask the file.
             stored, _, _ = self._read_state(owner, workflow_id)
             if stored is None:
-                self._remove(self.state_path(owner, workflow_id))
+                self._remove(self._state_path(owner, workflow_id))
                 del index[workflow_id]
 
     def _delete(self, owner: str, workflow_id: str | None) -> int:
-        self._ready()
+        self._started()
         with self._locked(owner):
             current = self._read_current(owner)
             target = workflow_id if workflow_id is not None else current
@@ -580,22 +614,22 @@ class FileStore(StateStore):
             index = self._load_index(owner)
             if workflow_id is not None and stored is None:
                 if target in index or last_version:
-                    self._remove(self.state_path(owner, target))
+                    self._remove(self._state_path(owner, target))
                     index.pop(target, None)
                     self._atomic_write(self._meta(owner, INDEX_FILE), dumps(index).encode())
                 raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
-            version = max(self._next_seq(owner), last_version) + 1
+            version = max(self._seq_or_clock(owner), last_version) + 1
             self._atomic_write(self._meta(owner, SEQ_FILE), str(version).encode())
             is_current = workflow_id is None or current == target
             if target is not None:
-                self._remove(self.state_path(owner, target))
+                self._remove(self._state_path(owner, target))
                 if index.pop(target, None) is not None:
                     self._atomic_write(
                         self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
                     )
             if is_current and current is not None:
                 self._remove(self._meta(owner, CURRENT_FILE))
-            self._sync_directory(self.owner_directory(owner))
+            self._sync_directory(self._owner_directory(owner))
             self._journal(owner, [(target or "", is_current, version, "null")])
             return version
 
@@ -636,7 +670,7 @@ class FileStore(StateStore):
             log.warning("could not journal events %s for streams: %s", events[0][2], error)
 
     def _quarantine(self, owner: str, workflow_id: str, raw: str | bytes, reason: str) -> None:
-        path = self.state_path(owner, workflow_id)
+        path = self._state_path(owner, workflow_id)
         if owner in self._holding():
             self._move_aside(path, raw, reason)
             return
@@ -684,7 +718,7 @@ class FileStore(StateStore):
             if state is not None:
                 versions.append(state["version"])
                 workflow_id = state["workflow_id"]
-                target = self.state_path(owner, workflow_id)
+                target = self._state_path(owner, workflow_id)
                 if not os.path.lexists(target):
                     self._atomic_write(target, raw, sync_directory=False)
                     expires = int(model.expires_at(state, self.ttl, self.stale_ttl) * 1000)
@@ -723,14 +757,14 @@ class FileStore(StateStore):
         self._ensure_directory(self.root)
         self._refuse_symlink(self.events_path)
         # The shared namespace's files too: where every seed client's workflow lives.
-        shared = self.owner_directory(MIGRATION_OWNER)
+        shared = self._owner_directory(MIGRATION_OWNER)
         self._refuse_symlink(shared)
         for name in (LOCK_FILE, CURRENT_FILE):
             self._refuse_symlink(self._meta(MIGRATION_OWNER, name))
         current = self._read_current(MIGRATION_OWNER)
         if current is not None:
-            self._refuse_symlink(self.state_path(MIGRATION_OWNER, current))
-        self._ready()
+            self._refuse_symlink(self._state_path(MIGRATION_OWNER, current))
+        self._started()
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise self._fail("write in", self.root, OSError(errno.EACCES, "denied"))
 
@@ -797,6 +831,23 @@ class FileStore(StateStore):
 
     def _describe(self) -> str:
         return "file://" + self.path
+
+
+# In an owner's directory every file is the service's: a workflow's or one of the owner's.
+_OWNER_FILE = re.compile(r"\.(seq|current|index|history)|[A-Za-z0-9_.:-]{1,128}\.json")
+
+
+def _process_alive(pid: int) -> bool:
+    """Tell whether a process with this pid exists (on this host, in this pid namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def _history_key(entry: Any) -> Any:

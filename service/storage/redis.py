@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
@@ -39,6 +40,7 @@ from .base import (
     RESYNC,
     Event,
     Found,
+    LockStuck,
     LockTimeout,
     Snapshot,
     StateStore,
@@ -59,6 +61,8 @@ LOCK_POLL_SECONDS = 0.001
 KNOWN_OWNERS_MAX = 4096
 # Idle connections of its own a process keeps for reads and write batches (see `_lease`).
 IDLE_CONNECTIONS_MAX = 16
+# How often the lock releaser tries again while Redis does not answer.
+RELEASE_RETRY_SECONDS = 0.05
 
 _retrying = threading.local()
 
@@ -95,6 +99,97 @@ class _FlatRetry(Retry):
             _retrying.active = False
 
 
+@contextmanager
+def _sent_once() -> Iterator[None]:
+    """Send the commands of this block once, without redis-py's retry.
+
+    For scripts that must not run twice: when Redis ran one but its answer was lost (a timeout,
+    a dropped connection), the retry would run it again.
+    """
+    outer = getattr(_retrying, "active", False)
+    _retrying.active = True
+    try:
+        yield
+    finally:
+        _retrying.active = outer
+
+
+# A lock a writer may have left held: (owner, workflow id or None for the current one, token).
+Held = tuple[str, str | None, str]
+
+
+class _LockReleaser:
+    """Release, in the background, locks that a lost answer may have left held.
+
+    When an acquire (or the commit after it) fails on I/O, Redis may still have run it; the
+    lock would then be held by a token nobody uses, and refuse every writer of that workflow, in
+    every process, until it expired. This releases such tokens as soon as Redis answers again.
+    """
+
+    def __init__(self, release: Callable[[list[Held]], None], lock_timeout: float) -> None:
+        self._release = release
+        self._lock_timeout = lock_timeout
+        # what -> when (monotonic) its lock has expired anyway
+        self._held: dict[Held, float] = {}
+        self._guard = threading.Lock()
+        self._running = False
+        self.stop = threading.Event()
+
+    def add(self, owner: str, workflow_id: str | None, token: str) -> None:
+        """Release `token`'s lock of that workflow, if it holds it, once Redis answers."""
+        with self._guard:
+            self._held[(owner, workflow_id, token)] = time.monotonic() + self._lock_timeout
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._run, name="redis-lock-releaser", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with self._guard:
+                now = time.monotonic()
+                self._held = {held: end for held, end in self._held.items() if end > now}
+                pending = list(self._held)
+                if not pending:
+                    self._running = False
+                    return
+            try:
+                self._release(pending)
+            except (RedisError, StorageUnavailable):
+                self.stop.wait(RELEASE_RETRY_SECONDS)
+                continue
+            with self._guard:
+                for held in pending:
+                    self._held.pop(held, None)
+
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """Parse `redis+cluster://[user[:password]@]host:port[,host:port...]`: the startup nodes,
+    the username and the password. Raise ValueError (never naming the password)."""
+    rest = url.partition("://")[2].partition("?")[0]
+    authority, _, path = rest.partition("/")
+    userinfo, _, hosts = authority.rpartition("@")
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) if colon else None
+    if path not in ("", "0"):
+        raise ValueError("WORKFLOW_STATE_URL: a Redis Cluster has only database 0")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                "WORKFLOW_STATE_URL: redis+cluster:// needs host:port for each node, separated "
+                "by commas"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes, username, password
+
+
 def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -107,7 +202,7 @@ def _held(raw: Any) -> list[Any]:
 class RedisStore(StateStore):
     """Keep every owner's workflows in Redis; safe across processes and hosts."""
 
-    schemes = ("redis", "rediss", "unix")
+    schemes = ("redis", "rediss", "unix", CLUSTER_SCHEME)
 
     def __init__(
         self,
@@ -118,6 +213,10 @@ class RedisStore(StateStore):
     ) -> None:
         super().__init__(url, **options)
         self.keys = Keys(self.prefix)
+        # A Redis Cluster: every key of an owner is in one slot, so each script runs on one node.
+        self.cluster = None
+        if url.partition("://")[0].lower() == CLUSTER_SCHEME:
+            self.cluster = cluster_nodes(url)
         self._factory = client_factory
         self._client_guard = threading.Lock()
         self._pid: int | None = None
@@ -141,6 +240,20 @@ class RedisStore(StateStore):
             if retries
             else Retry(NoBackoff(), 0)
         )
+        if self.cluster is not None:
+            nodes, username, password = self.cluster
+            try:
+                # This asks the nodes for the slot map at once: down is a RedisError here.
+                return RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                    username=username,
+                    password=password,
+                    socket_timeout=self.io_timeout,
+                    socket_connect_timeout=self.io_timeout,
+                    retry=retry,
+                )
+            except RedisError as error:
+                raise self._unavailable(error) from None
         return redis.Redis.from_url(
             self.url,
             socket_timeout=self.io_timeout,
@@ -161,6 +274,7 @@ class RedisStore(StateStore):
                         name: self._redis.register_script(script)
                         for name, script in SCRIPTS.items()
                     }
+                    self._releaser = _LockReleaser(self._release_all, self.lock_timeout)
                     self._token_prefix = f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}:"
                     self._tokens = itertools.count()
                     self._known_owners = set()
@@ -172,7 +286,7 @@ class RedisStore(StateStore):
         """Return a new client of this Redis with a connection pool of its own (the run queue)."""
         return self._connect(retries=1)
 
-    def _ready(self) -> redis.Redis:
+    def _started(self) -> redis.Redis:
         """Return this process's client, once the single-workflow layout is migrated."""
         client = self.client()
         if self._migrated_pid != os.getpid():
@@ -188,7 +302,10 @@ class RedisStore(StateStore):
         connection has; yet reads and batches of different workflows run side by side, each
         within its own I/O timeout, rather than queueing behind one connection.
         """
-        shared = self._ready()
+        shared = self._started()
+        if isinstance(shared, RedisCluster):
+            yield shared  # thread-safe, a pool per node
+            return
         try:
             client = self._idle.pop()
         except IndexError:
@@ -221,9 +338,20 @@ class RedisStore(StateStore):
             f"Redis at {self._describe()} is unavailable ({type(error).__name__}: {error})"[:300]
         )
 
-    def _run(self, name: str, keys: list[str], args: list[Any], client: redis.Redis) -> Any:
-        """Run one of the scripts; Redis errors become StorageUnavailable."""
+    def _run(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[Any],
+        client: redis.Redis,
+        *,
+        once: bool = False,
+    ) -> Any:
+        """Run one of the scripts (`once`: never sent again); Redis errors: StorageUnavailable."""
         try:
+            if once:
+                with _sent_once():
+                    return self._scripts[name](keys=keys, args=args, client=client)
             return self._scripts[name](keys=keys, args=args, client=client)
         except RedisError as error:
             raise self._unavailable(error) from None
@@ -241,7 +369,7 @@ class RedisStore(StateStore):
             found, raw, wrong, seq = self._run(
                 "read",
                 [self.keys.current(owner)],
-                [self.keys.base(owner), workflow_id or ""],
+                [self.keys.base(owner), workflow_id or "", 1 if with_id else 0],
                 reader,
             )
         stored = None
@@ -261,7 +389,7 @@ class RedisStore(StateStore):
     def _list(
         self, owner: str, status: str, after: Position | None, count: int
     ) -> list[tuple[Position, dict[str, Any]]]:
-        client = self._ready()
+        client = self._started()
         found: list[tuple[Position, dict[str, Any]]] = []
         position = after
         while len(found) < count:
@@ -290,14 +418,14 @@ class RedisStore(StateStore):
 
     def _owners(self) -> list[str]:
         try:
-            members = self._ready().smembers(self.keys.owners())
+            members = self._started().smembers(self.keys.owners())
         except RedisError as error:
             raise self._unavailable(error) from None
         return [_text(member) for member in members]
 
     def _history(self, owner: str, limit: int) -> list[str]:
         try:
-            raws = self._ready().lrange(self.keys.history(owner), 0, limit - 1)
+            raws = self._started().lrange(self.keys.history(owner), 0, limit - 1)
         except redis.ResponseError:
             return []
         except RedisError as error:
@@ -346,7 +474,12 @@ class RedisStore(StateStore):
             1 if with_other else 0,
         ]
         while True:
-            result = self._run("acquire", [self.keys.current(owner)], args, writer)
+            try:
+                result = self._run("acquire", [self.keys.current(owner)], args, writer)
+            except StorageUnavailable:
+                # Redis may have run the acquire and lost only its answer.
+                self._releaser.add(owner, workflow_id, token)
+                raise
             if result[0]:
                 self.observer.lock_waited(time.monotonic() - started)
                 return result
@@ -363,7 +496,7 @@ class RedisStore(StateStore):
         self, owner: str, workflow_id: str | None, batch: list[PendingWrite], deadline: float
     ) -> None:
         # Only a POST /workflow/state checks If-Match against the current workflow.
-        with_other = any(write.change.if_match_current is not None for write in batch)
+        with_other = any(write.change.if_match is not None for write in batch)
         with self._lease() as writer:
             for _ in range(FENCE_ATTEMPTS):
                 token = self._lock_token()
@@ -429,20 +562,27 @@ class RedisStore(StateStore):
             encoded, applied.finished, applied.makes_current, strict=True
         ):
             args += [head, 1 if done else 0, 1 if makes else 0]
-        first = int(
-            self._run(
-                "commit",
-                [
-                    self.keys.current(owner),
-                    self.keys.seq(owner),
-                    self.keys.index(owner),
-                    self.keys.history(owner),
-                    self.keys.events(owner),
-                ],
-                args,
-                writer,
+        try:
+            first = int(
+                self._run(
+                    "commit",
+                    [
+                        self.keys.current(owner),
+                        self.keys.seq(owner),
+                        self.keys.index(owner),
+                        self.keys.history(owner),
+                        self.keys.events(owner),
+                    ],
+                    args,
+                    writer,
+                    once=True,
+                )
             )
-        )
+        except StorageUnavailable:
+            # Whether it ran is unknown: answer 503 (never redo it), and free the lock once
+            # Redis answers, if the commit did not.
+            self._releaser.add(owner, workflow_id, token)
+            raise
         if first == -1:
             return False
         if first == -2:
@@ -475,26 +615,36 @@ class RedisStore(StateStore):
     def _release_quietly(
         self, writer: redis.Redis, owner: str, workflow_id: str | None, token: str
     ) -> None:
+        """Release a lock this process holds; if Redis does not answer, release it later."""
         if workflow_id is None:
             return
-        # If this fails the lock expires on its own after lock_timeout.
-        with suppress(StorageUnavailable):
-            self._run("release", [self.keys.lock(owner, workflow_id)], [token], writer)
+        try:
+            self._release(writer, owner, workflow_id, [token])
+        except StorageUnavailable:
+            self._releaser.add(owner, workflow_id, token)
+
+    def _release(
+        self, client: redis.Redis, owner: str, workflow_id: str | None, tokens: list[str]
+    ) -> None:
+        args = [self.keys.base(owner), workflow_id or "", *tokens]
+        self._run("release", [self.keys.current(owner)], args, client)
+
+    def _release_all(self, held: list[Held]) -> None:
+        """Delete the locks that these tokens hold (the lock releaser's work)."""
+        client = self.client()
+        for owner, workflow_id, token in held:
+            self._release(client, owner, workflow_id, [token])
 
     def _delete(self, owner: str, workflow_id: str | None) -> int:
-        version = int(
-            self._run(
-                "delete",
-                [
-                    self.keys.current(owner),
-                    self.keys.seq(owner),
-                    self.keys.index(owner),
-                    self.keys.events(owner),
-                ],
-                [self.keys.base(owner), workflow_id or ""],
-                self._ready(),
-            )
-        )
+        keys = [
+            self.keys.current(owner),
+            self.keys.seq(owner),
+            self.keys.index(owner),
+            self.keys.events(owner),
+        ]
+        with self._lease() as client:
+            args = [self.keys.base(owner), workflow_id or ""]
+            version = int(self._run("delete", keys, args, client, once=True))
         if version < 0:
             raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
         return version
@@ -522,8 +672,11 @@ class RedisStore(StateStore):
         """Move the single-workflow layout of an earlier version into owner `public`.
 
         Idempotent and atomic (one script, retried if the old keys change meanwhile); run once
-        per process before its first use, and again on the next use if Redis was down.
+        per process before its first use, and again on the next use if Redis was down. Not on a
+        Cluster: no earlier version could keep its state on one.
         """
+        if isinstance(client, RedisCluster):
+            return
         old_seq_key, old_history_key = f"{self.key}:seq", f"{self.key}:history"
         for _ in range(FENCE_ATTEMPTS):
             try:
@@ -596,16 +749,42 @@ class RedisStore(StateStore):
 
     def _ping(self) -> None:
         try:
-            self._ready().ping()
+            self._started().ping()
         except RedisError as error:
             raise self._unavailable(error) from None
+
+    def _ready(self) -> None:
+        # The shared namespace's current workflow: where every seed client writes. (Locks of
+        # other workflows are not scanned; a stuck one refuses its writers for at most the lock
+        # timeout, from the first writer that finds it.)
+        owner = MIGRATION_OWNER
+        stuck = self._run(
+            "ready",
+            [self.keys.current(owner)],
+            [self.keys.base(owner), int(self.lock_timeout * 1000)],
+            self._started(),
+        )
+        if stuck:
+            left, lock = stuck
+            raise LockStuck(
+                f"The write lock {_text(lock)} is stuck (found with no expiry, or one past the "
+                "lock timeout); writers of that workflow are refused until it expires within "
+                f"{max(left, 0) / 1000:g}s"
+            )
 
     def _events(self, stop: threading.Event) -> Iterator[Event]:
         backoff = 0.05
         pattern = self.keys.events_pattern()
         while not stop.is_set():
             # A client of its own with no silent retry: a reconnect must surface as RESYNC.
-            client = self._connect(retries=0)
+            try:
+                client = self._connect(retries=0)
+            except StorageUnavailable as error:  # a Cluster asks for its slots at once
+                log.warning("event subscription to %s lost: %s", self._describe(), error.message)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            # One pattern for every owner; on a Cluster, classic pub/sub reaches every node.
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.psubscribe(pattern)
@@ -626,6 +805,7 @@ class RedisStore(StateStore):
 
     def _close(self) -> None:
         if self._redis is not None:
+            self._releaser.stop.set()
             for client in (*self._idle, self._redis):
                 with suppress(RedisError):
                     client.close()
@@ -633,6 +813,9 @@ class RedisStore(StateStore):
             self._pid = None
 
     def _describe(self) -> str:
+        if self.cluster is not None:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.cluster[0])
+            return f"{CLUSTER_SCHEME}://{hosts}"
         parts = urlsplit(self.url)
         netloc = parts.hostname or ""
         if parts.port:

@@ -45,10 +45,36 @@ local function event(id, workflow_id, current, doc)
   return '{"id":"' .. id .. '","workflow_id":"' .. workflow_id .. '","current":'
     .. tostring(current) .. ',"state":' .. doc .. '}'
 end
+-- The version a stored document carries (0 when it has none that can be read): our documents
+-- end with it; anything else is decoded.
+local function version_of(raw)
+  if type(raw) ~= 'string' then return 0 end
+  local tail = string.match(raw, '"version":(%d+)}$')
+  if tail then return tonumber(tail) end
+  local ok, doc = pcall(cjson.decode, raw)
+  if ok and type(doc) == 'table' and type(doc.version) == 'number' then return doc.version end
+  return 0
+end
+-- A lock that would outlive every writer (no expiry, one longer than the lock timeout, or not a
+-- string) is renamed 'stuck:<value>' and given the lock timeout: it blocks writers for at most
+-- that long, and every instance can tell, until it is gone, that it was stuck.
+local function stuck(key, timeout_ms)
+  local left = redis.call('PTTL', key)
+  if left == -2 then return false end
+  local value = read(key)
+  if not value then value = '' end
+  if left == -1 or left > tonumber(timeout_ms) or value == '' then
+    redis.call('SET', key, 'stuck:' .. string.sub(value, 1, 100), 'PX', timeout_ms)
+    return true
+  end
+  return string.sub(value, 1, 6) == 'stuck:'
+end
 """
 
-# Read a workflow (or the current one) and the owner's counter, in one round trip.
-# KEYS[1]: current. ARGV: key base, workflow id ('' = the current one).
+# Read a workflow (or the current one) and the owner's counter, in one round trip. For a
+# stream's snapshot (ARGV[3] = 1) a missing counter is seeded from the clock, so the snapshot's
+# id is a number the next write follows by one, as it always was.
+# KEYS[1]: current. ARGV: key base, workflow id ('' = the current one), 1 to seed the counter.
 # Returns {id or false, state or false, 1 if the state key holds another type, seq or false}.
 READ = (
     _HELPERS
@@ -56,14 +82,19 @@ READ = (
 local base, id = ARGV[1], ARGV[2]
 if id == '' then id = text(KEYS[1]) end
 local seq = text(base .. 'seq')
+if ARGV[3] == '1' and not tonumber(seq or '') then
+  seq = fmt(next_version(base .. 'seq', 0))
+  redis.call('SET', base .. 'seq', seq)
+end
 if not id then return {false, false, 0, seq} end
 local raw, wrong = read(base .. 'state:' .. id)
 return {id, raw, wrong, seq}
 """
 )
 
-# Take a workflow's lock if it is free (or already ours: a retried call) and, in the same round
-# trip, read what it guards. A lock left without an expiry gets one, so it ends in time.
+# Take a workflow's lock if it is free (or already ours: a call that ran but whose answer was
+# lost, sent again) and, in the same round trip, read what it guards. A stuck lock is given the
+# lock timeout (see `stuck`), so it ends in time.
 # KEYS[1]: current. ARGV: token, lock ms, key base, workflow id ('' = the current one), 1 to also
 # read the current workflow when it is another one.
 # Returns {0} when another writer holds the lock, else
@@ -81,7 +112,7 @@ end
 local lock = base .. 'lock:' .. id
 if not redis.call('SET', lock, token, 'NX', 'PX', ms) then
   if text(lock) ~= token then
-    if redis.call('PTTL', lock) == -1 then redis.call('PEXPIRE', lock, ms) end
+    stuck(lock, ms)
     return {0}
   end
   redis.call('PEXPIRE', lock, ms)
@@ -95,10 +126,36 @@ return {1, id, raw, wrong, current or false, other, other_wrong, text(base .. 's
 """
 )
 
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+# Release a workflow's lock if one of these tokens holds it (ours, or tokens whose holder lost
+# Redis's answer). KEYS[1]: current. ARGV: key base, workflow id ('' = the current one), tokens.
+RELEASE = (
+    _HELPERS
+    + """
+local id = ARGV[2]
+if id == '' then id = text(KEYS[1]) end
+if not id then return 0 end
+local lock = ARGV[1] .. 'lock:' .. id
+local holder = text(lock)
+for i = 3, #ARGV do
+  if holder == ARGV[i] then return redis.call('DEL', lock) end
+end
 return 0
 """
+)
+
+# Readiness: whether the lock of the shared namespace's current workflow is stuck.
+# KEYS[1]: current of owner public. ARGV: its key base, lock timeout ms.
+# Returns {the stuck lock's ms to live, its key}, or false.
+READY = (
+    _HELPERS
+    + """
+local id = text(KEYS[1])
+if not id then return false end
+local lock = ARGV[1] .. 'lock:' .. id
+if stuck(lock, ARGV[2]) then return {redis.call('PTTL', lock), lock} end
+return false
+"""
+)
 
 # Commit a batch of new states of one workflow, in order, each with the owner's next version,
 # its own event and history entry; fenced on our lock token and on the workflow's state being
@@ -110,6 +167,8 @@ return 0
 #   score, history max, history ttl ms, max workflows, lowest version allowed, then
 #   (document head, finished 0/1, makes current 0/1) per new state.
 # Returns the first version (a string), -1 when the fence refused, -2 at the workflow limit.
+# Sent once, never retried: a commit that ran but whose answer was lost would, sent again, find
+# the fence moved by itself and be redone on top of its own result.
 COMMIT = (
     _HELPERS
     + """
@@ -174,7 +233,9 @@ return fmt(first)
 """
 )
 
-# Delete a workflow (or the current one) and take the owner's next counter value for it.
+# Delete a workflow (or the current one) and take the owner's next counter value for it (never
+# below the deleted state's version). Sent once, never retried: sent again, it could delete a
+# workflow written after it first ran.
 # KEYS: current, seq, index, events. ARGV: key base, id ('' = the current one).
 # Returns the counter value, or -1 when an explicit id names no workflow.
 DELETE = (
@@ -184,14 +245,16 @@ local base, id = ARGV[1], ARGV[2]
 local current = text(KEYS[1])
 local legacy = id == ''
 if legacy then id = current or '' end
+local floor = 0
 if id ~= '' then
   local key = base .. 'state:' .. id
+  floor = version_of(read(key)) + 1
   redis.call('ZREM', KEYS[3], id)
   if redis.call('DEL', key) == 0 and not legacy then return -1 end
 end
 local is_current = legacy or current == id
 if is_current and current then redis.call('DEL', KEYS[1]) end
-local v = fmt(next_version(KEYS[2], 0))
+local v = fmt(next_version(KEYS[2], floor))
 redis.call('SET', KEYS[2], v)
 redis.call('PUBLISH', KEYS[4], event(v, id, is_current, 'null'))
 return v
@@ -322,6 +385,7 @@ SCRIPTS = {
     "read": READ,
     "acquire": ACQUIRE,
     "release": RELEASE,
+    "ready": READY,
     "commit": COMMIT,
     "delete": DELETE,
     "list": LIST,

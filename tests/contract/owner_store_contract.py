@@ -408,26 +408,32 @@ class OwnerStoreContract:
     # --- concurrency ---------------------------------------------------------------------------
 
     def test_concurrent_writes_to_many_workflows_all_land(self, make_store):
-        stores = [make_store(), make_store()]  # two processes' worth
+        # Two processes' worth, with a lock wait no loaded test machine runs out of.
+        stores = [make_store(lock_wait=10), make_store(lock_wait=10)]
         names = [f"wf{n}" for n in range(6)]
         for name in names:
             stores[0].create(ALICE, {"workflow_id": name, "steps": steps(4)})
         gate = threading.Barrier(12)
         versions: list[int] = []
+        errors: list[Exception] = []
 
         def write(n: int) -> None:
             gate.wait()
             store, name = stores[n % 2], names[n % 6]
             for index in (n // 6) * 2, (n // 6) * 2 + 1:
-                versions.append(
-                    store.update_step(ALICE, name, index, {"status": "completed"}).version
-                )
+                try:
+                    snapshot = store.update_step(ALICE, name, index, {"status": "completed"})
+                except Exception as error:
+                    errors.append(error)
+                else:
+                    versions.append(snapshot.version)
 
         threads = [threading.Thread(target=write, args=(n,)) for n in range(12)]
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=30)
+            thread.join(timeout=60)
+        assert not errors
         assert len(versions) == 24 and len(set(versions)) == 24
         for name in names:
             state = stores[1].get(ALICE, name).state

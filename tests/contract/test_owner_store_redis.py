@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
 import pytest
 
-from service import model
 from service.storage import RedisStore, StateStore
 from tests.conftest import steps
 from tests.contract.owner_store_contract import ALICE, OwnerStoreContract
-from tests.support import RedisServer
+from tests.support import RedisServer, layout
 
 OLD_KEY = "workflow:state"
 
@@ -160,19 +158,9 @@ def test_a_lock_without_an_expiry_gets_one(place):
 # --- migration of the single-workflow layout ----------------------------------------------------
 
 
-def old_layout(raw: Any, version: int = 42, status: str = "running") -> dict[str, Any]:
+def old_layout(raw: Any, version: int = 42) -> dict[str, Any]:
     """Write the keys an earlier version left: the state, its counter and a history."""
-    now = datetime.now(UTC)
-    state = {
-        "workflow_id": "seed-wf",
-        "status": status,
-        "current_step": 0,
-        "steps": steps(2),
-        "start_time": model.format_time(now - timedelta(minutes=5)),
-        "last_update": model.format_time(now - timedelta(minutes=1)),
-        "version": version,
-    }
-    old_done = dict(state, workflow_id="older", status="completed", version=version - 5)
+    state, old_done = layout.single_workflow_state(version)
     raw.set(OLD_KEY, json.dumps(state), px=3_600_000)
     raw.set(f"{OLD_KEY}:seq", version)
     raw.rpush(f"{OLD_KEY}:history", json.dumps(old_done))
@@ -219,3 +207,56 @@ def test_a_migration_that_found_redis_down_is_tried_again(own_redis: RedisServer
     state = old_layout(own_redis.client())
     assert store.get("public").state == state
     store.close()
+
+
+# --- round trips (issue 13's budgets rest on them) -----------------------------------------------
+
+
+class RoundTrips:
+    """Count the commands (or pipelines) a store sends to Redis: each is one round trip."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import redis.connection
+
+        self.count = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+            self.count += 1
+            return original(connection, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+
+    def of(self, call: Callable[[], Any]) -> int:
+        """Return how many round trips `call` took."""
+        before = self.count
+        call()
+        return self.count - before
+
+
+def test_reads_take_one_round_trip_writes_two_and_a_page_of_a_thousand_one(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+):
+    redis_server.flush()
+    store = RedisStore(redis_server.url, max_workflows=2000)
+    try:
+        for n in range(1000):
+            store.save(ALICE, {"workflow_id": f"wf{n:04d}", "steps": steps(3)})
+        trips = RoundTrips(monkeypatch)
+        # Warm: scripts loaded, connections open (what a server has after its first requests).
+        store.get(ALICE), store.merge(ALICE, None, {"n": 0}), store.list(ALICE, limit=50)
+        store.delete(ALICE, "wf0998")
+        assert trips.of(lambda: store.get(ALICE)) == 1
+        assert trips.of(lambda: store.get(ALICE, "wf0500")) == 1
+        assert trips.of(lambda: store.get_for_stream(ALICE)) == 1
+        assert trips.of(lambda: store.merge(ALICE, None, {"n": 1})) == 2
+        assert trips.of(lambda: store.update_step(ALICE, "wf0007", 1, {"status": "failed"})) == 2
+        assert trips.of(lambda: store.save(ALICE, {"workflow_id": "wf0001", "steps": []})) == 2
+        assert trips.of(lambda: store.create(ALICE, {"workflow_id": "new"})) == 2
+        assert trips.of(lambda: store.delete(ALICE, "new")) == 1
+        page = store.list(ALICE, limit=50)
+        assert len(page.entries) == 50 and page.next_cursor
+        assert trips.of(lambda: store.list(ALICE, limit=50, cursor=page.next_cursor)) == 1
+        assert trips.of(lambda: store.list(ALICE, status="finished", limit=50)) == 1
+    finally:
+        store.close()

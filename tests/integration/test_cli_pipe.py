@@ -28,7 +28,7 @@ def test_watch_ends_quietly_when_the_pipe_closes(tmp_path):
     try:
         assert b"no workflow" in process.stdout.readline()
         process.stdout.close()  # the reader is gone, as after `| head -1`
-        store.save({"workflow_id": "after-reader-left", "steps": steps(2)})
+        store.save("public", {"workflow_id": "after-reader-left", "steps": steps(2)})
         assert process.wait(timeout=10) == 0
         assert process.stderr.read() == b""  # no traceback, no "Exception ignored"
     finally:

@@ -37,8 +37,9 @@ def call(server, method, path, body=None, headers=None):
 def test_saves_and_reads_back(workflow_state_server):
     status, saved = call(workflow_state_server, "POST", STATE, {"workflow_id": "ci-1", "steps": []})
     assert status == 200 and saved["state"]["workflow_id"] == "ci-1"
-    assert call(workflow_state_server, "GET", STATE)[1]["state"]["version"] == 1
-    assert workflow_state_server.store.get().state["workflow_id"] == "ci-1"
+    version = saved["state"]["version"]
+    assert call(workflow_state_server, "GET", STATE)[1]["state"]["version"] == version
+    assert workflow_state_server.store.get("public").state["workflow_id"] == "ci-1"
 
 
 def test_each_test_starts_empty(workflow_state_server):

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 
 from service.cli import cli
 from service.config import from_env
-from service.storage import StateStore
+from service.storage import CurrentWorkflow
 from service.store import build_store
 from tests.conftest import steps
 from tests.support import free_port, wait_until
@@ -31,9 +31,9 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(url: str) -> Iterator[StateStore]:
-    """The storage the CLI sees, for the test to write and read back."""
-    opened = build_store(from_env({"WORKFLOW_STATE_URL": url}))
+def store(url: str) -> Iterator[CurrentWorkflow]:
+    """The workflow the CLI sees (owner public's current one), to write and read back."""
+    opened = CurrentWorkflow(build_store(from_env({"WORKFLOW_STATE_URL": url})), "public")
     yield opened
     opened.close()
 
@@ -43,7 +43,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(cli, list(args), env=env, prog_name="python -m service")
 
 
-def running(store: StateStore, workflow_id: str = "wf-1", current: int = 2) -> dict[str, Any]:
+def running(store: CurrentWorkflow, workflow_id: str = "wf-1", current: int = 2) -> dict[str, Any]:
     """Save a running 5-step workflow at step `current` (in progress)."""
     plan = steps(5)
     for index in range(current):

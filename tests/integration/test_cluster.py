@@ -1,0 +1,106 @@
+"""A real 3-master Redis Cluster (`redis+cluster://`): the storage contract and the HTTP contract
+suite's cases run on it, as on one redis-server.
+
+Every key of an owner carries its `{<owner>}` hash tag, so each script runs on the one node that
+holds the owner's slot; owners spread over the nodes; one pattern subscription hears every node.
+Without redis-server and redis-cli the module skips with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from service.storage import RedisStore, StateStore
+from tests.conftest import steps
+from tests.contract.owner_store_contract import OwnerStoreContract
+from tests.support.cluster import RedisCluster, cluster_missing
+
+# The HTTP contract suite (contract section 2), collected here again: its tests ask for
+# `backend`, which this module answers with the cluster.
+from tests.test_api_contract import *  # noqa: F403
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(cluster_missing() is not None, reason=cluster_missing() or ""),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    started = RedisCluster().start()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def backend(cluster: RedisCluster) -> dict[str, Any]:
+    """The create_app config that puts the state on the cluster, empty."""
+    cluster.flush()
+    return {"STATE_URL": cluster.url, "BACKEND_KIND": "cluster"}
+
+
+class TestClusterContract(OwnerStoreContract):
+    @pytest.fixture
+    def make_store(self, cluster: RedisCluster) -> Iterator[Callable[..., StateStore]]:
+        cluster.flush()
+        stores: list[RedisStore] = []
+
+        def make(**options: Any) -> RedisStore:
+            stores.append(RedisStore(cluster.url, **options))
+            return stores[-1]
+
+        yield make
+        for store in stores:
+            store.close()
+
+    @pytest.fixture
+    def plant(self, cluster: RedisCluster) -> Callable[..., None]:
+        raw = cluster.client()
+
+        def plant(store: RedisStore, owner: str, workflow_id: str, data: bytes, score=None) -> None:
+            raw.set(store.keys.state(owner, workflow_id), data, px=60_000)
+            if score is not None:
+                raw.zadd(store.keys.index(owner), {workflow_id: score})
+
+        return plant
+
+    @pytest.fixture
+    def drop_counter(self, cluster: RedisCluster) -> Callable[[StateStore, str], None]:
+        raw = cluster.client()
+        return lambda store, owner: raw.delete(store.keys.seq(owner))
+
+
+def test_owners_spread_over_the_nodes_and_each_owner_stays_on_one(cluster: RedisCluster):
+    cluster.flush()
+    store = RedisStore(cluster.url)
+    try:
+        owners = [f"user{n}" for n in range(12)]
+        for owner in owners:
+            store.create(owner, {"workflow_id": "wf", "status": "completed", "steps": steps(1)})
+        raw = cluster.client()
+        nodes = set()
+        for owner in owners:
+            keys = [
+                store.keys.state(owner, "wf"),
+                store.keys.seq(owner),
+                store.keys.index(owner),
+                store.keys.current(owner),
+                store.keys.history(owner),
+            ]
+            assert len({raw.keyslot(key) for key in keys}) == 1
+            nodes.add(raw.get_node_from_key(keys[0]).port)
+        assert len(nodes) > 1, "every owner landed on one node: the test proves nothing"
+        assert sorted(store.owners()) == sorted(owners)
+        assert store.describe() == cluster.url
+    finally:
+        store.close()
+
+
+def test_a_bad_cluster_url_is_refused_at_start():
+    for url in ("redis+cluster://", "redis+cluster://host", "redis+cluster://h:1/3"):
+        with pytest.raises(ValueError, match="WORKFLOW_STATE_URL"):
+            RedisStore(url)
+    assert "s3cret" not in RedisStore("redis+cluster://u:s3cret@h:1,k:2").describe()
