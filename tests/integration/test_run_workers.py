@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -281,3 +282,43 @@ def test_a_worker_refuses_the_file_backend():
     result = cli({**os.environ, "WORKFLOW_STATE_URL": url}, "worker", "--burst")
     assert result.returncode == 2
     assert "runs execute in the web processes" in result.stderr
+
+
+def acl_commands(password: str) -> list[list[str]]:
+    """Return deploy/redis.md's two ACL SETUSER commands (the service's, and runs' additions)."""
+    text = (ROOT / "deploy" / "redis.md").read_text()
+    found = []
+    for line in text.splitlines():
+        if line.startswith(("ACL SETUSER", "redis-cli ACL SETUSER")):
+            words = shlex.split(line.replace("CHANGE-ME-TO-A-LONG-RANDOM-PASSWORD", password))
+            found.append(words[1:] if words[0] == "redis-cli" else words)
+    assert len(found) == 2, found
+    return found
+
+
+def test_runs_work_as_the_acl_user_of_redis_md(own_redis: RedisServer, endpoints: StepEndpoints):
+    password = "runs-acl-password-for-tests"
+    for command in acl_commands(password):
+        own_redis.client().execute_command(*command)
+    url = f"redis://workflow-state:{password}@127.0.0.1:{own_redis.port}/3"
+    env = {
+        "WORKFLOW_STATE_URL": url,
+        "WORKFLOW_RUN_LEASE": str(LEASE),
+        "WORKFLOW_DEMO_STEP_SECONDS": "0.1",
+        "WORKFLOW_STEP_ORIGINS": endpoints.url,
+    }
+    owned = Workers(env)
+    app = instance(env)
+    try:
+        owned.start(count=2)  # a pool, as deployments scale
+        store = store_of(app)
+        start_run(app, "acl", plan(None, f"{endpoints.url}/ok"))
+        assert wait_for_state(store, "acl", finished)["status"] == "completed"
+        assert cli({**os.environ, **env}, "run", "acl").returncode == 2  # finished is final
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+        assert 'workflow_runs_total{outcome="completed"} 1.0' in text
+        assert "NoPermission" not in owned.output()
+    finally:
+        runs_of(app).close()
+        store_of(app).close()
+        owned.close()
