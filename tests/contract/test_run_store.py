@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from service import model, runs
 from service.storage import StateStore
+from tests.support import wait_until
 from tests.support.runs import OWNER, later, open_test_store, plan
 
 LEASE = 30.0
@@ -73,12 +75,12 @@ def test_a_write_naming_another_attempt_changes_nothing(store: StateStore):
 
 
 def test_a_takeover_happens_once_and_only_after_the_lease(store: StateStore):
-    claimed(store, lease=0.05)
+    claimed(store, lease=1.0)
     store.runner_step(OWNER, "wf", 1, 0, "in_progress")
     assert store.take_over(OWNER, "wf", 1, lease=LEASE) is None  # the lease is live
-    time.sleep(0.06)
-    taken = store.take_over(OWNER, "wf", 1, lease=LEASE)
-    assert taken is not None
+    taken = wait_until(lambda: store.take_over(OWNER, "wf", 1, lease=LEASE), timeout=5)
+    deadline = model.parse_time(store.get(OWNER, "wf").state["run"]["heartbeat"])
+    assert taken.state["last_update"] >= model.format_time(deadline + timedelta(seconds=1))
     run = taken.state["run"]
     assert (run["attempt"], run["status"], run["runner"]) == (2, "queued", None)
     assert store.take_over(OWNER, "wf", 1, lease=LEASE) is None  # another monitor was first
