@@ -258,7 +258,9 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_cli_starts_and_cancels_runs(
     workers: Workers, apps: list[Flask], env: dict[str, str], endpoints: StepEndpoints
 ):
-    full_env = {**os.environ, **env}
+    # A lease longer than a loaded machine takes to start the CLI twice: a queued run whose
+    # claim deadline lapsed may be requested again, and the second `run` must meet a live one.
+    full_env = {**os.environ, **env, "WORKFLOW_RUN_LEASE": "30"}
     store = store_of(apps[0])
     store.create(OWNER, {"workflow_id": "by-cli", "steps": plan(None, None)})
     store.create("alice", {"workflow_id": "held", "steps": plan(f"{endpoints.url}/hold")})
@@ -267,7 +269,7 @@ def test_the_cli_starts_and_cancels_runs(
     assert "Queued run attempt 1 of workflow by-cli" in started.stdout
     assert cli(full_env, "run", "by-cli").returncode == 2  # already queued: run_active
     assert cli(full_env, "run", "nope").returncode == 2
-    workers.start()
+    workers.start(WORKFLOW_RUN_LEASE="30")
     assert wait_for_state(store, "by-cli", finished)["status"] == "completed"
     assert cli(full_env, "run", "held", "--owner", "alice").returncode == 0
     wait_for_state(store, "held", step_running(0), owner="alice")
