@@ -78,7 +78,7 @@ def test_a_stopping_web_worker_hands_its_run_over_at_once(server: Gunicorn, stor
     stopped_at = time.monotonic()
     os.kill(stopping, signal.SIGTERM)  # what gunicorn does to a worker on HUP or max_requests
     state = wait_for_state(store, "wf", step_running(1, attempt=2), timeout=5)
-    assert time.monotonic() - stopped_at < 2.5
+    assert time.monotonic() - stopped_at < 4
     assert runner_pid(state) != stopping
     assert wait_for_state(store, "wf", finished, timeout=20)["status"] == "completed"
     wait_until(lambda: "attempt 1: released" in server.output(), timeout=5)
