@@ -235,3 +235,18 @@ def test_a_run_queued_elsewhere_is_taken_by_a_web_process(local_app: Flask):
     control.ensure_running()
     state = wait_for_state(store, "wf", finished, timeout=10)
     assert state["status"] == "completed" and state["run"]["attempt"] == 1
+
+
+def test_fakeredis_url_runs_in_this_process(tmp_path: Any):
+    app = create_app(
+        {"TESTING": True, "STATE_URL": "fakeredis://"}, environ={"WORKFLOW_DEMO_STEP_SECONDS": "0"}
+    )
+    try:
+        assert runs_of(app).mode == LOCAL  # one process holds the state: nobody else could run it
+        client = app.test_client()
+        client.post(STATE, json={"workflow_id": "wf", "steps": steps(2)})
+        assert client.post("/workflows/wf/run").status_code == 202
+        assert wait_for_state(store_of(app), "wf", finished)["status"] == "completed"
+    finally:
+        runs_of(app).close()
+        store_of(app).close()
