@@ -187,6 +187,12 @@ class _Watch(threading.Thread):
                     attempt.attempt,
                     error.message,
                 )
+            except Exception:
+                # A bug must not silently end the renewals: then the lease would lapse and two
+                # runners would call the same endpoint. Stop this attempt instead.
+                log.exception("run of workflow %s: the watch failed", attempt.workflow_id)
+                self.end(SUPERSEDED)
+                return
 
 
 class _Attempt:

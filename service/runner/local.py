@@ -105,8 +105,11 @@ class LocalRunners:
     def _watch(self, monitor: LeaseMonitor) -> None:
         """Run the monitor; each tick also pushes the claim deadlines of the runs waiting here."""
         while not self.stop.wait(_tick(self.settings.lease)):
-            self._keep_pending()
-            monitor.tick()
+            try:
+                self._keep_pending()
+                monitor.tick()
+            except Exception:  # a bug must not end resumption for the process's lifetime
+                log.exception("lease monitor: unexpected error")
 
     def _keep_pending(self) -> None:
         """Push the claim deadline of each run waiting here, every lease/3."""
