@@ -14,8 +14,13 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# With Redis state (WORKFLOW_STATE_URL, else REDIS_URL) the web server and one run worker, under
+# honcho (Procfile); without, the web server alone, which runs workflows itself (docs/runs.md).
 run: $(STAMP)
-	$(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py service.wsgi:app
+	@case "$${WORKFLOW_STATE_URL:-$$REDIS_URL}" in \
+	  redis*|rediss*|unix*) PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho -f Procfile start ;; \
+	  *) $(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py service.wsgi:app ;; \
+	esac
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -159,9 +159,11 @@ def _fit_open_files_limit(worker) -> int:
 
 def post_worker_init(worker):
     """End open streams at once when this worker is told to stop, instead of after the
-    graceful timeout: EventSource clients reconnect to a live worker within a second."""
+    graceful timeout: EventSource clients reconnect to a live worker within a second. On the
+    file backend, hand the runs this worker runs to the other workers at once too."""
     import signal
 
+    from service.runner.local import close_all_local_runners
     from service.stream import close_all_hubs
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -169,6 +171,7 @@ def post_worker_init(worker):
     def on_term(signum, frame):
         # Not in the handler itself: it may have interrupted a greenlet holding a hub's lock.
         gevent.spawn(close_all_hubs)
+        gevent.spawn(close_all_local_runners)
         if callable(previous):
             previous(signum, frame)
 

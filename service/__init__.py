@@ -19,6 +19,7 @@ from . import (
     metrics,
     openapi,
     pages,
+    run_api,
     store,
     stream,
 )
@@ -46,6 +47,7 @@ def create_app(
     identity.init_app(app)
     pages.init_app(app)
     api.init_app(app)
+    run_api.init_app(app)
     app.register_blueprint(health.bp)
     openapi.init_app(app)
     headers.init_app(app)

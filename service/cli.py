@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import click
 
-from . import config, logs, model
+from . import config, logs, model, runs
 from .storage import HISTORY_MAX, RESYNC, CurrentWorkflow, Event, FileStore, StorageUnavailable
 from .storage.base import HISTORY_DAYS, MIGRATION_OWNER, dumps, utc_now
 from .store import build_store
@@ -37,6 +37,8 @@ PROG = "python -m service"
 WATCH_TICK_SECONDS = 0.25
 # How long `watch` waits between tries to re-read the state while storage is down.
 WATCH_RETRY_SECONDS = 0.5
+# How long a starting worker waits between tries to reach the queue's Redis.
+WORKER_RETRY_SECONDS = 1.0
 # Put in the watch's inbox by a signal handler, so the main loop wakes up at once.
 WAKE = object()
 
@@ -153,6 +155,11 @@ class Invocation:
     def __init__(self, as_json: bool, url: str | None) -> None:
         self.as_json = as_json
         self.url = url
+        self.settings: dict[str, Any] = {}
+
+    def config(self) -> dict[str, Any]:
+        """Return the settings: the environment's, with --url as WORKFLOW_STATE_URL."""
+        return config.from_env(overrides={"WORKFLOW_STATE_URL": self.url} if self.url else None)
 
     def run(self, command: Callable[..., int], as_json: bool, **options: Any) -> None:
         """Run `command` on the configured store, then exit with its code (see module doc)."""
@@ -162,12 +169,10 @@ class Invocation:
         click.get_current_context().exit(code)
 
     def _run(self, command: Callable[..., int], out: Output, options: dict[str, Any]) -> int:
-        overrides = {"WORKFLOW_STATE_URL": self.url} if self.url else None
         try:
+            self.settings = self.config()
             # Owner `public`'s current workflow: the one the seed's single state became.
-            store = CurrentWorkflow(
-                build_store(config.from_env(overrides=overrides)), MIGRATION_OWNER
-            )
+            store = CurrentWorkflow(build_store(self.settings), MIGRATION_OWNER)
         except ValueError as error:  # ConfigError, UnknownBackend, a bad path or key
             out.note(str(error))
             return EXIT_USAGE
@@ -322,30 +327,46 @@ def clear(store: CurrentWorkflow, out: Output) -> int:
     return EXIT_OK
 
 
+owner_option = click.option(
+    "--owner",
+    default=MIGRATION_OWNER,
+    show_default=True,
+    metavar="USER",
+    help="Whose workflow (the HTTP API's owner).",
+)
+
+
+def _owned(store: CurrentWorkflow, owner: str) -> CurrentWorkflow:
+    """Return `owner`'s view of the store, refusing a name that cannot be an owner."""
+    if not config.is_user_name(owner):
+        raise Refused(f"--owner {owner!r} is not a valid user name ({config.USER_NAME_RULE})")
+    return CurrentWorkflow(store.store, owner)
+
+
 @command
+@click.argument("workflow", metavar="[WORKFLOW_ID]", required=False)
+@owner_option
 @click.option(
     "--workflow-id", metavar="ID", help="Cancel only if this is the stored workflow (else exit 2)."
 )
-def cancel(store: CurrentWorkflow, out: Output, workflow_id: str | None) -> int:
-    """Cancel a running workflow; leave a finished one alone."""
+def cancel(
+    store: CurrentWorkflow, out: Output, workflow: str | None, owner: str, workflow_id: str | None
+) -> int:
+    """Cancel a running workflow (default: the current one); its server run stops within 1 s."""
     check_file_owner(store)
-    state = store.get().state
+    store = _owned(store, owner)
+    state = store.store.get(owner, workflow).state if workflow else store.get().state
     if state is not None and workflow_id and workflow_id != state["workflow_id"]:
         raise Refused(
             f"workflow_id {workflow_id!r} is not the stored workflow {state['workflow_id']!r}"
         )
     if state is None or model.is_finished(state):
         return _nothing_to_cancel(state, out)
-    body: dict[str, Any] = {"status": "cancelled"}
-    if workflow_id:
-        body["workflow_id"] = workflow_id
     try:
-        snapshot = store.merge(body)
-    except model.WorkflowMismatch as error:
-        raise Refused(error.message) from None
+        snapshot = store.store.cancel(owner, state["workflow_id"])
     except (model.NoWorkflow, model.WorkflowFinished):
         # It finished or went away between our read and our write.
-        return _nothing_to_cancel(store.get().state, out)
+        return _nothing_to_cancel(store.store.get(owner, state["workflow_id"]).state, out)
     cancelled = snapshot.state
     assert cancelled is not None
     if out.as_json:
@@ -353,6 +374,111 @@ def cancel(store: CurrentWorkflow, out: Output, workflow_id: str | None) -> int:
     else:
         out.line(f"Cancelled workflow {cancelled['workflow_id']} at {describe_step(cancelled)}.")
     return EXIT_OK
+
+
+@command
+@click.argument("workflow", metavar="WORKFLOW_ID")
+@owner_option
+def run(store: CurrentWorkflow, out: Output, workflow: str, owner: str) -> int:
+    """Start a server run of a workflow (as POST /workflows/<id>/run)."""
+    from .runner.control import LOCAL, RunControl
+
+    check_file_owner(store)
+    _owned(store, owner)
+    settings = click.get_current_context().find_object(Invocation).settings
+    control = RunControl(store.store, settings)
+    try:
+        snapshot = control.start(owner, workflow, runs_here=False)
+    except (model.NoWorkflow, model.WorkflowFinished, runs.RunActive) as error:
+        raise Refused(error.message) from None
+    except config.ConfigError as error:
+        raise Refused(str(error)) from None
+    finally:
+        control.close()
+    state = snapshot.state
+    assert state is not None
+    if out.as_json:
+        out.data({"started": True, **model.summarize(state), "run": state["run"]})
+        return EXIT_OK
+    where = (
+        "a web process of this host takes it within a second"
+        if control.mode == LOCAL
+        else "a `python -m service worker` takes it"
+    )
+    out.line(f"Queued run attempt {state['run']['attempt']} of workflow {workflow}: {where}.")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Work until the queue is empty, then exit.")
+@click.pass_obj
+def worker(invocation: Invocation, burst: bool) -> None:
+    """Run workflows' steps from the run queue (Redis), with a lease monitor.
+
+    WORKFLOW_RUN_WORKERS processes work at once (RQ's WorkerPool when above 1). SIGTERM or
+    Ctrl-C hands the running runs back to the queue and stops within a second.
+    """
+    out = Output(sys.stdout, sys.stderr, False)
+    try:
+        settings = invocation.config()
+    except ValueError as error:
+        out.note(str(error))
+        click.get_current_context().exit(EXIT_USAGE)
+    with logs.configured(settings["LOG_FORMAT"], level=logging.INFO):
+        code = _work(settings, out, burst)
+    click.get_current_context().exit(code)
+
+
+def _work(settings: dict[str, Any], out: Output, burst: bool) -> int:
+    """Check the queue can be worked, then work it until stopped (see `worker`)."""
+    from rq.worker_pool import WorkerPool
+
+    from .runner.jobs import RunContext, RunWorker
+    from .runner.queue import queue_connection
+
+    try:
+        check = RunContext(settings)
+    except ValueError as error:  # ConfigError, a file backend
+        out.note(str(error))
+        return EXIT_USAGE
+    try:
+        connection = queue_connection(settings, check.store)
+        queue = check.control.queue
+        with on_signals(_interrupt):
+            _wait_for(queue, out)
+    except ValueError as error:  # redis+cluster:// without WORKFLOW_QUEUE_URL
+        out.note(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        check.close()
+    name, count = queue.queue.name, settings["RUN_WORKERS"]
+    worker_class = RunWorker.with_settings(settings)
+    if count > 1:
+        pool = WorkerPool(
+            [name], connection=connection, num_workers=count, worker_class=worker_class
+        )
+        pool.start(burst=burst)
+    else:
+        worker_class([name], connection=connection).work(burst=burst)
+    return EXIT_OK
+
+
+def _wait_for(queue: Any, out: Output) -> None:
+    """Return once the queue's Redis answers: a supervisor may start the worker before Redis."""
+    waiting = False
+    while True:
+        try:
+            queue.count()
+            break
+        except StorageUnavailable as error:
+            if not waiting:
+                out.note(f"waiting for the run queue: {error.message}")
+                waiting = True
+            time.sleep(WORKER_RETRY_SECONDS)
+    if waiting:
+        out.note("the run queue answers")
 
 
 def _nothing_to_cancel(state: dict[str, Any] | None, out: Output) -> int:

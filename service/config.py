@@ -129,6 +129,36 @@ def _base_url(name: str, raw: str) -> str:
     return value
 
 
+def origin(url: str) -> str:
+    """Return a URL's origin as `scheme://host:port` (lower case, port always written).
+
+    Raises ValueError for anything but an http(s) URL with a host.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    port = parts.port or (443 if scheme == "https" else 80)
+    host = parts.hostname.lower()
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    found = []
+    for part in _csv(name, raw):
+        parts = urlsplit(part)
+        try:
+            if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+                raise ValueError("an origin has no path, query or user")
+            found.append(origin(part))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be comma-separated origins such as https://ops.example.com:8443, "
+                f"got {part!r}"
+            ) from None
+    return tuple(found)
+
+
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("text", "json"):
@@ -176,6 +206,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STEP_TIMEOUT", "STEP_TIMEOUT", 600.0, _positive_float),
     Setting("WORKFLOW_RUN_LEASE", "RUN_LEASE", 15.0, _positive_float),
     Setting("WORKFLOW_SELF_URL", "SELF_URL", None, _base_url),
+    Setting("WORKFLOW_STEP_ORIGINS", "STEP_ORIGINS", (), _origins),
+    Setting("WORKFLOW_QUEUE_URL", "QUEUE_URL", None, _text),
+    Setting("WORKFLOW_RUN_WORKERS", "RUN_WORKERS", 1, _positive_int),
     # Set by deploy/gunicorn.conf.py, not by hand: prometheus_client's multiprocess directory
     # (it reads the variable itself too, when first imported) and each worker's connections.
     Setting("PROMETHEUS_MULTIPROC_DIR", "METRICS_DIR", None, _text),

@@ -87,6 +87,8 @@ class Metrics:
             "Storage operations that failed because the backend did not answer",
             registry=registry,
         )
+        # Collectors read at scrape time (the run counters kept on the queue's Redis).
+        self.collectors: list[Any] = []
         # (route, method, status) -> (counter child, histogram child): one dict lookup per request
         # instead of prometheus_client's label validation and locking.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -128,6 +130,12 @@ class Metrics:
             self.backend_errors.inc()
         return response
 
+    def add_collector(self, collector: Any) -> None:
+        """Add a collector whose metrics are read at scrape time, in either mode."""
+        self.collectors.append(collector)
+        if not self.multiprocess_dir:
+            self.registry.register(collector)
+
     def exposition_registry(self) -> Any:
         """Return the registry a scrape reads: this app's, or every worker's files."""
         if not self.multiprocess_dir:
@@ -138,6 +146,8 @@ class Metrics:
         # A fresh registry per scrape: it reads the files of every worker, live or dead.
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)
+        for collector in self.collectors:
+            registry.register(collector)
         return registry
 
 

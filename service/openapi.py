@@ -97,6 +97,12 @@ PARAMETERS: dict[str, Schema] = {
         {"type": "integer", "minimum": 0},
         "The step's position; anything but a whole number below len(steps) is 400",
     ),
+    "WorkflowId": path_param(
+        "workflow_id",
+        {"type": "string", "pattern": schema.WORKFLOW_ID_PATTERN},
+        "The workflow's id; one that breaks the id rule is 400 `invalid_workflow_id`, one the "
+        "owner does not have is 404 `no_workflow`",
+    ),
     "HistoryLimit": {
         "name": "limit",
         "in": "query",
@@ -165,7 +171,8 @@ RESPONSES["Preflight"] = answer(
 # With WORKFLOW_STATE_TOKEN set the bearer token is required; unset, no credentials at all.
 TOKEN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
 OPEN: list[dict[str, list[str]]] = []
-PROTECTED_PREFIX = "/workflow/"
+# As service/identity.py: /workflow/* and /workflows*.
+PROTECTED_PREFIX = "/workflow"
 
 
 def op(
@@ -283,6 +290,39 @@ ROUTES: dict[str, dict[str, Schema]] = {
                 "A 503 is `backend_unavailable` when storage is down at connect time, or "
                 "`too_many_streams` when this worker has no thread to spare for another stream."
             ),
+        ),
+    },
+    "/workflow/state/cancel": {
+        "post": op(
+            "cancelState",
+            "Cancel the current workflow: its running step, itself and its server run",
+            {"200": answer("CancelledResponse", "Cancelled (also when it already was)", NO_STORE)},
+            "404 409 503",
+            tag="runs",
+        ),
+    },
+    "/workflows/{workflow_id}/run": {
+        "post": op(
+            "startRun",
+            "Start a server run of the workflow's steps that are not completed or skipped",
+            {"202": answer("RunStarted", "The run is queued; a runner takes it", NO_STORE)},
+            "400 404 409 503",
+            parameters=(ref("parameters", "WorkflowId"),),
+            tag="runs",
+            description=(
+                "409 is `run_active` when a run is queued or running with a live lease, "
+                "`workflow_finished` when the workflow is finished."
+            ),
+        ),
+    },
+    "/workflows/{workflow_id}/cancel": {
+        "post": op(
+            "cancelWorkflow",
+            "Cancel the workflow: its running step, itself and its server run",
+            {"200": answer("CancelledResponse", "Cancelled (also when it already was)", NO_STORE)},
+            "400 404 409 503",
+            parameters=(ref("parameters", "WorkflowId"),),
+            tag="runs",
         ),
     },
     "/workflow/history": {
@@ -442,6 +482,7 @@ def build_document() -> dict[str, Any]:
         "tags": [
             {"name": "state", "description": "the workflow state (contract section 2)"},
             {"name": "page", "description": "the web page and its helpers (section 4)"},
+            {"name": "runs", "description": "server runs (contract section 9)"},
             {"name": "operations", "description": "health, readiness, metrics, this document"},
             {"name": "cors", "description": "CORS preflights"},
         ],

@@ -341,6 +341,31 @@ def runner_step(
     return _with(state, now, steps=_replace_step(state, index, step), **fields)
 
 
+def advance(
+    state: Mapping[str, Any] | None,
+    attempt: int,
+    index: int,
+    status: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    now: datetime,
+) -> dict[str, Any]:
+    """Record step `index`'s outcome and, in the same write, go on: start the next step.
+
+    `completed` → the next step not completed or skipped becomes `in_progress` (as
+    `runner_step` starts it), or, when none is left, the run finishes `completed`. `failed`
+    fails the workflow as `runner_step` does. One write per step instead of two, and no moment
+    between two steps where a crash leaves neither in progress.
+    """
+    new = runner_step(state, attempt, index, status, data, now=now)
+    if status != "completed":
+        return new
+    remaining = remaining_steps(new)
+    if not remaining:
+        return finish_run(new, attempt, "completed", now=now)
+    return runner_step(new, attempt, remaining[0], "in_progress", now=now)
+
+
 def finish_run(
     state: Mapping[str, Any] | None, attempt: int, outcome: str, *, now: datetime
 ) -> dict[str, Any]:
@@ -356,6 +381,28 @@ def finish_run(
         )
     done = {**run, "status": DONE, "heartbeat": format_time(now)}
     return _with(state, now, status=outcome, run=done)
+
+
+def release_run(
+    state: Mapping[str, Any] | None, attempt: int, *, now: datetime, lease: float
+) -> dict[str, Any]:
+    """Hand running attempt `attempt` back to the queue as the next attempt (a worker stops).
+
+    What a runner that is told to shut down does instead of letting its lease lapse: the run
+    is queued again at once, under a new attempt (so the stopping runner's late writes are
+    refused), with a claim deadline of `lease` seconds. The interrupted step stays
+    `in_progress` until the next runner starts it again.
+    """
+    run = _fence(state, attempt, claimed=True)
+    assert state is not None
+    queued = {
+        **run,
+        "attempt": attempt + 1,
+        "runner": None,
+        "lease_expires": _stamp(now, lease),
+        "status": QUEUED,
+    }
+    return _with(state, now, run=queued)
 
 
 def take_over(

@@ -193,33 +193,6 @@ class StepChange(TypedDict):
     workflow_id: NotRequired[Annotated[str | None, _rule("must be a string or null")]]
 
 
-@with_config(ConfigDict(extra="allow", strict=True))
-class State(TypedDict):
-    """A stored state as served. `version` comes from a counter that never goes back (it
-    survives DELETE and expiry); `ssh_connection` is null when it is stored encrypted and no
-    configured key opens it. Other fields are kept as sent."""
-
-    workflow_id: WorkflowId
-    status: WorkflowStatus
-    current_step: CurrentStep
-    steps: Steps
-    start_time: Time
-    ssh_connection: NotRequired[SshConnection]
-    last_update: Time
-    version: Version
-
-
-Sealed = TypedDict("Sealed", {ENCRYPTED_MARK: str})
-Sealed.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[attr-defined]
-
-
-@with_config(ConfigDict(extra="allow", strict=True))
-class StoredState(State):
-    """A state as a backend holds it: a secret field may be sealed ({"$encrypted": token})."""
-
-    ssh_connection: NotRequired[Annotated[str | Sealed | None, _rule("must be a string")]]
-
-
 @with_config(ConfigDict(extra="forbid", strict=True))
 class Run(TypedDict):
     """A server run of the workflow (contract section 9), in the state's `run` field: who runs
@@ -234,6 +207,34 @@ class Run(TypedDict):
     heartbeat: Annotated[Time, Field(description="when the run was queued or its lease renewed")]
     lease_expires: Annotated[Time, Field(description="when another runner may take over")]
     status: RunStatus
+
+
+@with_config(ConfigDict(extra="allow", strict=True))
+class State(TypedDict):
+    """A stored state as served. `version` comes from a counter that never goes back (it
+    survives DELETE and expiry); `ssh_connection` is null when it is stored encrypted and no
+    configured key opens it. Other fields are kept as sent."""
+
+    workflow_id: WorkflowId
+    status: WorkflowStatus
+    current_step: CurrentStep
+    steps: Steps
+    start_time: Time
+    ssh_connection: NotRequired[SshConnection]
+    last_update: Time
+    version: Version
+    run: NotRequired[Run]
+
+
+Sealed = TypedDict("Sealed", {ENCRYPTED_MARK: str})
+Sealed.__pydantic_config__ = ConfigDict(extra="forbid", strict=True)  # type: ignore[attr-defined]
+
+
+@with_config(ConfigDict(extra="allow", strict=True))
+class StoredState(State):
+    """A state as a backend holds it: a secret field may be sealed ({"$encrypted": token})."""
+
+    ssh_connection: NotRequired[Annotated[str | Sealed | None, _rule("must be a string")]]
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -445,6 +446,16 @@ class RunStarted(TypedDict):
     state: State
 
 
+@with_config(ConfigDict(extra="forbid"))
+class CancelledResponse(TypedDict):
+    """The workflow is cancelled (also when it already was): its running step, itself and its
+    server run; a runner stops within a second."""
+
+    success: Literal[True]
+    message: Literal["Workflow cancelled"]
+    state: State
+
+
 # Every body the document publishes, in the order it lists them.
 BODIES: tuple[Any, ...] = (
     Error,
@@ -471,6 +482,7 @@ BODIES: tuple[Any, ...] = (
     WorkflowEvent,
     Run,
     RunStarted,
+    CancelledResponse,
     UserName,
 )
 

@@ -55,6 +55,7 @@ def serve(settings: Mapping[str, Any] | None = None) -> Iterator[LiveServer]:
     from werkzeug.serving import WSGIRequestHandler, make_server
 
     from . import create_app
+    from .run_api import runs_of
     from .store import store_of
     from .stream import hub_of
 
@@ -78,6 +79,7 @@ def serve(settings: Mapping[str, Any] | None = None) -> Iterator[LiveServer]:
         server.shutdown()
         server.server_close()
         thread.join()
+        runs_of(app).close()  # the run threads a run started (file backend, fakeredis://)
         store_of(app).close()
 
 

@@ -10,6 +10,7 @@ nothing documented was left unprovoked.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_every_route_the_app_serves_is_documented_and_vice_versa(app: Flask, doc
     served = set()
     for rule in app.url_map.iter_rules():
         path = rule.rule.replace("<path:filename>", "{path}")
-        path = path.replace("<index>", "{index}").replace("<action>", "{action}")
+        path = re.sub(r"<(\w+)>", r"{\1}", path)
         for method in rule.methods - {"HEAD"}:
             served.add((path, method.lower()))
     documented = {
@@ -105,7 +106,7 @@ def test_every_route_the_app_serves_is_documented_and_vice_versa(app: Flask, doc
 def test_every_operation_states_its_auth_and_the_error_shape(document):
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            protected = path.startswith("/workflow/") and method != "options"
+            protected = path.startswith("/workflow") and method != "options"
             if protected:
                 assert operation["security"] == [{"bearerAuth": []}, {}], (path, method)
                 assert "401" in operation["responses"], (path, method)
@@ -177,6 +178,13 @@ def broken_config(kind: str, tmp_path: Path) -> dict[str, Any]:
     return {"STATE_URL": f"file://{directory}/workflow_state.json"}
 
 
+def concrete_path(path: str) -> str:
+    """Fill a documented path's parameters with values that fit them."""
+    return (
+        path.replace("{index}", "0").replace("{action}", "test_ssh").replace("{workflow_id}", "wf")
+    )
+
+
 def test_every_documented_answer_is_provoked_and_matches(
     make_app: Callable[..., Flask], backend: dict[str, Any], document, tmp_path: Path
 ):
@@ -217,6 +225,21 @@ def test_every_documented_answer_is_provoked_and_matches(
     huge = b'{"pad": "' + b"x" * 300_000 + b'"}'
     for method, path in (("POST", STATE), ("PATCH", STATE), ("PATCH", f"{STATE}/steps/0")):
         call(method, path, 413, data=huge)
+    # Server runs (contract section 9): enough steps that the file backend's run thread is
+    # still at it when the cancel comes.
+    call("POST", "/workflows/a%20b/run", 400)
+    call("POST", "/workflows/a%20b/cancel", 400)
+    call("POST", "/workflows/nope/run", 404)
+    call("POST", "/workflows/nope/cancel", 404)
+    call("POST", f"{STATE}/cancel", 404)
+    call("POST", STATE, 200, json={"workflow_id": "wf-run", "steps": steps(50)})
+    call("POST", "/workflows/wf-run/run", 202)
+    call("POST", "/workflows/wf-run/run", 409)
+    call("POST", "/workflows/wf-run/cancel", 200)
+    call("POST", f"{STATE}/cancel", 200)
+    call("POST", STATE, 200, json={"workflow_id": "wf-done", "status": "completed"})
+    call("POST", "/workflows/wf-done/cancel", 409)
+    call("POST", f"{STATE}/cancel", 409)
     # The page's helpers, operations, this document, the page.
     call("GET", "/workflow/config", 200)
     call("POST", "/workflow/actions/test_ssh", 200)
@@ -233,7 +256,7 @@ def test_every_documented_answer_is_provoked_and_matches(
     call("DELETE", "/healthz", 405)
     for path, item in document["paths"].items():
         if "options" in item:
-            concrete = path.replace("{index}", "0").replace("{action}", "test_ssh")
+            concrete = concrete_path(path)
             call("OPTIONS", concrete, 204, headers={"Origin": "https://x.example"})
 
     # With a token, every /workflow/* operation refuses a caller without it.
@@ -241,7 +264,7 @@ def test_every_documented_answer_is_provoked_and_matches(
     for path, item in document["paths"].items():
         for method, operation in item.items():
             if "401" in operation.get("responses", {}):
-                concrete = path.replace("{index}", "0").replace("{action}", "test_ssh")
+                concrete = concrete_path(path)
                 guarded(method.upper(), concrete, 401, json={"status": "completed"})
 
     # Storage down: every route that touches it answers 503 with Retry-After.
@@ -255,6 +278,9 @@ def test_every_documented_answer_is_provoked_and_matches(
     down("DELETE", STATE, 503)
     down("GET", f"{STATE}/summary", 503)
     down("GET", "/workflow/history", 503)
+    down("POST", "/workflows/wf/run", 503)
+    down("POST", "/workflows/wf/cancel", 503)
+    down("POST", f"{STATE}/cancel", 503)
     down("GET", "/readyz", 503)
     down.stream(f"{STATE}/stream", 503)
     down("GET", "/healthz", 200)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import origin
+
 log = logging.getLogger("service.runner")
 
 # How often a waiting caller looks at the cancel event: cancel takes effect within this.
@@ -265,6 +267,29 @@ def describe_url(url: str) -> str:
     except ValueError:
         port = ""
     return f"Step endpoint {parts.scheme}://{host}{port}{parts.path or '/'}"
+
+
+def check_origin(endpoint: Any, origins: frozenset[str]) -> StepResult | None:
+    """Refuse an absolute endpoint whose origin is not in `origins`; None: it may be called.
+
+    A step's endpoint is written by whoever writes the workflow, and the call carries the
+    ssh_connection: the server must not send it to any address a user names (SSRF). Paths on
+    this service are always allowed; anything that is not an http(s) URL is left for
+    `perform_step` to fail.
+    """
+    if not isinstance(endpoint, str) or endpoint.startswith("/"):
+        return None
+    try:
+        found = origin(endpoint)
+    except ValueError:
+        return None
+    if found in origins:
+        return None
+    return _failed(
+        f"{describe_url(endpoint)} is not an allowed step endpoint: its origin {found} is "
+        "neither in WORKFLOW_STEP_ORIGINS nor in WORKFLOW_STEPS_FILE",
+        "origin not allowed",
+    )
 
 
 class _Connector:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from .. import model
+from .. import model, runs
 from ..config import StoreOptions
 from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
 from .batching import Keyed, PendingWrite, WriteCombiner
@@ -58,6 +58,8 @@ FENCE_ATTEMPTS = 5
 MIGRATION_OWNER = "public"
 # Decoded documents remembered per process (see `_decode`): enough for the workflows in use.
 REMEMBERED_DOCUMENTS = 256
+# Running workflows read per step of a scan for active runs (`active_runs`).
+SCAN_PAGE = 100
 
 # The owner rule of service/identity.py: an owner names a Redis hash tag and a directory, so
 # storage checks it too rather than trust every caller.
@@ -67,6 +69,28 @@ OWNER_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ . @ -, and not . or .."
 # A pure change: (the workflow's stored state or None, now) -> the new state, or None when
 # the write changes nothing; raises a model StateError to refuse.
 Change = Callable[[dict[str, Any] | None, datetime], dict[str, Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunDue:
+    """An active server run as a lease monitor sees it."""
+
+    owner: str
+    workflow_id: str
+    attempt: int
+    status: str
+    deadline: datetime
+
+
+def _merged(
+    current: dict[str, Any] | None,
+    body: Any,
+    now: datetime,
+    if_match: frozenset[str] | None,
+) -> dict[str, Any] | None:
+    """Apply a merge PATCH; the stored `run` stays whatever the body says."""
+    new = model.apply_merge(current, body, now=now, if_match=if_match)
+    return None if new is None or current is None else runs.carry_run(current, new)
 
 
 class StorageUnavailable(Exception):
@@ -345,14 +369,17 @@ class StateStore(ABC):
 
     # --- writing ---------------------------------------------------------------------------
 
-    def create(self, owner: str, body: Any) -> Snapshot:
+    def create(self, owner: str, body: Any, *, run_lease: float | None = None) -> Snapshot:
         """Create a workflow from a POST /workflows body and make it the owner's current one.
 
         An id the owner has → WorkflowExists, or WorkflowFinished when that one is finished (a
-        deleted or expired id may be created again); at the limit → TooManyWorkflows.
+        deleted or expired id may be created again); at the limit → TooManyWorkflows. With
+        `run_lease`, the workflow is created with a queued server run in the same write.
         """
         check_owner(owner)
         candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
+        # A client never sets `run` (POST /workflows's `"run": true` means "start one").
+        candidate = runs.carry_run(None, candidate)
 
         def change(stored: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
             if stored is not None:
@@ -360,6 +387,8 @@ class StateStore(ABC):
                 raise kind(f"Workflow {stored['workflow_id']} exists and is {stored['status']}")
             new = dict(candidate)
             new["last_update"] = model.format_time(now)
+            if run_lease is not None:
+                new = runs.request_run(new, now=now, lease=run_lease)
             return new
 
         return self._transact(owner, candidate["workflow_id"], Write(change, make_current=True))
@@ -376,7 +405,8 @@ class StateStore(ABC):
         candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
 
         def change(stored: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
-            decided = model.apply_save(stored, candidate, body)
+            # The stored run stays whatever the body says: a client neither forges nor drops it.
+            decided = model.apply_save(stored, runs.carry_run(stored, candidate), body)
             if decided is not None:
                 decided = dict(decided)
                 decided["last_update"] = model.format_time(now)
@@ -425,9 +455,7 @@ class StateStore(ABC):
         return self._transact(
             owner,
             workflow_id,
-            Write(
-                lambda current, now: model.apply_merge(current, body, now=now, if_match=if_match)
-            ),
+            Write(lambda current, now: _merged(current, body, now, if_match)),
         )
 
     def delete(self, owner: str, workflow_id: str | None) -> int:
@@ -440,6 +468,151 @@ class StateStore(ABC):
         version = self._delete(check_owner(owner), check_workflow_id(workflow_id))
         self.observer.wrote()
         return version
+
+    # --- server runs (contract section 9; the rules are service/runs.py) -----------------
+    #
+    # Every runner write names the attempt it holds and is refused with runs.RunSuperseded,
+    # changing nothing, when that attempt is no longer the workflow's run. `lease` is seconds.
+
+    def request_run(self, owner: str, workflow_id: str | None, *, lease: float) -> Snapshot:
+        """Queue a run of the workflow's remaining steps; RunActive when one is live."""
+        return self._run_write(
+            owner, workflow_id, lambda state, now: runs.request_run(state, now=now, lease=lease)
+        )
+
+    def claim_run(
+        self, owner: str, workflow_id: str, attempt: int, runner: str, *, lease: float
+    ) -> Snapshot:
+        """Make `runner` (host:pid) the runner of queued attempt `attempt`, with a fresh lease."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.claim_run(state, attempt, runner, now=now, lease=lease),
+        )
+
+    def renew_lease(self, owner: str, workflow_id: str, attempt: int, *, lease: float) -> Snapshot:
+        """Extend attempt `attempt`'s lease (a heartbeat, or a queued run's claim deadline)."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.renew_lease(state, attempt, now=now, lease=lease),
+        )
+
+    def runner_step(
+        self,
+        owner: str,
+        workflow_id: str,
+        attempt: int,
+        index: int,
+        status: str,
+        data: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """Record what runner `attempt` did with step `index` (in_progress, completed, failed)."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.runner_step(state, attempt, index, status, data, now=now),
+        )
+
+    def advance_run(
+        self,
+        owner: str,
+        workflow_id: str,
+        attempt: int,
+        index: int,
+        status: str,
+        data: dict[str, Any] | None = None,
+    ) -> Snapshot:
+        """Record step `index`'s outcome and start the next step, or finish, in one write."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.advance(state, attempt, index, status, data, now=now),
+        )
+
+    def finish_run(self, owner: str, workflow_id: str, attempt: int, outcome: str) -> Snapshot:
+        """End run `attempt` with the workflow completed or failed."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.finish_run(state, attempt, outcome, now=now),
+        )
+
+    def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
+        """Cancel a workflow (None: the current one): its running step, itself and its run."""
+        return self._run_write(owner, workflow_id, lambda state, now: runs.cancel(state, now=now))
+
+    def take_over(
+        self,
+        owner: str,
+        workflow_id: str,
+        expired_attempt: int,
+        *,
+        lease: float,
+        max_step_attempts: int | None = None,
+    ) -> Snapshot | None:
+        """Requeue a run whose lease lapsed as the next attempt; None when there was nothing to.
+
+        None also when someone else took it over first, or the run moved on.
+        """
+        took = [False]
+
+        def change(state: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+            new = runs.take_over(
+                state, expired_attempt, now=now, lease=lease, max_step_attempts=max_step_attempts
+            )
+            # A fence retry applies the change again: the last application decides.
+            took[0] = new is not None
+            return new
+
+        snapshot = self._run_write(owner, workflow_id, change)
+        return snapshot if took[0] else None
+
+    def release_run(self, owner: str, workflow_id: str, attempt: int, *, lease: float) -> Snapshot:
+        """Hand running attempt `attempt` back to the queue as the next attempt (a runner stops)."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.release_run(state, attempt, now=now, lease=lease),
+        )
+
+    def runs_due(self, now: datetime, owners: list[str] | None = None) -> list[RunDue]:
+        """Return the active runs whose lease has lapsed at `now`, reading the states.
+
+        A scan of every owner's (or `owners`') running workflows: what the file backend's lease
+        monitor does every second.
+        """
+        return [due for due in self.active_runs(owners) if due.deadline <= now]
+
+    def active_runs(self, owners: list[str] | None = None) -> list[RunDue]:
+        """Return every queued or running server run, with its lease deadline.
+
+        A scan of the running workflows of every owner (or of `owners`): a Redis lease monitor
+        does it now and then to rebuild its index of leases.
+        """
+        found = []
+        for owner in self._owners() if owners is None else owners:
+            position = None
+            while True:
+                page = self._list(owner, "running", position, SCAN_PAGE)
+                for _, state in page:
+                    run = runs.active_run(state)
+                    deadline = runs.lease_deadline(state)
+                    if run is not None and deadline is not None:
+                        found.append(
+                            RunDue(
+                                owner, state["workflow_id"], run["attempt"], run["status"], deadline
+                            )
+                        )
+                if len(page) < SCAN_PAGE:
+                    break
+                position = page[-1][0]
+        return found
+
+    def _run_write(self, owner: str, workflow_id: str | None, change: Change) -> Snapshot:
+        check_owner(owner)
+        check_workflow_id(workflow_id)
+        return self._transact(owner, workflow_id, Write(change))
 
     # --- the rest --------------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ EVENTS = "events"
 CORRUPT = "corrupt"
 # Outside any owner's slot: the set of owners that ever created a workflow (admin `owner=*`).
 OWNERS = "owners"
+# On the queue's Redis (service/runner/queue.py): the index of run leases, the runs' counters,
+# and the RQ queue's name.
+RUNS = "runs"
+RUN_STATS = "runs:stats"
 
 # Characters PSUBSCRIBE patterns treat specially.
 _GLOB = re.compile(r"([\\*?\[\]])")
@@ -71,6 +75,21 @@ class Keys:
     def owners(self) -> str:
         """Return the set of owners that ever created a workflow."""
         return f"{self.prefix}:{OWNERS}"
+
+    def runs(self) -> str:
+        """Return the sorted set of active runs (`<owner>/<id>`) scored by lease deadline (ms).
+
+        Only an index for the lease monitor: the states are the truth.
+        """
+        return f"{self.prefix}:{RUNS}"
+
+    def run_stats(self) -> str:
+        """Return the hash of the runs' counters (the metrics of contract section 9)."""
+        return f"{self.prefix}:{RUN_STATS}"
+
+    def run_queue(self) -> str:
+        """Return the name of the RQ queue of runs (RQ keeps it as `rq:queue:<name>`)."""
+        return f"{self.prefix}:{RUNS}"
 
     def events_pattern(self) -> str:
         """Return the PSUBSCRIBE pattern matching every owner's events channel."""

@@ -255,6 +255,10 @@ class RedisStore(StateStore):
         assert self._redis is not None
         return self._redis
 
+    def new_client(self) -> redis.Redis:
+        """Return a new client of this Redis with a connection pool of its own (the run queue)."""
+        return self._connect(retries=1)
+
     def _started(self) -> redis.Redis:
         """Return this process's client, once the single-workflow layout is migrated."""
         client = self.client()

@@ -1,0 +1,186 @@
+"""Start and cancel server runs: the one place routes and the CLI call (no Flask here).
+
+`RunControl(store, config)` picks where runs execute from the storage backend:
+
+- Redis state (`queue`): an RQ job per attempt on the queue's Redis, worked by
+  `python -m service worker`; the lease index and the counters live there too.
+- the file backend, or `fakeredis://` (`local`): this process's run threads
+  (service/runner/local.py), under the same lease rules.
+
+A start writes the queued run (the state is the truth) and then dispatches it; a dispatch that
+is lost (the process dies between the two) is found by a lease monitor when the run's claim
+deadline lapses. On Redis the run is put in the lease index *before* the write, so no run is
+ever queued without the index knowing of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from .. import model, runs
+from ..config import ConfigError
+from ..storage import RedisStore, Snapshot, StateStore, StorageUnavailable
+from ..storage.base import utc_now
+from ..storage.keys import Keys
+from .engine import RunObserver, RunSettings
+from .local import LocalRunners
+from .queue import QueueObserver, RunQueue, queue_connection
+
+log = logging.getLogger("service.runner")
+
+QUEUE = "queue"
+LOCAL = "local"
+
+
+def runs_mode(store: StateStore) -> str:
+    """Return where this store's runs execute: QUEUE (Redis, RQ workers) or LOCAL."""
+    return QUEUE if isinstance(store, RedisStore) and not store.single_process else LOCAL
+
+
+def wants_run(body: Any) -> bool:
+    """Tell whether a POST /workflows body asks to start a run (`"run": true`)."""
+    if not isinstance(body, dict) or "run" not in body:
+        return False
+    if not isinstance(body["run"], bool):
+        raise model.InvalidState("run", "must be true or false")
+    return body["run"]
+
+
+class RunControl:
+    """Start, cancel and dispatch the runs of one store, for one app or process."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        config: Mapping[str, Any],
+        *,
+        settings: RunSettings | None = None,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.settings = settings or RunSettings.from_config(config)
+        self.mode = runs_mode(store)
+        self._observer = observer
+        self._guard = threading.Lock()
+        self._queue: RunQueue | None = None
+        self._local: LocalRunners | None = None
+
+    # --- where runs go ---------------------------------------------------------------------
+
+    @property
+    def queue(self) -> RunQueue:
+        """Return the queue (Redis state only); its connection is made on first use."""
+        if self._queue is None:
+            with self._guard:
+                if self._queue is None:
+                    try:
+                        connection = queue_connection(self.config, self.store)
+                    except ConfigError as error:
+                        # A route answers 503 naming the problem rather than 500.
+                        raise StorageUnavailable(str(error)) from None
+                    self._queue = RunQueue(connection, Keys(self.config["STATE_PREFIX"]))
+        return self._queue
+
+    @property
+    def observer(self) -> RunObserver:
+        """Return who hears about runs: the queue's index and counters, or the metrics."""
+        if self._observer is None:
+            self._observer = QueueObserver(self.queue) if self.mode == QUEUE else RunObserver()
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: RunObserver) -> None:
+        self._observer = observer
+
+    @property
+    def local(self) -> LocalRunners:
+        """Return this process's run threads (LOCAL mode)."""
+        if self._local is None:
+            with self._guard:
+                if self._local is None:
+                    self._local = LocalRunners(
+                        self.store, self.settings, self.config["RUN_WORKERS"], self.observer
+                    )
+        return self._local
+
+    def dispatch(self, owner: str, workflow_id: str, attempt: int) -> None:
+        """Have a runner run this attempt; a lost dispatch is found by a lease monitor."""
+        if self.mode == LOCAL:
+            self.local.dispatch(owner, workflow_id, attempt)
+            return
+        try:
+            self.queue.enqueue(owner, workflow_id, attempt)
+        except StorageUnavailable as error:
+            log.warning(
+                "could not enqueue run %s/%s attempt %s (a lease monitor will): %s",
+                owner,
+                workflow_id,
+                attempt,
+                error.message,
+            )
+
+    def ensure_running(self) -> None:
+        """Start this process's run threads and lease monitor (LOCAL mode; else nothing)."""
+        if self.mode == LOCAL:
+            self.local.ensure_running()
+
+    # --- what routes and the CLI do --------------------------------------------------------
+
+    def _index_ahead(self, owner: str, workflow_id: str) -> None:
+        """Index a run about to be queued, before its write (Redis; see the module doc)."""
+        if self.mode == QUEUE:
+            deadline = utc_now() + timedelta(seconds=self.settings.lease)
+            self.queue.note(owner, workflow_id, deadline)
+
+    def _started(self, owner: str, snapshot: Snapshot) -> Snapshot:
+        state = snapshot.state
+        assert state is not None
+        run = runs.active_run(state)
+        assert run is not None
+        self.observer.leased(owner, state["workflow_id"], runs.lease_deadline(state))
+        self.dispatch(owner, state["workflow_id"], run["attempt"])
+        return snapshot
+
+    def start(self, owner: str, workflow_id: str, *, runs_here: bool = True) -> Snapshot:
+        """Queue a run of the workflow and dispatch it (POST /workflows/<id>/run).
+
+        RunActive when a run is live; WorkflowFinished, NoWorkflow as the rules say. A process
+        that runs nothing itself on the file backend (the CLI) passes `runs_here=False`: the
+        run is queued with a claim deadline that has already passed, so a web process's lease
+        monitor takes it within a second.
+        """
+        if self.mode == LOCAL and not runs_here:
+            return self.store.request_run(owner, workflow_id, lease=0.0)
+        self._index_ahead(owner, workflow_id)
+        return self._started(
+            owner, self.store.request_run(owner, workflow_id, lease=self.settings.lease)
+        )
+
+    def create(self, owner: str, body: Any) -> Snapshot:
+        """Create a workflow (POST /workflows); `"run": true` also starts its run, in one write."""
+        if not wants_run(body):
+            return self.store.create(owner, body)
+        if "workflow_id" not in body:
+            # Named here rather than by storage, so the lease index can hear of it first.
+            body = {**body, "workflow_id": model.new_workflow_id(utc_now(), secrets.token_hex(4))}
+        if isinstance(body["workflow_id"], str) and model.WORKFLOW_ID_RE.match(body["workflow_id"]):
+            self._index_ahead(owner, body["workflow_id"])
+        snapshot = self.store.create(owner, body, run_lease=self.settings.lease)
+        return self._started(owner, snapshot)
+
+    def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
+        """Cancel a workflow (None: the owner's current one); its runner stops within a second."""
+        return self.store.cancel(owner, workflow_id)
+
+    def close(self) -> None:
+        """Stop this process's run threads, and drop the queue's connection."""
+        if self._local is not None:
+            self._local.close()
+        if self._queue is not None:
+            self._queue.close()

@@ -1,0 +1,196 @@
+"""Runs inside this process: the file backend's runner, so `make run` alone runs workflows.
+
+Each web process (a gunicorn worker, `flask run`, the pytest plugin's server) keeps a bounded
+pool of run threads (greenlets under gunicorn's gevent workers) and a lease monitor, started
+in the process itself (gunicorn forks its workers before the app is built). The rules are the
+ones RQ workers follow: a run is claimed, its lease renewed, every write fenced on its attempt.
+A run this process queued waits in its pool with its claim deadline pushed every lease/3; if
+the process dies, the deadline lapses and another process's monitor takes the run (a queued
+one) or takes it over (a running one, as the next attempt), and runs it there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from .. import runs
+from ..storage import StateStore, StorageUnavailable
+from .engine import RunObserver, RunSettings, run_workflow
+from .monitor import LeaseMonitor
+
+log = logging.getLogger("service.runner")
+
+# How long an idle run thread waits for work before it looks at the stop flag again.
+IDLE_SECONDS = 0.5
+
+Key = tuple[str, str]
+
+
+class LocalRunners:
+    """A pool of run threads in this process, with its lease monitor."""
+
+    adopts_orphans = True
+
+    def __init__(
+        self, store: StateStore, settings: RunSettings, size: int, observer: RunObserver
+    ) -> None:
+        self.store = store
+        # A run handed back by a stopping process is free for another at once.
+        self.settings = replace(settings, release_lease=0.0)
+        self.size = size
+        self.observer = observer
+        self.stop = threading.Event()
+        self._guard = threading.Lock()
+        self._pid: int | None = None
+        self._inbox: queue.Queue[tuple[str, str, int]] = queue.Queue()
+        # Runs queued here and not yet started: (attempt, when its claim deadline was last
+        # pushed); those deadlines are ours to push.
+        self._pending: dict[Key, tuple[int, float]] = {}
+        self._threads: list[threading.Thread] = []
+
+    # --- the dispatcher side ---------------------------------------------------------------
+
+    def dispatch(self, owner: str, workflow_id: str, attempt: int) -> None:
+        """Run this attempt in one of this process's run threads."""
+        self.ensure_running()
+        with self._guard:
+            if self._pending.get((owner, workflow_id), (0, 0.0))[0] >= attempt:
+                return
+            # Whoever queued it has just set its claim deadline.
+            self._pending[(owner, workflow_id)] = (attempt, time.monotonic())
+            count = len(self._pending)
+        self.observer.waiting(count)
+        self._inbox.put((owner, workflow_id, attempt))
+
+    def waiting(self, owner: str, workflow_id: str, attempt: int) -> bool:
+        """Tell whether this attempt waits for one of this process's threads."""
+        with self._guard:
+            return self._pending.get((owner, workflow_id), (0, 0.0))[0] == attempt
+
+    def pending(self) -> int:
+        """Return how many runs wait here for a thread."""
+        with self._guard:
+            return len(self._pending)
+
+    # --- threads ---------------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        """Start the run threads and the monitor in this process (once per process)."""
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._guard:
+            if self._pid == pid:
+                return
+            # After a fork the parent's threads and queue are not ours: start afresh.
+            self.stop = threading.Event()
+            self._inbox = queue.Queue()
+            self._pending = {}
+            monitor = LeaseMonitor(self.store, self.settings, self, self.observer)
+            self._threads = [
+                *(_RunThread(self, self._work, f"run-{n}") for n in range(self.size)),
+                _RunThread(self, lambda: self._watch(monitor), "lease-monitor"),
+            ]
+            for thread in self._threads:
+                thread.start()
+            self._pid = pid
+
+    def _watch(self, monitor: LeaseMonitor) -> None:
+        """Run the monitor; each tick also pushes the claim deadlines of the runs waiting here."""
+        while not self.stop.wait(_tick(self.settings.lease)):
+            try:
+                self._keep_pending()
+                monitor.tick()
+            except Exception:  # a bug must not end resumption for the process's lifetime
+                log.exception("lease monitor: unexpected error")
+
+    def _keep_pending(self) -> None:
+        """Push the claim deadline of each run waiting here, every lease/3."""
+        due = time.monotonic() - runs.renew_interval(self.settings.lease)
+        with self._guard:
+            waiting = [(key, attempt) for key, (attempt, at) in self._pending.items() if at <= due]
+        for (owner, workflow_id), attempt in waiting:
+            try:
+                snapshot = self.store.renew_lease(
+                    owner, workflow_id, attempt, lease=self.settings.lease
+                )
+            except runs.RunSuperseded:
+                continue  # claimed by another, cancelled, gone: the thread will find out
+            except StorageUnavailable:
+                return
+            with self._guard:
+                if self._pending.get((owner, workflow_id), (0, 0.0))[0] == attempt:
+                    self._pending[(owner, workflow_id)] = (attempt, time.monotonic())
+            deadline = runs.lease_deadline(snapshot.state)
+            if deadline is not None:
+                self.observer.leased(owner, workflow_id, deadline)
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            try:
+                owner, workflow_id, attempt = self._inbox.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                continue
+            with self._guard:
+                if self._pending.get((owner, workflow_id), (0, 0.0))[0] == attempt:
+                    del self._pending[(owner, workflow_id)]
+                count = len(self._pending)
+            self.observer.waiting(count)
+            try:
+                run_workflow(
+                    self.store,
+                    owner,
+                    workflow_id,
+                    attempt,
+                    self.settings,
+                    observer=self.observer,
+                    stop=self.stop,
+                )
+            except Exception:  # never lose a thread of the pool to a bug
+                log.exception("run of workflow %s/%s: unexpected error", owner, workflow_id)
+
+    def close(self) -> None:
+        """Stop: hand running runs back, free the waiting ones for other processes, end threads."""
+        if self._pid != os.getpid():
+            return
+        self.stop.set()
+        with self._guard:
+            waiting = list(self._pending.items())
+            self._pending = {}
+        for (owner, workflow_id), (attempt, _) in waiting:
+            with contextlib.suppress(runs.RunSuperseded, StorageUnavailable):
+                self.store.renew_lease(owner, workflow_id, attempt, lease=0.0)
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self._pid = None
+
+
+def _tick(lease: float) -> float:
+    """Return how often the monitor ticks: every second, or faster with a short lease."""
+    return min(1.0, runs.renew_interval(lease))
+
+
+class _RunThread(threading.Thread):
+    """One of a pool's threads; it names its pool, so a stopping worker finds every pool."""
+
+    def __init__(self, pool: LocalRunners, target: Callable[[], None], name: str) -> None:
+        super().__init__(target=target, name=name, daemon=True)
+        self.pool = pool
+
+
+def close_all_local_runners() -> None:
+    """Close every run pool of this process: what a gunicorn worker does when told to stop.
+
+    Its running runs are handed back at once (their steps interrupted), so another process
+    takes them within a second rather than after their lease.
+    """
+    pools = {id(t.pool): t.pool for t in threading.enumerate() if isinstance(t, _RunThread)}
+    for pool in pools.values():
+        pool.close()
