@@ -144,9 +144,10 @@ class Hub:
         self._ready = threading.Event()
         self._expiry = threading.Condition()
         # Per watched topic, (version, unix time it expires) of the newest state seen; and a
-        # heap of (expires, topic, version) to wake up for, whose stale entries are skipped.
+        # heap of (expires, version, repr(topic), topic) to wake up for, whose stale entries
+        # are skipped.
         self._tracked: dict[Topic, tuple[int, float]] = {}
-        self._due: list[tuple[float, Topic, int]] = []
+        self._due: list[tuple[float, int, str, Topic]] = []
         self.on_change: list = []  # callables(open_count) for the open-streams gauge
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -294,9 +295,11 @@ class Hub:
         """Wake the expiry watcher at `when` for `topic` (call with `_expiry` held)."""
         if len(self._due) > 2 * len(self._tracked) + 64:
             # Mostly superseded entries: keep only the live ones.
-            self._due = [(t[1], key, t[0]) for key, t in self._tracked.items()]
+            self._due = [(t[1], t[0], repr(key), key) for key, t in self._tracked.items()]
             heapq.heapify(self._due)
-        heapq.heappush(self._due, (when, topic, version))
+        # Ties are broken by the topic's text: an owner's current workflow and that workflow
+        # share time and version, and their topics (None, an id) do not compare.
+        heapq.heappush(self._due, (when, version, repr(topic), topic))
         self._expiry.notify_all()
 
     def _watch_expiry(self) -> None:
@@ -306,7 +309,7 @@ class Hub:
                 if not self._due:
                     self._expiry.wait(timeout=5)
                     continue
-                when, topic, version = self._due[0]
+                when, version, _, topic = self._due[0]
                 delay = when - time.time()
                 if delay > 0:
                     self._expiry.wait(timeout=min(delay, 60))

@@ -360,6 +360,19 @@ def test_a_workflow_stream_follows_that_workflow_only(app, events):
     assert gone["state"] is None and gone["active"] is False
 
 
+def test_a_workflow_and_the_current_stream_follow_one_workflow_together(make_app, events):
+    app = make_app(STATE_TTL=1)
+    client = app.test_client()
+    create(client, "w1")
+    own = events(app, f"{WORKFLOWS}/w1/stream")
+    current = events(app, f"{STATE}/stream")  # the same workflow, tracked under a second topic
+    assert own.next()[2] == current.next()[2]
+    done = client.patch(f"{WORKFLOWS}/w1", json={"status": "completed"}).get_json()["state"]
+    assert own.next()[2]["state"] == current.next()[2]["state"] == done
+    # Both expire at the same moment: each stream says so.
+    assert own.next(timeout=5)[0] == current.next(timeout=5)[0] == f"{done['version']}:expired"
+
+
 def test_the_list_stream_sends_entries_and_goodbyes(make_app, events):
     app = make_app(STATE_TTL=1)
     client = app.test_client()
