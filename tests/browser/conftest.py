@@ -146,5 +146,11 @@ def token_server(server_pool: ServerPool) -> Server:
 
 @pytest.fixture
 def host_server(server_pool: ServerPool) -> Server:
-    """Two steps, the second pointing at a host application's endpoint (/host/deploy)."""
+    """Three steps, the last two at a host application's endpoints (`/ok` twice)."""
     return _server(server_pool, "host")
+
+
+@pytest.fixture
+def host_fail_server(server_pool: ServerPool) -> Server:
+    """As host_server, but the last step's endpoint answers `success: false` (`/fail`)."""
+    return _server(server_pool, "host-fail")
