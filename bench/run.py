@@ -96,8 +96,8 @@ def store_workflows(count: int) -> Callable[[str], None]:
     return prepare
 
 
-# The service's routes, measured on every backend. `pending` routes are placeholders for §8 and
-# §9 (issues 10 and 11): delete the `pending=` argument once the route exists.
+# The service's routes, measured on every backend. A route given `pending=` is listed and
+# budgeted but not loaded (a route that does not exist yet).
 ROUTES: dict[str, Route] = {
     "healthz": Route("GET", "/healthz"),
     "GET state": Route("GET", "/workflow/state"),
@@ -111,13 +111,12 @@ ROUTES: dict[str, Route] = {
     ),
     # --- §8 (issue 10) ---------------------------------------------------------------------
     # The seed's POST /workflow/state creates workflow "bench" and makes it the current one.
-    "GET workflow": Route("GET", "/workflows/bench", pending="§8: GET /workflows/<id> is missing"),
+    "GET workflow": Route("GET", "/workflows/bench"),
     # 999 more, plus "bench": 1,000 stored, the default WORKFLOW_STATE_MAX_WORKFLOWS.
     "list 50 of 1,000": Route(
         "GET",
         "/workflows?limit=50",
         prepare=store_workflows(999),
-        pending="§8: GET /workflows is missing",
     ),
 }
 
@@ -569,7 +568,6 @@ def step_overhead_ms(server: Gunicorn, steps: int = 100) -> float:
     return statistics.median(gaps)
 
 
-# §9 (issue 11): delete `pending=` once server runs exist.
 PROBES = [
     Probe(
         "redis",
@@ -577,7 +575,6 @@ PROBES = [
         step_overhead_ms,
         20,
         "ms",
-        pending="§9: POST /workflows/<id>/run is missing",
     ),
 ]
 

@@ -22,6 +22,7 @@ from . import (
     run_api,
     store,
     stream,
+    workflows,
 )
 from .pages import STATIC_DIR
 
@@ -48,6 +49,7 @@ def create_app(
     pages.init_app(app)
     api.init_app(app)
     run_api.init_app(app)
+    workflows.init_app(app)
     app.register_blueprint(health.bp)
     openapi.init_app(app)
     headers.init_app(app)

@@ -1,15 +1,19 @@
-"""Operate the service from a shell: `python -m service status|watch|clear|cancel|history`.
+"""Operate the service from a shell: `python -m service list|status|watch|clear|cancel|history`.
 
 The CLI (a click group) reads the same settings as the server, through service/config.py, and
 talks to the same storage, so it works on a host with no server running, or beside one. Output
-is for people by default and JSON with `--json`. Exit codes: 0 done (also when there was nothing
-to do), 1 storage down, 2 usage error (bad arguments, a bad setting, a workflow id that is not
-the stored one).
+is for people by default and JSON with `--json`. `status`, `watch`, `clear` and `cancel` act on
+one workflow of one owner: the WORKFLOW_ID given, else the owner's current one (`--owner`,
+default `public`). Exit codes: 0 done (also when there was nothing to do), 1 storage down or no
+such workflow (a WORKFLOW_ID the owner does not have), 2 usage error (bad arguments, a bad
+setting, a `--workflow-id` guard that is not the stored one).
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -25,14 +29,30 @@ from typing import Any, TextIO
 import click
 
 from . import config, logs, model, runs
-from .storage import HISTORY_MAX, RESYNC, CurrentWorkflow, Event, FileStore, StorageUnavailable
-from .storage.base import HISTORY_DAYS, MIGRATION_OWNER, dumps, utc_now
+from .storage import (
+    HISTORY_MAX,
+    RESYNC,
+    CurrentWorkflow,
+    Event,
+    FileStore,
+    Snapshot,
+    StateStore,
+    StorageUnavailable,
+)
+from .storage.base import HISTORY_DAYS, MIGRATION_OWNER, check_workflow_id, dumps, utc_now
+from .storage.listing import LIMIT_MAX, STATUSES, score
 from .store import build_store
 
 EXIT_OK = 0
 EXIT_STORAGE_DOWN = 1
+# Like grep's "nothing found": the workflow named is not there (stderr says which).
+EXIT_NO_WORKFLOW = 1
 EXIT_USAGE = 2
 PROG = "python -m service"
+# `list --owner '*'`: every owner's workflows.
+ALL_OWNERS = "*"
+# Workflows `list` reads per storage call, following the cursors: the most one page may hold.
+LIST_PAGE = LIMIT_MAX
 # How often `watch` wakes up with nothing to read: to notice expiry, a deadline or Ctrl-C.
 WATCH_TICK_SECONDS = 0.25
 # How long `watch` waits between tries to re-read the state while storage is down.
@@ -45,6 +65,15 @@ WAKE = object()
 
 class Refused(Exception):
     """The command cannot run as asked (exit code 2, with one line saying why)."""
+
+
+class NoSuchWorkflow(Exception):
+    """A WORKFLOW_ID the owner does not have (exit code 1, with one line saying so)."""
+
+    def __init__(self, owner: str, workflow_id: str) -> None:
+        super().__init__(
+            f"no workflow {workflow_id!r} for owner {owner}: never created, cleared or expired"
+        )
 
 
 class Output:
@@ -185,6 +214,9 @@ class Invocation:
         except Refused as error:
             out.note(str(error))
             return EXIT_USAGE
+        except NoSuchWorkflow as error:
+            out.note(str(error))
+            return EXIT_NO_WORKFLOW
         except KeyboardInterrupt:
             return EXIT_OK
         except BrokenPipeError:
@@ -218,7 +250,8 @@ def _a_number(ctx: click.Context, param: click.Parameter, value: float) -> float
 
 
 @click.group(
-    epilog="Exit codes: 0 done, 1 storage unavailable, 2 usage or configuration error.",
+    epilog="Exit codes: 0 done, 1 storage unavailable or no such workflow, 2 usage or "
+    "configuration error.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @json_flag
@@ -236,8 +269,13 @@ def cli(ctx: click.Context, as_json: bool, url: str | None) -> None:
     ctx.obj = Invocation(as_json, url)
 
 
-def command(function: Callable[..., int]) -> click.Command:
-    """Make `function(store, out, **options)` a command of `cli` that takes --json too."""
+def command(function: Callable[..., int] | None = None, *, name: str | None = None) -> Any:
+    """Make `function(store, out, **options)` a command of `cli` that takes --json too.
+
+    As `@command`, named after the function, or `@command(name=...)`.
+    """
+    if function is None:
+        return functools.partial(command, name=name)
 
     @json_flag
     @click.pass_obj
@@ -245,16 +283,59 @@ def command(function: Callable[..., int]) -> click.Command:
     def run(invocation: Invocation, as_json: bool, **options: Any) -> None:
         invocation.run(function, as_json, **options)
 
-    return cli.command()(run)
+    return cli.command(name)(run)
+
+
+def _a_workflow_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return check_workflow_id(value)
+    except model.InvalidWorkflowId as error:
+        raise click.BadParameter(error.message) from None
+
+
+workflow_argument = click.argument(
+    "workflow", metavar="[WORKFLOW_ID]", required=False, callback=_a_workflow_id
+)
+
+owner_option = click.option(
+    "--owner",
+    default=MIGRATION_OWNER,
+    show_default=True,
+    metavar="USER",
+    help="Whose workflow (the HTTP API's owner).",
+)
+
+
+def _owned(store: CurrentWorkflow, owner: str) -> CurrentWorkflow:
+    """Return `owner`'s view of the store, refusing a name that cannot be an owner."""
+    if not config.is_user_name(owner):
+        raise Refused(f"--owner {owner!r} is not a valid user name ({config.USER_NAME_RULE})")
+    return CurrentWorkflow(store.store, owner)
+
+
+def _found(store: CurrentWorkflow, workflow: str | None) -> dict[str, Any] | None:
+    """Return workflow `workflow` of the store's owner, or its current one (None: there is none).
+
+    A named workflow that is not there raises NoSuchWorkflow.
+    """
+    if workflow is None:
+        return store.get().state
+    state = store.store.get(store.owner, workflow).state
+    if state is None:
+        raise NoSuchWorkflow(store.owner, workflow)
+    return state
 
 
 # --- commands ------------------------------------------------------------------------------
 
 
 @command
-def status(store: CurrentWorkflow, out: Output) -> int:
-    """Print the current workflow's summary (--json: as the API does)."""
-    state = store.get().state
+@workflow_argument
+@owner_option
+def status(store: CurrentWorkflow, out: Output, workflow: str | None, owner: str) -> int:
+    """Print a workflow's summary, by default the current one's (--json: as the API does)."""
+    store = _owned(store, owner)
+    state = _found(store, workflow)
     summary = model.summarize(state)
     if out.as_json:
         out.data(summary)
@@ -271,6 +352,7 @@ def status(store: CurrentWorkflow, out: Output) -> int:
         activity = "active" if summary["active"] else "finished"
         for label, value in (
             ("Workflow", summary["workflow_id"]),
+            ("Owner", owner),
             ("Status", f"{summary['status']} ({activity})"),
             ("Step", step_text),
             ("Progress", f"{summary['progress_percent']}%"),
@@ -306,11 +388,19 @@ def check_file_owner(store: CurrentWorkflow) -> None:
 
 
 @command
-def clear(store: CurrentWorkflow, out: Output) -> int:
-    """Delete the state, as DELETE /workflow/state does."""
+@workflow_argument
+@owner_option
+def clear(store: CurrentWorkflow, out: Output, workflow: str | None, owner: str) -> int:
+    """Delete a workflow; by default the current one, as DELETE /workflow/state does."""
     check_file_owner(store)
-    before = store.get().state
-    version = store.clear()
+    store = _owned(store, owner)
+    before = _found(store, workflow)
+    try:
+        # No id: the current one, also when there is none (the delete still takes a number).
+        version = store.store.delete(owner, workflow)
+    except model.NoWorkflow:  # it went away between our read and our delete
+        assert workflow is not None
+        raise NoSuchWorkflow(owner, workflow) from None
     if out.as_json:
         out.data(
             {
@@ -327,24 +417,8 @@ def clear(store: CurrentWorkflow, out: Output) -> int:
     return EXIT_OK
 
 
-owner_option = click.option(
-    "--owner",
-    default=MIGRATION_OWNER,
-    show_default=True,
-    metavar="USER",
-    help="Whose workflow (the HTTP API's owner).",
-)
-
-
-def _owned(store: CurrentWorkflow, owner: str) -> CurrentWorkflow:
-    """Return `owner`'s view of the store, refusing a name that cannot be an owner."""
-    if not config.is_user_name(owner):
-        raise Refused(f"--owner {owner!r} is not a valid user name ({config.USER_NAME_RULE})")
-    return CurrentWorkflow(store.store, owner)
-
-
 @command
-@click.argument("workflow", metavar="[WORKFLOW_ID]", required=False)
+@workflow_argument
 @owner_option
 @click.option(
     "--workflow-id", metavar="ID", help="Cancel only if this is the stored workflow (else exit 2)."
@@ -355,7 +429,7 @@ def cancel(
     """Cancel a running workflow (default: the current one); its server run stops within 1 s."""
     check_file_owner(store)
     store = _owned(store, owner)
-    state = store.store.get(owner, workflow).state if workflow else store.get().state
+    state = _found(store, workflow)
     if state is not None and workflow_id and workflow_id != state["workflow_id"]:
         raise Refused(
             f"workflow_id {workflow_id!r} is not the stored workflow {state['workflow_id']!r}"
@@ -366,7 +440,10 @@ def cancel(
         snapshot = store.store.cancel(owner, state["workflow_id"])
     except (model.NoWorkflow, model.WorkflowFinished):
         # It finished or went away between our read and our write.
-        return _nothing_to_cancel(store.store.get(owner, state["workflow_id"]).state, out)
+        after = store.store.get(owner, state["workflow_id"]).state
+        if after is None and workflow is not None:
+            raise NoSuchWorkflow(owner, workflow) from None
+        return _nothing_to_cancel(after, out)
     cancelled = snapshot.state
     assert cancelled is not None
     if out.as_json:
@@ -521,7 +598,95 @@ def history(store: CurrentWorkflow, out: Output, limit: int) -> int:
     return EXIT_OK
 
 
+@command(name="list")
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    default="all",
+    show_default=True,
+    help="Only running workflows, only finished ones (completed, failed, cancelled), or all.",
+)
+@click.option(
+    "--owner",
+    default=MIGRATION_OWNER,
+    show_default=True,
+    metavar="USER",
+    help=f"Whose workflows; '{ALL_OWNERS}' for every owner's.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="List at most N (default: all of them).",
+)
+def list_workflows(
+    store: CurrentWorkflow, out: Output, status: str, owner: str, limit: int | None
+) -> int:
+    """List workflows, most recently updated first (expired ones are gone)."""
+    owners = store.store.owners() if owner == ALL_OWNERS else [_owned(store, owner).owner]
+    # Each owner's list is in order already; with several owners, interleave them by the same
+    # order, reading each a page at a time as it is needed.
+    lists = [_listed(store.store, name, status, limit) for name in owners]
+    entries = itertools.islice(heapq.merge(*lists, key=_list_order, reverse=True), limit)
+    if out.as_json:
+        out.data(list(entries))
+        return EXIT_OK
+    owner_width = max([len("OWNER"), *map(len, owners)]) + 2 if owner == ALL_OWNERS else 0
+    shown = 0
+    for entry in entries:
+        if not shown:
+            owner_head = f"{'OWNER':<{owner_width}}" if owner_width else ""
+            out.line(
+                f"{'UPDATED':<26}{'STATUS':<11}{'STEP':<8}{'PROGRESS':<10}{owner_head}WORKFLOW"
+            )
+        out.line(list_line(entry, owner_width))
+        shown += 1
+    if not shown:
+        which = "" if status == "all" else f"{status} "
+        whose = "any owner" if owner == ALL_OWNERS else f"owner {owner}"
+        out.line(f"No {which}workflows for {whose}.")
+    return EXIT_OK
+
+
+def _listed(
+    backend: StateStore, owner: str, status: str, most: int | None
+) -> Iterator[dict[str, Any]]:
+    """Yield up to `most` (None: all) of the owner's workflows in list order, page by page."""
+    cursor = None
+    left = most
+    while left is None or left > 0:
+        size = LIST_PAGE if left is None else min(LIST_PAGE, left)
+        page = backend.list(owner, status=status, limit=size, cursor=cursor)
+        for entry in page.entries:
+            yield {"owner": owner, **entry}
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+        if left is not None:
+            left -= len(page.entries)
+
+
+def _list_order(entry: dict[str, Any]) -> tuple[int, str, str]:
+    # The storage's list order (last_update in ms, then id), then the owner for a tie.
+    return score(entry), entry["workflow_id"], entry["owner"]
+
+
+def list_line(entry: dict[str, Any], owner_width: int = 0) -> str:
+    """Return the line `list` prints for a list entry; `owner_width` 0 leaves the owner out."""
+    total = entry["total_steps"]
+    step = f"{entry['current_step'] + 1}/{total}" if total else "0/0"
+    progress = f"{entry['progress_percent']}%"
+    owner = f"{entry['owner']:<{owner_width}}" if owner_width else ""
+    return (
+        f"{entry['last_update']:<26}{entry['status']:<11}{step:<8}{progress:<10}"
+        f"{owner}{entry['workflow_id']}"
+    )
+
+
 @command
+@workflow_argument
+@owner_option
 @click.option(
     "--count",
     type=click.IntRange(min=0),
@@ -537,19 +702,60 @@ def history(store: CurrentWorkflow, out: Output, limit: int) -> int:
     metavar="SECONDS",
     help="Exit after this many seconds (0: never).",
 )
-def watch(store: CurrentWorkflow, out: Output, count: int, timeout: float) -> int:
-    """Follow changes live, one line per change, until Ctrl-C."""
+def watch(
+    store: CurrentWorkflow,
+    out: Output,
+    workflow: str | None,
+    owner: str,
+    count: int,
+    timeout: float,
+) -> int:
+    """Follow a workflow live (default: whichever is current), one line per change, until Ctrl-C."""
+    store = _owned(store, owner)
     store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
-    watcher = Watcher(store, out, count, timeout)
+    followed: CurrentWorkflow | OneWorkflow = store
+    if workflow is not None:
+        _found(store, workflow)  # one that is not there: exit 1 rather than wait for it
+        followed = OneWorkflow(store.store, owner, workflow)
+    watcher = Watcher(followed, out, count, timeout)
     # Explicitly: a shell that starts a job in the background starts it with SIGINT ignored.
     with on_signals(watcher.interrupt):
         return watcher.run()
 
 
+class OneWorkflow:
+    """One workflow of one owner, read and followed as CurrentWorkflow reads the current one."""
+
+    def __init__(self, store: StateStore, owner: str, workflow_id: str) -> None:
+        self.store = store
+        self.owner = owner
+        self.workflow_id = workflow_id
+        self.ttl = store.ttl
+        self.stale_ttl = store.stale_ttl
+
+    def get(self) -> Snapshot:
+        """Return the workflow (state None when it is gone)."""
+        return self.store.get(self.owner, self.workflow_id)
+
+    def get_for_stream(self) -> Snapshot:
+        """Return the workflow with its event id (the owner's counter when it is gone)."""
+        return self.store.get_for_stream(self.owner, self.workflow_id)
+
+    def events(self, stop: threading.Event) -> Iterator[Event]:
+        """Yield RESYNCs and this workflow's changes (the owner's counter orders them)."""
+        for event in self.store.events(stop):
+            if event is RESYNC or (
+                event.owner == self.owner and event.workflow_id == self.workflow_id
+            ):
+                yield event
+
+
 class Watcher:
     """Follow the store's change feed and print one line per change."""
 
-    def __init__(self, store: CurrentWorkflow, out: Output, count: int, timeout: float) -> None:
+    def __init__(
+        self, store: CurrentWorkflow | OneWorkflow, out: Output, count: int, timeout: float
+    ) -> None:
         self.store = store
         self.out = out
         self.count = count

@@ -13,7 +13,7 @@ from flask import Flask, Response, current_app, request
 
 ALLOW_METHODS = "GET, POST, PATCH, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, Authorization, If-Match, If-None-Match, Last-Event-ID, X-Request-ID"
-EXPOSE_HEADERS = "ETag, Retry-After, X-Request-ID"
+EXPOSE_HEADERS = "ETag, Location, Retry-After, X-Request-ID"
 
 
 def _preflight() -> Response | None:

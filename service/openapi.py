@@ -63,6 +63,11 @@ HEADERS: dict[str, Schema] = {
         "schema": {"type": "integer", "minimum": 1},
     },
     "CacheControlNoStore": {"schema": {"const": "no-store"}},
+    "Location": {
+        "description": "The new workflow: /workflows/<id>",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^/workflows/"},
+    },
     "WWW-Authenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer"}},
     "Allow": {"description": "the methods the path serves", "schema": {"type": "string"}},
     "Access-Control-Allow-Origin": {"schema": {"type": "string"}},
@@ -71,6 +76,19 @@ HEADERS: dict[str, Schema] = {
 }
 NO_STORE = {"Cache-Control": ref("headers", "CacheControlNoStore")}
 VERSIONED = {"ETag": ref("headers", "ETag"), **NO_STORE}
+
+
+def event_stream(component: str, description: str) -> Schema:
+    """Return the answer of a Server-Sent Events route whose events are `component`."""
+    return answer(
+        component,
+        description,
+        {
+            "Cache-Control": {"schema": {"const": "no-cache"}},
+            "X-Accel-Buffering": {"schema": {"const": "no"}},
+        },
+        media="text/event-stream",
+    )
 
 
 def header_param(name: str, description: str) -> Schema:
@@ -103,6 +121,32 @@ PARAMETERS: dict[str, Schema] = {
         "The workflow's id; one that breaks the id rule is 400 `invalid_workflow_id`, one the "
         "owner does not have is 404 `no_workflow`",
     ),
+    "ListStatus": {
+        "name": "status",
+        "in": "query",
+        "description": "running, finished (completed, failed or cancelled) or all",
+        "schema": {"enum": ["running", "finished", "all"], "default": "all"},
+    },
+    "ListLimit": {
+        "name": "limit",
+        "in": "query",
+        "description": "How many workflows a page holds; anything else is 400",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+    },
+    "Cursor": {
+        "name": "cursor",
+        "in": "query",
+        "description": "A page's `next_cursor`; one not issued for this list is 400 "
+        "`invalid_cursor`",
+        "schema": {"type": "string"},
+    },
+    "Owner": {
+        "name": "owner",
+        "in": "query",
+        "description": "An admin acts on this owner's workflows (`*` on a list: every owner's); "
+        "anyone else asking for another owner is 403",
+        "schema": {"type": "string"},
+    },
     "HistoryLimit": {
         "name": "limit",
         "in": "query",
@@ -128,6 +172,11 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
         "WORKFLOW_STATE_TOKEN is set and the bearer token is missing or wrong (`unauthorized`)",
         {"WWW-Authenticate": ref("headers", "WWW-Authenticate")},
     ),
+    "403": (
+        "Forbidden",
+        "?owner= names another owner and the caller is not an admin (`forbidden`)",
+        None,
+    ),
     "404": ("NotFound", "No such path, or no stored workflow to update (`no_workflow`)", None),
     "405": (
         "MethodNotAllowed",
@@ -148,6 +197,11 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "413": (
         "PayloadTooLarge",
         "The body is over WORKFLOW_STATE_MAX_BODY (`payload_too_large`)",
+        None,
+    ),
+    "429": (
+        "TooManyWorkflows",
+        "The owner has WORKFLOW_STATE_MAX_WORKFLOWS unexpired workflows (`too_many_workflows`)",
         None,
     ),
     "503": (
@@ -202,7 +256,9 @@ def op(
     return operation
 
 
-def saved(name: str, summary: str, errors: str, body: str, *extra: Schema) -> Schema:
+def saved(
+    name: str, summary: str, errors: str, body: str, *extra: Schema, tag: str = "state"
+) -> Schema:
     """Return a write operation: If-Match, a JSON body, and the stored state as its answer."""
     return op(
         name,
@@ -211,6 +267,7 @@ def saved(name: str, summary: str, errors: str, body: str, *extra: Schema) -> Sc
         errors,
         body=body,
         parameters=(*extra, ref("parameters", "IfMatch")),
+        tag=tag,
     )
 
 
@@ -273,17 +330,7 @@ ROUTES: dict[str, dict[str, Schema]] = {
             "streamState",
             "Live updates (Server-Sent Events): `event: state`, `id: <version>`, "
             "`data: <the GET /workflow/state body>`",
-            {
-                "200": answer(
-                    "StateEvent",
-                    "An event stream that stays open",
-                    {
-                        "Cache-Control": {"schema": {"const": "no-cache"}},
-                        "X-Accel-Buffering": {"schema": {"const": "no"}},
-                    },
-                    media="text/event-stream",
-                )
-            },
+            {"200": event_stream("StateEvent", "An event stream that stays open")},
             "503",
             parameters=(ref("parameters", "LastEventId"),),
             description=(
@@ -299,6 +346,117 @@ ROUTES: dict[str, dict[str, Schema]] = {
             {"200": answer("CancelledResponse", "Cancelled (also when it already was)", NO_STORE)},
             "404 409 503",
             tag="runs",
+        ),
+    },
+    "/workflows": {
+        "get": op(
+            "listWorkflows",
+            "The owner's workflows, most recent last_update first (expired ones never)",
+            {"200": answer("WorkflowList", "A page of the list", NO_STORE)},
+            "400 403 503",
+            parameters=(
+                ref("parameters", "ListStatus"),
+                ref("parameters", "ListLimit"),
+                ref("parameters", "Cursor"),
+                ref("parameters", "Owner"),
+            ),
+            tag="workflows",
+        ),
+        "post": op(
+            "createWorkflow",
+            "Create a workflow and make it the owner's current one; `run: true` also starts it",
+            {
+                "201": answer(
+                    "SavedResponse",
+                    "Created; the state as stored",
+                    {**VERSIONED, "Location": ref("headers", "Location")},
+                )
+            },
+            "400 409 413 429 503",
+            body="CreateWorkflowInput",
+            tag="workflows",
+            description=(
+                "409 is `workflow_exists` when the owner has this id, `workflow_finished` when "
+                "that one is finished; a deleted or expired id may be created again."
+            ),
+        ),
+    },
+    "/workflows/stream": {
+        "get": op(
+            "streamWorkflows",
+            "The owner's list, live (Server-Sent Events): `event: workflow`, `data:` the list "
+            'entry on every change, or `{"workflow_id", "state": null}` on delete or expiry',
+            {
+                "200": event_stream(
+                    "WorkflowEvent",
+                    "An event stream that stays open; no snapshot: read GET /workflows once "
+                    "it is open, and again whenever it reconnects",
+                )
+            },
+            "503",
+            tag="workflows",
+        ),
+    },
+    "/workflows/{workflow_id}": {
+        "get": op(
+            "getWorkflow",
+            "One workflow; ETag is its version",
+            {
+                "200": answer("StateResponse", "The workflow", VERSIONED),
+                "304": answer(
+                    None, "If-None-Match names its version", {"ETag": ref("headers", "ETag")}
+                ),
+            },
+            "400 404 503",
+            parameters=(ref("parameters", "WorkflowId"), ref("parameters", "IfNoneMatch")),
+            tag="workflows",
+        ),
+        "patch": saved(
+            "mergeWorkflow",
+            "Replace top-level fields of one workflow",
+            WRITE_ERRORS,
+            "MergeInput",
+            ref("parameters", "WorkflowId"),
+            tag="workflows",
+        ),
+        "delete": op(
+            "deleteWorkflow",
+            "Delete one workflow",
+            {"200": answer("ClearedResponse", "Deleted")},
+            "400 404 503",
+            parameters=(ref("parameters", "WorkflowId"),),
+            tag="workflows",
+        ),
+    },
+    "/workflows/{workflow_id}/steps/{index}": {
+        "patch": saved(
+            "updateWorkflowStep",
+            "Set one step's status (and data) atomically and make it the current step",
+            WRITE_ERRORS,
+            "StepChange",
+            ref("parameters", "WorkflowId"),
+            ref("parameters", "StepIndex"),
+            tag="workflows",
+        ),
+    },
+    "/workflows/{workflow_id}/summary": {
+        "get": op(
+            "getWorkflowSummary",
+            "One workflow's progress summary",
+            {"200": answer("SummaryResponse", "The summary", NO_STORE)},
+            "400 404 503",
+            parameters=(ref("parameters", "WorkflowId"),),
+            tag="workflows",
+        ),
+    },
+    "/workflows/{workflow_id}/stream": {
+        "get": op(
+            "streamWorkflow",
+            "One workflow, live (Server-Sent Events), as GET /workflow/state/stream",
+            {"200": event_stream("StateEvent", "An event stream that stays open")},
+            "400 404 503",
+            parameters=(ref("parameters", "WorkflowId"), ref("parameters", "LastEventId")),
+            tag="workflows",
         ),
     },
     "/workflows/{workflow_id}/run": {
@@ -482,6 +640,7 @@ def build_document() -> dict[str, Any]:
         "tags": [
             {"name": "state", "description": "the workflow state (contract section 2)"},
             {"name": "page", "description": "the web page and its helpers (section 4)"},
+            {"name": "workflows", "description": "many workflows per owner (contract section 8)"},
             {"name": "runs", "description": "server runs (contract section 9)"},
             {"name": "operations", "description": "health, readiness, metrics, this document"},
             {"name": "cors", "description": "CORS preflights"},

@@ -401,9 +401,10 @@ class OpenAPIDocument(TypedDict):
 
 @with_config(ConfigDict(extra="forbid"))
 class WorkflowEntry(StateSummary):
-    """One workflow in a list: its summary and version."""
+    """One workflow in a list: its summary and version (and its owner in an admin's `owner=*`)."""
 
     version: Version
+    owner: NotRequired[UserName]
 
 
 @with_config(ConfigDict(extra="forbid"))

@@ -4,9 +4,11 @@ Each process runs one `Hub`: a thread that follows the store's change feed of ev
 (Redis pub/sub, or the file journal) and hands each change, rendered once as an SSE frame, to
 the queue of every open stream of its *topic*: one workflow of one owner, or whichever workflow
 is an owner's current one (what `/workflow/state/stream` follows; a new current workflow
-replaces the old in it). A second thread notices when a watched state expires and sends
-`state: null`. A stream subscribes first, then reads its snapshot, and drops queued changes the
-snapshot already covers, so nothing is skipped or sent twice.
+replaces the old in it), or an owner's list (`/workflows/stream`: every change of any of the
+owner's workflows, as a list entry). A second thread notices when a watched state expires and
+sends `state: null` (to a list: `{"workflow_id": ..., "state": null}`). A stream subscribes
+first, then reads its snapshot, and drops queued changes the snapshot already covers, so
+nothing is skipped or sent twice.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ from . import model
 from .api import state_body
 from .errors import RETRY_AFTER_SECONDS, error_response
 from .identity import current_identity
-from .storage import RESYNC, Event, Snapshot, StateStore, StorageUnavailable
+from .storage import (
+    RESYNC,
+    Event,
+    Snapshot,
+    StateStore,
+    StorageUnavailable,
+    dumps,
+    list_entry,
+)
+from .storage.listing import LIMIT_MAX
 from .store import store_of
 
 log = logging.getLogger(__name__)
@@ -52,8 +63,10 @@ HEADERS = {
 }
 
 
-# What a stream follows: (owner, workflow id), where None is the owner's current workflow.
+# What a stream follows: (owner, workflow id), where None is the owner's current workflow and
+# LIST every workflow of the owner (no workflow id contains "*").
 Topic = tuple[str, str | None]
+LIST = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +106,13 @@ def frame_of_event(event: Event) -> tuple[Frame, dict[str, Any] | None]:
         state is None,
     )
     return frame, state
+
+
+def list_frame(event_id: str, workflow_id: str, state: dict[str, Any] | None) -> Frame:
+    """Render an `event: workflow` frame of a list stream: the list entry, or the workflow gone."""
+    data = list_entry(state) if state is not None else {"workflow_id": workflow_id, "state": None}
+    text = f"id: {event_id}\nevent: workflow\ndata: {dumps(data)}\n\n"
+    return Frame(event_id, _seq_of(event_id), text, state is None)
 
 
 RESYNC_FRAME = Frame("", None, "", False)
@@ -203,7 +223,10 @@ class Hub:
             callback(count)
 
     def _watched(self, topic: Topic) -> bool:
-        return topic in self._subscriptions
+        # A workflow is watched also by its owner's list, which hears when it expires.
+        return topic in self._subscriptions or (
+            topic[1] not in (None, LIST) and (topic[0], LIST) in self._subscriptions
+        )
 
     def _broadcast(self, frame: Frame) -> None:
         """Hand a frame to every open stream (a resync, or the end)."""
@@ -226,8 +249,10 @@ class Hub:
             try:
                 for event in self.store.events(stop):
                     if event is RESYNC:
-                        self._ready.set()
+                        # Streams that subscribed before it resynchronise; those waiting for
+                        # the hub to be ready subscribe after it and need not.
                         self._broadcast(RESYNC_FRAME)
+                        self._ready.set()
                         continue
                     self._dispatch(event)
             except Exception:  # the feed must outlive any single bad event or backend hiccup
@@ -246,6 +271,9 @@ class Hub:
         for topic in topics:
             self.track(topic, state, frame.seq)
             self._deliver(topic, frame)
+        listing = (event.owner, LIST)
+        if event.workflow_id and listing in self._subscriptions:
+            self._deliver(listing, list_frame(event.id, event.workflow_id, state))
 
     # --- expiry ----------------------------------------------------------------------------
 
@@ -312,6 +340,9 @@ class Hub:
             event_id = f"{version}:expired"
             frame = Frame(event_id, version, render(event_id, "null", None), True)
             self._deliver(topic, frame)
+            owner, workflow_id = topic
+            if workflow_id is not None:
+                self._deliver((owner, LIST), list_frame(event_id, workflow_id, None))
 
 
 class HubThread(threading.Thread):
@@ -423,16 +454,20 @@ def follow(
         hub.unsubscribe(subscription)
 
 
+def _too_many_streams() -> Response:
+    return error_response(
+        503,
+        "too_many_streams",
+        "This worker has no connection to spare for another stream; retry, or poll GET",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def stream_response(topic: Topic) -> Response:
     """Answer a stream of `topic`: a snapshot, then every accepted write or delete, as SSE."""
     hub = get_hub()
     if hub.open_streams >= _stream_limit():
-        return error_response(
-            503,
-            "too_many_streams",
-            "This worker has no connection to spare for another stream; retry, or poll GET",
-            {"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return _too_many_streams()
     subscription = hub.subscribe(topic)
     try:
         first = hub.store.get_for_stream(*topic)
@@ -448,6 +483,47 @@ def stream_response(topic: Topic) -> Response:
         current_app.config["STREAM_KEEPALIVE"],
     )
     return Response(body, mimetype="text/event-stream", headers=HEADERS)
+
+
+def list_stream_response(owner: str) -> Response:
+    """Answer a stream of an owner's list: every change of any of its workflows, as SSE."""
+    hub = get_hub()
+    if hub.open_streams >= _stream_limit():
+        return _too_many_streams()
+    subscription = hub.subscribe((owner, LIST))
+    try:
+        # Workflows that change no more still expire: watch the first page's (finished first).
+        for entry in hub.store.list(owner, status="finished", limit=LIMIT_MAX).entries:
+            hub.track((owner, entry["workflow_id"]), entry, entry["version"])
+    except StorageUnavailable:
+        hub.unsubscribe(subscription)
+        raise
+    keepalive = current_app.config["STREAM_KEEPALIVE"]
+    return Response(
+        list_changes(hub, subscription, keepalive), mimetype="text/event-stream", headers=HEADERS
+    )
+
+
+def list_changes(hub: Hub, subscription: Subscription, keepalive: float) -> Iterator[str]:
+    """Yield retry, then every change of an owner's list as it comes, with keepalives.
+
+    No snapshot: a client reads GET /workflows once the stream is open (its first line). When
+    the feed was interrupted (a resync) the stream ends, so the client reconnects and reads the
+    list again rather than miss a change.
+    """
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        while True:
+            try:
+                frame = subscription.inbox.get(timeout=keepalive)
+            except queue.Empty:
+                yield ": keepalive\n\n"
+                continue
+            if frame is CLOSE_FRAME or frame is RESYNC_FRAME:
+                return
+            yield frame.text
+    finally:
+        hub.unsubscribe(subscription)
 
 
 @bp.get("/state/stream")

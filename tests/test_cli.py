@@ -178,6 +178,56 @@ def test_history_lists_finished_workflows_newest_first(storage, store):
     assert [w["workflow_id"] for w in workflows] == ["third", "second"]
 
 
+# --- many workflows: list, and one workflow by id -------------------------------------------
+
+
+def test_list_pages_through_every_workflow_and_status_clear_take_one_id(redis_server):
+    redis_server.flush()
+    env = {"WORKFLOW_STATE_URL": redis_server.url}
+    store = build_store(from_env(env))
+    try:
+        # More than a page (100) of ids in no particular order, and some moved by later writes.
+        names = [f"wf-{(index * 37) % 131:03d}" for index in range(131)]
+        written = [
+            store.create("public", {"workflow_id": n, "steps": steps(3)}).state for n in names
+        ]
+        for name in names[:100:9]:
+            written.append(store.update_step("public", name, 1, {"status": "in_progress"}).state)
+        store.create("alice", {"workflow_id": names[0], "steps": steps(3)})
+        latest = {state["workflow_id"]: state for state in written}
+        order = [
+            state["workflow_id"]
+            for state in sorted(
+                latest.values(), key=lambda s: (s["last_update"], s["workflow_id"]), reverse=True
+            )
+        ]
+
+        listed = cli(env, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert [entry["workflow_id"] for entry in json.loads(listed.stdout)] == order
+        human = cli(env, "list", "--limit", "120")
+        assert [line.split()[-1] for line in human.stdout.splitlines()[1:]] == order[:120]
+
+        # A workflow deep in the list, not the current one: status and clear act on it alone.
+        target = order[110]
+        summary = json.loads(cli(env, "status", target, "--json").stdout)
+        assert summary["workflow_id"] == target
+        assert summary["last_update"] == latest[target]["last_update"]
+        cleared = cli(env, "clear", target)
+        assert cleared.returncode == 0, cleared.stderr
+        assert f"Cleared workflow {target} (running)" in cleared.stdout
+        assert store.get("public", target).state is None
+        after = json.loads(cli(env, "list", "--json").stdout)
+        assert [entry["workflow_id"] for entry in after] == [n for n in order if n != target]
+        assert store.get("public").state["workflow_id"] == names[-1]  # still the current one
+        assert store.get("alice", names[0]).state is not None
+        gone = cli(env, "status", target)
+        assert gone.returncode == 1
+        assert f"no workflow {target!r} for owner public" in one_line_error(gone)
+    finally:
+        store.close()
+
+
 # --- errors --------------------------------------------------------------------------------
 
 

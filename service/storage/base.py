@@ -42,8 +42,11 @@ from .listing import (
     check_limit,
     check_status,
     decode_cursor,
+    decode_every_cursor,
     encode_cursor,
+    encode_every_cursor,
     list_entry,
+    owner_position,
 )
 
 log = logging.getLogger("service.storage")
@@ -342,6 +345,31 @@ class StateStore(ABC):
         following = None
         if len(found) > limit:
             following = encode_cursor(owner, status, found[limit - 1][0])
+        return Page(entries, following)
+
+    def list_every_owner(
+        self, *, status: str = "all", limit: int = LIMIT_DEFAULT, cursor: str | None = None
+    ) -> Page:
+        """Return a page of every owner's workflows (an admin's `?owner=*`), each with `owner`.
+
+        Ordered by last_update, then owner, then id, descending; cursors as `list`'s.
+        """
+        check_status(status)
+        check_limit(limit)
+        position = decode_every_cursor(cursor, status)
+        found: list[tuple[tuple[int, str, str], dict[str, Any]]] = []
+        for owner in self._owners():
+            for (when, workflow_id), state in self._list(
+                owner, status, owner_position(position, owner), limit + 1
+            ):
+                found.append(((when, owner, workflow_id), state))
+        found.sort(key=lambda item: item[0], reverse=True)
+        entries = [
+            {**list_entry(self._open(state)), "owner": where[1]} for where, state in found[:limit]
+        ]
+        following = None
+        if len(found) > limit:
+            following = encode_every_cursor(status, found[limit - 1][0])
         return Page(entries, following)
 
     def owners(self) -> list[str]:

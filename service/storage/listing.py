@@ -72,37 +72,82 @@ def _check(owner: str, status: str, position: Position) -> str:
     return hashlib.sha256(text).hexdigest()[: 2 * _CHECK_BYTES]
 
 
+def _pack(fields: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
+
+
+NOT_ISSUED = "The cursor is not one this service issued for this list; start again without a cursor"
+
+
+def _unpack(cursor: Any, size: int) -> list[Any]:
+    """Return a cursor's fields, or raise InvalidCursor when it cannot be one of ours."""
+    refused = model.InvalidCursor(NOT_ISSUED)
+    if not isinstance(cursor, str) or not 0 < len(cursor) <= CURSOR_MAX_LENGTH:
+        raise refused
+    try:
+        fields = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise refused from None
+    if (
+        not isinstance(fields, list)
+        or len(fields) != size
+        or not isinstance(fields[0], int)
+        or isinstance(fields[0], bool)
+        or not all(isinstance(field, str) for field in fields[1:])
+    ):
+        raise refused
+    return fields
+
+
 def encode_cursor(owner: str, status: str, position: Position) -> str:
     """Return the opaque cursor of the page that follows `position` in this owner's list."""
-    payload = json.dumps([position[0], position[1], _check(owner, status, position)])
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    return _pack([position[0], position[1], _check(owner, status, position)])
 
 
 def decode_cursor(cursor: str | None, owner: str, status: str) -> Position | None:
     """Return the position a cursor names, or raise InvalidCursor for one not issued here."""
     if cursor is None:
         return None
-    refused = model.InvalidCursor(
-        "The cursor is not one this service issued for this list; start again without a cursor"
-    )
-    if not isinstance(cursor, str) or not 0 < len(cursor) <= CURSOR_MAX_LENGTH:
-        raise refused
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        when, workflow_id, check = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise refused from None
-    if (
-        not isinstance(when, int)
-        or isinstance(when, bool)
-        or not isinstance(workflow_id, str)
-        or not isinstance(check, str)
-        or model.WORKFLOW_ID_RE.match(workflow_id) is None
-        or check != _check(owner, status, (when, workflow_id))
-        or encode_cursor(owner, status, (when, workflow_id)) != cursor
-    ):
-        raise refused
+    when, workflow_id, _ = _unpack(cursor, 3)
+    # Issued here means: it is exactly what encoding its position for this list gives.
+    if encode_cursor(owner, status, (when, workflow_id)) != cursor:
+        raise model.InvalidCursor(NOT_ISSUED)
     return when, workflow_id
+
+
+# An admin's list of every owner (`?owner=*`) orders by (last_update, owner, id), descending.
+EVERY_OWNER = "*"
+EveryPosition = tuple[int, str, str]  # (last_update in ms, owner, workflow id)
+
+
+def encode_every_cursor(status: str, position: EveryPosition) -> str:
+    """Return the cursor of the page after `position` in the list of every owner's workflows."""
+    when, owner, workflow_id = position
+    return _pack(
+        [when, owner, workflow_id, _check(EVERY_OWNER, status, (when, f"{owner}\0{workflow_id}"))]
+    )
+
+
+def decode_every_cursor(cursor: str | None, status: str) -> EveryPosition | None:
+    """Return the position an every-owner cursor names, or raise InvalidCursor."""
+    if cursor is None:
+        return None
+    when, owner, workflow_id, _ = _unpack(cursor, 4)
+    if encode_every_cursor(status, (when, owner, workflow_id)) != cursor:
+        raise model.InvalidCursor(NOT_ISSUED)
+    return when, owner, workflow_id
+
+
+def owner_position(cursor: EveryPosition | None, owner: str) -> Position | None:
+    """Return the position in `owner`'s own list where an every-owner page continues."""
+    if cursor is None:
+        return None
+    when, cursor_owner, workflow_id = cursor
+    if owner < cursor_owner:
+        return when + 1, ""  # its entries at `when` come after the cursor's
+    if owner == cursor_owner:
+        return when, workflow_id
+    return when, ""  # its entries at `when` came before the cursor's
 
 
 def after(position: Position, cursor: Position | None) -> bool:

@@ -11,10 +11,8 @@ README's `sh` blocks run in order, as a person would type them, in a copy of the
 - A block whose first line is `# runs until Ctrl-C` must still be running once it has printed
   something; it then gets Ctrl-C (SIGINT).
 - Any other block runs under `bash -e -o pipefail`, with `curl` failing on an HTTP error.
-- `# needs: redis-server` blocks get a test-owned redis-server and `REDIS_URL`;
-  `# needs: /workflows routes` and `# needs: server runs` blocks run once the server's
-  `/openapi.json` lists those routes, and are skipped (with the reason) until then. A block
-  using `jq`, `curl` or `redis-cli` is skipped where that tool is missing.
+- `# needs: redis-server` blocks get a test-owned redis-server and `REDIS_URL`. A block using
+  `jq`, `curl` or `redis-cli` is skipped where that tool is missing.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,7 +68,6 @@ class Session:
     server: subprocess.Popen | None = None
     port: int | None = None
     redis: RedisServer | None = None
-    paths: list[str] = field(default_factory=list)
     serving: int | None = None  # the index of the `make run` block that started the server
 
     def rewrite(self, block: str) -> str:
@@ -94,12 +91,6 @@ class Session:
         if needs == "redis-server":
             if self.redis is None:
                 self.redis = RedisServer().start()
-        elif needs == "/workflows routes":
-            if "/workflows" not in self.paths:
-                pytest.skip("the server does not serve /workflows yet (contract section 8)")
-        elif needs == "server runs":
-            if not any(p.startswith("/workflows/") and p.endswith("/run") for p in self.paths):
-                pytest.skip("the server does not run workflows yet (contract section 9)")
         else:
             assert needs is None, f"unknown '# needs:' {needs!r}"
 
@@ -151,9 +142,6 @@ class Session:
             return len(pids) == WORKERS
 
         wait_until(logged_by_each_worker, timeout=10)
-        status, _, document = http("GET", f"http://127.0.0.1:{self.port}/openapi.json")
-        assert status == 200
-        self.paths = list(document["paths"])
 
     def stop_server(self) -> None:
         """Ctrl-C the server (make, gunicorn and its workers: one process group)."""

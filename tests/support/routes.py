@@ -2,3 +2,4 @@
 
 STATE = "/workflow/state"
 STREAM = "/workflow/state/stream"
+WORKFLOWS = "/workflows"

@@ -1,0 +1,145 @@
+"""The routes of many workflows (contract section 8): parse the request, call the store, answer.
+
+    POST   /workflows                      create (with "run": true, also start it)   201
+    GET    /workflows?status=&limit=&cursor=   the owner's workflows, newest change first
+    GET    /workflows/stream               the owner's list, live (SSE `event: workflow`)
+    GET    /workflows/<id>                 one workflow, ETag / If-None-Match as GET state
+    PATCH  /workflows/<id>                 merge top-level fields
+    PATCH  /workflows/<id>/steps/<i>       update one step
+    DELETE /workflows/<id>                 delete (unknown → 404)
+    GET    /workflows/<id>/summary         its summary
+    GET    /workflows/<id>/stream          it, live (SSE `event: state`)
+
+Another owner's workflow is answered as one that does not exist. The run routes of section 9
+(`/workflows/<id>/run`, `/cancel`) are in run_api.py.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, Response, current_app, request
+
+from . import model
+from .api import CLEARED, NO_STORE, SAVED, if_match, read_json, state_body
+from .errors import json_response
+from .identity import current_identity
+from .run_api import runs_of
+from .storage import Snapshot, dumps
+from .storage.listing import LIMIT_DEFAULT, LIMIT_MAX
+from .store import get_store
+from .stream import list_stream_response, stream_response
+
+bp = Blueprint("workflows", __name__, url_prefix="/workflows")
+
+STARTED = "Workflow run started"
+
+
+def _found(snapshot: Snapshot, workflow_id: str) -> Snapshot:
+    """Return the snapshot, or raise NoWorkflow when the workflow is absent or expired."""
+    if snapshot.state is None:
+        raise model.NoWorkflow(f"No workflow {workflow_id!r}")
+    return snapshot
+
+
+def _saved(snapshot: Snapshot, status: int = 200, message: str = SAVED) -> Response:
+    headers = {"ETag": f'"{snapshot.version}"', "Cache-Control": NO_STORE}
+    if status == 201:
+        headers["Location"] = f"/workflows/{snapshot.state['workflow_id']}"  # type: ignore[index]
+    return json_response(
+        f'{{"success":true,"message":"{message}","state":{snapshot.json}}}', status, headers
+    )
+
+
+def _limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return LIMIT_DEFAULT
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3 or not 1 <= int(raw) <= LIMIT_MAX:
+        raise model.InvalidState("limit", f"must be a whole number from 1 to {LIMIT_MAX}")
+    return int(raw)
+
+
+@bp.post("")
+def create() -> Response:
+    """Create a workflow and make it the owner's current one; `"run": true` also starts it."""
+    body = read_json()
+    owner = current_identity().owner
+    snapshot = runs_of(current_app).create(owner, body)
+    started = model.require_object(body).get("run") is True
+    return _saved(snapshot, 201, STARTED if started else SAVED)
+
+
+@bp.get("")
+def list_workflows() -> Response:
+    """Answer a page of the owner's workflows (an admin's `?owner=*`: every owner's)."""
+    identity = current_identity(allow_all_owners=True)
+    status = request.args.get("status", "all")
+    limit = _limit()
+    cursor = request.args.get("cursor")
+    store = get_store()
+    if identity.all_owners:
+        page = store.list_every_owner(status=status, limit=limit, cursor=cursor)
+    else:
+        page = store.list(identity.owner, status=status, limit=limit, cursor=cursor)
+    body = {"success": True, "workflows": page.entries, "next_cursor": page.next_cursor}
+    return json_response(dumps(body), headers={"Cache-Control": NO_STORE})
+
+
+@bp.get("/stream")
+def list_stream() -> Response:
+    """Stream every change of the owner's workflows as list entries (SSE)."""
+    return list_stream_response(current_identity().owner)
+
+
+@bp.get("/<workflow_id>")
+def get_workflow(workflow_id: str) -> Response:
+    """Answer one workflow, with its version as ETag."""
+    snapshot = _found(get_store().get(current_identity().owner, workflow_id), workflow_id)
+    etag = str(snapshot.version)
+    headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
+    if request.if_none_match.contains_weak(etag):
+        return Response(status=304, headers=headers)
+    return json_response(state_body(snapshot.state, snapshot.json), headers=headers)
+
+
+@bp.patch("/<workflow_id>")
+def merge_workflow(workflow_id: str) -> Response:
+    """Replace top-level fields of one workflow."""
+    owner = current_identity().owner
+    return _saved(get_store().merge(owner, workflow_id, read_json(), if_match=if_match()))
+
+
+@bp.patch("/<workflow_id>/steps/<index>")
+def update_step(workflow_id: str, index: str) -> Response:
+    """Update one step of one workflow atomically."""
+    position = model.parse_step_index(index)
+    owner = current_identity().owner
+    store = get_store()
+    return _saved(store.update_step(owner, workflow_id, position, read_json(), if_match=if_match()))
+
+
+@bp.delete("/<workflow_id>")
+def delete_workflow(workflow_id: str) -> Response:
+    """Delete one workflow; an unknown one is 404."""
+    get_store().delete(current_identity().owner, workflow_id)
+    return json_response(f'{{"success":true,"message":"{CLEARED}"}}')
+
+
+@bp.get("/<workflow_id>/summary")
+def summary(workflow_id: str) -> Response:
+    """Answer one workflow's progress summary."""
+    snapshot = _found(get_store().get(current_identity().owner, workflow_id), workflow_id)
+    body = dumps({"success": True, "summary": model.summarize(snapshot.state)})
+    return json_response(body, headers={"Cache-Control": NO_STORE})
+
+
+@bp.get("/<workflow_id>/stream")
+def stream(workflow_id: str) -> Response:
+    """Stream one workflow: a snapshot, then every change, as SSE."""
+    owner = current_identity().owner
+    _found(get_store().get(owner, workflow_id), workflow_id)
+    return stream_response((owner, workflow_id))
+
+
+def init_app(app: Flask) -> None:
+    """Register the routes of /workflows."""
+    app.register_blueprint(bp)
