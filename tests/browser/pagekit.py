@@ -165,6 +165,8 @@ class ServerPool:
             "WORKFLOW_DEMO_STEP_SECONDS": "0.2",
             "WORKFLOW_STEP_DELAY_MS": "0",
             "WORKFLOW_STATE_TTL": "60",
+            # Each web process runs workflows itself (file backend): room for several at once.
+            "WORKFLOW_RUN_WORKERS": "4",
         }
         token = None
         endpoints = None
