@@ -133,6 +133,12 @@ def slow_server(server_pool: ServerPool) -> Server:
 
 
 @pytest.fixture
+def lease_server(server_pool: ServerPool) -> Server:
+    """As slow_server, with a 1.5 s run lease (WORKFLOW_RUN_LEASE)."""
+    return _server(server_pool, "lease")
+
+
+@pytest.fixture
 def failing_server(server_pool: ServerPool) -> Server:
     """The default steps, with WORKFLOW_DEMO_FAIL=sync_instance."""
     return _server(server_pool, "fail")

@@ -174,6 +174,11 @@ class ServerPool:
             # Steps longer than the 2 s poll, so another tab sees each one happen.
             env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, SLOW_STEPS)
             env["WORKFLOW_DEMO_STEP_SECONDS"] = "2.5"
+        elif name == "lease":
+            # Slow steps and a short lease: a run whose runner dies is taken over quickly.
+            env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, SLOW_STEPS)
+            env["WORKFLOW_DEMO_STEP_SECONDS"] = "2.5"
+            env["WORKFLOW_RUN_LEASE"] = "1.5"
         elif name == "fail":
             env["WORKFLOW_DEMO_FAIL"] = "sync_instance"
         elif name == "token":

@@ -4,7 +4,9 @@ them all live, and the address keeps the open workflow."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from tests.support.routes import WORKFLOWS
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 RUNNING_ON_SERVER = "⏳ Workflow is running on the server."
+RESUMED = "🔁 Workflow resumed after an interruption."
 DONE = re.compile(r"^✅ (Workflow|Previous workflow) completed successfully!$")
 IN_PROGRESS = re.compile(r"\bin-progress\b")
 
@@ -180,6 +183,32 @@ def test_two_runs_at_once_and_the_instances_list_follows_both(
     expect(lister.locator("#sshConnectionString")).to_have_value("ssh one")
     wait_until(lambda: open_id(lister) == first)
     expect(rows[first]).to_have_class(re.compile(r"\bis-open\b"))
+
+
+def test_a_run_taken_over_after_its_runner_died_says_so(
+    lease_server: Server, page: Page, console
+) -> None:
+    # The page's stream may have been served by the killed process: the browser notes the cut.
+    console.allow(r"ERR_INCOMPLETE_CHUNKED_ENCODING|ERR_EMPTY_RESPONSE|ERR_CONNECTION_RESET")
+    open_page(page, lease_server)
+    start_run(page)
+    result = page.locator("#setup-result")
+    expect(result).to_have_text(RUNNING_ON_SERVER)
+    state = lease_server.wait_for_state(
+        lambda s: s["run"]["status"] == "running" and s["steps"][0]["status"] == "in_progress"
+    )
+    # SIGKILL the web process running it mid-step; another one takes it over after the lease.
+    os.kill(int(state["run"]["runner"].rsplit(":", 1)[1]), signal.SIGKILL)
+    expect(result).to_have_text(RESUMED, timeout=15_000)
+    expect(result).to_have_class("info")
+    # A reload while the taken-over run goes on says the same.
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-workflow-ready", "true")
+    expect(result).to_have_text(RESUMED)
+    expect(result).to_have_text("✅ Workflow completed successfully!", timeout=20_000)
+    final = lease_server.state()
+    assert final["run"]["attempt"] == 2
+    assert [step["status"] for step in final["steps"]] == ["completed"] * 3
 
 
 def test_an_unknown_workflow_says_so(server: Server, page: Page, console) -> None:
