@@ -150,6 +150,10 @@ def test_without_a_stream_the_page_never_asks_for_one(server: Server, page: Page
     expect(page.locator("#live-indicator")).to_have_text("Polling")
     start_run(page)
     expect(page.locator("#setup-result")).to_have_text("✅ Workflow completed successfully!")
+    # The Instances list polls GET /workflows instead of its stream.
+    page.click('.tab-button[data-tab="instances"]')
+    row = page.locator(f'#instances-body tr[data-workflow-id="{server.state()["workflow_id"]}"]')
+    expect(row.locator(".badge")).to_have_text("Ready")
     assert streams == []
 
 
