@@ -1,23 +1,26 @@
 /**
- * The page's entry point: builds the client, the state source, the controllers and their views,
+ * The page's entry point: builds the client, the sources, the controllers and their views,
  * wires them together, and defines window.initWorkflow(), which runs on DOMContentLoaded.
  *
  *   state-client.js          the API client
- *   live.js                  a state source: one workflow's stream, or polling its GET route
+ *   live.js                  sources: one workflow (stream, or polling its GET route), the list
  *   controllers/             no DOM: what to show, decided from what arrives
  *     catalog.js             the configured steps and their labels
  *     messages.js            every message as {key, kind, args}
- *     workflow-controller.js one followed workflow: reconciliation and intents
- *     page-runner.js         the page as the runner (PATCHes each step)
- *     instances-controller.js the Instances list
+ *     workflow-controller.js the open workflow: reconciliation and intents
+ *     page-runner.js         runs on the server: start, resume, cancel (contract section 9)
+ *     instances-controller.js the Instances list (the owner's workflows, live)
  *   views/                   DOM only: draw a controller's view() from index.html's templates
+ *
+ * The open workflow's id lives in the URL (`?workflow=<id>`, kept with history.replaceState),
+ * so a reload reopens it and the address can be shared between the owner's tabs.
  */
 
-import { InstancesController } from './controllers/instances-controller.js';
+import { InstancesController, LIST_LIMIT } from './controllers/instances-controller.js';
 import { StepCatalog } from './controllers/catalog.js';
-import { PageRunner } from './controllers/page-runner.js';
+import { ServerRunner } from './controllers/page-runner.js';
 import { WorkflowController } from './controllers/workflow-controller.js';
-import { LiveState } from './live.js';
+import { LiveState, WorkflowList } from './live.js';
 import { StateClient } from './state-client.js';
 import { Tabs } from './tabs.js';
 import { TokenDialog } from './token-dialog.js';
@@ -26,23 +29,40 @@ import { StatusView } from './views/status-view.js';
 import { WorkflowView } from './views/workflow-view.js';
 
 const SETUP_TAB = 'vastai-setup';
+const WORKFLOW_PARAM = 'workflow';
+const LIST_STREAM_URL = '/workflows/stream';
 
 let page = null;
+
+/** The workflow the address names (`?workflow=<id>`), or null. */
+function workflowInUrl() {
+  return new URLSearchParams(window.location.search).get(WORKFLOW_PARAM) || null;
+}
+
+/** Keep the open workflow in the address, without a new history entry. */
+function putWorkflowInUrl(id) {
+  const url = new URL(window.location.href);
+  if (id) url.searchParams.set(WORKFLOW_PARAM, id);
+  else url.searchParams.delete(WORKFLOW_PARAM);
+  if (url.href !== window.location.href) window.history.replaceState(window.history.state, '', url);
+}
 
 function build() {
   const tokenDialog = new TokenDialog(document.getElementById('token-dialog'));
   const tokenButton = document.getElementById('token-btn');
-  let feed = null;
+  const feeds = [];
   const client = new StateClient({
     async onUnauthorized({ rejectedToken }) {
       const token = await tokenDialog.ask({ refused: Boolean(rejectedToken) });
       tokenButton.hidden = false; // to enter (or change) the token later
       // A stream opened without the token must be reopened with it.
-      if (token && feed) queueMicrotask(() => feed.reconnect());
+      if (token) queueMicrotask(() => feeds.forEach((feed) => feed.reconnect()));
       return token;
     },
   });
-  feed = new LiveState(client);
+  const feed = new LiveState(client);
+  const list = new WorkflowList(client, { limit: LIST_LIMIT });
+  feeds.push(feed, list);
   const catalog = new StepCatalog();
   const tabs = new Tabs(document.querySelector('[role="tablist"]'));
 
@@ -50,27 +70,34 @@ function build() {
     client,
     feed,
     catalog,
-    createRunner: (host) => new PageRunner({ client, host }),
+    runner: new ServerRunner({ client }),
   });
-  const instances = new InstancesController({ client, catalog });
+  const instances = new InstancesController({ list, limit: LIST_LIMIT });
   const workflowView = new WorkflowView({ controller: workflow });
-  new InstancesView({ controller: instances });
-  new StatusView({ feed, client });
+  new InstancesView({
+    controller: instances,
+    onOpen(id) {
+      tabs.touched = true;
+      tabs.select(SETUP_TAB, { focus: true });
+      workflow.open(id);
+    },
+  });
+  new StatusView({ feeds, client });
 
-  workflow.addEventListener('current', (event) => instances.setCurrent(event.detail));
-  workflow.addEventListener('history', () => instances.refresh());
+  workflow.addEventListener('open', ({ detail: id }) => {
+    putWorkflowInUrl(id);
+    instances.setOpen(id);
+  });
   workflow.addEventListener('reveal', ({ detail }) => {
-    // On load a stored workflow always opens its tab; later only if the person has not picked one.
+    // An opened workflow always shows its tab; one that appeared only if no tab was picked.
     if (detail.restored || !tabs.touched) tabs.select(SETUP_TAB);
     if (detail.ssh !== undefined) workflowView.fillSsh(detail.ssh);
   });
-  window.addEventListener('pagehide', () => workflow.runner.unload());
 
   async function init() {
-    if (!(await workflow.init())) return false;
-    feed.setStreamUrl(workflow.config.streamUrl);
-    feed.start();
-    instances.refresh();
+    if (!(await workflow.init({ workflowId: workflow.openId || workflowInUrl() }))) return false;
+    list.setStreamUrl(workflow.config.streamUrl ? LIST_STREAM_URL : null);
+    list.start();
     document.body.dataset.workflowReady = 'true';
     return true;
   }
@@ -80,19 +107,20 @@ function build() {
     const token = await tokenDialog.ask();
     if (token) {
       client.tokenStore.set(token);
-      feed.reconnect();
+      feeds.forEach((each) => each.reconnect());
       init();
     }
   });
   document.getElementById('new-setup-btn').addEventListener('click', () => {
     tabs.touched = true;
+    workflow.close();
     tabs.select(SETUP_TAB, { focus: true });
     document.getElementById('sshConnectionString').focus();
   });
   return { init };
 }
 
-/** Load the steps and restore the stored workflow (safe to call again). */
+/** Load the steps and open the workflow of the address, else the current one (safe to call again). */
 export function initWorkflow() {
   if (!page) page = build();
   return page.init();

@@ -1,21 +1,24 @@
 /**
- * A state source: follows one workflow's state as it changes (contract section 5), from
- * whichever pair of URLs it is given (`/workflow/state/stream` + `/workflow/state` for the
- * current workflow; a workflow's own stream and route answer the same bodies). It knows
- * nothing of the page.
+ * Sources of what changes on the server, knowing nothing of the page:
  *
- * - With a stream URL and no token: `EventSource(streamUrl)`, listening for `state` events.
+ * - `LiveState` follows one workflow (contract section 5): `/workflows/<id>/stream` and its GET
+ *   route `/workflows/<id>`, or the owner's current workflow (`/workflow/state/stream` and
+ *   `/workflow/state`); both pairs answer the same bodies. Event `state` (detail: {body,
+ *   source}) where body is the GET body ({success, active, progress_percent, state}).
+ * - `WorkflowList` follows the owner's list (contract section 8): `/workflows/stream`, and
+ *   `GET /workflows?limit=50` each time the stream opens (or every 2 s while polling). Events
+ *   `snapshot` (detail: {workflows}) then `entry` (detail: a list entry, or
+ *   `{workflow_id, state: null}` for a workflow deleted or expired).
+ *
+ * Both share how they connect (`Feed`):
+ * - With a stream URL and no token: `EventSource(streamUrl)`.
  * - With a token: EventSource cannot send headers, and a token never goes into a URL, so the
  *   same stream is read with fetch() and an `Authorization` header.
- * - No stream (the server has none, it failed, or it is reconnecting): poll GET `stateUrl`
- *   every 2 s, cheaply, with If-None-Match.
- *
- * Events: `state` (detail: {body, source}) where body is the GET /workflow/state body
- * ({success, active, progress_percent, state}), and `mode` (detail: 'connecting' | 'live' |
- * 'polling' | 'offline').
+ * - No stream (the server has none, it failed, or it is reconnecting): poll every 2 s.
+ * Event `mode` (detail: 'connecting' | 'live' | 'polling' | 'offline').
  */
 
-import { isAbortError } from './state-client.js';
+import { ApiError, isAbortError } from './state-client.js';
 
 const STREAM_RETRY_MS = 2000; // the server's `retry:`; used when a fetch stream ends
 const STREAM_REOPEN_MS = 30000; // after a stream was refused (e.g. 404), try it again this late
@@ -66,20 +69,20 @@ export class SseParser {
   }
 }
 
-export class LiveState extends EventTarget {
+/** A stream of one event type, with polling while the stream is not there (see the top). */
+class Feed extends EventTarget {
   /**
    * @param {import('./state-client.js').StateClient} client
-   * @param {{streamUrl?: string|null, stateUrl?: string, pollMs?: number}} [options]
+   * @param {{streamUrl?: string|null, pollMs?: number, eventType: string}} options
    */
-  constructor(client, { streamUrl = null, stateUrl = '/workflow/state', pollMs = 2000 } = {}) {
+  constructor(client, { streamUrl = null, pollMs = 2000, eventType }) {
     super();
     this.client = client;
     this.streamUrl = streamUrl;
-    this.stateUrl = stateUrl;
     this.pollMs = pollMs;
+    this.eventType = eventType;
     this.mode = 'connecting';
     this.started = false;
-    this.version = null; // the newest version seen, sent as If-None-Match
     this.lastEventId = '';
     this.source = null; // an open EventSource
     this.streamAbort = null; // aborts a fetch() stream
@@ -99,11 +102,14 @@ export class LiveState extends EventTarget {
 
   /** Stop everything (streams, timers). */
   stop() {
+    const was = this.started;
     this.started = false;
     this.closeStream();
     this.stopPolling();
     clearTimeout(this.reopenTimer);
     clearTimeout(this.graceTimer);
+    this.mode = 'connecting'; // what a new start() begins with
+    if (was) this.dispatchEvent(new CustomEvent('mode', { detail: 'stopped' }));
   }
 
   /** Use a (new) stream URL, e.g. from GET /workflow/config; null means poll. */
@@ -123,17 +129,21 @@ export class LiveState extends EventTarget {
     this.connect();
   }
 
-  /** Remember the newest version the caller holds in full (so polling can answer 304). */
-  seen(version) {
-    if (typeof version === 'number' && (this.version === null || version > this.version)) {
-      this.version = version;
-    }
-  }
-
   /** Poll once now (outside the timer); resolves when done. */
   refresh() {
     return this.pollOnce();
   }
+
+  // --- what a kind of feed does ---------------------------------------------------------------
+
+  /** The stream (re)opened: nothing by default. */
+  opened() {}
+
+  /** An event of `eventType` arrived with `data`. */
+  received() {}
+
+  /** Poll once; resolves when done (throws nothing). */
+  async poll() {}
 
   // --- internals -------------------------------------------------------------------------------
 
@@ -141,12 +151,6 @@ export class LiveState extends EventTarget {
     if (mode === this.mode) return;
     this.mode = mode;
     this.dispatchEvent(new CustomEvent('mode', { detail: mode }));
-  }
-
-  emit(body, source) {
-    if (!body || typeof body !== 'object' || !('state' in body)) return;
-    if (body.state && typeof body.state.version === 'number') this.seen(body.state.version);
-    this.dispatchEvent(new CustomEvent('state', { detail: { body, source } }));
   }
 
   connect() {
@@ -181,10 +185,12 @@ export class LiveState extends EventTarget {
     clearTimeout(this.graceTimer);
     this.stopPolling();
     this.setMode('live');
+    this.opened();
   }
 
   streamFailed(reopenMs) {
     this.streamOpen = false;
+    if (!this.started) return;
     this.startPolling();
     if (reopenMs !== null) {
       clearTimeout(this.reopenTimer);
@@ -203,7 +209,7 @@ export class LiveState extends EventTarget {
     source.addEventListener('open', () => {
       if (this.source === source) this.streamOpened();
     });
-    source.addEventListener('state', (event) => {
+    source.addEventListener(this.eventType, (event) => {
       if (this.source !== source) return;
       if (!this.streamOpen) this.streamOpened();
       this.lastEventId = event.lastEventId || this.lastEventId;
@@ -239,7 +245,7 @@ export class LiveState extends EventTarget {
       }
       this.streamOpened();
       const parser = new SseParser((event) => {
-        if (event.type !== 'state') return;
+        if (event.type !== this.eventType) return;
         this.lastEventId = event.id || this.lastEventId;
         this.handleData(event.data);
       });
@@ -263,9 +269,9 @@ export class LiveState extends EventTarget {
     try {
       body = JSON.parse(data);
     } catch {
-      return; // not a state event we understand
+      return; // not an event we understand
     }
-    this.emit(body, 'stream');
+    this.received(body, 'stream');
   }
 
   startPolling() {
@@ -281,20 +287,130 @@ export class LiveState extends EventTarget {
   }
 
   async pollOnce() {
-    if (this.polling) return;
+    if (this.polling || !this.started) return;
     this.polling = true;
     try {
-      const answer = await this.client.getState({
-        path: this.stateUrl,
-        ifNoneMatch: this.version,
-        retries: 0,
-      });
-      if (!this.streamOpen) this.setMode('polling');
-      if (!answer.notModified) this.emit(answer.body, 'poll');
+      await this.poll();
+      if (!this.streamOpen && this.started) this.setMode('polling');
     } catch {
-      if (!this.streamOpen) this.setMode('offline');
+      if (!this.streamOpen && this.started) this.setMode('offline');
     } finally {
       this.polling = false;
+    }
+  }
+}
+
+/** What a feed follows: one workflow, or the owner's current one. */
+export const CURRENT_URLS = Object.freeze({
+  streamUrl: '/workflow/state/stream',
+  stateUrl: '/workflow/state',
+});
+
+export class LiveState extends Feed {
+  /**
+   * @param {import('./state-client.js').StateClient} client
+   * @param {{streamUrl?: string|null, stateUrl?: string, pollMs?: number}} [options]
+   */
+  constructor(client, { streamUrl = null, stateUrl = CURRENT_URLS.stateUrl, pollMs = 2000 } = {}) {
+    super(client, { streamUrl, pollMs, eventType: 'state' });
+    this.stateUrl = stateUrl;
+    this.version = null; // the newest version seen, sent as If-None-Match
+  }
+
+  /**
+   * Follow another workflow from now on: its stream (null: poll) and its GET route. Nothing
+   * seen of the one followed before counts for it.
+   */
+  follow({ streamUrl, stateUrl }) {
+    this.stop();
+    this.streamUrl = streamUrl;
+    this.stateUrl = stateUrl;
+    this.version = null;
+    this.lastEventId = '';
+    this.start();
+  }
+
+  /** Remember the newest version the caller holds in full (so polling can answer 304). */
+  seen(version) {
+    if (typeof version === 'number' && (this.version === null || version > this.version)) {
+      this.version = version;
+    }
+  }
+
+  emit(body, source) {
+    if (!body || typeof body !== 'object' || !('state' in body)) return;
+    if (body.state && typeof body.state.version === 'number') this.seen(body.state.version);
+    this.dispatchEvent(new CustomEvent('state', { detail: { body, source } }));
+  }
+
+  received(body, source) {
+    this.emit(body, source);
+  }
+
+  async poll() {
+    const stateUrl = this.stateUrl;
+    let answer;
+    try {
+      answer = await this.client.getState({ path: stateUrl, ifNoneMatch: this.version, retries: 0 });
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.code !== 'no_workflow' || stateUrl !== this.stateUrl) {
+        throw error;
+      }
+      // The workflow followed is gone (deleted, or expired): say so once, and stop asking.
+      this.stop();
+      this.emit({ success: true, active: false, progress_percent: 0, state: null }, 'poll');
+      return;
+    }
+    if (stateUrl !== this.stateUrl) return; // it follows another workflow now
+    if (!answer.notModified) this.emit(answer.body, 'poll');
+  }
+}
+
+export class WorkflowList extends Feed {
+  /**
+   * @param {import('./state-client.js').StateClient} client
+   * @param {{streamUrl?: string|null, limit?: number, pollMs?: number}} [options]
+   */
+  constructor(client, { streamUrl = null, limit = 50, pollMs = 2000 } = {}) {
+    super(client, { streamUrl, pollMs, eventType: 'workflow' });
+    this.limit = limit;
+    this.held = null; // events that arrived while a snapshot was on its way
+  }
+
+  opened() {
+    this.snapshot().catch(() => {
+      // Read it again a little later while the stream stays open (polling reads it anyway).
+      setTimeout(() => {
+        if (this.streamOpen) this.opened();
+      }, this.pollMs);
+    });
+  }
+
+  received(entry) {
+    if (!entry || typeof entry !== 'object' || typeof entry.workflow_id !== 'string') return;
+    // An event newer than the snapshot being read must land after it, not under it.
+    if (this.held) this.held.push(entry);
+    else this.dispatchEvent(new CustomEvent('entry', { detail: entry }));
+  }
+
+  poll() {
+    return this.snapshot();
+  }
+
+  /** Read the list, then apply the events that arrived meanwhile. */
+  async snapshot() {
+    if (this.held) return; // one read at a time; events wait for it
+    this.held = [];
+    try {
+      const { workflows } = await this.client.listWorkflows({ limit: this.limit, retries: 0 });
+      this.dispatchEvent(new CustomEvent('snapshot', { detail: { workflows } }));
+    } catch (error) {
+      this.dispatchEvent(new CustomEvent('failed', { detail: error }));
+      throw error;
+    } finally {
+      const held = this.held;
+      this.held = null;
+      for (const entry of held) this.dispatchEvent(new CustomEvent('entry', { detail: entry }));
     }
   }
 }

@@ -60,6 +60,8 @@ export function describeError(error) {
       return 'The workflow changed somewhere else in the meantime; nothing was overwritten.';
     case 'no_workflow':
       return 'The workflow state was cleared in the meantime.';
+    case 'run_active':
+      return 'That workflow is already running on the server.';
     case 'unauthorized':
       return 'The service needs a valid access token.';
     case 'backend_unavailable':
@@ -69,6 +71,11 @@ export function describeError(error) {
     default:
       return error.message || `The service answered ${error.status}.`;
   }
+}
+
+/** The path of one workflow's routes (contract section 8). */
+export function workflowPath(id) {
+  return `/workflows/${encodeURIComponent(id)}`;
 }
 
 /** A token store on sessionStorage (one browser tab), the one the page uses. */
@@ -360,6 +367,39 @@ export class StateClient extends EventTarget {
   async history(limit = 20, { signal } = {}) {
     const path = `/workflow/history?limit=${encodeURIComponent(limit)}`;
     return (await this.request('GET', path, { signal, retries: 1 })).body.workflows;
+  }
+
+  // --- many workflows (contract section 8) and server runs (section 9) ----------------------
+
+  /** GET /workflows/<id>: the same answer as getState(), for one workflow (404 `no_workflow`). */
+  getWorkflow(id, { ifNoneMatch = null, signal, retries } = {}) {
+    return this.getState({ path: workflowPath(id), ifNoneMatch, signal, retries });
+  }
+
+  /** POST /workflows: create a workflow (`run: true` also starts its server run) → the state. */
+  async createWorkflow(body, { signal } = {}) {
+    return (await this.request('POST', '/workflows', { body, signal })).body.state;
+  }
+
+  /** POST /workflows/<id>/run: run its remaining steps on the server → the state (run queued). */
+  async runWorkflow(id, { signal } = {}) {
+    return (await this.request('POST', `${workflowPath(id)}/run`, { signal })).body.state;
+  }
+
+  /** POST /workflows/<id>/cancel: its running step and itself become cancelled → the state. */
+  async cancelWorkflow(id, { signal } = {}) {
+    return (await this.request('POST', `${workflowPath(id)}/cancel`, { signal })).body.state;
+  }
+
+  /**
+   * GET /workflows: the owner's workflows, most recent `last_update` first → {workflows,
+   * nextCursor}; each entry is a summary with its `version`.
+   */
+  async listWorkflows({ status = 'all', limit = 50, cursor = null, signal, retries = 1 } = {}) {
+    const query = new URLSearchParams({ status, limit: String(limit) });
+    if (cursor) query.set('cursor', cursor);
+    const { body } = await this.request('GET', `/workflows?${query}`, { signal, retries });
+    return { workflows: body.workflows, nextCursor: body.next_cursor || null };
   }
 
   /**

@@ -133,6 +133,12 @@ def slow_server(server_pool: ServerPool) -> Server:
 
 
 @pytest.fixture
+def lease_server(server_pool: ServerPool) -> Server:
+    """As slow_server, with a 1.5 s run lease (WORKFLOW_RUN_LEASE)."""
+    return _server(server_pool, "lease")
+
+
+@pytest.fixture
 def failing_server(server_pool: ServerPool) -> Server:
     """The default steps, with WORKFLOW_DEMO_FAIL=sync_instance."""
     return _server(server_pool, "fail")
@@ -146,5 +152,11 @@ def token_server(server_pool: ServerPool) -> Server:
 
 @pytest.fixture
 def host_server(server_pool: ServerPool) -> Server:
-    """Two steps, the second pointing at a host application's endpoint (/host/deploy)."""
+    """Three steps, the last two at a host application's endpoints (`/ok` twice)."""
     return _server(server_pool, "host")
+
+
+@pytest.fixture
+def host_fail_server(server_pool: ServerPool) -> Server:
+    """As host_server, but the last step's endpoint answers `success: false` (`/fail`)."""
+    return _server(server_pool, "host-fail")

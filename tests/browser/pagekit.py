@@ -14,7 +14,9 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from tests.support import Gunicorn, http, wait_until
+from tests.support import STATE, Gunicorn, http, wait_until
+from tests.support.endpoints import StepEndpoints
+from tests.support.routes import WORKFLOWS
 
 CSP = "default-src 'self'; frame-ancestors 'none'"
 P = "pending"
@@ -40,9 +42,12 @@ SLOW_STEPS = [
     {"action": "warm_cache", "label": "Warm cache"},
     {"action": "verify", "label": "Verify"},
 ]
+# The host application's step answers from a real endpoint server the pool starts (`/ok`,
+# `/fail`: tests/support/endpoints.py); its URL is filled in then.
 HOST_STEPS = [
     {"action": "prepare", "label": "Prepare"},
-    {"action": "deploy", "label": "Deploy app", "endpoint": "/host/deploy"},
+    {"action": "deploy", "label": "Deploy app", "endpoint": "{endpoints}/ok"},
+    {"action": "report", "label": "Report", "endpoint": "{endpoints}/{report}"},
 ]
 
 # --- servers ----------------------------------------------------------------------------------
@@ -51,10 +56,13 @@ HOST_STEPS = [
 class Server:
     """A running gunicorn plus helpers for the state API."""
 
-    def __init__(self, gunicorn: Gunicorn, token: str | None = None) -> None:
+    def __init__(
+        self, gunicorn: Gunicorn, token: str | None = None, endpoints: StepEndpoints | None = None
+    ) -> None:
         self.gunicorn = gunicorn
         self.url = gunicorn.url
         self.token = token
+        self.endpoints = endpoints
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Send one API request (with the token when the server needs one)."""
@@ -63,10 +71,36 @@ class Server:
         return status, parsed
 
     def state(self) -> dict[str, Any] | None:
-        """Return the stored state (or None)."""
-        status, body = self.call("GET", "/workflow/state")
+        """Return the stored state of the current workflow (or None)."""
+        status, body = self.call("GET", STATE)
         assert status == 200, body
         return body["state"]
+
+    def workflow(self, workflow_id: str) -> dict[str, Any] | None:
+        """Return the stored state of workflow `workflow_id` (None when there is none)."""
+        status, body = self.call("GET", f"{WORKFLOWS}/{workflow_id}")
+        assert status in (200, 404), body
+        return body["state"] if status == 200 else None
+
+    def workflows(self) -> list[dict[str, Any]]:
+        """Return every workflow of the list (entries: summary + version), newest first."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = f"?status=all&limit=100{f'&cursor={cursor}' if cursor else ''}"
+            status, body = self.call("GET", WORKFLOWS + query)
+            assert status == 200, body
+            found += body["workflows"]
+            cursor = body["next_cursor"]
+            if not cursor:
+                return found
+
+    def start_run(self, steps: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        """Create a workflow of `steps` and start its server run; return the stored state."""
+        body = {"steps": steps, "status": "running", "current_step": 0, "run": True, **fields}
+        status, answer = self.call("POST", WORKFLOWS, body)
+        assert status == 201, answer
+        return answer["state"]
 
     def summary(self) -> dict[str, Any]:
         """Return GET /workflow/state/summary's summary."""
@@ -81,8 +115,15 @@ class Server:
         return body["state"]
 
     def clear(self) -> None:
-        """Delete the state."""
-        status, body = self.call("DELETE", "/workflow/state")
+        """Delete every workflow of the owner (running ones are cancelled first)."""
+        for entry in self.workflows():
+            path = f"{WORKFLOWS}/{entry['workflow_id']}"
+            if entry["status"] == "running":
+                status, body = self.call("POST", f"{path}/cancel")
+                assert status in (200, 404, 409), body
+            status, body = self.call("DELETE", path)
+            assert status in (200, 404), body
+        status, body = self.call("DELETE", STATE)
         assert status == 200, body
 
     def wait_for_state(self, check: Callable[[dict[str, Any] | None], bool], timeout: float = 15):
@@ -106,13 +147,14 @@ class ServerPool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.servers: dict[str, Server] = {}
+        self.endpoints: list[StepEndpoints] = []
 
     def get(self, name: str) -> Server:
         if name not in self.servers:
             self.servers[name] = self.start(name)
         return self.servers[name]
 
-    def steps_file(self, name: str, steps: list[dict[str, str]]) -> str:
+    def steps_file(self, name: str, steps: list[dict[str, Any]]) -> str:
         path = self.directory / f"{name}-steps.json"
         path.write_text(json.dumps(steps))
         return str(path)
@@ -123,23 +165,41 @@ class ServerPool:
             "WORKFLOW_DEMO_STEP_SECONDS": "0.2",
             "WORKFLOW_STEP_DELAY_MS": "0",
             "WORKFLOW_STATE_TTL": "60",
+            # Each web process runs workflows itself (file backend): room for several at once.
+            "WORKFLOW_RUN_WORKERS": "4",
         }
         token = None
+        endpoints = None
         if name == "slow":
             # Steps longer than the 2 s poll, so another tab sees each one happen.
             env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, SLOW_STEPS)
             env["WORKFLOW_DEMO_STEP_SECONDS"] = "2.5"
+        elif name == "lease":
+            # Slow steps and a short lease: a run whose runner dies is taken over quickly.
+            env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, SLOW_STEPS)
+            env["WORKFLOW_DEMO_STEP_SECONDS"] = "2.5"
+            env["WORKFLOW_RUN_LEASE"] = "1.5"
         elif name == "fail":
             env["WORKFLOW_DEMO_FAIL"] = "sync_instance"
         elif name == "token":
             env["WORKFLOW_STATE_TOKEN"] = token = TOKEN
-        elif name == "host":
-            env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, HOST_STEPS)
+        elif name in ("host", "host-fail"):
+            endpoints = StepEndpoints().start()
+            self.endpoints.append(endpoints)
+            report = "fail" if name == "host-fail" else "ok"
+            fill = {"endpoints": endpoints.url, "report": report}
+            steps = [
+                {**step, "endpoint": step["endpoint"].format(**fill)}
+                if "endpoint" in step
+                else step
+                for step in HOST_STEPS
+            ]
+            env["WORKFLOW_STEPS_FILE"] = self.steps_file(name, steps)
             env["WORKFLOW_DEMO_STEP_SECONDS"] = "0.1"
         elif name != "fast":
             raise ValueError(name)
         log = self.directory / f"{name}-gunicorn.log"
-        return Server(Gunicorn(env, workers=2, log_path=log).start(), token)
+        return Server(Gunicorn(env, workers=2, log_path=log).start(), token, endpoints)
 
     def close(self) -> None:
         """Stop every server fast: SIGINT to all at once, then SIGKILL workers still busy.
@@ -168,6 +228,8 @@ class ServerPool:
                     process.wait(timeout=5)
         for gunicorn in gunicorns:
             gunicorn.stop()  # closes its log
+        for endpoints in self.endpoints:
+            endpoints.close()
 
 
 # --- page helpers -----------------------------------------------------------------------------

@@ -20,40 +20,58 @@ PRELUDE = """
   const { WorkflowController } = await import('/static/js/controllers/workflow-controller.js');
   const { InstancesController } = await import('/static/js/controllers/instances-controller.js');
   const { StepCatalog } = await import('/static/js/controllers/catalog.js');
+  const { runBody } = await import('/static/js/controllers/page-runner.js');
+  const { WorkflowList } = await import('/static/js/live.js');
   const steps = [
     { action: 'a', label: 'Alpha' },
-    { action: 'b', label: 'Beta' },
+    { action: 'b', label: 'Beta', endpoint: '/host/b' },
     { action: 'c', label: 'Gamma' },
   ];
   const state = (version, fields = {}) => ({
     workflow_id: 'wf', status: 'running', current_step: 0, version,
     steps: steps.map(({ action }) => ({ action, status: 'pending' })), ...fields,
   });
+  const serverRun = (attempt = 1, status = 'running') => ({ attempt, status, runner: 'h:1' });
   class Feed extends EventTarget {
-    constructor() { super(); this.stateUrl = '/workflow/state'; this.seenVersions = []; }
+    constructor() {
+      super();
+      this.stateUrl = null; this.started = false; this.seenVersions = []; this.followed = [];
+    }
+    follow({ streamUrl, stateUrl }) {
+      this.stateUrl = stateUrl; this.started = true; this.followed.push(streamUrl);
+    }
+    stop() { this.started = false; }
     seen(version) { this.seenVersions.push(version); }
     refresh() {}
     push(body) { this.dispatchEvent(new CustomEvent('state', { detail: { body } })); }
   }
-  const runner = {
-    active: false, starting: false, cancelling: false, started: false, observed: [],
-    isOther: (s) => Boolean(s) && s.status === 'running' && s.workflow_id !== 'mine',
-    isOrphan: () => false,
-    observe(s) { this.observed.push(s.version); },
-  };
-  const stored = { state: null, percent: 0 };
+  const notFound = () =>
+    Object.assign(new Error('No workflow'), { code: 'no_workflow', status: 404 });
+  const stored = { state: null, percent: 0, workflows: {} };
   const client = {
-    config: async () => ({ steps, step_delay_ms: 0, stream_url: null }),
+    config: async () => ({ steps, step_delay_ms: 0, stream_url: '/workflow/state/stream' }),
     getState: async () => ({ state: stored.state, progressPercent: stored.percent }),
+    getWorkflow: async (id) => {
+      if (!(id in stored.workflows)) throw notFound();
+      return { state: stored.workflows[id], progressPercent: stored.percent };
+    },
+  };
+  const runner = {
+    calls: [], answers: {},
+    async start(request) { this.calls.push(['start', request]); return this.answers.start; },
+    async resume(id) { this.calls.push(['resume', id]); return this.answers.resume; },
+    async cancel(id) { this.calls.push(['cancel', id]); return this.answers.cancel; },
   };
   const feed = new Feed();
   const catalog = new StepCatalog();
   const events = [];
-  const workflow = new WorkflowController({ client, feed, catalog, createRunner: () => runner });
-  for (const type of ['reveal', 'current', 'history']) {
+  const workflow = new WorkflowController({ client, feed, catalog, runner });
+  for (const type of ['reveal', 'open']) {
     workflow.addEventListener(type, (e) => events.push([type, e.detail ?? null]));
   }
-  const instances = new InstancesController({ client, catalog });
+  const list = new EventTarget();
+  const listPush = (type, detail) => list.dispatchEvent(new CustomEvent(type, { detail }));
+  const instances = new InstancesController({ list, limit: 3 });
 """
 
 
@@ -133,7 +151,7 @@ def test_a_restored_workflow_is_revealed_with_its_message(page_with_modules: Pag
         await workflow.init();
         const view = workflow.view();
         return {
-          events, message: view.message,
+          events, message: view.message, open: view.open,
           steps: view.steps.map((s) => s.status),
           arrows: view.arrows,
           progress: view.progress,
@@ -141,7 +159,8 @@ def test_a_restored_workflow_is_revealed_with_its_message(page_with_modules: Pag
         };
         """,
     )
-    assert ["reveal", {"restored": True, "ssh": "ssh x"}] in out["events"]
+    assert out["events"] == [["open", "wf"], ["reveal", {"restored": True, "ssh": "ssh x"}]]
+    assert out["open"] == "wf"
     assert out["message"] == {"key": "restored-failed", "kind": "error", "args": {}}
     assert out["steps"] == ["completed", "failed", "pending"]
     assert out["arrows"] == [
@@ -152,80 +171,253 @@ def test_a_restored_workflow_is_revealed_with_its_message(page_with_modules: Pag
     assert out["run"] == {"mode": "run", "disabled": False}
 
 
-def test_following_another_tabs_run_to_its_end(page_with_modules: Page) -> None:
+def test_a_server_run_says_so_and_any_tab_may_cancel_it(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
+        const seen = [];
+        const look = () => {
+          const view = workflow.view();
+          seen.push({ message: view.message, run: view.run, hint: view.hint && view.hint.key,
+                      stopOther: view.stopOther, locked: view.sshLocked });
+        };
+        const moving = state(4, { run: serverRun(1) });
+        moving.steps[0].status = 'in_progress';
+        stored.state = moving;
         await workflow.init();
-        events.length = 0;
-        const moving = state(3, { current_step: 1 });
-        moving.steps[0].status = 'completed';
-        moving.steps[1].status = 'in_progress';
-        feed.push({ progress_percent: 66.67, state: moving });
-        const during = workflow.view();
-        const failed = state(4, { status: 'failed', current_step: 1 });
-        failed.steps[0].status = 'completed';
-        failed.steps[1].status = 'failed';
-        feed.push({ progress_percent: 66.67, state: failed });
+        look();
+        // Another runner took it over after an interruption (attempt 2).
+        const resumed = state(5, { run: serverRun(2) });
+        resumed.steps[0].status = 'in_progress';
+        feed.push({ progress_percent: 33.33, state: resumed });
+        look();
+        runner.answers.cancel = { ...state(6, { status: 'cancelled', run: serverRun(2, 'done') }) };
+        const cancelling = workflow.runOrCancel();
+        look();
+        await cancelling;
+        look();
+        return { seen, calls: runner.calls };
+        """,
+    )
+    seen = out["seen"]
+    assert seen[0]["message"] == {"key": "running-on-server", "kind": "info", "args": {}}
+    assert seen[0]["run"] == {"mode": "cancel", "disabled": False}
+    assert seen[0]["hint"] == "hint-server" and seen[0]["stopOther"] is False
+    assert seen[0]["locked"] is True
+    assert seen[1]["message"] == {"key": "resumed", "kind": "info", "args": {}}
+    assert seen[2]["message"]["key"] == "cancelling"
+    assert seen[2]["run"] == {"mode": "cancelling", "disabled": True}
+    assert seen[3]["message"] == {"key": "cancelled", "kind": "warning", "args": {}}
+    assert seen[3]["run"] == {"mode": "run", "disabled": False}
+    assert out["calls"] == [["cancel", "wf"]]
+
+
+def test_a_running_workflow_without_a_server_run_can_be_resumed(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        stored.state = state(3);  // running, no `run`: a client runs (or ran) its steps
+        await workflow.init();
+        const before = workflow.view();
+        const moved = state(4, { current_step: 1 });
+        moved.steps[0].status = 'completed';
+        feed.push({ progress_percent: 66.67, state: moved });
+        const afterMove = workflow.view().message;
+        runner.answers.resume = state(5, { current_step: 1, run: serverRun(1, 'queued') });
+        await workflow.runOrCancel();
         const after = workflow.view();
         return {
-          events,
-          during: { message: during.message, run: during.run, hint: during.hint && during.hint.key,
-                    stopOther: during.stopOther, arrows: during.arrows,
-                    current: during.steps.map((s) => s.current) },
-          after: { message: after.message, run: after.run, hint: after.hint },
+          before: { message: before.message.key, run: before.run, hint: before.hint.key,
+                    stopOther: before.stopOther },
+          afterMove, calls: runner.calls,
+          after: { message: after.message.key, run: after.run, stopOther: after.stopOther },
         };
         """,
     )
-    assert [event[0] for event in out["events"]] == ["current", "reveal", "current", "history"]
-    assert out["events"][1] == ["reveal", {"restored": False}]
-    during = out["during"]
-    assert during["message"] == {
+    assert out["before"] == {
+        "message": "restored-running",
+        "run": {"mode": "resume", "disabled": False},
+        "hint": "hint-orphan",
+        "stopOther": True,
+    }
+    assert out["afterMove"] == {
         "key": "other-run-step",
         "kind": "info",
         "args": {"step": 2, "total": 3, "label": "Beta"},
     }
-    assert during["run"] == {"mode": "run", "disabled": True}
-    assert during["hint"] == "hint-other" and during["stopOther"] is True
-    assert during["arrows"] == [
-        {"completed": True, "loading": False},
-        {"completed": False, "loading": True},
-    ]
-    assert during["current"] == [False, True, False]
+    assert out["calls"] == [["resume", "wf"]]
+    # A queued run is a run in progress too (contract section 9: queued|running → ⏳).
     assert out["after"] == {
-        "message": {"key": "failed-at", "kind": "error", "args": {"step": 2, "label": "Beta"}},
-        "run": {"mode": "run", "disabled": False},
-        "hint": None,
+        "message": "running-on-server",
+        "run": {"mode": "cancel", "disabled": False},
+        "stopOther": False,
     }
+
+
+def test_run_creates_a_workflow_on_the_server_and_follows_it(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        await workflow.init();  // no workflow: it follows the current one
+        const followedFirst = [...feed.followed];
+        workflow.setEnabled('c', false);
+        const created = state(7, { workflow_id: 'new', run: serverRun(1, 'queued'),
+                                   ssh_connection: 'ssh y' });
+        runner.answers.start = created;
+        events.length = 0;
+        await workflow.runOrCancel({ ssh: '  ssh y ' });
+        const [[, request]] = runner.calls;
+        const during = workflow.view();
+        const done = state(9, { workflow_id: 'new', status: 'completed',
+                                run: serverRun(1, 'done') });
+        done.steps.forEach((s) => { s.status = 'completed'; });
+        feed.push({ progress_percent: 100, state: done });
+        const after = workflow.view();
+        return {
+          followedFirst, followed: feed.followed, events, request,
+          body: runBody({ id: 'x', plan: request.plan, ssh: request.ssh }),
+          during: { message: during.message.key, run: during.run, open: during.open },
+          after: { message: after.message.key, percent: after.progress.percent, run: after.run },
+        };
+        """,
+    )
+    assert out["followedFirst"] == ["/workflow/state/stream"]
+    # Just created, it is the owner's current workflow: the open stream carries it on.
+    assert out["followed"] == ["/workflow/state/stream"]
+    assert out["events"] == [["open", "new"], ["reveal", {"restored": False, "ssh": "ssh y"}]]
+    assert out["request"]["ssh"] == "ssh y"
+    assert [step["enabled"] for step in out["request"]["plan"]] == [True, True, False]
+    body = out["body"]
+    assert body["run"] is True and body["status"] == "running" and body["ssh_connection"] == "ssh y"
+    assert body["workflow_id"] == "x"
+    assert [s["status"] for s in body["steps"]] == ["pending", "pending", "skipped"]
+    assert body["steps"][1]["endpoint"] == "/host/b"  # what the server calls for it
+    assert "endpoint" not in body["steps"][0]
+    assert out["during"] == {
+        "message": "running-on-server",
+        "run": {"mode": "cancel", "disabled": False},
+        "open": "new",
+    }
+    assert out["after"] == {
+        "message": "completed",
+        "percent": 100,
+        "run": {"mode": "run", "disabled": False},
+    }
+
+
+def test_an_open_workflow_stays_open_when_another_becomes_current(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        stored.state = state(3);
+        await workflow.init();
+        // Another tab started a workflow: the current stream shows it. This page keeps its own
+        // and follows it by its id from now on.
+        feed.push({ progress_percent: 50, state: state(4, { workflow_id: 'theirs' }) });
+        const view = workflow.view();
+        feed.push({ progress_percent: 66.67, state: state(5, { current_step: 1 }) });
+        return { followed: feed.followed, stateUrl: feed.stateUrl, open: view.open,
+                 version: workflow.current.version, events };
+        """,
+    )
+    assert out["followed"] == ["/workflow/state/stream", "/workflows/wf/stream"]
+    assert out["stateUrl"] == "/workflows/wf"
+    assert out["open"] == "wf"
+    assert out["version"] == 5
+    assert [event[0] for event in out["events"]] == ["open", "reveal"]
+
+
+def test_opening_a_workflow_by_id(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        stored.workflows.mine = state(8, { workflow_id: 'mine', status: 'completed' });
+        await workflow.init({ workflowId: 'mine' });
+        const opened = { open: workflow.view().open, message: workflow.view().message.key,
+                         followed: [...feed.followed] };
+        await workflow.open('gone');
+        const missing = workflow.view();
+        return { opened, missing: { open: missing.open, message: missing.message,
+                                    steps: missing.steps.map((s) => s.status) },
+                 started: feed.started, events };
+        """,
+    )
+    assert out["opened"] == {
+        "open": "mine",
+        "message": "restored-completed",
+        "followed": ["/workflows/mine/stream"],
+    }
+    assert out["missing"] == {
+        "open": None,
+        "message": {"key": "not-found", "kind": "error", "args": {"id": "gone"}},
+        "steps": ["pending"] * 3,
+    }
+    assert out["started"] is False  # nothing to follow
+    assert [e for e in out["events"] if e[0] == "open"] == [
+        ["open", "mine"],
+        ["open", "gone"],
+        ["open", None],
+    ]
+
+
+def test_new_setup_closes_the_open_workflow(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        const saved = state(3, { run: serverRun(1), ssh_connection: 'ssh z' });
+        saved.steps[1].enabled = false;
+        stored.state = saved;
+        await workflow.init();
+        const before = workflow.view();
+        events.length = 0;
+        workflow.close();
+        const after = workflow.view();
+        return { before: [before.newSetup, before.run.mode],
+                 after: { newSetup: after.newSetup, run: after.run.mode, message: after.message.key,
+                          enabled: after.steps.map((s) => s.enabled), locked: after.sshLocked },
+                 events, started: feed.started };
+        """,
+    )
+    assert out["before"] == [True, "cancel"]
+    assert out["after"] == {
+        "newSetup": False,
+        "run": "run",
+        "message": "idle",
+        "enabled": [True, True, True],
+        "locked": False,
+    }
+    assert out["events"] == [["open", None], ["reveal", {"restored": True, "ssh": ""}]]
+    assert out["started"] is False
 
 
 def test_an_expired_finished_workflow_stays_on_screen(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
-        await workflow.init();
+        stored.workflows.wf = state(2);
+        await workflow.init({ workflowId: 'wf' });
         const done = state(3, { status: 'completed', current_step: 2 });
         done.steps.forEach((s) => { s.status = 'completed'; });
         feed.push({ progress_percent: 100, state: done });
         const message = workflow.message;
-        events.length = 0;
         feed.push({ progress_percent: 0, state: null });
         const view = workflow.view();
-        return { events, current: workflow.current, kept: view.steps.map((s) => s.status),
-                 percent: view.progress.percent, same: workflow.message === message };
+        return { current: workflow.current, kept: view.steps.map((s) => s.status),
+                 percent: view.progress.percent, same: workflow.message === message,
+                 key: message.key };
         """,
     )
     assert out["current"] is None
     assert out["kept"] == ["completed"] * 3 and out["percent"] == 100 and out["same"]
-    assert out["events"] == [["current", None], ["history", None]]
+    assert out["key"] == "completed"
 
 
-def test_a_cleared_running_workflow_empties_the_screen(page_with_modules: Page) -> None:
+def test_a_deleted_running_workflow_empties_the_screen(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
-        await workflow.init();
-        feed.push({ progress_percent: 33.33, state: state(3) });
+        stored.workflows.wf = state(3);
+        await workflow.init({ workflowId: 'wf' });
         feed.push({ progress_percent: 0, state: null });
         const view = workflow.view();
         return { message: view.message.key, steps: view.steps.map((s) => s.status),
@@ -237,36 +429,6 @@ def test_a_cleared_running_workflow_empties_the_screen(page_with_modules: Page) 
         "steps": ["pending"] * 3,
         "percent": 0,
         "labels": ["Alpha", "Beta", "Gamma"],
-    }
-
-
-def test_while_this_page_runs_only_newer_states_of_a_started_run_count(
-    page_with_modules: Page,
-) -> None:
-    out = run(
-        page_with_modules,
-        """
-        await workflow.init();
-        runner.active = true;
-        feed.push({ progress_percent: 33.33, state: state(3, { workflow_id: 'mine' }) });
-        const beforeStart = workflow.current;
-        runner.started = true;
-        feed.push({ progress_percent: 33.33, state: state(4, { workflow_id: 'mine' }) });
-        feed.push({ progress_percent: 33.33, state: state(2, { workflow_id: 'mine' }) });
-        const view = workflow.view();
-        return { beforeStart, observed: runner.observed, version: workflow.current.version,
-                 locked: view.steps.every((s) => s.locked), sshLocked: view.sshLocked,
-                 run: view.run, hint: view.hint };
-        """,
-    )
-    assert out == {
-        "beforeStart": None,
-        "observed": [4],
-        "version": 4,
-        "locked": True,
-        "sshLocked": True,
-        "run": {"mode": "cancel", "disabled": False},
-        "hint": None,
     }
 
 
@@ -287,24 +449,84 @@ def test_switches_follow_the_stored_steps_and_the_person(page_with_modules: Page
     assert out == [[True, False, True], [True, True, False]]
 
 
-def test_the_instances_list_puts_the_current_workflow_first_once(page_with_modules: Page) -> None:
+def test_the_instances_list_follows_the_owners_workflows(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
-        catalog.set(steps);
-        const running = state(5, { workflow_id: 'now', current_step: 1, ssh_connection: 'ssh a' });
-        running.steps[0].status = 'completed';
-        running.steps[1].status = 'in_progress';
-        const failed = state(3, { workflow_id: 'old', status: 'failed', current_step: 2 });
-        failed.steps[2].status = 'failed';
-        instances.history = [failed, { ...running, status: 'completed' }];
-        instances.setCurrent(running);
-        return instances.view();
+        const entry = (id, version, last, fields = {}) => ({
+          workflow_id: id, status: 'running', current_step: 0, total_steps: 3,
+          progress_percent: 33.33, start_time: last, last_update: last, active: true,
+          version, ...fields,
+        });
+        const ids = () => instances.view().rows.map((r) => r.id);
+        const seen = [];
+        listPush('snapshot', { workflows: [
+          entry('b', 5, '2026-12-01T10:00:02Z'),
+          entry('a', 4, '2026-12-01T10:00:01Z', { status: 'completed', current_step: 2,
+                                                  progress_percent: 100, active: false }),
+        ] });
+        seen.push(ids());
+        listPush('entry', entry('a', 7, '2026-12-01T10:00:03.5Z', { status: 'completed' }));
+        seen.push(ids());
+        listPush('entry', entry('a', 6, '2026-12-01T10:00:09Z'));  // older news: ignored
+        seen.push(ids());
+        listPush('entry', entry('c', 8, '2026-12-01T10:00:03.5Z'));  // same time: id order
+        listPush('entry', entry('d', 9, '2026-12-01T09:00:00Z'));  // beyond the limit of 3
+        seen.push(ids());
+        listPush('entry', { workflow_id: 'c', state: null });  // deleted or expired
+        seen.push(ids());
+        instances.setOpen('b');
+        const rows = instances.view().rows;
+        listPush('snapshot', { workflows: [entry('e', 10, '2026-12-01T11:00:00Z')] });
+        seen.push(ids());
+        return { seen, rows };
         """,
     )
-    assert out["error"] is None
-    assert [row["id"] for row in out["rows"]] == ["now", "old"]
-    assert out["rows"][0]["note"] == {"kind": "current", "label": "Beta"}
-    assert out["rows"][0]["done"] == 1 and out["rows"][0]["total"] == 3
-    assert out["rows"][1]["note"] == {"kind": "failed", "label": "Gamma"}
-    assert out["rows"][1]["ssh"] == ""
+    assert out["seen"] == [
+        ["b", "a"],
+        ["a", "b"],
+        ["a", "b"],
+        ["c", "a", "b"],
+        ["a", "b", "d"],
+        ["e"],  # a new snapshot is the whole list: what it lacks is gone
+    ]
+    rows = {row["id"]: row for row in out["rows"]}
+    assert rows["b"] == {
+        "id": "b",
+        "href": "/?workflow=b",
+        "status": "running",
+        "step": 1,
+        "total": 3,
+        "percent": 33.33,
+        "ssh": "",
+        "updated": "2026-12-01T10:00:02Z",
+        "open": True,
+    }
+    assert rows["a"]["open"] is False and rows["a"]["status"] == "completed"
+
+
+def test_list_events_during_a_snapshot_land_after_it(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        let answer;
+        const listClient = {
+          token: null,
+          listWorkflows: () => new Promise((resolve) => { answer = resolve; }),
+        };
+        const source = new WorkflowList(listClient, { streamUrl: null });
+        const got = [];
+        source.addEventListener('snapshot',
+                                (e) => got.push(['snapshot', e.detail.workflows.length]));
+        source.addEventListener('entry', (e) => got.push(['entry', e.detail.version]));
+        source.started = true;
+        const reading = source.snapshot();
+        source.received({ workflow_id: 'x', version: 12 });  // newer than the list being read
+        answer({ workflows: [{ workflow_id: 'x', version: 11 }], nextCursor: null });
+        await reading;
+        source.received({ workflow_id: 'x', version: 13 });
+        source.stop();
+        return got;
+        """,
+    )
+    assert out == [["snapshot", 1], ["entry", 12], ["entry", 13]]

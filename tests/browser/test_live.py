@@ -65,7 +65,7 @@ def test_second_tab_follows_a_whole_run_live(server: Server, context: BrowserCon
 
 
 @pytest.mark.parametrize("live", ["stream", "polling"])
-def test_other_tab_follows_and_cannot_overwrite(
+def test_another_tab_follows_the_server_run_and_may_cancel_it(
     live: str, slow_server: Server, page: Page, other_context: Callable[..., BrowserContext]
 ) -> None:
     watcher = other_context().new_page()
@@ -80,20 +80,24 @@ def test_other_tab_follows_and_cannot_overwrite(
     start_run(page)
     # Each step takes 2.5 s, longer than a poll: the watcher sees each one run.
     expect_steps(watcher, ["in_progress", P, P], running=True)
-    run = watcher.locator("#run-workflow-btn")
-    expect(run).to_be_disabled()
-    expect(watcher.locator("#run-hint")).to_contain_text("another tab")
     expect_steps(watcher, ["completed", "in_progress", P], running=True, timeout=6)
-    expect(watcher.locator("#setup-result")).to_contain_text("running in another tab")
-    expect(watcher.locator("#setup-result")).to_contain_text("Warm cache")
-
-    page.click("#run-workflow-btn")  # Cancel
+    expect(watcher.locator("#setup-result")).to_have_text("⏳ Workflow is running on the server.")
+    expect(watcher.locator("#run-hint")).to_contain_text("Any tab can cancel it")
+    # The server runs it, so any tab may stop it.
+    cancel = watcher.locator("#run-workflow-btn")
+    expect(cancel).to_have_text("Cancel")
+    cancel.click()
     expect(watcher.locator("#setup-result")).to_have_text("⏹️ Workflow was cancelled.")
-    expect(run).to_be_enabled()
-    expect(watcher.locator("#run-hint")).to_be_hidden()
+    expect(page.locator("#setup-result")).to_have_text("⏹️ Workflow was cancelled.")
+    state = slow_server.state()
+    assert state["status"] == "cancelled"
+    assert [step["status"] for step in state["steps"]] == ["completed", "cancelled", P]
+    for tab in (watcher, page):
+        expect(tab.locator("#run-workflow-btn")).to_have_text("Run workflow")
+        expect(tab.locator("#run-hint")).to_be_hidden()
 
 
-def test_tab_opened_mid_run_has_run_disabled(
+def test_a_tab_opened_mid_run_shows_the_server_run(
     slow_server: Server, page: Page, other_context: Callable[..., BrowserContext]
 ) -> None:
     open_page(page, slow_server)
@@ -102,37 +106,14 @@ def test_tab_opened_mid_run_has_run_disabled(
         re.compile(r"\bin-progress\b")
     )
     other = open_page(other_context().new_page(), slow_server)
-    expect(other.locator("#run-workflow-btn")).to_be_disabled()
-    expect(other.locator("#run-hint")).to_contain_text("would overwrite it")
-    # On load it says what the contract says for a running workflow...
-    expect(other.locator("#setup-result")).to_have_text(
-        "⚠️ Workflow was in progress. You may need to restart it."
-    )
-    # ...and once it sees the run move, that another tab is running it.
-    expect(other.locator("#setup-result")).to_contain_text("running in another tab")
-    expect(other.locator("#setup-result")).to_have_class(re.compile(r"\binfo\b"))
-    page.click("#run-workflow-btn")  # Cancel
+    result = other.locator("#setup-result")
+    expect(result).to_have_text("⏳ Workflow is running on the server.")
+    expect(result).to_have_class("info")
+    expect(other.locator("#run-workflow-btn")).to_have_text("Cancel")
+    expect(other.locator("#stop-other-btn")).to_be_hidden()
+    page.click("#run-workflow-btn")  # Cancel, from the tab that started it
+    expect(result).to_have_text("⏹️ Workflow was cancelled.")
     expect(other.locator("#run-workflow-btn")).to_be_enabled()
-
-
-def test_cancelling_another_tabs_run(
-    slow_server: Server, page: Page, other_context: Callable[..., BrowserContext]
-) -> None:
-    open_page(page, slow_server)
-    start_run(page)
-    other = open_page(other_context().new_page(), slow_server)
-    expect(other.locator("#stop-other-btn")).to_be_visible()
-    other.click("#stop-other-btn")
-    state = slow_server.wait_for_state(lambda s: s["status"] == "cancelled")
-    assert state["steps"][0]["status"] == "in_progress"  # stopped from outside, mid-step
-    expect(other.locator("#setup-result")).to_contain_text("marked cancelled")
-    expect(other.locator("#run-workflow-btn")).to_be_enabled()
-    # The runner notices, stops without writing over it, and says so.
-    result = page.locator("#setup-result")
-    expect(result).to_contain_text("stopped from another tab")
-    expect(result).to_have_class(re.compile(r"\bwarning\b"))
-    expect(page.locator("#run-workflow-btn")).to_have_text("Run workflow")
-    assert slow_server.state() == state
 
 
 def test_stream_failure_falls_back_to_polling(server: Server, page: Page, console) -> None:
@@ -169,6 +150,10 @@ def test_without_a_stream_the_page_never_asks_for_one(server: Server, page: Page
     expect(page.locator("#live-indicator")).to_have_text("Polling")
     start_run(page)
     expect(page.locator("#setup-result")).to_have_text("✅ Workflow completed successfully!")
+    # The Instances list polls GET /workflows instead of its stream.
+    page.click('.tab-button[data-tab="instances"]')
+    row = page.locator(f'#instances-body tr[data-workflow-id="{server.state()["workflow_id"]}"]')
+    expect(row.locator(".badge")).to_have_text("Ready")
     assert streams == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -102,14 +103,38 @@ def test_finished_run_is_listed_on_the_instances_tab(server: Server, page: Page)
     open_page(page, server)
     page.click('.tab-button[data-tab="instances"]')
     row = page.locator('#instances-body tr[data-workflow-id="seeded_completed"]')
-    expect(row).to_contain_text("ssh -p 41022 root@203.0.113.7")
     expect(row.locator(".badge")).to_have_text("Ready")
-    expect(row).to_contain_text("6 of 6 done")
+    expect(row.locator(".steps")).to_have_text("6 of 6 steps · 100%")
+    link = row.locator("a.workflow-link")
+    expect(link).to_have_text("seeded_completed")
+    expect(link).to_have_attribute("href", "/?workflow=seeded_completed")
+    expect(row).to_have_class(re.compile(r"\bis-open\b"))  # the setup tab shows it
 
 
-def test_run_is_disabled_for_a_workflow_another_tab_runs(server: Server, page: Page) -> None:
-    seed_case(server, "running")  # nobody in this tab started it
+def test_a_running_workflow_no_server_run_drives_can_be_resumed(server: Server, page: Page) -> None:
+    seed_case(server, "running")  # written by a client that runs steps itself: no `run`
     open_page(page, server)
-    expect(page.locator("#run-workflow-btn")).to_be_disabled()
-    expect(page.locator("#run-hint")).to_contain_text("another tab")
+    expect(page.locator("#setup-result")).to_have_text(CASES["running"][2])
+    run = page.locator("#run-workflow-btn")
+    expect(run).to_have_text("Resume on the server")
+    expect(page.locator("#run-hint")).to_contain_text("Nothing runs this workflow on the server")
     expect(page.locator("#stop-other-btn")).to_be_visible()
+    run.click()
+    # The server runs its remaining steps (from the interrupted one) to the end.
+    expect(page.locator("#setup-result")).to_have_text("✅ Workflow completed successfully!")
+    state = server.state()
+    assert state["workflow_id"] == "seeded_running"
+    assert [step["status"] for step in state["steps"]] == ["completed"] * 6
+    assert state["run"]["status"] == "done"
+
+
+def test_cancel_that_run(server: Server, page: Page) -> None:
+    seed_case(server, "running")
+    open_page(page, server)
+    page.click("#stop-other-btn")
+    expect(page.locator("#setup-result")).to_have_text("⏹️ Workflow was cancelled.")
+    state = server.state()
+    assert state["status"] == "cancelled"
+    assert state["steps"][2]["status"] == "cancelled"  # the step in progress
+    expect(page.locator("#run-workflow-btn")).to_have_text("Run workflow")
+    expect(page.locator("#stop-other-btn")).to_be_hidden()

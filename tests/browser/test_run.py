@@ -1,13 +1,13 @@
-"""The page runs a workflow: end to end, skipping, failing, cancelling, reloading mid-run."""
+"""Run starts a workflow on the server and the page follows it: end to end, skipping, failing,
+cancelling, and steps that call the host application's endpoints."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Page, expect
 
 from tests.browser.pagekit import (
     DEFAULT_ACTIONS,
@@ -44,6 +44,7 @@ def test_run_end_to_end(server: Server, page: Page) -> None:
 
     state = server.state()
     assert state["status"] == "completed"
+    assert state["run"]["status"] == "done"  # the server ran it
     assert statuses(state) == ["completed"] * 6
     assert [step["action"] for step in state["steps"]] == list(DEFAULT_ACTIONS)
     assert state["ssh_connection"] == SSH
@@ -121,83 +122,35 @@ def test_cancel(slow_server: Server, page: Page) -> None:
     expect(first).not_to_have_class(re.compile(r"\bin-progress\b"))
 
 
-def test_reload_mid_run_restores_it_as_running(slow_server: Server, page: Page) -> None:
-    open_page(page, slow_server)
-    start_run(page, SSH)
-    expect(page.locator('.workflow-step[data-action="provision"]')).to_have_class(
-        re.compile(r"\bin-progress\b")
-    )
-    page.reload()
-    expect(page.locator("body")).to_have_attribute("data-workflow-ready", "true")
-    result = page.locator("#setup-result")
-    expect(result).to_have_text("⚠️ Workflow was in progress. You may need to restart it.")
-    expect(result).to_have_class(re.compile(r"\bwarning\b"))
-    assert selected_tab(page) == "vastai-setup"
-    state = slow_server.state()
-    assert state["status"] == "running"
-    expect_steps(page, statuses(state), running=True)
-    expect(page.locator("#sshConnectionString")).to_have_value(SSH)
-    # This tab started the run, and the reload ended it: Run starts it again.
-    run = page.locator("#run-workflow-btn")
-    expect(run).to_be_enabled()
-    expect(page.locator("#run-hint")).to_contain_text("reloaded")
-    old_id = state["workflow_id"]
-    run.click()
-    restarted = slow_server.wait_for_state(lambda s: s["workflow_id"] != old_id)
-    assert restarted["status"] == "running"
-    status, history = slow_server.call("GET", "/workflow/history?limit=5")
-    assert status == 200
-    assert any(
-        w["workflow_id"] == old_id and w["status"] == "cancelled" for w in history["workflows"]
-    )
-    page.click("#run-workflow-btn")  # Cancel, so the run does not outlive the test
-    slow_server.wait_for_state(lambda s: s["status"] == "cancelled")
-
-
-def test_step_with_an_endpoint_calls_the_host_application(host_server: Server, page: Page) -> None:
-    calls: list[dict[str, Any]] = []
-
-    def host_deploy(route: Route) -> None:
-        calls.append({"body": json.loads(route.request.post_data or "{}")})
-        route.fulfill(
-            status=200,
-            content_type="application/json",
-            body=json.dumps({"success": True, "message": "Deployed v2"}),
-        )
-
-    page.route("**/host/deploy", host_deploy)
+def test_steps_with_endpoints_call_the_host_application(host_server: Server, page: Page) -> None:
     open_page(page, host_server)
-    expect(page.locator("#workflow-steps .step-label")).to_have_text(["Prepare", "Deploy app"])
+    expect(page.locator("#workflow-steps .step-label")).to_have_text(
+        ["Prepare", "Deploy app", "Report"]
+    )
     start_run(page, SSH)
     expect(page.locator("#setup-result")).to_have_text("✅ Workflow completed successfully!")
-    assert len(calls) == 1
+    calls = host_server.endpoints.calls("/ok")
+    assert len(calls) == 2  # the server called them, once each
     body = calls[0]["body"]
     assert body["action"] == "deploy"
     assert body["ssh_connection"] == SSH
     assert body["workflow_id"] == host_server.state()["workflow_id"]
-    expect(page.locator('.workflow-step[data-action="deploy"] .step-note')).to_have_text(
-        "Deployed v2"
-    )
+    # The answer's message is stored with the step and shown on its card.
+    expect(page.locator('.workflow-step[data-action="deploy"] .step-note')).to_have_text("done")
 
 
-def test_an_endpoint_error_fails_the_step(host_server: Server, page: Page, console) -> None:
-    console.allow(r"status of 500")
-    page.route(
-        "**/host/deploy",
-        lambda route: route.fulfill(
-            status=500,
-            content_type="application/json",
-            body=json.dumps({"success": False, "message": "Disk full", "error": "deploy_failed"}),
-        ),
-    )
-    open_page(page, host_server)
+def test_an_endpoint_failure_fails_the_step(host_fail_server: Server, page: Page) -> None:
+    open_page(page, host_fail_server)
     start_run(page, SSH)
     result = page.locator("#setup-result")
     expect(result).to_have_class(re.compile(r"\berror\b"))
-    expect(result).to_contain_text("Disk full")
-    state = host_server.state()
+    expect(result).to_have_text("❌ Workflow failed at step 3 (Report).")
+    expect(page.locator('.workflow-step[data-action="report"] .step-note')).to_have_text(
+        "disk full"
+    )
+    state = host_fail_server.state()
     assert state["status"] == "failed"
-    assert statuses(state) == ["completed", "failed"]
+    assert statuses(state) == ["completed", "completed", "failed"]
 
 
 def test_slow_steps_come_from_the_steps_file(slow_server: Server, page: Page) -> None:

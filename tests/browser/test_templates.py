@@ -35,10 +35,13 @@ def test_the_contracts_restore_messages_are_exact(server: Server, page: Page) ->
     assert text["restored-running"] == "⚠️ Workflow was in progress. You may need to restart it."
     assert text["restored-completed"] == "✅ Previous workflow completed successfully!"
     assert text["restored-failed"] == "❌ Previous workflow failed."
+    # Contract section 9: a run on the server, and one taken over after an interruption.
+    assert text["running-on-server"] == "⏳ Workflow is running on the server."
+    assert text["resumed"] == "🔁 Workflow resumed after an interruption."
 
 
 def test_slots_take_their_values_as_text(server: Server, page: Page) -> None:
     args = {"step": 2, "total": 6, "label": "<b>Set UI Home</b>", "detail": "Disk full"}
     text = open_page(page, server).evaluate(RENDER, args)["text"]
-    assert text["step-running"] == "⏳ Step 2 of 6: <b>Set UI Home</b>…"
-    assert text["step-failed"] == "❌ Step 2 (<b>Set UI Home</b>) failed: Disk full"
+    assert text["failed-at"] == "❌ Workflow failed at step 2 (<b>Set UI Home</b>)."
+    assert text["start-error"] == "❌ Could not start the workflow: Disk full"

@@ -40,7 +40,7 @@ def test_token_prompt_then_every_call_carries_it(token_server: Server, page: Pag
     assert token_server.state()["status"] == "completed"
     # EventSource cannot send the header: the stream is read with fetch() and the token.
     expect(page.locator("#live-indicator")).to_have_text("Live")
-    streams = [r for r in requests if r.url.endswith("/workflow/state/stream")]
+    streams = [r for r in requests if r.url.endswith("/stream")]  # a workflow's, the list's
     assert streams and all(r.resource_type == "fetch" for r in streams)
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in streams)
 
@@ -54,7 +54,7 @@ def test_token_prompt_then_every_call_carries_it(token_server: Server, page: Pag
     assert refused == []
     # The token travels in a header only, never in a URL.
     assert not [r.url for r in requests if TOKEN in r.url]
-    api_calls = [r for r in requests if "/workflow/" in r.url and r.resource_type == "fetch"]
+    api_calls = [r for r in requests if "/workflow" in r.url and r.resource_type == "fetch"]
     with_token = [r for r in api_calls if r.headers.get("authorization") == f"Bearer {TOKEN}"]
     assert len(api_calls) - len(with_token) == 2  # the first 401 and the refused wrong token
 

@@ -1,85 +1,110 @@
 /**
- * The Instances list: the workflow being set up now, then the setups that finished recently
- * (GET /workflow/history, kept 7 days), newest first. No DOM: a view renders `view()` after
- * every `change`.
+ * The Instances list: the owner's workflows (contract section 8), most recently updated first,
+ * kept live by a list source (live.js `WorkflowList`: a `snapshot` of `GET /workflows` each time
+ * its stream opens, then one `entry` per change). No DOM: a view renders `view()` after every
+ * `change`.
  *
- * Today the current workflow comes from the followed workflow's controller (`setCurrent`) and
- * the finished ones from `refresh()`. When the service lists every workflow of an owner
- * (GET /workflows and its stream), a list source replaces both and this stays the model the
- * view draws.
+ * An entry is a workflow's summary with its `version`; an entry `{workflow_id, state: null}`
+ * says the workflow was deleted or expired. Versions never go back, so an entry older than the
+ * one held is old news.
  */
 
 import { describeError } from '../state-client.js';
 import { message } from './messages.js';
 
-const HISTORY_LIMIT = 20;
+export const LIST_LIMIT = 50;
+
+/** Where a workflow opens: the page with `?workflow=<id>`. */
+export function workflowHref(id) {
+  return `/?workflow=${encodeURIComponent(id)}`;
+}
+
+/** The order of the list: `last_update` descending, then workflow id descending. */
+function newestFirst(a, b) {
+  const when = (entry) => Date.parse(entry.last_update) || 0;
+  const delta = when(b) - when(a);
+  if (delta) return delta;
+  if (a.workflow_id === b.workflow_id) return 0;
+  return a.workflow_id < b.workflow_id ? 1 : -1;
+}
 
 export class InstancesController extends EventTarget {
   /**
    * @param {object} parts
-   * @param {import('../state-client.js').StateClient} parts.client
-   * @param {import('./catalog.js').StepCatalog} parts.catalog for step labels
+   * @param {EventTarget} parts.list the list source: events `snapshot`, `entry`, `failed`
+   * @param {number} [parts.limit] how many rows to show at most
    */
-  constructor({ client, catalog }) {
+  constructor({ list, limit = LIST_LIMIT }) {
     super();
-    this.client = client;
-    this.catalog = catalog;
-    this.current = null;
-    this.history = [];
-    this.error = null; // a message when the history could not be read
-    this.loading = null;
+    this.limit = limit;
+    this.entries = new Map(); // workflow id → its newest entry
+    this.loaded = false; // a snapshot arrived
+    this.error = null; // a message when the list could not be read
+    this.openId = null; // the workflow the VastAI Setup tab shows
+    list.addEventListener('snapshot', (event) => this.replace(event.detail.workflows));
+    list.addEventListener('entry', (event) => this.apply(event.detail));
+    list.addEventListener('failed', (event) => this.fail(event.detail));
   }
 
-  /** Show `state` (the current workflow, or null) at the top of the list. */
-  setCurrent(state) {
-    this.current = state;
+  /** The whole list as the server has it now (what is not in it was deleted or expired). */
+  replace(workflows) {
+    const entries = new Map();
+    for (const entry of Array.isArray(workflows) ? workflows : []) {
+      if (entry && typeof entry.workflow_id === 'string') entries.set(entry.workflow_id, entry);
+    }
+    this.entries = entries;
+    this.loaded = true;
+    this.error = null;
     this.changed();
   }
 
-  /** Fetch the finished workflows again (one request at a time). */
-  refresh() {
-    if (this.loading) return this.loading;
-    this.loading = (async () => {
-      try {
-        this.history = await this.client.history(HISTORY_LIMIT);
-        this.error = null;
-      } catch (error) {
-        this.error = message('history-error', { detail: describeError(error) });
-      } finally {
-        this.loading = null;
-      }
-      this.changed();
-    })();
-    return this.loading;
-  }
-
-  /** The rows to draw, each workflow once, and the error to show (or null). */
-  view() {
-    const rows = [];
-    const seen = new Set();
-    for (const workflow of [this.current, ...this.history]) {
-      if (!workflow || seen.has(workflow.workflow_id)) continue;
-      seen.add(workflow.workflow_id);
-      rows.push(this.row(workflow));
+  /** One change: a newer entry replaces the one held; `state: null` removes it. */
+  apply(entry) {
+    const id = entry.workflow_id;
+    if (entry.state === null && !('status' in entry)) {
+      if (this.entries.delete(id)) this.changed();
+      return;
     }
-    return { rows, error: this.error };
+    const held = this.entries.get(id);
+    if (held && typeof held.version === 'number' && !(entry.version > held.version)) return;
+    this.entries.set(id, entry);
+    this.changed();
   }
 
-  row(workflow) {
-    const steps = Array.isArray(workflow.steps) ? workflow.steps : [];
-    const failed = steps.find((step) => step.status === 'failed');
-    const current = workflow.status === 'running' ? steps[workflow.current_step] : undefined;
-    let note = null;
-    if (failed) note = { kind: 'failed', label: this.catalog.labelOf(failed) };
-    else if (current) note = { kind: 'current', label: this.catalog.labelOf(current) };
+  /** The list could not be read: say so (the rows shown stay). */
+  fail(error) {
+    this.error = message('instances-error', { detail: describeError(error) });
+    this.changed();
+  }
+
+  /** The workflow the setup tab shows now (its row is marked). */
+  setOpen(id) {
+    if (id === this.openId) return;
+    this.openId = id;
+    this.changed();
+  }
+
+  /** The rows to draw, newest first, and the error to show (or null). */
+  view() {
+    const rows = [...this.entries.values()]
+      .sort(newestFirst)
+      .slice(0, this.limit)
+      .map((entry) => this.row(entry));
+    return { rows, loaded: this.loaded, error: this.error };
+  }
+
+  row(entry) {
+    const total = Number(entry.total_steps) || 0;
     return {
-      id: workflow.workflow_id,
-      ssh: typeof workflow.ssh_connection === 'string' ? workflow.ssh_connection : '',
-      status: workflow.status,
-      done: steps.filter((step) => step.status === 'completed').length,
-      total: steps.length,
-      note,
-      updated: workflow.last_update || null,
+      id: entry.workflow_id,
+      href: workflowHref(entry.workflow_id),
+      status: entry.status,
+      step: total ? Math.min(total, (Number(entry.current_step) || 0) + 1) : 0,
+      total,
+      percent: typeof entry.progress_percent === 'number' ? entry.progress_percent : 0,
+      ssh: typeof entry.ssh_connection === 'string' ? entry.ssh_connection : '',
+      updated: entry.last_update || null,
+      open: entry.workflow_id === this.openId,
     };
   }
 

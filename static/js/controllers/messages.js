@@ -10,12 +10,15 @@ const KINDS = {
   idle: 'info',
   'config-error': 'error',
   'state-error': 'error',
-  // on load with a stored workflow (contract section 4)
+  'not-found': 'error',
+  // on load with a stored workflow (contract sections 4 and 9)
   'restored-running': 'warning',
   'restored-completed': 'success',
   'restored-failed': 'error',
   'restored-cancelled': 'warning',
   'restored-other': 'info',
+  'running-on-server': 'info',
+  resumed: 'info',
   // following a workflow
   cleared: 'info',
   'other-run-step': 'info',
@@ -24,31 +27,28 @@ const KINDS = {
   'failed-at': 'error',
   failed: 'error',
   cancelled: 'warning',
-  // running it from this page
+  // starting and stopping runs
   'enable-one': 'warning',
   'start-error': 'error',
   starting: 'info',
-  'step-running': 'info',
-  'step-failed': 'error',
   cancelling: 'info',
-  'run-cancelled': 'warning',
-  'stopped-elsewhere': 'warning',
-  replaced: 'warning',
-  'not-started-over': 'warning',
-  'run-stopped': 'error',
-  'marked-cancelled': 'warning',
-  'still-moving': 'warning',
-  'cancel-other-error': 'error',
+  'cancel-error': 'error',
   // under the Run button
-  'hint-other': 'info',
+  'hint-server': 'info',
   'hint-orphan': 'info',
   // elsewhere on the page
   reconnecting: 'info',
-  'history-error': 'error',
+  'instances-error': 'error',
 };
 
 /** Every message key (a test checks each has its template). */
 export const MESSAGE_KEYS = Object.freeze(Object.keys(KINDS));
+
+/** Whether two messages say the same (a live region is redrawn only when this is false). */
+export function sameMessage(a, b) {
+  if (!a || !b) return a === b;
+  return a.key === b.key && JSON.stringify(a.args) === JSON.stringify(b.args);
+}
 
 /** The message `key` with its slot values. */
 export function message(key, args = {}) {
@@ -56,8 +56,26 @@ export function message(key, args = {}) {
   return { key, kind: KINDS[key], args };
 }
 
-/** What #setup-result says on load with a stored state (contract section 4). */
+/** The server run of a running workflow, when one is queued or running (contract section 9). */
+export function serverRun(state) {
+  if (!state || state.status !== 'running' || !state.run || typeof state.run !== 'object') return null;
+  return ['queued', 'running'].includes(state.run.status) ? state.run : null;
+}
+
+/** What a workflow the server runs says: ⏳, or 🔁 once another runner took it over. */
+export function serverRunMessage(state) {
+  const run = serverRun(state);
+  if (!run) return null;
+  return message(Number(run.attempt) > 1 ? 'resumed' : 'running-on-server');
+}
+
+/**
+ * What #setup-result says on load with a stored state (contract sections 4 and 9): a server
+ * run in progress says so; a running workflow without one keeps the seed's warning.
+ */
 export function restoredMessage(state) {
+  const running = serverRunMessage(state);
+  if (running) return running;
   const key = `restored-${state.status}`;
   return key in KINDS ? message(key) : message('restored-other', { status: state.status });
 }
@@ -73,7 +91,7 @@ export function finishedMessage(state, catalog) {
   return message('cancelled');
 }
 
-/** Where a workflow that another tab runs has got to. */
+/** Where a running workflow that no server run drives (a client runs its steps) has got to. */
 export function otherRunMessage(state, catalog) {
   const step = state.steps[state.current_step];
   if (!step) return message('other-run-starting');

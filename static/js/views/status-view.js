@@ -16,14 +16,19 @@ const MODES = {
 export class StatusView {
   /**
    * @param {object} parts
-   * @param {import('../live.js').LiveState} parts.feed
+   * @param {Array<import('../live.js').LiveState | import('../live.js').WorkflowList>} parts.feeds
+   *   the first one that is following something shows (the open workflow's, else the list's)
    * @param {import('../state-client.js').StateClient} parts.client
    * @param {Document} [parts.root]
    */
-  constructor({ feed, client, root = document }) {
+  constructor({ feeds, client, root = document }) {
     this.indicator = root.getElementById('live-indicator');
     this.note = root.getElementById('reconnect-note');
-    feed.addEventListener('mode', (event) => this.showMode(event.detail));
+    const show = () => {
+      const feed = feeds.find((each) => each.started);
+      if (feed) this.showMode(feed.mode);
+    };
+    for (const feed of feeds) feed.addEventListener('mode', show);
     client.addEventListener('reconnecting', (event) => this.showReconnecting(event.detail));
     client.addEventListener('reconnected', () => {
       this.note.hidden = true;

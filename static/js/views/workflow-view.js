@@ -24,7 +24,12 @@ const STEP_TEXT = {
   cancelled: 'Cancelled',
 };
 const STEP_MARK = { completed: '✓', failed: '✕', skipped: '–', cancelled: '■' };
-const RUN_LABELS = { run: 'Run workflow', cancel: 'Cancel', cancelling: 'Cancelling…' };
+const RUN_LABELS = {
+  run: 'Run workflow',
+  resume: 'Resume on the server',
+  cancel: 'Cancel',
+  cancelling: 'Cancelling…',
+};
 const MESSAGE_KINDS = ['info', 'success', 'warning', 'error'];
 const PROGRESS_CLASSES = ['is-running', 'is-completed', 'is-failed', 'is-cancelled'];
 
@@ -43,6 +48,7 @@ export class WorkflowView {
       ssh: byId('sshConnectionString'),
       run: byId('run-workflow-btn'),
       stopOther: byId('stop-other-btn'),
+      newSetup: byId('new-workflow-btn'),
       hint: byId('run-hint'),
       progress: byId('workflow-progress'),
       progressFill: byId('workflow-progress').querySelector('.progress-fill'),
@@ -57,6 +63,10 @@ export class WorkflowView {
 
     this.dom.run.addEventListener('click', () => this.controller.runOrCancel({ ssh: this.dom.ssh.value }));
     this.dom.stopOther.addEventListener('click', () => this.controller.cancelOther());
+    this.dom.newSetup.addEventListener('click', () => {
+      this.controller.close();
+      this.dom.ssh.focus();
+    });
     this.dom.steps.addEventListener('change', (event) => {
       const toggle = event.target.closest('.step-toggle');
       const card = toggle && toggle.closest('.workflow-step');
@@ -74,7 +84,7 @@ export class WorkflowView {
     this.render(controller.view());
   }
 
-  /** Put the SSH connection of a restored workflow into its field. */
+  /** Put the SSH connection of an opened workflow into its field. */
   fillSsh(value) {
     this.dom.ssh.value = value;
   }
@@ -154,14 +164,16 @@ export class WorkflowView {
     result.className = said && MESSAGE_KINDS.includes(said.kind) ? said.kind : 'info';
   }
 
-  drawControls({ run, sshLocked, stopOther, hint }) {
+  drawControls({ run, sshLocked, stopOther, newSetup, hint }) {
     const button = this.dom.run;
+    const starts = run.mode === 'run' || run.mode === 'resume';
     button.textContent = RUN_LABELS[run.mode];
-    button.classList.toggle('btn-danger', run.mode !== 'run');
-    button.classList.toggle('btn-primary', run.mode === 'run');
+    button.classList.toggle('btn-danger', !starts);
+    button.classList.toggle('btn-primary', starts);
     button.disabled = run.disabled;
     this.dom.ssh.disabled = sshLocked;
     this.dom.stopOther.hidden = !stopOther;
+    this.dom.newSetup.hidden = !newSetup;
     if (hint && hint.key !== (this.hinted && this.hinted.key)) showMessage(this.dom.hint, hint);
     this.hinted = hint;
     this.dom.hint.hidden = !hint;
