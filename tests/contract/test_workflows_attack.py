@@ -1,0 +1,204 @@
+"""Faults found by attacking the routes of many workflows (contract sections 2, 5 and 8), each a
+failing test marked xfail(strict=True) until service/ is fixed: streams that answer 500 or stop,
+subscriptions that outlive their request, expiries a list stream never announces, ids that
+cannot be read where they were created, and a refused create that still writes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urljoin
+
+import pytest
+from flask import Flask
+
+from tests.conftest import steps
+from tests.contract import test_workflows
+from tests.contract.test_workflows import Events, create
+from tests.support import STATE, STREAM, wait_until
+from tests.support.routes import WORKFLOWS
+
+# In-process streams read in a thread, closed at the test's end: test_workflows.py's fixture.
+events = test_workflows.events
+
+LIST_STREAM = f"{WORKFLOWS}/stream"
+HUB = "workflow_stream_hub"
+
+
+def open_streams(app: Flask) -> int:
+    return app.extensions[HUB].open_streams
+
+
+def expiries(stream: Events, seconds: float) -> set[str]:
+    """Return the ids of the workflows the list stream said are gone within `seconds`."""
+    gone: set[str] = set()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            _, _, data = stream.next(timeout=min(left, 1.0))
+        except Exception:  # queue.Empty: nothing this second
+            continue
+        if data.get("state", "") is None:
+            gone.add(data["workflow_id"])
+    return gone
+
+
+# --- Hub._schedule: a heap of (when, topic, version) whose topics cannot all be compared -------
+# The current workflow's topic is (owner, None) and a workflow's is (owner, "<id>"): both watch
+# the same state, so they get the same expiry time, and heapq then compares None with a str.
+
+HEAP_FAULT = (
+    "Hub._schedule pushes (when, topic, version) onto a heap; an (owner, None) topic and an "
+    "(owner, '<id>') topic with the same `when` raise TypeError (service/stream.py)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=HEAP_FAULT)
+def test_the_current_stream_opens_beside_a_stream_of_the_same_workflow(app, events):
+    client = app.test_client()
+    create(client, "w")
+    first = events(app, f"{WORKFLOWS}/w/stream")
+    first.next()
+    response = client.get(STREAM, buffered=False)
+    try:
+        assert response.status_code == 200, response.get_data()[:200]
+    finally:
+        response.close()
+
+
+@pytest.mark.xfail(strict=True, reason=HEAP_FAULT)
+def test_the_list_stream_opens_while_a_finished_current_workflow_is_streamed(app, events):
+    client = app.test_client()
+    create(client, "done", status="completed")
+    events(app, STREAM).next()
+    response = client.get(LIST_STREAM, buffered=False)
+    try:
+        assert response.status_code == 200, response.get_data()[:200]
+    finally:
+        response.close()
+
+
+@pytest.mark.xfail(strict=True, reason=HEAP_FAULT)
+def test_the_list_stream_outlives_many_writes_beside_a_current_stream(app, events):
+    """The page's two streams (its workflow, its Instances tab) for one owner: the hub's feed
+    thread crashes on the heap, restarts, and its resync ends every list stream."""
+    client = app.test_client()
+    create(client, "w")
+    events(app, STREAM).next()
+    listing = events(app, LIST_STREAM)
+    wait_until(lambda: open_streams(app) == 2, timeout=5)
+    for n in range(80):
+        assert client.patch(f"{WORKFLOWS}/w", json={"n": n}).status_code == 200
+    # Every one of the 80 changes reaches the list stream, which is still open afterwards.
+    seen = [listing.next()[2]["version"] for _ in range(80)]
+    assert seen == sorted(seen)
+    assert open_streams(app) == 2
+
+
+# --- stream routes: a subscription that outlives its request -----------------------------------
+
+LEAK_FAULT = (
+    "stream_response / list_stream_response subscribe before returning a generator whose "
+    "`finally` unsubscribes; a HEAD (or any response closed before it is iterated) never starts "
+    "the generator, so the subscription and the open-streams gauge stay forever (service/stream.py)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=LEAK_FAULT)
+@pytest.mark.parametrize("path", [LIST_STREAM, f"{WORKFLOWS}/w/stream", STREAM])
+def test_a_head_of_a_stream_leaves_no_stream_open(app, path):
+    client = app.test_client()
+    create(client, "w")
+    response = client.head(path)
+    response.close()
+    # A HEAD has no body to stream: nothing stays subscribed once it is answered.
+    wait_until(lambda: open_streams(app) == 0, timeout=3)
+
+
+# --- list_stream_response: which expiries a list stream announces -----------------------------
+
+EXPIRY_FAULT = (
+    "list_stream_response tracks for expiry only the first page (100) of *finished* workflows: "
+    "a running workflow that goes stale, and finished ones past the 100 newest (the first to "
+    "expire), vanish from the list with no {workflow_id, state: null} event (service/stream.py)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=EXPIRY_FAULT)
+def test_the_list_stream_announces_a_running_workflow_going_stale(make_app, events):
+    app = make_app(STATE_STALE_TTL=2)
+    client = app.test_client()
+    create(client, "idle")  # running, never written again
+    stream = events(app, LIST_STREAM)
+    wait_until(lambda: open_streams(app) == 1, timeout=5)
+    assert "idle" in expiries(stream, 6)
+    assert client.get(f"{WORKFLOWS}/idle").status_code == 404
+
+
+@pytest.mark.xfail(strict=True, reason=EXPIRY_FAULT)
+@pytest.mark.parametrize("backend", ["fakeredis"], indirect=True)
+def test_the_list_stream_announces_every_finished_workflow_expiring(make_app, events):
+    app = make_app(STATE_TTL=6)
+    client = app.test_client()
+    names = [f"f{n:03d}" for n in range(103)]
+    for name in names:
+        create(client, name, status="completed")
+    stream = events(app, LIST_STREAM)
+    wait_until(lambda: open_streams(app) == 1, timeout=5)
+    gone = expiries(stream, 9)
+    assert not client.get(WORKFLOWS).get_json()["workflows"]  # every one expired meanwhile
+    assert sorted(set(names) - gone) == []
+
+
+# --- ids a workflow can be created with but not read back at its Location -------------------
+
+UNREADABLE_FAULT = (
+    "POST /workflows accepts ids that its own routes cannot serve at the Location it answers: "
+    "'stream' is the list stream's path, and '.' / '..' are dot segments every browser removes "
+    "(service/workflows.py create, or model.WORKFLOW_ID_RE)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=UNREADABLE_FAULT)
+@pytest.mark.parametrize("workflow_id", ["stream", ".", ".."])
+def test_a_created_workflow_is_read_back_at_its_location(client, workflow_id):
+    response = client.post(WORKFLOWS, json={"workflow_id": workflow_id, "steps": steps(1)})
+    if response.status_code == 400:
+        return  # refusing such an id is a fix too
+    assert response.status_code == 201
+    # Where a browser's fetch() (or any URL library that resolves dot segments) goes.
+    where = urljoin("http://service.example/", response.headers["Location"])
+    path = where.removeprefix("http://service.example")
+    read = client.get(path, buffered=False)
+    try:
+        assert read.mimetype == "application/json", (path, read.mimetype)
+        assert read.get_json()["state"]["workflow_id"] == workflow_id
+    finally:
+        read.close()
+
+
+# --- RunControl.create: a refused "run": true create writes the lease index -------------------
+
+RUN_INDEX_FAULT = (
+    "RunControl.create notes the run in the lease index (_index_ahead) before store.create "
+    "validates the body, so a 400 (and a 409/429) still writes `<prefix>:runs` "
+    "(service/runner/control.py)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=RUN_INDEX_FAULT)
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"workflow_id": "bad", "run": True, "status": "bogus"},
+        {"workflow_id": "bad", "run": True, "steps": "not a list"},
+    ],
+)
+def test_a_refused_create_with_run_changes_nothing(app, redis_server, body: dict[str, Any]):
+    client = app.test_client()
+    before = sorted(redis_server.client().keys("*"))
+    response = client.post(WORKFLOWS, json=body)
+    assert response.status_code == 400
+    assert sorted(redis_server.client().keys("*")) == before
+    assert client.get(STATE).get_json()["state"] is None
