@@ -54,24 +54,20 @@ HEAP_FAULT = (
 
 
 @pytest.mark.xfail(strict=True, reason=HEAP_FAULT)
-def test_the_current_stream_opens_beside_a_stream_of_the_same_workflow(app, events):
+@pytest.mark.parametrize(
+    ("status", "first", "second"),
+    [
+        # A workflow's page and the seed page, on the same (current) workflow.
+        ("running", f"{WORKFLOWS}/w/stream", STREAM),
+        # The seed page on a workflow that just finished, then the Instances tab.
+        ("completed", STREAM, LIST_STREAM),
+    ],
+)
+def test_a_second_stream_on_the_same_workflow_opens(app, events, status, first, second):
     client = app.test_client()
-    create(client, "w")
-    first = events(app, f"{WORKFLOWS}/w/stream")
-    first.next()
-    response = client.get(STREAM, buffered=False)
-    try:
-        assert response.status_code == 200, response.get_data()[:200]
-    finally:
-        response.close()
-
-
-@pytest.mark.xfail(strict=True, reason=HEAP_FAULT)
-def test_the_list_stream_opens_while_a_finished_current_workflow_is_streamed(app, events):
-    client = app.test_client()
-    create(client, "done", status="completed")
-    events(app, STREAM).next()
-    response = client.get(LIST_STREAM, buffered=False)
+    create(client, "w", status=status)
+    events(app, first).next()
+    response = client.get(second, buffered=False)
     try:
         assert response.status_code == 200, response.get_data()[:200]
     finally:
