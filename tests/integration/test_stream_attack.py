@@ -44,12 +44,19 @@ def head_statuses(port: int, path: str, count: int) -> list[int]:
 
 
 @pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[Gunicorn]:
-    server = small_server({"WORKFLOW_STATE_URL": f"file://{tmp_path}/state.json"})
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gunicorn]:
+    """One worker with few connections, on the file (param "file") or the session's Redis."""
+    if request.param == "file":
+        url = f"file://{tmp_path}/state.json"
+    else:
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        redis.flush()
+        url = redis.url
+    gunicorn = small_server({"WORKFLOW_STATE_URL": url})
     try:
-        yield server
+        yield gunicorn
     finally:
-        server.stop()
+        gunicorn.stop()
 
 
 @pytest.mark.xfail(
@@ -59,17 +66,18 @@ def file_server(tmp_path: Path) -> Iterator[Gunicorn]:
     "growing inbox for the worker's life (service/stream.py stream_response, "
     "list_stream_response)",
 )
-def test_heads_of_the_list_stream_leave_the_workers_streams_to_others(file_server: Gunicorn):
+@pytest.mark.parametrize("server", ["file"], indirect=True)
+def test_heads_of_the_list_stream_leave_the_workers_streams_to_others(server: Gunicorn):
     # One client, one connection, nothing held open: only HEAD requests.
-    assert set(head_statuses(file_server.port, LIST_STREAM, STREAM_CAPACITY + 2)) == {200}
+    assert set(head_statuses(server.port, LIST_STREAM, STREAM_CAPACITY + 2)) == {200}
     gauge = [
         line
-        for line in http("GET", file_server.url + "/metrics")[2].splitlines()
+        for line in http("GET", server.url + "/metrics")[2].splitlines()
         if line.startswith("workflow_state_open_streams")
     ]
     assert gauge == ["workflow_state_open_streams 0.0"]
     # Someone else's stream still opens.
-    with socket.create_connection(("127.0.0.1", file_server.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(f"GET {LIST_STREAM} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert sock.makefile("rb").readline().split()[1] == b"200"
 
@@ -84,24 +92,14 @@ BLOB = "x" * 200_000
 BOUND_MB = 40
 
 
-@pytest.fixture
-def redis_server_gunicorn(redis_server: RedisServer) -> Iterator[Gunicorn]:
-    redis_server.flush()
-    server = Gunicorn({"WORKFLOW_STATE_URL": redis_server.url}, workers=1).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.xfail(
     strict=True,
     reason="a stream's inbox (queue.SimpleQueue) is unbounded and a stalled socket blocks its "
     "generator forever, so one reader that stops reading makes the worker keep every later "
     "change in memory (service/stream.py Subscription, Hub._deliver)",
 )
-def test_a_stalled_reader_does_not_grow_the_worker_without_bound(redis_server_gunicorn: Gunicorn):
-    server = redis_server_gunicorn
+@pytest.mark.parametrize("server", ["redis"], indirect=True)
+def test_a_stalled_reader_does_not_grow_the_worker_without_bound(server: Gunicorn):
     assert http("POST", server.url + WORKFLOWS, {"workflow_id": "w"})[0] == 201
     (pid,) = server.worker_pids()
     stalled = socket.socket()
