@@ -14,7 +14,8 @@ from flask import Flask
 from tests.conftest import steps
 from tests.contract import test_workflows
 from tests.contract.test_workflows import Events, create
-from tests.support import STREAM, wait_until
+from tests.support import STATE, STREAM, wait_until
+from tests.support.identity import identity_config
 from tests.support.routes import WORKFLOWS
 
 # In-process streams read in a thread, closed at the test's end: test_workflows.py's fixture.
@@ -214,3 +215,39 @@ def test_a_refused_run_request_leaves_a_live_runs_deadline(app, redis_server, pa
     deadline = redis_server.client().zscore(RUNS_INDEX, "public/w")
     assert client.post(path, json=body).status_code == 409
     assert redis_server.client().zscore(RUNS_INDEX, "public/w") == deadline
+
+
+# --- a signing-in proxy's session cookie rides along with another site's form ----------------
+
+CSRF_FAULT = (
+    "with WORKFLOW_STATE_USER_HEADER the proxy signs users in with a cookie, which a browser "
+    "sends with another site's <form enctype=text/plain method=POST>; no route checks Origin / "
+    "Sec-Fetch-Site and a POST needs no Content-Type, so any page the user opens can cancel, "
+    "create or run their workflows (service/identity.py _check; needs a contract line in §6)"
+)
+PROXY_CONFIG = identity_config(
+    WORKFLOW_STATE_USER_HEADER="X-Forwarded-User", WORKFLOW_STATE_TRUSTED_PROXIES="10.0.0.0/8"
+)
+# What the proxy forwards for a cross-site form post of the signed-in alice.
+CROSS_SITE = {
+    "X-Forwarded-User": "alice",
+    "Origin": "https://evil.example",
+    "Sec-Fetch-Site": "cross-site",
+    "Content-Type": "text/plain",
+}
+
+
+@pytest.mark.xfail(strict=True, reason=CSRF_FAULT)
+@pytest.mark.parametrize("path", [f"{STATE}/cancel", f"{WORKFLOWS}/w/cancel", WORKFLOWS])
+def test_another_sites_form_cannot_write_through_the_proxy(make_app, path):
+    client = make_app(**PROXY_CONFIG).test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.5"}
+    alice = {"X-Forwarded-User": "alice"}
+    body = {"workflow_id": "w", "steps": steps(1)}
+    assert client.post(WORKFLOWS, json=body, headers=alice, environ_base=proxy).status_code == 201
+    # A text/plain form field named '{"workflow_id":"x","pad":"' with the value '"}'.
+    form = b'{"workflow_id":"x","pad":"="}'
+    response = client.post(path, data=form, headers=CROSS_SITE, environ_base=proxy)
+    assert 400 <= response.status_code < 500  # 403 most likely
+    listed = client.get(WORKFLOWS, headers=alice, environ_base=proxy).get_json()["workflows"]
+    assert [(entry["workflow_id"], entry["status"]) for entry in listed] == [("w", "running")]
