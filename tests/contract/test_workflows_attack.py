@@ -262,7 +262,7 @@ LIST_SCRIPT_FAULT = (
     "220 ms for 400 x 250 KB); reading the status with GETRANGE, or keeping it in the index, "
     "would not (service/storage/redis_scripts.py LIST, redis.py _list)"
 )
-LARGE_WORKFLOWS = 300
+LARGE_WORKFLOWS = 500
 # A script that holds Redis longer than this stalls every other owner's request with it.
 SCRIPT_BOUND_MS = 50
 
