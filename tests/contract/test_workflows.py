@@ -308,8 +308,8 @@ def test_legacy_routes_act_on_the_current_workflow(client):
 class Events:
     """The events of one in-process stream, read in a thread so a test waits with a timeout."""
 
-    def __init__(self, app: Flask, path: str) -> None:
-        self.response = app.test_client().get(path, buffered=False)
+    def __init__(self, app: Flask, path: str, headers: dict[str, str] | None = None) -> None:
+        self.response = app.test_client().get(path, headers=headers, buffered=False)
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -331,8 +331,8 @@ class Events:
 def events() -> Iterator[Any]:
     opened: list[Events] = []
 
-    def open_stream(app: Flask, path: str) -> Events:
-        opened.append(Events(app, path))
+    def open_stream(app: Flask, path: str, headers: dict[str, str] | None = None) -> Events:
+        opened.append(Events(app, path, headers))
         return opened[-1]
 
     yield open_stream
