@@ -317,13 +317,15 @@ def check_many_owners(urls: list[str], owners: list[str], per_owner: int, page: 
                 cursor = body["next_cursor"]
                 if cursor is None:
                     break
+                # A cursor that leads nowhere new must not page forever.
+                assert pages <= per_owner // page + 1, f"{owner}: {pages} pages of {page}"
         finally:
             client.close()
         ids = [entry["workflow_id"] for entry in entries]
         strangers = [i for i in ids if owner_of.get(i) != owner]
         assert not strangers, f"{owner} lists {strangers}"
         assert sorted(ids) == sorted(s["workflow_id"] for s in created[owner]), owner
-        assert pages >= -(-per_owner // page), (owner, pages)
+        assert pages == -(-per_owner // page), (owner, pages)
         assert entries == sorted(entries, key=list_order, reverse=True), owner
         for entry in entries:
             state = final[entry["workflow_id"]]
