@@ -359,10 +359,62 @@ def current_identity(*, allow_all_owners: bool = False) -> Identity:
     return identity
 
 
+def still_identified() -> Callable[[], bool]:
+    """Return a check that this request's caller would still be let in as the same identity.
+
+    For a stream, which outlives the request that opened it: a user removed from the tokens
+    file (re-read within a second) hears nothing more. Only bearer tokens can be revoked here;
+    a proxy's user header is the proxy's to stop.
+    """
+    authenticator: Authenticator = current_app.extensions[EXTENSION]
+    if authenticator.tokens is None or (
+        authenticator.header and request.headers.get(authenticator.header)
+    ):
+        return lambda: True
+    identity = current_identity(allow_all_owners=True)
+    authorization = request.headers.get("Authorization")
+
+    def check() -> bool:
+        found = match_token(authorization, authenticator.bearer_users())
+        return (
+            found is not None
+            and found.user == identity.user
+            and (found.admin or identity.owner == identity.user)
+        )
+
+    return check
+
+
+# Methods a browser sends from another site's form or script without asking first.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _cross_site_write(authenticator: Authenticator) -> bool:
+    """Tell whether a browser sent this write from another site, through a signing-in proxy.
+
+    There the user's credentials are the proxy's cookie, which the browser attaches to another
+    site's `<form method=post>` too (no preflight: a POST needs no Content-Type here). Such a
+    write is refused unless its Origin is listed in WORKFLOW_STATE_CORS_ORIGINS. Bearer tokens
+    are never attached by a browser on its own, so other modes need no such check.
+    """
+    if not authenticator.header or request.method in SAFE_METHODS:
+        return False
+    if request.headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site"):
+        return False
+    return request.headers.get("Origin") not in current_app.config["CORS_ORIGINS"]
+
+
 def _check() -> None:
     # Browsers send preflights without credentials; cors.py answers them.
     if request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIX):
         return
+    if _cross_site_write(current_app.extensions[EXTENSION]):
+        raise Refused(
+            403,
+            "forbidden",
+            "A write from another site is refused; list its origin in "
+            "WORKFLOW_STATE_CORS_ORIGINS to allow it",
+        )
     g.identity = _identify()
 
 

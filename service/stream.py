@@ -30,7 +30,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from . import model
 from .api import state_body
 from .errors import RETRY_AFTER_SECONDS, error_response
-from .identity import current_identity
+from .identity import current_identity, still_identified
 from .storage import (
     RESYNC,
     Event,
@@ -56,6 +56,8 @@ EXPIRY_POLL_SECONDS = 0.2
 # Connections (gevent) or threads (gthread) a worker keeps for ordinary requests, whatever the
 # number of open streams.
 RESERVED_CAPACITY = 32
+# Frames one stream may have waiting (a few states of the largest size) before it is dropped.
+BACKLOG_BYTES = 4 << 20
 HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
@@ -120,11 +122,35 @@ CLOSE_FRAME = Frame("", None, "", True)
 
 
 class Subscription:
-    """One open stream's inbox, and the topic it follows."""
+    """One open stream's inbox, and the topic it follows.
+
+    The inbox holds at most BACKLOG_BYTES of frames: a client that stops reading (its socket
+    full) would otherwise make the worker keep every later change. Past that the stream is
+    `behind` and ends; its client reconnects and gets a fresh snapshot.
+    """
 
     def __init__(self, topic: Topic) -> None:
         self.topic = topic
         self.inbox: queue.SimpleQueue[Frame] = queue.SimpleQueue()
+        self.queued = 0  # bytes of frames in the inbox (approximate: only a bound)
+        self.behind = False
+
+    def put(self, frame: Frame) -> None:
+        """Queue a frame for the stream, unless it has fallen too far behind."""
+        if frame.text:
+            if self.behind or self.queued + len(frame.text) > BACKLOG_BYTES:
+                self.behind = True
+                return
+            self.queued += len(frame.text)
+        self.inbox.put(frame)
+
+    def get(self, timeout: float) -> Frame:
+        """Return the next frame (queue.Empty after `timeout`); CLOSE once it fell behind."""
+        if self.behind:
+            return CLOSE_FRAME
+        frame = self.inbox.get(timeout=timeout)
+        self.queued -= len(frame.text)
+        return frame
 
 
 class Hub:
@@ -234,13 +260,13 @@ class Hub:
         with self._guard:
             targets = [s for streams in self._subscriptions.values() for s in streams]
         for subscription in targets:
-            subscription.inbox.put(frame)
+            subscription.put(frame)
 
     def _deliver(self, topic: Topic, frame: Frame) -> None:
         with self._guard:
             targets = list(self._subscriptions.get(topic, ()))
         for subscription in targets:
-            subscription.inbox.put(frame)
+            subscription.put(frame)
 
     # --- the change feed -------------------------------------------------------------------
 
@@ -407,8 +433,18 @@ def _resnapshot(hub: Hub, topic: Topic) -> Frame | None:
     return frame
 
 
-def changes(hub: Hub, subscription: Subscription, sent: Frame, keepalive: float) -> Iterator[str]:
-    """Yield each change after `sent`, a fresh snapshot after a resync, and keepalives."""
+def changes(
+    hub: Hub,
+    subscription: Subscription,
+    sent: Frame,
+    keepalive: float,
+    allowed: Callable[[], bool] = lambda: True,
+) -> Iterator[str]:
+    """Yield each change after `sent`, a fresh snapshot after a resync, and keepalives.
+
+    End when the hub closes, the stream fell behind, or `allowed()` says the caller no longer
+    may hear (asked before each change and each keepalive).
+    """
     resync = False
     quiet = 0.0
     while True:
@@ -417,15 +453,19 @@ def changes(hub: Hub, subscription: Subscription, sent: Frame, keepalive: float)
             # After a resync the counter is the baseline again, even if it went back
             # (a Redis that lost its data).
             if fresh.text != sent.text:
+                if not allowed():
+                    return
                 quiet = 0.0
                 yield fresh.text
             sent = fresh
         wait = 0.5 if resync else keepalive
         try:
-            frame = subscription.inbox.get(timeout=wait)
+            frame = subscription.get(timeout=wait)
         except queue.Empty:
             quiet += wait
             if quiet >= keepalive:
+                if not allowed():
+                    return
                 quiet = 0.0
                 yield ": keepalive\n\n"
             continue
@@ -434,6 +474,8 @@ def changes(hub: Hub, subscription: Subscription, sent: Frame, keepalive: float)
         if frame is RESYNC_FRAME:
             resync = True
         elif is_news(frame, sent):
+            if not allowed():
+                return
             quiet = 0.0
             yield frame.text
             sent = frame
@@ -445,6 +487,7 @@ def follow(
     first: Snapshot,
     last_event_id: str | None,
     keepalive: float,
+    allowed: Callable[[], bool] = lambda: True,
 ) -> Iterator[str]:
     """Yield the stream's text: retry, the snapshot, then every change, with keepalives."""
     try:
@@ -452,9 +495,20 @@ def follow(
         sent = frame_of_snapshot(first)
         if first.event_id != last_event_id:
             yield sent.text
-        yield from changes(hub, subscription, sent, keepalive)
+        yield from changes(hub, subscription, sent, keepalive, allowed)
     finally:
         hub.unsubscribe(subscription)
+
+
+def _event_stream(hub: Hub, subscription: Subscription, body: Iterator[str]) -> Response:
+    """Answer an event stream whose subscription ends with the response.
+
+    The body's own `finally` unsubscribes once it runs; a response closed before its body is
+    read (a HEAD, a client gone at once) unsubscribes when the server closes it.
+    """
+    response = Response(body, mimetype="text/event-stream", headers=HEADERS)
+    response.call_on_close(lambda: hub.unsubscribe(subscription))
+    return response
 
 
 def _too_many_streams() -> Response:
@@ -474,18 +528,19 @@ def stream_response(topic: Topic) -> Response:
     subscription = hub.subscribe(topic)
     try:
         first = hub.store.get_for_stream(*topic)
-    except StorageUnavailable:
+        hub.track(topic, first.state, _seq_of(first.event_id or ""))
+        body = follow(
+            hub,
+            subscription,
+            first,
+            request.headers.get("Last-Event-ID"),
+            current_app.config["STREAM_KEEPALIVE"],
+            still_identified(),
+        )
+    except BaseException:
         hub.unsubscribe(subscription)
         raise
-    hub.track(topic, first.state, _seq_of(first.event_id or ""))
-    body = follow(
-        hub,
-        subscription,
-        first,
-        request.headers.get("Last-Event-ID"),
-        current_app.config["STREAM_KEEPALIVE"],
-    )
-    return Response(body, mimetype="text/event-stream", headers=HEADERS)
+    return _event_stream(hub, subscription, body)
 
 
 def list_stream_response(owner: str) -> Response:
@@ -495,36 +550,46 @@ def list_stream_response(owner: str) -> Response:
         return _too_many_streams()
     subscription = hub.subscribe((owner, LIST))
     try:
-        # Workflows that change no more still expire: watch the first page's (finished first).
-        for entry in hub.store.list(owner, status="finished", limit=LIMIT_MAX).entries:
-            hub.track((owner, entry["workflow_id"]), entry, entry["version"])
-    except StorageUnavailable:
+        # Workflows that change no more still expire (finished ones, and running ones that go
+        # stale): watch every one the owner has now.
+        cursor = None
+        while True:
+            page = hub.store.list(owner, limit=LIMIT_MAX, cursor=cursor)
+            for entry in page.entries:
+                hub.track((owner, entry["workflow_id"]), entry, entry["version"])
+            if (cursor := page.next_cursor) is None:
+                break
+        body = list_changes(
+            hub, subscription, current_app.config["STREAM_KEEPALIVE"], still_identified()
+        )
+    except BaseException:
         hub.unsubscribe(subscription)
         raise
-    keepalive = current_app.config["STREAM_KEEPALIVE"]
-    return Response(
-        list_changes(hub, subscription, keepalive), mimetype="text/event-stream", headers=HEADERS
-    )
+    return _event_stream(hub, subscription, body)
 
 
-def list_changes(hub: Hub, subscription: Subscription, keepalive: float) -> Iterator[str]:
+def list_changes(
+    hub: Hub,
+    subscription: Subscription,
+    keepalive: float,
+    allowed: Callable[[], bool] = lambda: True,
+) -> Iterator[str]:
     """Yield retry, then every change of an owner's list as it comes, with keepalives.
 
     No snapshot: a client reads GET /workflows once the stream is open (its first line). When
-    the feed was interrupted (a resync) the stream ends, so the client reconnects and reads the
-    list again rather than miss a change.
+    the feed was interrupted (a resync) or the stream fell behind, it ends, so the client
+    reconnects and reads the list again rather than miss a change.
     """
     try:
         yield f"retry: {RETRY_MS}\n\n"
         while True:
             try:
-                frame = subscription.inbox.get(timeout=keepalive)
+                frame = subscription.get(timeout=keepalive)
             except queue.Empty:
-                yield ": keepalive\n\n"
-                continue
-            if frame is CLOSE_FRAME or frame is RESYNC_FRAME:
+                frame = None
+            if frame is CLOSE_FRAME or frame is RESYNC_FRAME or not allowed():
                 return
-            yield frame.text
+            yield ": keepalive\n\n" if frame is None else frame.text
     finally:
         hub.unsubscribe(subscription)
 

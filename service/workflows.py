@@ -31,6 +31,9 @@ from .stream import list_stream_response, stream_response
 bp = Blueprint("workflows", __name__, url_prefix="/workflows")
 
 STARTED = "Workflow run started"
+# Ids a new workflow may not take: its Location would name a route ("stream"), or a path
+# segment every URL library removes.
+RESERVED_IDS = frozenset({"stream", ".", ".."})
 
 
 def _found(snapshot: Snapshot, workflow_id: str) -> Snapshot:
@@ -63,6 +66,10 @@ def create() -> Response:
     """Create a workflow and make it the owner's current one; `"run": true` also starts it."""
     body = read_json()
     owner = current_identity().owner
+    if isinstance(body, dict) and body.get("workflow_id") in RESERVED_IDS:
+        raise model.InvalidState(
+            "workflow_id", "must not be stream, . or .. (they name routes, not workflows)"
+        )
     snapshot = runs_of(current_app).create(owner, body)
     started = model.require_object(body).get("run") is True
     return _saved(snapshot, 201, STARTED if started else SAVED)

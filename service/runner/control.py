@@ -15,10 +15,11 @@ ever queued without the index knowing of it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -132,11 +133,25 @@ class RunControl:
 
     # --- what routes and the CLI do --------------------------------------------------------
 
-    def _index_ahead(self, owner: str, workflow_id: str) -> None:
-        """Index a run about to be queued, before its write (Redis; see the module doc)."""
-        if self.mode == QUEUE:
-            deadline = utc_now() + timedelta(seconds=self.settings.lease)
-            self.queue.note(owner, workflow_id, deadline)
+    def _indexed_write(
+        self, owner: str, workflow_id: str, write: Callable[[], Snapshot]
+    ) -> Snapshot:
+        """Index a run about to be queued, then `write` it (Redis; see the module doc).
+
+        A run indexed already keeps its deadline (a refused request must not postpone a live
+        run's takeover), and one indexed here is taken out again when the write is refused.
+        """
+        if self.mode != QUEUE:
+            return write()
+        deadline = utc_now() + timedelta(seconds=self.settings.lease)
+        added = self.queue.note(owner, workflow_id, deadline, only_new=True)
+        try:
+            return write()
+        except BaseException:
+            if added:
+                with contextlib.suppress(StorageUnavailable):  # a lease monitor drops it then
+                    self.queue.drop(owner, workflow_id)
+            raise
 
     def _started(self, owner: str, snapshot: Snapshot) -> Snapshot:
         state = snapshot.state
@@ -157,10 +172,11 @@ class RunControl:
         """
         if self.mode == LOCAL and not runs_here:
             return self.store.request_run(owner, workflow_id, lease=0.0)
-        self._index_ahead(owner, workflow_id)
-        return self._started(
-            owner, self.store.request_run(owner, workflow_id, lease=self.settings.lease)
+        lease = self.settings.lease
+        snapshot = self._indexed_write(
+            owner, workflow_id, lambda: self.store.request_run(owner, workflow_id, lease=lease)
         )
+        return self._started(owner, snapshot)
 
     def create(self, owner: str, body: Any) -> Snapshot:
         """Create a workflow (POST /workflows); `"run": true` also starts its run, in one write."""
@@ -169,10 +185,15 @@ class RunControl:
         if "workflow_id" not in body:
             # Named here rather than by storage, so the lease index can hear of it first.
             body = {**body, "workflow_id": model.new_workflow_id(utc_now(), secrets.token_hex(4))}
-        if isinstance(body["workflow_id"], str) and model.WORKFLOW_ID_RE.match(body["workflow_id"]):
-            self._index_ahead(owner, body["workflow_id"])
-        snapshot = self.store.create(owner, body, run_lease=self.settings.lease)
-        return self._started(owner, snapshot)
+        workflow_id = body["workflow_id"]
+        lease = self.settings.lease
+
+        def create() -> Snapshot:
+            return self.store.create(owner, body, run_lease=lease)
+
+        if not isinstance(workflow_id, str) or not model.WORKFLOW_ID_RE.match(workflow_id):
+            return self._started(owner, create())  # refused: nothing to index
+        return self._started(owner, self._indexed_write(owner, workflow_id, create))
 
     def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
         """Cancel a workflow (None: the owner's current one); its runner stops within a second."""

@@ -168,12 +168,16 @@ class RunQueue:
 
     def note(
         self, owner: str, workflow_id: str, deadline: datetime, *, only_new: bool = False
-    ) -> None:
-        """Index a run's lease deadline (`only_new`: unless it is indexed already)."""
+    ) -> bool:
+        """Index a run's lease deadline (`only_new`: unless it is indexed already).
+
+        Return whether the run was not indexed before.
+        """
         with self._talking():
-            self.connection.zadd(
+            added = self.connection.zadd(
                 self.keys.runs(), {member(owner, workflow_id): _ms(deadline)}, nx=only_new
             )
+        return bool(added)
 
     def drop(self, owner: str, workflow_id: str) -> None:
         """Take a run out of the lease index."""

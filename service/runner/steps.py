@@ -29,6 +29,8 @@ import contextlib
 import http.client
 import json
 import logging
+import posixpath
+import re
 import socket
 import ssl
 import threading
@@ -37,7 +39,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config import origin
 
@@ -270,14 +272,17 @@ def describe_url(url: str) -> str:
 
 
 def check_origin(endpoint: Any, origins: frozenset[str]) -> StepResult | None:
-    """Refuse an absolute endpoint whose origin is not in `origins`; None: it may be called.
+    """Refuse an endpoint the server must not call; None: it may be called.
+
+    An absolute endpoint's origin must be in `origins`; a path must not be the state API.
 
     A step's endpoint is written by whoever writes the workflow, and the call carries the
-    ssh_connection: the server must not send it to any address a user names (SSRF). Paths on
-    this service are always allowed; anything that is not an http(s) URL is left for
-    `perform_step` to fail.
+    ssh_connection: the server must not send it to any address a user names (SSRF). Anything
+    that is not an http(s) URL or a path is left for `perform_step` to fail.
     """
-    if not isinstance(endpoint, str) or endpoint.startswith("/"):
+    if isinstance(endpoint, str) and endpoint.startswith("/"):
+        return _check_own_path(endpoint)
+    if not isinstance(endpoint, str):
         return None
     try:
         found = origin(endpoint)
@@ -290,6 +295,30 @@ def check_origin(endpoint: Any, origins: frozenset[str]) -> StepResult | None:
         "neither in WORKFLOW_STEP_ORIGINS nor in WORKFLOW_STEPS_FILE",
         "origin not allowed",
     )
+
+
+# The only paths of this service's own API a step may call: the built-in simulator.
+SIMULATOR_PATH = "/workflow/actions/"
+STATE_API_RE = re.compile(r"/workflows?(/|\Z)")
+
+
+def _check_own_path(endpoint: str) -> StepResult | None:
+    """Refuse a path endpoint into this service's state API (but the simulator); None: allowed.
+
+    A runner calls paths with the service's own credentials, whoever owns the workflow: a step
+    must not act on anybody's workflows through them. The path is read as the router will
+    (percent-decoded, repeated slashes and dot segments resolved).
+    """
+    # Not urlsplit: "//workflows/x" would read as a host, but the runner calls it as a path.
+    path = re.sub(r"/+", "/", unquote(re.split(r"[?#]", endpoint, maxsplit=1)[0]))
+    path = posixpath.normpath(path) + ("/" if path.endswith("/") else "")
+    if STATE_API_RE.match(path) and not path.startswith(SIMULATOR_PATH):
+        return _failed(
+            f"Step endpoint {endpoint[:200]!r} is a route of the workflow state API; a step may "
+            "call the host application's own paths, not act on workflows",
+            "endpoint not allowed",
+        )
+    return None
 
 
 class _Connector:

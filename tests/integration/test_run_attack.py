@@ -46,13 +46,6 @@ def finished(server: Gunicorn, workflow_id: str, headers: dict[str, str]) -> Any
     return state if state["status"] != "running" else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a path step endpoint is called with Authorization: Bearer <WORKFLOW_STATE_TOKEN> "
-    "(RunSettings.from_config, service/runner/engine.py; steps._perform_call), i.e. as owner "
-    "`public` whoever owns the workflow: alice cancels, runs or creates public's workflows and "
-    "learns which of their ids exist from the step's answer",
-)
 def test_a_step_endpoint_on_this_service_acts_as_the_workflows_owner(server: Gunicorn):
     steps = [{"action": "a", "status": "pending"}]
     body = {"workflow_id": "theirs", "steps": steps}

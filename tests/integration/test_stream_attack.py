@@ -59,13 +59,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gunicorn]
         gunicorn.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a HEAD of a stream route subscribes and never unsubscribes (the body generator, "
-    "whose `finally` unsubscribes, is never started): each one holds a stream slot and a "
-    "growing inbox for the worker's life (service/stream.py stream_response, "
-    "list_stream_response)",
-)
 @pytest.mark.parametrize("server", ["file"], indirect=True)
 def test_heads_of_the_list_stream_leave_the_workers_streams_to_others(server: Gunicorn):
     # One client, one connection, nothing held open: only HEAD requests.
@@ -92,12 +85,6 @@ BLOB = "x" * 200_000
 BOUND_MB = 40
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stream's inbox (queue.SimpleQueue) is unbounded and a stalled socket blocks its "
-    "generator forever, so one reader that stops reading makes the worker keep every later "
-    "change in memory (service/stream.py Subscription, Hub._deliver)",
-)
 @pytest.mark.parametrize("server", ["redis"], indirect=True)
 def test_a_stalled_reader_does_not_grow_the_worker_without_bound(server: Gunicorn):
     assert http("POST", server.url + WORKFLOWS, {"workflow_id": "w"})[0] == 201

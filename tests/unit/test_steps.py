@@ -19,6 +19,7 @@ from service.runner.steps import (
     StepCall,
     StepResult,
     StepSettings,
+    check_origin,
     interpret,
     perform_step,
     resolve_endpoint,
@@ -244,3 +245,26 @@ def test_log_lines_name_the_step_and_never_the_secret(caplog: pytest.LogCaptureF
     assert len(lines) == 3
     assert "step 2 (test_ssh) of workflow wf-1, attempt 1: completed" in lines[0]
     assert all("203.0.113.9" not in line and "root@" not in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "/workflows/theirs/cancel",
+        "/workflow/state",
+        "/workflow%73/x/run",
+        "//workflows/x",
+        "/api/../workflows/x/cancel",
+        "/./workflow/state/cancel",
+        "/workflow/actions/../state",
+    ],
+)
+def test_a_path_into_the_state_api_is_refused(endpoint):
+    refused = check_origin(endpoint, frozenset())
+    assert refused is not None and refused.status == "failed"
+    assert "state API" in refused.data["message"]
+
+
+@pytest.mark.parametrize("endpoint", ["/workflow/actions/test_ssh", "/api/sync", "/workflowish"])
+def test_the_simulator_and_host_paths_may_be_called(endpoint):
+    assert check_origin(endpoint, frozenset()) is None
