@@ -299,15 +299,30 @@ local function less(a, b)
   return #a < #b
 end
 local done = {completed = true, failed = true, cancelled = true}
+local function status_of(raw)
+  return string.match(raw, '^{"workflow_id":"[^"]*","status":"(%a+)"')
+end
 local function wanted(raw)
   if status == 'all' then return true end
-  local found = string.match(raw, '^{"workflow_id":"[^"]*","status":"(%a+)"')
+  local found = status_of(raw)
   if not found then
     local ok, doc = pcall(cjson.decode, raw)
     if not ok or type(doc) ~= 'table' or type(doc.status) ~= 'string' then return true end
     found = doc.status
   end
   return (done[found] == true) == (status == 'finished')
+end
+-- A filtered list reads a document's first bytes, where the service writes its status, and the
+-- whole document only when it is listed (or its status is not there): a list must not copy
+-- every large workflow inside Redis, which serves nobody else meanwhile.
+local function read_listed(key)
+  if status == 'all' then return read(key) end
+  local start = redis.pcall('GETRANGE', key, 0, 255)
+  if type(start) == 'table' then return false, 1 end
+  if start == '' then return false, 0 end
+  local found = status_of(start)
+  if found and (done[found] == true) ~= (status == 'finished') then return nil, 0 end
+  return read(key)
 end
 local out, offset, chunk = {}, 0, math.max(want, 16)
 while #out < want * 4 do
@@ -318,8 +333,10 @@ while #out < want * 4 do
   for i = 1, #page, 2 do
     local member, score = page[i], page[i + 1]
     if cursor == nil or tonumber(score) < cursor or less(member, ARGV[4]) then
-      local raw, wrong = read(base .. 'state:' .. member)
-      if not raw and wrong == 0 then
+      local raw, wrong = read_listed(base .. 'state:' .. member)
+      if raw == nil then
+        -- not listed: its status is another
+      elseif not raw and wrong == 0 then
         redis.call('ZREM', KEYS[1], member)
         removed = removed + 1
       elseif wrong == 1 or wanted(raw) then

@@ -1,7 +1,8 @@
-"""Faults found by attacking the routes of many workflows (contract sections 2, 5 and 8), each a
-failing test marked xfail(strict=True) until service/ is fixed: streams that answer 500 or stop,
-subscriptions that outlive their request, expiries a list stream never announces, ids that
-cannot be read where they were created, and a refused create that still writes."""
+"""Faults found by attacking the routes of many workflows (contract sections 2, 5 and 8), each
+pinned by a test that failed before its fix: streams that answered 500 or stopped,
+subscriptions that outlived their request, expiries a list stream never announced, ids that
+could not be read where they were created, refused run requests that still wrote, cross-site
+writes through a signing-in proxy, a list that held Redis, and streams of revoked users."""
 
 from __future__ import annotations
 
@@ -260,7 +261,6 @@ LARGE_WORKFLOWS = 500
 SCRIPT_BOUND_MS = 50
 
 
-@pytest.mark.xfail(strict=True, reason=LIST_SCRIPT_FAULT)
 @pytest.mark.parametrize("backend", ["redis"], indirect=True)
 def test_a_filtered_list_does_not_hold_redis(app, redis_server):
     client = app.test_client()

@@ -1,7 +1,7 @@
 """A fault found by attacking server runs across owners (contract sections 8 and 9) on the real
-server: a step endpoint that is a path on this service is called with the shared
-WORKFLOW_STATE_TOKEN, so a workflow of any tokens-file user acts as owner `public`. Marked
-xfail(strict=True) until service/runner is fixed."""
+server: a step endpoint that is a path on this service was called with the shared
+WORKFLOW_STATE_TOKEN, so a workflow of any tokens-file user acted as owner `public`. Now a path
+into the state API is refused (the step fails), and this test pins it."""
 
 from __future__ import annotations
 

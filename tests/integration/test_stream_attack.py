@@ -1,7 +1,6 @@
-"""Faults found by attacking the streams on the real server (gunicorn, gevent workers), each a
-failing test marked xfail(strict=True) until service/stream.py is fixed: HEAD requests that use
-up a worker's streams for good, and a reader that stalls while the server queues every change
-for it without bound."""
+"""Faults found by attacking the streams on the real server (gunicorn, gevent workers), each
+pinned by a test that failed before its fix: HEAD requests that used up a worker's streams for
+good, and a reader that stalled while the server queued every change for it without bound."""
 
 from __future__ import annotations
 
