@@ -91,7 +91,13 @@ def test_another_tab_follows_the_server_run_and_may_cancel_it(
     expect(page.locator("#setup-result")).to_have_text("⏹️ Workflow was cancelled.")
     state = slow_server.state()
     assert state["status"] == "cancelled"
-    assert [step["status"] for step in state["steps"]] == ["completed", "cancelled", P]
+    # The step running when the cancel landed (the second, unless a loaded machine was slow to
+    # click) is cancelled; those before it completed, those after it never ran.
+    statuses = [step["status"] for step in state["steps"]]
+    stopped = statuses.index("cancelled")
+    assert stopped >= 1 and statuses == ["completed"] * stopped + ["cancelled"] + [P] * (
+        len(statuses) - stopped - 1
+    )
     for tab in (watcher, page):
         expect(tab.locator("#run-workflow-btn")).to_have_text("Run workflow")
         expect(tab.locator("#run-hint")).to_be_hidden()
