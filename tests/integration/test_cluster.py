@@ -16,11 +16,11 @@ import pytest
 from service.storage import RedisStore, StateStore, StorageUnavailable
 from tests.conftest import steps
 from tests.contract.owner_store_contract import OwnerStoreContract
-from tests.support.cluster import RedisCluster, cluster_missing
 
 # The HTTP contract suite (contract section 2), collected here again: its tests ask for
 # `backend`, which this module answers with the cluster.
-from tests.test_api_contract import *  # noqa: F403
+from tests.contract.test_api_contract import *  # noqa: F403
+from tests.support.cluster import RedisCluster, cluster_missing
 
 pytestmark = [
     pytest.mark.slow,

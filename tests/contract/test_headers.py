@@ -12,7 +12,7 @@ from service.headers import PAGE_CSP
 from tests.conftest import steps
 from tests.support import Gunicorn, http
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 STATE = "/workflow/state"
 EVERYWHERE = {
     "X-Content-Type-Options": "nosniff",

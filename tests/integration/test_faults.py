@@ -30,8 +30,8 @@ from service import model
 from service.openapi import build_document
 from service.storage import CurrentWorkflow, RedisStore, StorageUnavailable
 from tests.conftest import steps
-from tests.openapi_check import OpenAPIDocument
 from tests.support import REDIS_SERVER, Gunicorn, RedisServer, Tmpfs, wait_until
+from tests.support.openapi_check import OpenAPIDocument
 
 pytestmark = pytest.mark.slow
 
