@@ -27,9 +27,9 @@ from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import free_port
 from tests.support.openapi_check import METHODS, OpenAPIDocument
+from tests.support.routes import STATE
 
 OAS_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "openapi-3.1-schema.json"
-STATE = "/workflow/state"
 TOKEN = "fuzzy-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

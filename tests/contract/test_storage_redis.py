@@ -20,8 +20,8 @@ from service import create_app
 from service.storage import CurrentWorkflow, LockTimeout, RedisStore
 from tests.conftest import steps
 from tests.support import RedisServer, wait_until
+from tests.support.routes import STATE
 
-STATE = "/workflow/state"
 OWNER = "workflow:{public}"
 SEQ = f"{OWNER}:seq"
 EVENTS = f"{OWNER}:events"
