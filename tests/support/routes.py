@@ -9,7 +9,6 @@ STATE = "/workflow/state"
 STREAM = f"{STATE}/stream"
 SUMMARY = f"{STATE}/summary"
 HISTORY = "/workflow/history"
-CONFIG = "/workflow/config"
 # Many workflows (contract section 8) and server runs (section 9).
 WORKFLOWS = "/workflows"
 # Open to everyone: probes, scrapes, the document and the page.
