@@ -476,13 +476,13 @@ class StoreContract:
     def test_a_held_lock_holds_writes_for_the_lock_wait_then_refuses_them(
         self, make_store, hold_lock
     ):
-        store = make_store(lock_wait=0.3)
+        store = make_store(lock_wait=0.1)
         before = store.create(ALICE, {"workflow_id": "wf", "steps": steps(1)})
         with hold_lock(store, ALICE, "wf"):
             began = time.monotonic()
             with pytest.raises(LockTimeout):
                 store.update_step(ALICE, "wf", 0, {"status": "completed"})
-            assert 0.25 <= time.monotonic() - began < 3
+            assert 0.1 <= time.monotonic() - began < 3
             assert store.get(ALICE, "wf") == before  # reads never wait for a lock
         assert store.update_step(ALICE, "wf", 0, {"status": "completed"}).version > before.version
 
