@@ -16,8 +16,7 @@ from flask import Flask
 from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import layout
-
-STATE = "/workflow/state"
+from tests.support.routes import STATE
 
 
 class Frames:

@@ -1,14 +1,17 @@
-"""The owner-scoped storage contract on the JSON-file backend, what is on disk, and the migration
+"""The storage contract on the JSON-file backend, what is on disk, and the migration
 of the single state file of an earlier version."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 
 from service.storage import FileStore, StateStore
 from tests.conftest import steps
-from tests.contract.owner_store_contract import ALICE, OwnerStoreContract
+from tests.contract.store_contract import ALICE, StoreContract
 from tests.support import layout, wait_until
 
 
@@ -38,7 +41,7 @@ def make_store(state_file: Path) -> Iterator[Callable[..., FileStore]]:
         store.close()
 
 
-class TestFileContract(OwnerStoreContract):
+class TestFileStore(StoreContract):
     @pytest.fixture
     def plant(self) -> Callable[..., None]:
         def plant(store: FileStore, owner: str, workflow_id: str, raw: bytes, score=None) -> None:
@@ -58,6 +61,27 @@ class TestFileContract(OwnerStoreContract):
             os.unlink(os.path.join(store.root, owner, ".seq"))
 
         return drop
+
+    @pytest.fixture
+    def hold_lock(self) -> Callable[..., AbstractContextManager[None]]:
+        @contextlib.contextmanager
+        def hold(store: FileStore, owner: str, workflow_id: str) -> Iterator[None]:
+            # One lock file per owner; a second open file conflicts even in this process.
+            fd = os.open(os.path.join(store.root, owner, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+        return hold
+
+    @pytest.fixture
+    def quarantined(self) -> Callable[[FileStore, str], list[bytes]]:
+        def aside(store: FileStore, owner: str) -> list[bytes]:
+            return [path.read_bytes() for path in Path(store.root, owner).glob("*.corrupt-*")]
+
+        return aside
 
 
 def mode(path: Path) -> int:

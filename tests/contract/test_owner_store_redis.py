@@ -1,8 +1,9 @@
-"""The owner-scoped storage contract on Redis (fakeredis and a real redis-server), the key layout
-an operator sees with redis-cli, and the migration of the single-workflow layout."""
+"""The storage contract on Redis (fakeredis and a real redis-server), the key layout an operator
+sees with redis-cli, and the migration of the single-workflow layout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import pytest
 
 from service.storage import RedisStore, StateStore
 from tests.conftest import steps
-from tests.contract.owner_store_contract import ALICE, OwnerStoreContract
+from tests.contract.store_contract import ALICE, RedisBacked
 from tests.support import RedisServer, layout
 
 OLD_KEY = "workflow:state"
@@ -41,44 +42,56 @@ class RedisPlace:
             store.close()
 
 
+def on_fakeredis() -> RedisPlace:
+    """A place on a fakeredis server of its own, in this process."""
+    server = fakeredis.FakeServer()
+    return RedisPlace(
+        "redis://fakeredis/0",
+        lambda: fakeredis.FakeRedis(server=server),
+        fakeredis.FakeRedis(server=server),
+    )
+
+
+def on_redis_server(real: RedisServer) -> RedisPlace:
+    """A place on the session's redis-server, emptied."""
+    real.flush()
+    return RedisPlace(real.url, None, real.client())
+
+
 @pytest.fixture(params=["fakeredis", "redis"])
 def place(request: pytest.FixtureRequest) -> Iterator[RedisPlace]:
     if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        place = RedisPlace(
-            "redis://fakeredis/0",
-            lambda: fakeredis.FakeRedis(server=server),
-            fakeredis.FakeRedis(server=server),
-        )
+        place = on_fakeredis()
     else:
-        real: RedisServer = request.getfixturevalue("redis_server")
-        real.flush()
-        place = RedisPlace(real.url, None, real.client())
+        place = on_redis_server(request.getfixturevalue("redis_server"))
     yield place
     place.close()
 
 
-def plant_in(place: RedisPlace) -> Callable[..., None]:
-    def plant(store: RedisStore, owner: str, workflow_id: str, raw: bytes, score=None) -> None:
-        place.raw.set(store.keys.state(owner, workflow_id), raw, px=60_000)
-        if score is not None:
-            place.raw.zadd(store.keys.index(owner), {workflow_id: score})
+class OnOnePlace(RedisBacked):
+    """The storage contract on the `place` a subclass opens."""
 
-    return plant
-
-
-class TestRedisContract(OwnerStoreContract):
     @pytest.fixture
     def make_store(self, place: RedisPlace) -> Callable[..., StateStore]:
         return place.store
 
     @pytest.fixture
-    def plant(self, place: RedisPlace) -> Callable[..., None]:
-        return plant_in(place)
+    def raw(self, place: RedisPlace) -> Any:
+        return place.raw
 
+
+class TestFakeRedisStore(OnOnePlace):
     @pytest.fixture
-    def drop_counter(self, place: RedisPlace) -> Callable[[RedisStore, str], None]:
-        return lambda store, owner: place.raw.delete(store.keys.seq(owner))
+    def place(self) -> Iterator[RedisPlace]:
+        with contextlib.closing(on_fakeredis()) as place:
+            yield place
+
+
+class TestRedisServerStore(OnOnePlace):
+    @pytest.fixture
+    def place(self, redis_server: RedisServer) -> Iterator[RedisPlace]:
+        with contextlib.closing(on_redis_server(redis_server)) as place:
+            yield place
 
 
 # --- what redis-cli shows ----------------------------------------------------------------------

@@ -28,11 +28,11 @@ from tests.support.identity import (
     whoami_blueprint,
     write_tokens,
 )
+from tests.support.routes import OPEN_ROUTES
 
 ALICE, BOB, ROOT, SHARED = "alice-token-1", "bob-token-22", "root-token-333", "shared-token"
 TRUSTED_V4, TRUSTED_V6 = "10.20.30.40", "fd00::17"
 UNTRUSTED_V4, UNTRUSTED_V6 = "192.0.2.9", "2001:db8::9"
-OPEN_PATHS = ["/", "/static/js/app.js", "/healthz", "/readyz", "/metrics", "/openapi.json"]
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -362,7 +362,7 @@ def test_workflow_paths_need_an_identity(build, path):
     assert ask(client, path, user("alice"), TRUSTED_V4).status_code != 401
 
 
-@pytest.mark.parametrize("path", OPEN_PATHS)
+@pytest.mark.parametrize("path", OPEN_ROUTES)
 def test_open_paths_stay_open_in_every_mode(build, tokens_path, path):
     for client in (
         build(WORKFLOW_STATE_TOKEN=SHARED),

@@ -21,9 +21,8 @@ from service.runner.queue import job_id
 from service.store import store_of
 from tests.conftest import backend_config, steps
 from tests.support import wait_until
+from tests.support.routes import STATE
 from tests.support.runs import OWNER, finished, later, plan, wait_for_state
-
-STATE = "/workflow/state"
 
 
 @pytest.fixture

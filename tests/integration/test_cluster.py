@@ -15,12 +15,12 @@ import pytest
 
 from service.storage import RedisStore, StateStore, StorageUnavailable
 from tests.conftest import steps
-from tests.contract.owner_store_contract import OwnerStoreContract
-from tests.support.cluster import RedisCluster, cluster_missing
+from tests.contract.store_contract import RedisBacked
 
 # The HTTP contract suite (contract section 2), collected here again: its tests ask for
 # `backend`, which this module answers with the cluster.
-from tests.test_api_contract import *  # noqa: F403
+from tests.contract.test_api_contract import *  # noqa: F403
+from tests.support.cluster import RedisCluster, cluster_missing
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,7 +42,7 @@ def backend(cluster: RedisCluster) -> dict[str, Any]:
     return {"STATE_URL": cluster.url, "BACKEND_KIND": "cluster"}
 
 
-class TestClusterContract(OwnerStoreContract):
+class TestClusterStore(RedisBacked):
     @pytest.fixture
     def make_store(self, cluster: RedisCluster) -> Iterator[Callable[..., StateStore]]:
         cluster.flush()
@@ -57,20 +57,8 @@ class TestClusterContract(OwnerStoreContract):
             store.close()
 
     @pytest.fixture
-    def plant(self, cluster: RedisCluster) -> Callable[..., None]:
-        raw = cluster.client()
-
-        def plant(store: RedisStore, owner: str, workflow_id: str, data: bytes, score=None) -> None:
-            raw.set(store.keys.state(owner, workflow_id), data, px=60_000)
-            if score is not None:
-                raw.zadd(store.keys.index(owner), {workflow_id: score})
-
-        return plant
-
-    @pytest.fixture
-    def drop_counter(self, cluster: RedisCluster) -> Callable[[StateStore, str], None]:
-        raw = cluster.client()
-        return lambda store, owner: raw.delete(store.keys.seq(owner))
+    def raw(self, cluster: RedisCluster) -> Any:
+        return cluster.client()
 
 
 def test_owners_spread_over_the_nodes_and_each_owner_stays_on_one(cluster: RedisCluster):

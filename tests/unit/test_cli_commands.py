@@ -1,6 +1,6 @@
 """The CLI in-process, through click's CliRunner: output, options, exit codes and signals.
 
-tests/test_cli.py runs the same commands as subprocesses, as an operator does.
+tests/integration/test_cli.py runs the same commands as subprocesses, as an operator does.
 """
 
 from __future__ import annotations

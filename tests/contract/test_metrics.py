@@ -18,8 +18,8 @@ from service.metrics import metrics_of
 from service.storage import FileStore, RedisStore
 from tests.conftest import steps
 from tests.support import Gunicorn, RedisServer, SSEClient, free_port, http, layout, wait_until
+from tests.support.routes import STATE
 
-STATE = "/workflow/state"
 NAMES = (
     "workflow_state_requests_total",
     "workflow_state_request_seconds",

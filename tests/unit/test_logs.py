@@ -15,8 +15,8 @@ from cryptography.fernet import Fernet
 from service import create_app, logs
 from tests.conftest import steps
 from tests.support import Gunicorn, free_port, http, wait_until
+from tests.support.routes import STATE
 
-STATE = "/workflow/state"
 TOKEN = "tok-9f8e7d6c5b4a-secret"
 SSH = "ssh -p 2222 root@10.1.2.3"
 # Pieces of the SSH string that must not show either.

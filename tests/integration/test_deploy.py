@@ -34,12 +34,12 @@ from tests.support import (
     http,
     wait_until,
 )
+from tests.support.routes import STATE
 
 pytestmark = pytest.mark.slow
 needs_redis_server = pytest.mark.skipif(
     REDIS_SERVER is None, reason="needs the redis-server binary (ACL, TLS, honcho's redis)"
 )
-STATE = "/workflow/state"
 PASSWORD = "s3cret-acl-password-for-tests"
 
 

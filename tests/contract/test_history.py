@@ -16,9 +16,8 @@ from service.storage import FileStore, RedisStore, StateStore
 from service.storage import base as storage_base
 from tests.conftest import steps
 from tests.support import layout
+from tests.support.routes import HISTORY, STATE
 
-HISTORY = "/workflow/history"
-STATE = "/workflow/state"
 SSH = "ssh -p 2222 root@10.1.2.3"
 
 

@@ -30,25 +30,14 @@ from service import model
 from service.openapi import build_document
 from service.storage import CurrentWorkflow, RedisStore, StorageUnavailable
 from tests.conftest import steps
-from tests.openapi_check import OpenAPIDocument
 from tests.support import REDIS_SERVER, Gunicorn, RedisServer, Tmpfs, wait_until
+from tests.support.openapi_check import OpenAPIDocument
+from tests.support.routes import STATE, STORAGE_ROUTES
 
 pytestmark = pytest.mark.slow
 
-STATE = "/workflow/state"
 DOC = OpenAPIDocument(build_document())
-# Every route that touches storage, with a body that would succeed on a healthy service.
-STATE_ROUTES: list[tuple[str, str, Any]] = [
-    ("GET", STATE, None),
-    ("POST", STATE, {"workflow_id": "wf", "steps": steps(2)}),
-    ("PATCH", STATE, {"note": "x"}),
-    ("PATCH", f"{STATE}/steps/0", {"status": "completed"}),
-    ("DELETE", STATE, None),
-    ("GET", f"{STATE}/summary", None),
-    ("GET", "/workflow/history", None),
-    ("GET", "/readyz", None),
-]
-WRITES = [route for route in STATE_ROUTES if route[0] in ("POST", "PATCH")]
+WRITES = [route for route in STORAGE_ROUTES if route[0] in ("POST", "PATCH")]
 
 
 def send(
@@ -109,7 +98,7 @@ def test_redis_killed_then_restarted(redis_gunicorn: Gunicorn, own_redis: RedisS
 
     own_redis.stop()
     # Twice over, in parallel, so every worker meets the outage (each has its own client).
-    answers = in_parallel([lambda r=route: send(server.url, *r) for route in STATE_ROUTES * 2])
+    answers = in_parallel([lambda r=route: send(server.url, *r) for route in STORAGE_ROUTES * 2])
     for answer in answers:
         assert_unavailable(answer, "redis")
     assert send(server.url, "GET", "/healthz")[0] == 200  # liveness never touches storage
@@ -119,7 +108,7 @@ def test_redis_killed_then_restarted(redis_gunicorn: Gunicorn, own_redis: RedisS
 
     def all_serving() -> float | None:
         began = time.monotonic()
-        rounds = in_parallel([lambda r=route: send(server.url, *r) for route in STATE_ROUTES * 2])
+        rounds = in_parallel([lambda r=route: send(server.url, *r) for route in STORAGE_ROUTES * 2])
         return began if all(status < 500 for status, *_ in rounds) else None
 
     serving_since = wait_until(all_serving, timeout=10, interval=0.01)
@@ -133,7 +122,7 @@ def test_redis_paused_answers_503_within_the_bound(redis_gunicorn: Gunicorn, own
     assert send(server.url, "POST", STATE, {"workflow_id": "wf", "steps": steps(2)})[0] == 200
     own_redis.pause(4)
     paused = time.monotonic()
-    answers = in_parallel([lambda r=route: send(server.url, *r) for route in STATE_ROUTES * 2])
+    answers = in_parallel([lambda r=route: send(server.url, *r) for route in STORAGE_ROUTES * 2])
     assert time.monotonic() - paused < 3.5, "the answers came once the pause was over"
     for answer in answers:
         assert_unavailable(answer)

@@ -21,8 +21,8 @@ from service.storage import FileStore, RedisStore
 from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import layout, wait_until
+from tests.support.routes import STATE
 
-STATE = "/workflow/state"
 SSH = "ssh -p 2222 -i ~/.ssh/vast root@203.0.113.7"
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()

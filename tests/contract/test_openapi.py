@@ -25,11 +25,11 @@ from jsonschema.exceptions import SchemaError
 from service.openapi import build_document
 from service.stream import close_all_hubs
 from tests.conftest import steps
-from tests.openapi_check import METHODS, OpenAPIDocument
 from tests.support import free_port
+from tests.support.openapi_check import METHODS, OpenAPIDocument
+from tests.support.routes import STATE
 
-OAS_SCHEMA = Path(__file__).parent / "data" / "openapi-3.1-schema.json"
-STATE = "/workflow/state"
+OAS_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "openapi-3.1-schema.json"
 TOKEN = "fuzzy-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

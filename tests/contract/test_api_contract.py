@@ -15,9 +15,9 @@ from flask.testing import FlaskClient
 
 from tests.conftest import steps
 from tests.support import wait_until
+from tests.support.routes import STATE
 
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
-STATE = "/workflow/state"
 
 
 def post(client: FlaskClient, body: Any, **kw: Any):

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from tests.conftest import steps
-
-STATE = "/workflow/state"
+from tests.support.routes import STATE
 
 HOSTILE_BODIES = {
     "nesting-100k-deep-list": b"[" * 100_000 + b"]" * 100_000,

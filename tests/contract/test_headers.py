@@ -11,9 +11,9 @@ import pytest
 from service.headers import PAGE_CSP
 from tests.conftest import steps
 from tests.support import Gunicorn, http
+from tests.support.routes import STATE
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
-STATE = "/workflow/state"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 EVERYWHERE = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -11,10 +11,9 @@ import pytest
 from service import create_app
 from tests.conftest import steps
 from tests.support import Gunicorn, RedisServer, SSEClient, http, wait_until
+from tests.support.routes import STREAM
 
 pytestmark = pytest.mark.slow
-
-STREAM = "/workflow/state/stream"
 
 
 def write_many(base_urls: list[str], count: int, clients: int = 4) -> None:

@@ -21,8 +21,7 @@ from service import create_app
 from service.storage import CurrentWorkflow, FileStore, StorageUnavailable
 from tests.conftest import steps
 from tests.support import ROOT, Tmpfs, wait_until
-
-STATE = "/workflow/state"
+from tests.support.routes import STATE
 
 
 @pytest.fixture

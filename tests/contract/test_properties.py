@@ -38,8 +38,8 @@ import service.storage.file as storage_file
 from service import create_app
 from service.storage import StateStore
 from tests.support import RedisServer, layout, wait_until
+from tests.support.routes import STATE
 
-STATE = "/workflow/state"
 TTL = 30
 STALE_TTL = 600
 STATUSES = ("running", "completed", "failed", "cancelled")

@@ -1,6 +1,8 @@
-"""The owner-scoped storage contract (contract section 8), checked on every backend, without Flask.
+"""The storage contract (contract section 8): what every backend's StateStore does, through its
+public interface (service/storage/base.py) alone: no app, no HTTP.
 
-A backend's test module subclasses `OwnerStoreContract` and supplies three fixtures:
+A backend is checked by one subclass of `StoreContract` (as simplekv's `BasicStore` or
+cachelib's `CommonTests`) that supplies five fixtures; every test here then runs on it:
 
 - `make_store`: `make_store(**options) -> StateStore`, a store on this test's place of the
   backend (fresh and empty when the test starts; every call in one test shares it, as the
@@ -9,7 +11,17 @@ A backend's test module subclasses `OwnerStoreContract` and supplies three fixtu
   keeps that workflow, as an operator or a broken writer would (and, given a score, files the
   workflow in the owner's list under that last_update in ms);
 - `drop_counter`: `drop_counter(store, owner)` loses the owner's version counter, as a Redis
-  restarted without persistence does.
+  restarted without persistence does;
+- `hold_lock`: `with hold_lock(store, owner, workflow_id):` holds the lock a write to that
+  workflow takes, as a writer in another process would;
+- `quarantined`: `quarantined(store, owner) -> list[bytes]` returns the corrupt values the
+  store moved aside for that owner.
+
+`RedisBacked` supplies the last four for any backend on the Redis protocol, from a `raw`
+client fixture; tests/contract/test_owner_store_*.py and tests/integration/test_cluster.py
+are the subclasses. What is particular to one backend (keys, files, migration) stays in its
+own module; that every registered backend class implements the private methods and overrides no
+public one is checked without a store, in tests/unit/test_storage_interface.py.
 """
 
 from __future__ import annotations
@@ -20,12 +32,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 
 from service import model
-from service.storage import RESYNC, Event, StateStore
+from service.storage import RESYNC, Event, LockTimeout, StateStore
 from tests.conftest import steps
 from tests.support import wait_until
 
@@ -76,7 +89,7 @@ def walk(store: StateStore, owner: str, status: str = "all", limit: int = 2) -> 
         cursor = page.next_cursor
 
 
-class OwnerStoreContract:
+class StoreContract:
     """What every backend does with many workflows and many owners."""
 
     @pytest.fixture
@@ -154,6 +167,50 @@ class OwnerStoreContract:
         store.delete(ALICE, "run")
         again = store.create(ALICE, {"workflow_id": "run", "steps": steps(3)}).state
         assert len(again["steps"]) == 3
+
+    # --- reads and writes ----------------------------------------------------------------------
+
+    def test_an_empty_store_holds_nothing(self, store):
+        assert store.get(ALICE).state is None
+        assert (store.get(ALICE, "wf").state, store.get(ALICE, "wf").json) == (None, "null")
+        assert store.list(ALICE).entries == []
+        assert store.history(ALICE) == []
+        assert ALICE not in store.owners()
+        with pytest.raises(model.NoWorkflow):
+            store.delete(ALICE, "wf")
+        store.ping()
+
+    def test_every_write_answers_what_a_read_then_sees(self, store):
+        created = store.create(ALICE, {"workflow_id": "wf", "steps": steps(3), "note": "a"})
+        stepped = store.update_step(ALICE, "wf", 1, {"status": "in_progress"})
+        assert [step["status"] for step in stepped.state["steps"]] == [
+            "pending",
+            "in_progress",
+            "pending",
+        ]
+        merged = store.merge(ALICE, "wf", {"note": "b"})
+        assert (merged.state["note"], merged.state["steps"]) == ("b", stepped.state["steps"])
+        saved = store.save(ALICE, {"workflow_id": "wf", "steps": steps(1)})
+        for snapshot in (created, stepped, merged, saved):
+            assert json.loads(snapshot.json) == snapshot.state
+            assert snapshot.event_id == str(snapshot.version)
+        assert store.get(ALICE, "wf") == saved
+        with pytest.raises(model.InvalidIndex):
+            store.update_step(ALICE, "wf", 1, {"status": "completed"})
+        assert store.get(ALICE, "wf") == saved  # a refused write stores nothing
+
+    def test_a_finished_workflow_is_final(self, store):
+        done = store.create(ALICE, {"workflow_id": "wf", "status": "completed", "steps": steps(1)})
+        with pytest.raises(model.WorkflowFinished):
+            store.update_step(ALICE, "wf", 0, {"status": "failed"})
+        with pytest.raises(model.WorkflowFinished):
+            store.merge(ALICE, "wf", {"status": "failed"})
+        with pytest.raises(model.WorkflowFinished):
+            store.save(ALICE, {"workflow_id": "wf", "status": "failed"})
+        # An exact repeat of the finishing write is no new write, nor a second history entry.
+        assert store.merge(ALICE, "wf", {"status": "completed"}) == done
+        assert store.get(ALICE, "wf") == done
+        assert store.history(ALICE) == [done.state]
 
     # --- the current workflow ------------------------------------------------------------------
 
@@ -354,9 +411,12 @@ class OwnerStoreContract:
         assert again["status"] == "failed"  # an expired id may be created again
 
     def test_an_expired_current_workflow_is_no_current_workflow(self, make_store):
-        store = make_store(ttl=1)
+        store = make_store(ttl=1, stale_ttl=1)
         version = store.save(ALICE, {"workflow_id": "x", "status": "completed"}).version
+        store.save(BOB, {"workflow_id": "y", "steps": steps(1)})  # running: the stale TTL
         wait_until(lambda: store.get(ALICE).state is None, timeout=5)
+        wait_until(lambda: store.get(BOB).state is None, timeout=5)
+        assert store.list(BOB).entries == []
         assert int(store.get_for_stream(ALICE).event_id) >= version
         with pytest.raises(model.NoWorkflow):
             store.update_step(ALICE, None, 0, {"status": "completed"})
@@ -373,11 +433,17 @@ class OwnerStoreContract:
 
     # --- corrupt values --------------------------------------------------------------------------
 
-    def test_a_corrupt_workflow_is_no_workflow_and_others_are_untouched(self, store, plant):
+    def test_a_corrupt_workflow_is_no_workflow_and_others_are_untouched(
+        self, store, plant, quarantined
+    ):
         store.create(ALICE, {"workflow_id": "good", "steps": steps(1)})
         store.create(ALICE, {"workflow_id": "bad", "steps": steps(1)})
-        plant(store, ALICE, "bad", b"{not json")
-        assert store.get(ALICE, "bad").state is None
+        # Twice within a second: each corrupt value is kept aside, for an operator to look at.
+        for garbage in (b"{not json", b'{"status": "running"}'):
+            plant(store, ALICE, "bad", garbage)
+            assert store.get(ALICE, "bad").state is None
+        assert sorted(quarantined(store, ALICE)) == sorted([b"{not json", b'{"status": "running"}'])
+        assert quarantined(store, BOB) == []
         assert ids(store.list(ALICE)) == ["good"]
         assert store.get(ALICE, "good").state is not None
         store.create(ALICE, {"workflow_id": "bad", "steps": steps(2)})
@@ -393,19 +459,34 @@ class OwnerStoreContract:
         theirs = store.create(BOB, {"workflow_id": "a"})
         gone = store.delete(ALICE, "b")
         legacy = store.delete(ALICE, None)
-        seen = [feed.next() for _ in range(6)]
+        events = [feed.next() for _ in range(6)]
+        # In order per owner (each owner's streams); owners on other Cluster nodes interleave.
+        seen = [e for e in events if e.owner == ALICE] + [e for e in events if e.owner == BOB]
         assert [(e.owner, e.workflow_id, e.current, e.id) for e in seen] == [
             (ALICE, "a", True, a.event_id),
             (ALICE, "b", True, b.event_id),
             (ALICE, "a", False, stepped.event_id),
-            (BOB, "a", True, theirs.event_id),
             (ALICE, "b", True, str(gone)),
             (ALICE, "", True, str(legacy)),
+            (BOB, "a", True, theirs.event_id),
         ]
         assert json.loads(seen[2].json) == stepped.state
-        assert [seen[4].json, seen[5].json] == ["null", "null"]
+        assert [seen[3].json, seen[4].json] == ["null", "null"]
 
     # --- concurrency ---------------------------------------------------------------------------
+
+    def test_a_held_lock_holds_writes_for_the_lock_wait_then_refuses_them(
+        self, make_store, hold_lock
+    ):
+        store = make_store(lock_wait=0.1)
+        before = store.create(ALICE, {"workflow_id": "wf", "steps": steps(1)})
+        with hold_lock(store, ALICE, "wf"):
+            began = time.monotonic()
+            with pytest.raises(LockTimeout):
+                store.update_step(ALICE, "wf", 0, {"status": "completed"})
+            assert 0.1 <= time.monotonic() - began < 3
+            assert store.get(ALICE, "wf") == before  # reads never wait for a lock
+        assert store.update_step(ALICE, "wf", 0, {"status": "completed"}).version > before.version
 
     def test_concurrent_writes_to_many_workflows_all_land(self, make_store):
         # Two processes' worth, with a lock wait no loaded test machine runs out of.
@@ -438,3 +519,38 @@ class OwnerStoreContract:
         for name in names:
             state = stores[1].get(ALICE, name).state
             assert [step["status"] for step in state["steps"]] == ["completed"] * 4
+
+
+class RedisBacked(StoreContract):
+    """The backend fixtures of any store on the Redis protocol; a subclass supplies `make_store`
+    and `raw`, a client of the same server (or Cluster) that reads and writes behind the store."""
+
+    @pytest.fixture
+    def plant(self, raw: Any) -> Callable[..., None]:
+        def plant(store: Any, owner: str, workflow_id: str, data: bytes, score=None) -> None:
+            raw.set(store.keys.state(owner, workflow_id), data, px=60_000)
+            if score is not None:
+                raw.zadd(store.keys.index(owner), {workflow_id: score})
+
+        return plant
+
+    @pytest.fixture
+    def drop_counter(self, raw: Any) -> Callable[[Any, str], None]:
+        return lambda store, owner: raw.delete(store.keys.seq(owner))
+
+    @pytest.fixture
+    def hold_lock(self, raw: Any) -> Callable[..., AbstractContextManager[None]]:
+        @contextlib.contextmanager
+        def hold(store: Any, owner: str, workflow_id: str) -> Iterator[None]:
+            raw.set(store.keys.lock(owner, workflow_id), "another-writer", px=30_000)
+            yield
+            raw.delete(store.keys.lock(owner, workflow_id))
+
+        return hold
+
+    @pytest.fixture
+    def quarantined(self, raw: Any) -> Callable[[Any, str], list[bytes]]:
+        def aside(store: Any, owner: str) -> list[bytes]:
+            return [raw.get(key) for key in raw.keys(store.keys.corrupt(owner, "*") + "*")]
+
+        return aside

@@ -9,19 +9,7 @@ import pytest
 from service import create_app
 from tests.conftest import steps
 from tests.support import RedisServer, wait_until
-
-STATE = "/workflow/state"
-
-ROUTES = [
-    ("GET", STATE, None),
-    ("POST", STATE, {"steps": steps(2)}),
-    ("PATCH", STATE, {"status": "running"}),
-    ("PATCH", f"{STATE}/steps/0", {"status": "completed"}),
-    ("DELETE", STATE, None),
-    ("GET", f"{STATE}/summary", None),
-    ("GET", "/workflow/history", None),
-    ("GET", "/readyz", None),
-]
+from tests.support.routes import STATE, STORAGE_ROUTES
 
 
 def call(client, method, path, body):
@@ -50,14 +38,14 @@ def client(own_redis: RedisServer):
 
 def test_redis_killed_then_restarted(client, own_redis):
     own_redis.stop()
-    for method, path, body in ROUTES:
+    for method, path, body in STORAGE_ROUTES:
         assert_unavailable(*call(client, method, path, body))
     assert client.get("/healthz").status_code == 200  # liveness never touches storage
     own_redis.start()
     back = time.monotonic()
     wait_until(lambda: client.get(STATE).status_code == 200, timeout=5)
     assert time.monotonic() - back < 1.0
-    for method, path, body in ROUTES:
+    for method, path, body in STORAGE_ROUTES:
         response, _ = call(client, method, path, body)
         assert response.status_code < 500, (method, path, response.status_code)
 
@@ -65,6 +53,6 @@ def test_redis_killed_then_restarted(client, own_redis):
 @pytest.mark.skipif(RedisServer().real is False, reason="CLIENT PAUSE needs a real redis-server")
 def test_redis_paused_answers_503_within_the_bound(client, own_redis):
     own_redis.pause(8)
-    for method, path, body in ROUTES[:4]:
+    for method, path, body in STORAGE_ROUTES[:4]:
         assert_unavailable(*call(client, method, path, body))
     wait_until(lambda: client.get(STATE).status_code == 200, timeout=12)

@@ -23,10 +23,10 @@ from service.openapi import build_document
 from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import Gunicorn, http
+from tests.support.routes import OPEN_ROUTES, STATE
 
 TOKEN = "s3cret-Token_with.chars~42"
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
-STATE = "/workflow/state"
 
 
 def protected_operations() -> list[tuple[str, str]]:
@@ -41,7 +41,6 @@ def protected_operations() -> list[tuple[str, str]]:
 
 
 PROTECTED = protected_operations()
-OPEN = ["/", "/static/js/app.js", "/healthz", "/readyz", "/metrics", "/openapi.json"]
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +146,7 @@ def test_an_unknown_workflow_path_is_401_too_so_routes_are_not_revealed(guarded)
     assert guarded.get("/workflow/secret-admin", headers=GOOD).status_code == 404
 
 
-@pytest.mark.parametrize("path", OPEN)
+@pytest.mark.parametrize("path", OPEN_ROUTES)
 def test_open_routes_need_no_token(guarded, path):
     response = guarded.get(path)
     assert response.status_code == 200, path
