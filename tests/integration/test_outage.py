@@ -9,7 +9,7 @@ import pytest
 from service import create_app
 from tests.conftest import steps
 from tests.support import RedisServer, wait_until
-from tests.support.routes import STATE, STORAGE_ROUTES
+from tests.support.routes import OWNER_ROUTES, STATE, STORAGE_ROUTES
 
 
 def call(client, method, path, body):
@@ -38,14 +38,14 @@ def client(own_redis: RedisServer):
 
 def test_redis_killed_then_restarted(client, own_redis):
     own_redis.stop()
-    for method, path, body in STORAGE_ROUTES:
+    for method, path, body in STORAGE_ROUTES + OWNER_ROUTES:
         assert_unavailable(*call(client, method, path, body))
     assert client.get("/healthz").status_code == 200  # liveness never touches storage
     own_redis.start()
     back = time.monotonic()
     wait_until(lambda: client.get(STATE).status_code == 200, timeout=5)
     assert time.monotonic() - back < 1.0
-    for method, path, body in STORAGE_ROUTES:
+    for method, path, body in STORAGE_ROUTES + OWNER_ROUTES:
         response, _ = call(client, method, path, body)
         assert response.status_code < 500, (method, path, response.status_code)
 
