@@ -444,7 +444,7 @@ def bench(
     not a ratio.
     """
     results: dict[str, dict] = {}
-    probes = PROBES if probes is None else probes
+    chosen_probes = PROBES if probes is None else probes
     try:
         for target in targets.values():
             target.start()
@@ -455,9 +455,9 @@ def bench(
                 measure_round(name, target, seconds, connections, generator)
         for name, target in targets.items():
             rss, peak = rss_mb(target.server)
-            probes = {
+            measured = {
                 probe.name: probe.measure(target.server)
-                for probe in probes
+                for probe in chosen_probes
                 if probe.target == name and not probe.pending
             }
             results[name] = {
@@ -465,7 +465,7 @@ def bench(
                 "rss": rss,
                 "peak_rss": peak,
                 "checks": target.checks,
-                "probes": probes,
+                "probes": measured,
             }
     finally:
         for target in targets.values():
