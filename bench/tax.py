@@ -122,7 +122,7 @@ def isolated_hooks(app, method: str, path: str, body: dict | None, number: int, 
     kwargs = {"json": body} if body is not None else {}
     before, after, with_args = step_lists(app)
     with app.test_request_context(path, method=method, **kwargs):
-        args = (request._get_current_object(), g._get_current_object()) if with_args else ()
+        args = (request._get_current_object(), vars(g._get_current_object())) if with_args else ()
         for hook in before:
             yield "before", hook_name(hook), best_us(lambda h=hook: h(*args), number, repeat)
         if with_args:

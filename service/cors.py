@@ -30,7 +30,7 @@ SIMPLE_LABELS = (("Access-Control-Expose-Headers", EXPOSE_HEADERS),)
 ANY_ORIGIN = (("Access-Control-Allow-Origin", "*"),)
 
 
-def preflight(req: Any, ctx: Any) -> Response | None:
+def preflight(req: Any, ctx: dict[str, Any]) -> Response | None:
     """Answer a preflight to a route that exists with 204 (a before-step)."""
     # An unknown path still answers 404.
     if req.method != "OPTIONS" or req.url_rule is None:
@@ -54,7 +54,7 @@ class Labels:
     def __init__(self, allowed: Iterable[str]) -> None:
         self.allowed = frozenset(allowed)
 
-    def label(self, req: Any, ctx: Any, response: Response) -> None:
+    def label(self, req: Any, ctx: dict[str, Any], response: Response) -> None:
         """Add the CORS headers to an answer (an after-step: it merges `Vary`)."""
         headers = response.headers
         response.vary.add("Origin")

@@ -4,7 +4,9 @@ Metrics, request ids and logs, CORS, identity and security headers each have wor
 request. As eight Flask hooks they cost about 5 µs a request in Flask's dispatch alone (an
 `ensure_sync` check and a blueprint-name walk per hook) and more in context-local lookups: every
 `request.x` and `g.x` in a hook goes through a werkzeug proxy. Here each module adds plain steps
-that get the request, the request's `g` and (after) the response as arguments; one hook runs them.
+that get the request, the attributes of the request's `g` as a dict (`vars(g)`: a read or write
+of `g.x` is a Python-level `__getattr__`/`__setattr__` call, and a missing one raises inside) and
+(after) the response as arguments; one hook runs them.
 
 Headers that depend only on the request (the security headers, CORS labels, the request id) are
 added by header-steps: each returns the (name, value) pairs to add, given the WSGI environ, and
@@ -24,13 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask.ctx import _AppCtxGlobals
 from flask.wrappers import Request
 
 EXTENSION = "workflow_state_hooks"
 
-Before = Callable[[Request, _AppCtxGlobals], Response | None]
-After = Callable[[Request, _AppCtxGlobals, Response], None]
+# The request, and `vars(g)`: what a step leaves there is `g.<key>` for everyone else.
+Before = Callable[[Request, dict[str, Any]], Response | None]
+After = Callable[[Request, dict[str, Any], Response], None]
 HeaderPairs = tuple[tuple[str, str], ...]
 # Given the WSGI environ; what it returns must be valid header text (no line breaks).
 HeaderStep = Callable[[dict[str, Any]], HeaderPairs]
@@ -62,8 +64,8 @@ class Steps:
     def run_before(self) -> Response | None:
         """Start the request's clock, then run the before-steps until one answers."""
         req: Any = request._get_current_object()  # type: ignore[attr-defined]
-        ctx: Any = g._get_current_object()  # type: ignore[attr-defined]
-        ctx.request_started = time.perf_counter()
+        ctx = vars(g._get_current_object())  # type: ignore[attr-defined]
+        ctx["request_started"] = time.perf_counter()
         for step in self.before:
             answer = step(req, ctx)
             if answer is not None:
@@ -73,7 +75,7 @@ class Steps:
     def run_after(self, response: Response) -> Response:
         """Run the after-steps on the response."""
         req: Any = request._get_current_object()  # type: ignore[attr-defined]
-        ctx: Any = g._get_current_object()  # type: ignore[attr-defined]
+        ctx = vars(g._get_current_object())  # type: ignore[attr-defined]
         for step in self.after:
             step(req, ctx, response)
         return response

@@ -383,10 +383,10 @@ def init_app(app: Flask) -> None:
     """Check the identity settings (ConfigError if wrong) and identify every /workflow* request."""
     authenticator = app.extensions[EXTENSION] = Authenticator(app.config)
 
-    def check(req: Any, ctx: Any) -> None:
+    def check(req: Any, ctx: dict[str, Any]) -> None:
         # Browsers send preflights without credentials; cors.py answers them.
         if req.method != "OPTIONS" and req.path.startswith(PROTECTED_PREFIX):
-            ctx.identity = identify(authenticator, req)
+            ctx["identity"] = identify(authenticator, req)
 
     app.register_error_handler(Refused, Refused.response)
     hooks.steps_of(app).add(before=check)

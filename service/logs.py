@@ -358,15 +358,15 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def begin(req: Any, ctx: Any) -> None:
+def begin(req: Any, ctx: dict[str, Any]) -> None:
     """Give the request its id (a before-step)."""
     environ = req.environ
     incoming = environ.get(REQUEST_ID_ENVIRON)
     if incoming is not None and REQUEST_ID_RE.match(incoming):
-        ctx.request_id = incoming
-        ctx.request_id_given = True
+        ctx["request_id"] = incoming
+        ctx["request_id_given"] = True
     else:
-        ctx.request_id = incoming = new_request_id()
+        ctx["request_id"] = incoming = new_request_id()
     environ[ENVIRON_KEY] = incoming
 
 
@@ -378,19 +378,19 @@ def request_id_header(environ: dict[str, Any]) -> hooks.HeaderPairs:
     return ((REQUEST_ID_HEADER, request_id),)
 
 
-def finish(req: Any, ctx: Any, response: Response) -> None:
+def finish(req: Any, ctx: dict[str, Any], response: Response) -> None:
     """Log the request line (an after-step; see READ_METHODS for which requests have one)."""
-    request_id = getattr(ctx, "request_id", None)
+    request_id = ctx.get("request_id")
     if request_id is None:  # a step before ours answered
         begin(req, ctx)
-        request_id = ctx.request_id
+        request_id = ctx["request_id"]
     status = response.status_code
     method = req.method
     if status >= 500:
         level = logging.ERROR if status != 503 else logging.WARNING
     elif status >= 400 or method not in READ_METHODS:
         level = logging.INFO
-    elif not getattr(ctx, "request_id_given", False):
+    elif not ctx.get("request_id_given"):
         level = logging.DEBUG
     else:
         rule = req.url_rule
@@ -398,7 +398,7 @@ def finish(req: Any, ctx: Any, response: Response) -> None:
     if log.isEnabledFor(level):
         rule = req.url_rule
         route = rule.rule if rule is not None else "unmatched"
-        started = getattr(ctx, "request_started", None)
+        started = ctx.get("request_started")
         duration_ms = 0.0 if started is None else round((time.perf_counter() - started) * 1000, 2)
         log.log(
             level,

@@ -168,7 +168,7 @@ class Metrics:
             meter = self._meters[key] = RequestMeter(*self.children(route, method, status))
         return meter
 
-    def record(self, req: Any, ctx: Any, response: Response) -> None:
+    def record(self, req: Any, ctx: dict[str, Any], response: Response) -> None:
         """Count and time the request, and count a storage failure it met (an after-step)."""
         rule = req.url_rule
         route = rule.rule if rule is not None else UNMATCHED_ROUTE
@@ -177,10 +177,10 @@ class Metrics:
             method = "other"
         key = (route, method, response.status_code)
         meter = self._meters.get(key) or self.meter(*key)
-        started = getattr(ctx, "request_started", None)
+        started = ctx.get("request_started")
         meter.observe(None if started is None else time.perf_counter() - started, self.add)
         # Each request that storage failed counts once; a lock timeout is contention, not an outage.
-        failure = getattr(ctx, "storage_error", None)
+        failure = ctx.get("storage_error")
         if failure is not None and not isinstance(failure, LockTimeout):
             self.backend_errors.inc()
 
