@@ -15,7 +15,6 @@ with `pending=` and its budget is reported as pending until the route exists.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -435,6 +434,7 @@ def bench(
     rounds: int,
     generator,
     ready: Callable[[], None] = lambda: None,
+    probes: list[Probe] | None = None,
 ) -> dict[str, dict]:
     """Measure every route of every target, all servers up at once; return each one's figures.
 
@@ -443,6 +443,7 @@ def bench(
     not a ratio.
     """
     results: dict[str, dict] = {}
+    chosen_probes = PROBES if probes is None else probes
     try:
         for target in targets.values():
             target.start()
@@ -453,9 +454,9 @@ def bench(
                 measure_round(name, target, seconds, connections, generator)
         for name, target in targets.items():
             rss, peak = rss_mb(target.server)
-            probes = {
+            measured = {
                 probe.name: probe.measure(target.server)
-                for probe in PROBES
+                for probe in chosen_probes
                 if probe.target == name and not probe.pending
             }
             results[name] = {
@@ -463,7 +464,7 @@ def bench(
                 "rss": rss,
                 "peak_rss": peak,
                 "checks": target.checks,
-                "probes": probes,
+                "probes": measured,
             }
     finally:
         for target in targets.values():
@@ -516,56 +517,16 @@ class Probe:
 
 
 def step_overhead_ms(server: Gunicorn, steps: int = 100) -> float:
-    """Run a workflow of `steps` 0 s simulator steps; return the median gap between completions.
+    """Run a workflow of `steps` 0 s simulator steps; return the median time per step, in ms.
 
-    Contract §9. The gaps are read from the workflow's stream as each step completes, so they
-    are the engine's own time per step: claiming, the step call, the fenced writes, the lease.
-    On Redis the runs need a worker (`python -m service worker`); the file backend runs them in
-    the web processes.
+    Contract §9, measured by bench/runs.py (also runnable alone): its own redis-server and a real
+    `python -m service worker`, the run started through the run control and followed on the
+    store's change feed, each step's time taken from the writer's clock. So it is the engine's
+    own time per step (claiming, the step call, the fenced writes, the lease), not this server's.
     """
-    worker = None
-    if not server.env["WORKFLOW_STATE_URL"].startswith("file:"):
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "service", "worker"],
-            cwd=ROOT,
-            env=server.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    try:
-        body = dict(
-            WORKFLOW,
-            workflow_id="bench-run",
-            steps=[dict(STEPS[n % len(STEPS)]) for n in range(steps)],
-        )
-        http("DELETE", server.url + "/workflows/bench-run")
-        if http("POST", server.url + "/workflows", body)[0] != 201:
-            raise RuntimeError("POST /workflows refused the run probe's workflow")
-        host, port = server.url.removeprefix("http://").split(":")
-        stream = HTTPConnection(host, int(port), timeout=30)
-        stream.request("GET", "/workflows/bench-run/stream")
-        events = stream.getresponse()
-        completed_at = [time.perf_counter()]  # the first gap is the run's start to step 0
-        if http("POST", server.url + "/workflows/bench-run/run")[0] != 202:
-            raise RuntimeError("POST /workflows/bench-run/run did not start a run")
-        while len(completed_at) <= steps:
-            line = events.readline()
-            if not line:
-                raise RuntimeError("the run probe's stream ended before the run did")
-            if not line.startswith(b"data: {"):
-                continue
-            state = json.loads(line[6:]).get("state") or {}
-            done = sum(step["status"] == "completed" for step in state.get("steps", []))
-            completed_at += [time.perf_counter()] * (done + 1 - len(completed_at))
-            if state.get("status") in ("failed", "cancelled"):
-                raise RuntimeError(f"the run probe's workflow ended {state['status']}")
-        stream.close()
-    finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=15)
-    gaps = [(b - a) * 1000 for a, b in itertools.pairwise(completed_at)]
-    return statistics.median(gaps)
+    from bench.runs import bench_redis
+
+    return bench_redis(steps)["median_ms"]
 
 
 PROBES = [
@@ -745,6 +706,8 @@ def render_budgets(results: dict[str, dict]) -> tuple[list[str], bool]:
             continue
         if budget.figure[0] not in results or budget.reference[0] not in results:
             continue
+        if budget.figure[1] not in results[budget.figure[0]]["runs"]:
+            continue  # not measured in this run (--routes)
         value = ratio(results, budget.figure, budget.reference)
         figure = results[budget.figure[0]]["runs"][budget.figure[1]]
         reference = results[budget.reference[0]]["runs"][budget.reference[1]]
@@ -767,7 +730,7 @@ def render_budgets(results: dict[str, dict]) -> tuple[list[str], bool]:
         label = f"{probe.target} {probe.name} ≤ {probe.maximum:g} {probe.unit}"
         if probe.pending:
             lines.append(f"| {label} | pending ({probe.pending}) | | | |")
-        elif probe.target in results:
+        elif probe.name in results.get(probe.target, {}).get("probes", {}):
             value = results[probe.target]["probes"][probe.name]
             ok = value <= probe.maximum
             all_ok &= ok
@@ -890,6 +853,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--backends", default="redis,file")
     parser.add_argument("--no-streams", action="store_true")
+    parser.add_argument(
+        "--routes",
+        help="measure only these routes of ROUTES on the service, comma-separated (a quick A/B "
+        "of a change; the references are always measured)",
+    )
+    parser.add_argument("--no-probes", action="store_true", help="skip the PROBES")
     parser.add_argument("--builtin", action="store_true", help="use the built-in generator")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args()
@@ -903,6 +872,10 @@ def main() -> int:
             urls = {"redis": redis.url, "file": f"file://{scratch}/workflow_state.json"}
             naive_file = Path(scratch, "naive_state.json")
             targets = {name: service_target(urls[name]) for name in args.backends.split(",")}
+            if args.routes:
+                chosen = {name.strip() for name in args.routes.split(",")}
+                for target in targets.values():
+                    target.routes = {k: v for k, v in target.routes.items() if k in chosen}
             targets["hello"] = Target("bench.references:hello_app", {}, REFERENCE_ROUTES["hello"])
             targets["naive"] = Target(
                 f"bench.references:naive_app({str(naive_file)!r})", {}, REFERENCE_ROUTES["naive"]
@@ -916,6 +889,7 @@ def main() -> int:
                 args.rounds,
                 generator,
                 ready=lambda: write_naive_state(naive_file, service),
+                probes=[] if args.no_probes else PROBES,
             )
         streams = None
         if not args.no_streams:

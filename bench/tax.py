@@ -7,9 +7,10 @@ directly, with no server and no socket, so the figures are the app's own CPU tim
 
 1. whole requests: the service's /healthz, GET /workflow/state and POST /workflow/state, and the
    bare Flask hello;
-2. each before/after-request hook the app has registered (whatever they are called, so the script
-   outlives rewrites of the modules), called on its own inside a request;
-3. each hook taken out of the app (ablation): how much faster the whole request gets;
+2. each per-request step the app has (the steps service/hooks.py runs from its two Flask hooks,
+   or, for an app without them, each Flask before/after-request hook), called on its own inside
+   a request;
+3. each step taken out of the app (ablation): how much faster the whole request gets;
 4. pieces that are not hooks: URL matching on each app's map, gevent.sleep(0) (gunicorn's
    pre_request yield), and one Prometheus counter/histogram write (multiprocess mode, as under
    gunicorn; `--no-multiproc` for the in-memory values).
@@ -42,11 +43,12 @@ SCRATCH = tempfile.mkdtemp(prefix="wss-tax-")
 if "--no-multiproc" not in sys.argv:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(SCRATCH, "metrics")
 
-from flask import Response  # noqa: E402
+from flask import Response, g, request  # noqa: E402
 from werkzeug.test import EnvironBuilder  # noqa: E402
 
 from bench.references import create_hello_app  # noqa: E402
 from bench.run import WORKFLOW  # noqa: E402
+from service.hooks import EXTENSION  # noqa: E402
 
 REQUESTS = {
     "GET /healthz": ("GET", "/healthz", None),
@@ -101,25 +103,39 @@ def hook_name(hook: Callable) -> str:
     return f"{getattr(hook, '__module__', '?')}.{getattr(hook, '__qualname__', repr(hook))}"
 
 
-def isolated_hooks(app, method: str, path: str, body: dict | None, number: int, repeat: int):
-    """Time each registered hook alone inside one request; yield (kind, name, µs).
+def step_lists(app) -> tuple[list, list, bool]:
+    """Return the app's before and after steps (lists to edit in place), and whether they are
+    service/hooks.py steps (called with the request and `g`) rather than Flask hooks."""
+    steps = app.extensions.get(EXTENSION)
+    if steps is not None:
+        return steps.before, steps.after, True
+    before = app.before_request_funcs.setdefault(None, [])
+    return before, app.after_request_funcs.setdefault(None, []), False
 
-    An after-request hook gets a fresh response each call (a header it set on the last call
-    would make the next one cheaper); the cost of making that response is subtracted.
+
+def isolated_hooks(app, method: str, path: str, body: dict | None, number: int, repeat: int):
+    """Time each per-request step alone inside one request; yield (kind, name, µs).
+
+    An after-step gets a fresh response each call (a header it set on the last call would make
+    the next one cheaper); the cost of making that response is subtracted.
     """
     kwargs = {"json": body} if body is not None else {}
+    before, after, with_args = step_lists(app)
     with app.test_request_context(path, method=method, **kwargs):
-        for hook in app.before_request_funcs.get(None, []):
-            yield "before", hook_name(hook), best_us(hook, number, repeat)
-        for hook in app.before_request_funcs.get(None, []):
-            hook()  # the after hooks read what the before hooks left in `g`
+        args = (request._get_current_object(), vars(g._get_current_object())) if with_args else ()
+        for hook in before:
+            yield "before", hook_name(hook), best_us(lambda h=hook: h(*args), number, repeat)
+        if with_args:
+            g.request_started = time.perf_counter()
+        for hook in before:
+            hook(*args)  # the after steps read what the before steps left in `g`
 
         def fresh() -> Response:
             return Response('{"success":true}', mimetype="application/json")
 
         baseline = best_us(fresh, number, repeat)
-        for hook in app.after_request_funcs.get(None, []):
-            us = best_us(lambda h=hook: h(fresh()), number, repeat) - baseline
+        for hook in after:
+            us = best_us(lambda h=hook: h(*args, fresh()), number, repeat) - baseline
             yield "after", hook_name(hook), us
 
 
@@ -148,8 +164,7 @@ def ablation(full, cut, hello, call_for: Callable, number: int, repeat: int, pat
         first, second = paired_us(whole, call_for(cut), number, repeat)
         return first - second
 
-    for kind in ("before_request_funcs", "after_request_funcs"):
-        hooks = getattr(cut, kind).get(None, [])
+    for hooks in step_lists(cut)[:2]:
         for position, hook in enumerate(list(hooks)):
             hooks.pop(position)
             try:
@@ -178,14 +193,20 @@ def ablation(full, cut, hello, call_for: Callable, number: int, repeat: int, pat
         after.extend(hooks[1])
 
 
-def prometheus_writes(number: int, repeat: int) -> dict[str, float]:
-    """Time one counter.inc() and one histogram.observe() as this process's metrics do them."""
-    from service.metrics import get_metrics
+def prometheus_writes(app, number: int, repeat: int) -> dict[str, float]:
+    """Time prometheus_client's counter.inc() and histogram.observe(), and the service's one
+    RequestMeter.observe() that does both, as this process's metrics do them."""
+    from service.metrics import metrics_of
 
-    counter, histogram = get_metrics().children("/bench", "GET", 200)
+    metrics = metrics_of(app)
+    counter, histogram = metrics.children("/bench", "GET", 200)
+    meter = metrics.meter("/bench", "GET", 200)
     return {
         "counter.inc()": best_us(counter.inc, number, repeat),
         "histogram.observe()": best_us(lambda: histogram.observe(0.0012), number, repeat),
+        "RequestMeter.observe() (count + time)": best_us(
+            lambda: meter.observe(0.0012, metrics.add), number, repeat
+        ),
     }
 
 
@@ -300,7 +321,7 @@ def main() -> int:
                 f"| URL match /healthz, {label} ({len(list(app.url_map.iter_rules()))} "
                 f"rules) | {us:.2f} |"
             )
-        for label, us in prometheus_writes(number * 5, repeat).items():
+        for label, us in prometheus_writes(service, number * 5, repeat).items():
             rows.append(f"| Prometheus {label} | {us:.2f} |")
         if not args.no_gevent:
             for idle in (0, 16, 200):

@@ -14,6 +14,7 @@ from . import (
     errors,
     headers,
     health,
+    hooks,
     identity,
     logs,
     metrics,
@@ -31,16 +32,18 @@ def create_app(
     test_config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
 ) -> Flask:
     """Assemble the app: defaults, then the environment (or `environ`), then the test override."""
-    app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
+    app = hooks.App(__name__, static_folder=STATIC_DIR, static_url_path="/static")
     app.config.from_mapping(config.from_env(environ))
     if test_config:
         app.config.update(test_config)
-    # Order matters. The store and the stream hub first: metrics plugs into them, and its timer
-    # must be the first before-request hook. Then the request id (every response carries it,
-    # every refusal is logged); a preflight is answered before the identity check, which comes
-    # before any route work.
+    # Order matters. The store and the stream hub first: metrics plugs into them. The request
+    # steps (service/hooks.py) run before-steps in this order and after-steps in the reverse:
+    # metrics sees every answer's final status; the request id comes next (every response
+    # carries it, every refusal is logged); a preflight is answered before the identity check,
+    # which comes before any route work.
     store.init_app(app)
     stream.init_app(app)
+    hooks.init_app(app)
     metrics.init_app(app)
     logs.init_app(app)
     errors.init_app(app)

@@ -11,12 +11,15 @@ contract's JSON error shape for the requests gunicorn refuses before the app see
 - a malformed chunked body is a `400` (gunicorn's parser error used to reach the app as a 500);
 - gunicorn's own refusals (a bad request line, 414, 431, Content-Length with Transfer-Encoding,
   ...) answer JSON instead of an HTML page;
-- freed memory goes back to the system (see `_return_free_memory`).
+- freed memory goes back to the system (see `_return_free_memory`);
+- the objects the app was built from are moved out of the garbage collector's sight once it is
+  loaded (see `load_wsgi`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import io
 import json
 import ssl
@@ -200,6 +203,16 @@ class Worker(GeventWorker):
             # pool) need no more than two.
             self.libc.mallopt(M_ARENA_MAX, ARENA_MAX)
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Load the app, then freeze what exists: modules, the app, its routes and settings.
+
+        They live as long as the worker does, yet every full collection would walk them all
+        again (the service's import graph is some 10^5 objects); frozen, a collection walks only
+        what requests made since. Nothing frozen is ever freed, and nothing of it needs to be.
+        """
+        super().load_wsgi()
+        gc.freeze()
 
     def run(self) -> None:
         """Serve connections until told to stop, returning freed memory as it goes."""

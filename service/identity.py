@@ -32,6 +32,8 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
+from . import hooks
+
 # The name rule and the network parser are setting parsers too, so they live in config.py.
 from .config import (
     USER_NAME_RULE,
@@ -72,6 +74,10 @@ class Identity:
     admin: bool
     owner: str
     all_owners: bool = False
+
+
+# Everyone, when no identity mode is set: one object for every request that names no owner.
+PUBLIC_IDENTITY = Identity(PUBLIC, False, PUBLIC)
 
 
 class Refused(Exception):
@@ -277,6 +283,8 @@ class Authenticator:
                 "WORKFLOW_STATE_ADMINS names admins of WORKFLOW_STATE_USER_HEADER, which is not "
                 "set (token users are admins by the tokens file's 'admin')"
             )
+        # No identity mode set: every request is `public`.
+        self.everyone_public = not self.header and not self.uses_tokens
 
     @property
     def uses_tokens(self) -> bool:
@@ -337,10 +345,22 @@ def owner_for(user: str, admin: bool, asked: list[str]) -> Identity:
     return Identity(user, admin, wanted)
 
 
+def identify(authenticator: Authenticator, req: Any) -> Identity:
+    """Return who is asking in `req` and on whose workflows (Refused when that cannot be)."""
+    if authenticator.everyone_public:
+        user, admin = PUBLIC, False
+    else:
+        user, admin = authenticator.user(req.headers, req.environ)
+    # Parsing the query string costs more than the rest of this: most requests have none.
+    if not req.environ.get("QUERY_STRING"):
+        if user == PUBLIC and not admin:
+            return PUBLIC_IDENTITY
+        return Identity(user, admin, user)
+    return owner_for(user, admin, req.args.getlist(OWNER_PARAM))
+
+
 def _identify() -> Identity:
-    authenticator: Authenticator = current_app.extensions[EXTENSION]
-    user, admin = authenticator.user(request.headers, request.environ)
-    return owner_for(user, admin, request.args.getlist(OWNER_PARAM))
+    return identify(current_app.extensions[EXTENSION], request._get_current_object())
 
 
 def current_identity(*, allow_all_owners: bool = False) -> Identity:
@@ -389,7 +409,7 @@ def still_identified() -> Callable[[], bool]:
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _cross_site_write(authenticator: Authenticator) -> bool:
+def _cross_site_write(authenticator: Authenticator, req: Any, origins: Any) -> bool:
     """Tell whether a browser sent this write from another site, through a signing-in proxy.
 
     There the user's credentials are the proxy's cookie, which the browser attaches to another
@@ -397,29 +417,30 @@ def _cross_site_write(authenticator: Authenticator) -> bool:
     write is refused unless its Origin is listed in WORKFLOW_STATE_CORS_ORIGINS. Bearer tokens
     are never attached by a browser on its own, so other modes need no such check.
     """
-    if not authenticator.header or request.method in SAFE_METHODS:
+    if not authenticator.header or req.method in SAFE_METHODS:
         return False
-    if request.headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site"):
+    if req.headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site"):
         return False
-    return request.headers.get("Origin") not in current_app.config["CORS_ORIGINS"]
-
-
-def _check() -> None:
-    # Browsers send preflights without credentials; cors.py answers them.
-    if request.method == "OPTIONS" or not request.path.startswith(PROTECTED_PREFIX):
-        return
-    if _cross_site_write(current_app.extensions[EXTENSION]):
-        raise Refused(
-            403,
-            "forbidden",
-            "A write from another site is refused; list its origin in "
-            "WORKFLOW_STATE_CORS_ORIGINS to allow it",
-        )
-    g.identity = _identify()
+    return req.headers.get("Origin") not in origins
 
 
 def init_app(app: Flask) -> None:
     """Check the identity settings (ConfigError if wrong) and identify every /workflow* request."""
-    app.extensions[EXTENSION] = Authenticator(app.config)
+    authenticator = app.extensions[EXTENSION] = Authenticator(app.config)
+
+    origins = app.config["CORS_ORIGINS"]
+
+    def check(req: Any, ctx: dict[str, Any]) -> None:
+        # Browsers send preflights without credentials; cors.py answers them.
+        if req.method != "OPTIONS" and req.path.startswith(PROTECTED_PREFIX):
+            if _cross_site_write(authenticator, req, origins):
+                raise Refused(
+                    403,
+                    "forbidden",
+                    "A write from another site is refused; list its origin in "
+                    "WORKFLOW_STATE_CORS_ORIGINS to allow it",
+                )
+            ctx["identity"] = identify(authenticator, req)
+
     app.register_error_handler(Refused, Refused.response)
-    app.before_request(_check)
+    hooks.steps_of(app).add(before=check)

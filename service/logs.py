@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
-import secrets
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,14 +27,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context
 from gunicorn import glogging
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
 
-from . import config, model
+from . import config, hooks, model
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The same header as WSGI names it: read from the environ, not through werkzeug's header view.
+REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
+# Where the request's id waits in the environ for the answer's headers.
+ENVIRON_KEY = "workflow_state.request_id"
 # What a caller-supplied id may look like: a UUID, nginx's $request_id, a trace id. Anything
 # longer or stranger is replaced, so a log line never carries attacker-shaped text.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}\Z")
@@ -345,38 +349,57 @@ def configured(log_format: str, *, level: int = logging.INFO) -> Iterator[None]:
         logger.setLevel(before[1])
 
 
-def _begin() -> None:
-    """Give the request its id and start its clock."""
-    incoming = request.headers.get(REQUEST_ID_HEADER)
+def new_request_id() -> str:
+    """Return a fresh request id: 32 hex digits, random.
+
+    From `random` (which reseeds in every forked process), not `secrets`: an id names a request
+    in the logs and guards nothing, and `secrets` costs a getrandom() call per request.
+    """
+    return f"{random.getrandbits(128):032x}"
+
+
+def begin(req: Any, ctx: dict[str, Any]) -> None:
+    """Give the request its id (a before-step)."""
+    environ = req.environ
+    incoming = environ.get(REQUEST_ID_ENVIRON)
     if incoming is not None and REQUEST_ID_RE.match(incoming):
-        g.request_id = incoming
-        g.request_id_given = True
+        ctx["request_id"] = incoming
+        ctx["request_id_given"] = True
     else:
-        g.request_id = secrets.token_hex(16)
-    g.log_started = time.perf_counter()
+        ctx["request_id"] = incoming = new_request_id()
+    environ[ENVIRON_KEY] = incoming
 
 
-def _finish(response: Response) -> Response:
-    """Return the id in the response and log the request line (see READ_METHODS for which)."""
-    request_id = g.get("request_id")
-    if request_id is None:  # a hook before ours answered; still label the response
-        _begin()
-        request_id = g.request_id
-    response.headers[REQUEST_ID_HEADER] = request_id
+def request_id_header(environ: dict[str, Any]) -> hooks.HeaderPairs:
+    """Return the request id as the answer's header (a header-step)."""
+    request_id = environ.get(ENVIRON_KEY)
+    if request_id is None:  # Flask answered before any step ran
+        request_id = environ[ENVIRON_KEY] = new_request_id()
+    return ((REQUEST_ID_HEADER, request_id),)
+
+
+def finish(req: Any, ctx: dict[str, Any], response: Response) -> None:
+    """Log the request line (an after-step; see READ_METHODS for which requests have one)."""
+    request_id = ctx.get("request_id")
+    if request_id is None:  # a step before ours answered
+        begin(req, ctx)
+        request_id = ctx["request_id"]
     status = response.status_code
-    rule = request.url_rule
-    route = rule.rule if rule is not None else "unmatched"
-    method = request.method
+    method = req.method
     if status >= 500:
         level = logging.ERROR if status != 503 else logging.WARNING
     elif status >= 400 or method not in READ_METHODS:
         level = logging.INFO
-    elif route in PROBE_ROUTES or not g.get("request_id_given"):
+    elif not ctx.get("request_id_given"):
         level = logging.DEBUG
     else:
-        level = logging.INFO
+        rule = req.url_rule
+        level = logging.DEBUG if rule is not None and rule.rule in PROBE_ROUTES else logging.INFO
     if log.isEnabledFor(level):
-        duration_ms = round((time.perf_counter() - g.log_started) * 1000, 2)
+        rule = req.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        started = ctx.get("request_started")
+        duration_ms = 0.0 if started is None else round((time.perf_counter() - started) * 1000, 2)
         log.log(
             level,
             "%s %s %s %.2fms",
@@ -392,7 +415,6 @@ def _finish(response: Response) -> Response:
                 "request_id": request_id,
             },
         )
-    return response
 
 
 def init_app(app: Flask) -> None:
@@ -405,8 +427,7 @@ def init_app(app: Flask) -> None:
     app.extensions[EXTENSION] = own
     if not _our_handlers(_service_logger()):
         configure(app.config["LOG_FORMAT"], redactor=own.redactor)
-    app.before_request(_begin)
-    app.after_request(_finish)
+    hooks.steps_of(app).add(before=begin, after=finish, headers=request_id_header)
 
 
 class GunicornLogger(glogging.Logger):

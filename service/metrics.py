@@ -8,16 +8,27 @@ by pid), which is fine for a worker that serves one app.
 
 prometheus_client picks its mode when it is first imported, so it is imported lazily here,
 after the server had its chance to set the variable.
+
+Every request writes three values (its count, its latency's sum and one latency bucket). Through
+prometheus_client's API, in multiprocess mode, each write takes a lock and asks the kernel for the
+pid (to notice a fork), 3.3 µs a request; `RequestMeter` writes the same values into the same
+memory-mapped files directly, about 1 µs. The writes still land at once in the files a scrape
+reads, so a count is never late and a killed worker's counts stay; a fork (which none of the
+service's processes does after the app is made) sends the writes back through the API.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import weakref
+from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, request
 
+from . import hooks
 from .storage import LockTimeout, Observer
 from .store import store_of
 from .stream import hub_of
@@ -32,6 +43,39 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 LOCK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 bp = Blueprint("metrics", __name__)
+
+
+def _add_through_api(value: Any, amount: float) -> None:
+    value.inc(amount)
+
+
+def _add_to_file(value: Any, amount: float) -> None:
+    # What prometheus_client's MmapedValue.inc does, without its lock and its pid check: a
+    # worker's requests run in greenlets of one thread, and nothing between the two lines yields.
+    value._value += amount
+    value._file.write_value(value._key, value._value, 0.0)
+
+
+class RequestMeter:
+    """The request counter and latency histogram values of one (route, method, status)."""
+
+    __slots__ = ("bounds", "buckets", "count", "sum")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        # prometheus_client's values (pinned in requirements.txt): a Counter child's `_value`, a
+        # Histogram child's `_sum`, `_buckets` and `_upper_bounds` (the last one +Inf).
+        self.count = counter._value
+        self.sum = histogram._sum
+        self.buckets = histogram._buckets
+        self.bounds = histogram._upper_bounds
+
+    def observe(self, seconds: float | None, add: Callable[[Any, float], None]) -> None:
+        """Count one request and, when it was timed, add its time to the histogram."""
+        add(self.count, 1.0)
+        if seconds is not None:
+            add(self.sum, seconds)
+            # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it.
+            add(self.buckets[bisect_left(self.bounds, seconds)], 1.0)
 
 
 class Metrics:
@@ -92,6 +136,15 @@ class Metrics:
         # (route, method, status) -> (counter child, histogram child): one dict lookup per request
         # instead of prometheus_client's label validation and locking.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._meters: dict[tuple[str, str, int], RequestMeter] = {}
+        # How a meter adds to a value: straight into this process's file in multiprocess mode.
+        self.add: Callable[[Any, float], None] = (
+            _add_to_file if multiprocess_dir else _add_through_api
+        )
+        if multiprocess_dir and hasattr(os, "register_at_fork"):
+            # A forked child must not write into its parent's file: the API notices the new pid.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _after_fork(ref))
         # Zero-valued from the start, so every family shows in the first scrape of every worker.
         self.children("/metrics", "GET", 200)
 
@@ -107,28 +160,29 @@ class Metrics:
             self._children[key] = pair
         return pair
 
-    def start_timer(self) -> None:
-        """Note when the request began (the app's first before-request hook)."""
-        g.metrics_started = time.perf_counter()
+    def meter(self, route: str, method: str, status: int) -> RequestMeter:
+        """Return the request meter for one label set, creating it once."""
+        key = (route, method, status)
+        meter = self._meters.get(key)
+        if meter is None:
+            meter = self._meters[key] = RequestMeter(*self.children(route, method, status))
+        return meter
 
-    def record(self, response: Response) -> Response:
-        """Count and time the request, and count a storage failure it met."""
-        rule = request.url_rule
+    def record(self, req: Any, ctx: dict[str, Any], response: Response) -> None:
+        """Count and time the request, and count a storage failure it met (an after-step)."""
+        rule = req.url_rule
         route = rule.rule if rule is not None else UNMATCHED_ROUTE
-        method = request.method
+        method = req.method
         if method not in KNOWN_METHODS:
             method = "other"
-        status = response.status_code
-        counter, histogram = self.children(route, method, status)
-        counter.inc()
-        started = g.get("metrics_started")
-        if started is not None:
-            histogram.observe(time.perf_counter() - started)
+        key = (route, method, response.status_code)
+        meter = self._meters.get(key) or self.meter(*key)
+        started = ctx.get("request_started")
+        meter.observe(None if started is None else time.perf_counter() - started, self.add)
         # Each request that storage failed counts once; a lock timeout is contention, not an outage.
-        failure = g.get("storage_error")
+        failure = ctx.get("storage_error")
         if failure is not None and not isinstance(failure, LockTimeout):
             self.backend_errors.inc()
-        return response
 
     def add_collector(self, collector: Any) -> None:
         """Add a collector whose metrics are read at scrape time, in either mode."""
@@ -149,6 +203,12 @@ class Metrics:
         for collector in self.collectors:
             registry.register(collector)
         return registry
+
+
+def _after_fork(ref: weakref.ReferenceType[Metrics]) -> None:
+    metrics = ref()
+    if metrics is not None:
+        metrics.add = _add_through_api
 
 
 class PrometheusObserver(Observer):
@@ -189,13 +249,13 @@ def metrics_page() -> Response:
 def init_app(app: Flask) -> None:
     """Serve /metrics, time and count every request, and plug metrics into the store and hub.
 
-    Call it before any other extension registers a before-request hook: the timer must be the
-    first, so a request that CORS or auth answer is timed too.
+    Call it before any other module adds its request steps: its after-step then runs last, so a
+    request that CORS or auth answer is counted with its final status (the request's clock is
+    started by service/hooks.py before every step).
     """
     metrics = Metrics(app.config["METRICS_DIR"])
     app.extensions[EXTENSION] = metrics
     app.register_blueprint(bp)
-    app.before_request(metrics.start_timer)
-    app.after_request(metrics.record)
+    hooks.steps_of(app).add(after=metrics.record)
     store_of(app).observer = PrometheusObserver(metrics)
     hub_of(app).on_change.append(metrics.open_streams.set)
