@@ -367,8 +367,9 @@ ROUTES: dict[str, dict[str, Schema]] = {
             "Create a workflow and make it the owner's current one; `run: true` also starts it",
             {
                 "201": answer(
-                    "SavedResponse",
-                    "Created; the state as stored",
+                    "Created",
+                    "Created; the state as stored (with `run: true`, the message says the run "
+                    "started)",
                     {**VERSIONED, "Location": ref("headers", "Location")},
                 )
             },

@@ -447,6 +447,9 @@ class RunStarted(TypedDict):
     state: State
 
 
+Created = TypeAliasType("Created", SavedResponse | RunStarted)
+
+
 @with_config(ConfigDict(extra="forbid"))
 class CancelledResponse(TypedDict):
     """The workflow is cancelled (also when it already was): its running step, itself and its
@@ -483,6 +486,7 @@ BODIES: tuple[Any, ...] = (
     WorkflowEvent,
     Run,
     RunStarted,
+    Created,
     CancelledResponse,
     UserName,
 )
