@@ -22,10 +22,13 @@ run: $(STAMP)
 	  *) $(VENV)/bin/gunicorn -c deploy/gunicorn.conf.py service.wsgi:app ;; \
 	esac
 
+# The in-process groups (unit, contract) on two processes, then the groups that start servers,
+# browsers and timing-sensitive processes of their own, one test at a time.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 tests/unit tests/contract
+	$(PY) -m pytest tests/integration tests/browser
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -183,6 +183,7 @@ def test_watch_ends_cleanly_on_a_signal_even_when_sigint_was_ignored(signum, url
         sender.join()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # put back as it was
         signal.signal(signal.SIGINT, before)
+    # The signal may come before or after the first snapshot is printed: either way the watch
+    # ends at once, cleanly, with exit 0 and nothing on stderr.
     assert result.exit_code == 0, result.stderr
-    assert "no workflow" in result.stdout
     assert result.stderr == ""
