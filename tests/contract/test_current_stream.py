@@ -4,64 +4,37 @@ workflows stay out of it, and deletes and expiry read as `state: null`."""
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 
-from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import layout
+from tests.support.inprocess import Events, opened_streams
 from tests.support.routes import STATE
 
 
 class Frames:
-    """The events of one in-process stream, read in a thread so a test can wait with a timeout."""
+    """The current workflow's stream in-process: (id, data) of each event."""
 
-    def __init__(self, app: Flask) -> None:
-        self.response = app.test_client().get(f"{STATE}/stream", buffered=False)
-        self.queue: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for chunk in self.response.response:
-            text = chunk.decode()
-            if text.startswith("id:"):
-                self.queue.put(text)
+    def __init__(self, events: Events) -> None:
+        self.events = events
 
     def next(self, timeout: float = 5.0) -> tuple[str, Any]:
         """Return the next event's (id, data)."""
-        text = self.queue.get(timeout=timeout)
-        lines = dict(line.split(": ", 1) for line in text.strip().splitlines())
-        return lines["id"], json.loads(lines["data"])
+        event_id, _, data = self.events.next(timeout)
+        return event_id, data
 
     def quiet(self, seconds: float = 0.3) -> bool:
         """Tell whether no event comes for `seconds`."""
-        try:
-            self.queue.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
+        return self.events.quiet(seconds)
 
 
 @pytest.fixture
-def frames(make_app) -> Iterator[Any]:
-    opened: list[Frames] = []
-
-    def open_stream(app: Flask) -> Frames:
-        opened.append(Frames(app))
-        return opened[-1]
-
-    yield open_stream
-    close_all_hubs()  # every stream ends, and with it its reader
-    for stream in opened:
-        stream.reader.join(timeout=5)
-        stream.response.close()
+def frames() -> Iterator[Any]:
+    with opened_streams() as open_stream:
+        yield lambda app: Frames(open_stream(app, f"{STATE}/stream"))
 
 
 def test_a_new_current_workflow_replaces_the_old_one_in_the_stream(make_app, frames):

@@ -5,20 +5,16 @@ owner's current workflow."""
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
-from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import STATE, wait_until
+from tests.support.inprocess import opened_streams
 from tests.support.routes import WORKFLOWS
 
 
@@ -305,41 +301,10 @@ def test_legacy_routes_act_on_the_current_workflow(client):
 # --- streams -----------------------------------------------------------------------------
 
 
-class Events:
-    """The events of one in-process stream, read in a thread so a test waits with a timeout."""
-
-    def __init__(self, app: Flask, path: str, headers: dict[str, str] | None = None) -> None:
-        self.response = app.test_client().get(path, headers=headers, buffered=False)
-        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for chunk in self.response.response:
-            text = chunk.decode()
-            if text.startswith("id:"):
-                self.lines.put(text)
-
-    def next(self, timeout: float = 5.0) -> tuple[str, str, Any]:
-        """Return the next event's (id, event name, data)."""
-        text = self.lines.get(timeout=timeout)
-        fields = dict(line.split(": ", 1) for line in text.strip().splitlines())
-        return fields["id"], fields["event"], json.loads(fields["data"])
-
-
 @pytest.fixture
 def events() -> Iterator[Any]:
-    opened: list[Events] = []
-
-    def open_stream(app: Flask, path: str, headers: dict[str, str] | None = None) -> Events:
-        opened.append(Events(app, path, headers))
-        return opened[-1]
-
-    yield open_stream
-    close_all_hubs()
-    for stream in opened:
-        stream.reader.join(timeout=5)
-        stream.response.close()
+    with opened_streams() as open_stream:
+        yield open_stream
 
 
 def test_a_workflow_stream_follows_that_workflow_only(app, events):

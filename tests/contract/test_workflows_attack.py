@@ -15,9 +15,10 @@ from flask import Flask
 
 from tests.conftest import steps
 from tests.contract import test_workflows
-from tests.contract.test_workflows import Events, create
+from tests.contract.test_workflows import create
 from tests.support import STATE, STREAM, wait_until
 from tests.support.identity import identity_config, write_tokens
+from tests.support.inprocess import Events
 from tests.support.routes import WORKFLOWS
 
 # In-process streams read in a thread, closed at the test's end: test_workflows.py's fixture.
