@@ -77,10 +77,17 @@ def state_body(state: dict[str, Any] | None, state_json: str) -> str:
     )
 
 
-def _saved(snapshot: Snapshot) -> Response:
+def saved(
+    snapshot: Snapshot,
+    status: int = 200,
+    message: str = SAVED,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Answer a write with the state as stored, its version as ETag."""
     return json_response(
-        f'{{"success":true,"message":"{SAVED}","state":{snapshot.json}}}',
-        headers={"ETag": f'"{snapshot.version}"', "Cache-Control": NO_STORE},
+        f'{{"success":true,"message":"{message}","state":{snapshot.json}}}',
+        status,
+        {"ETag": f'"{snapshot.version}"', "Cache-Control": NO_STORE, **(headers or {})},
     )
 
 
@@ -89,28 +96,44 @@ def _saved(snapshot: Snapshot) -> Response:
 NO_STATE_ETAG = "0"
 
 
-@bp.get("/state")
-def get_state() -> Response:
-    """Answer the current state, with its version as ETag ("0" when there is none)."""
-    snapshot = get_store().get(current_identity().owner)
-    etag = NO_STATE_ETAG if snapshot.state is None else str(snapshot.version)
+def state_answer(snapshot: Snapshot, etag: str) -> Response:
+    """Answer a GET of a state: its body with `etag`, or 304 when If-None-Match names it."""
     headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
     if request.if_none_match.contains_weak(etag):
         return Response(status=304, headers=headers)
     return json_response(state_body(snapshot.state, snapshot.json), headers=headers)
 
 
+def query_number(name: str, default: int, maximum: int) -> int:
+    """Return the whole-number query parameter `name` from 1 to `maximum`, or raise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3 or not 1 <= int(raw) <= maximum:
+        raise model.InvalidState(name, f"must be a whole number from 1 to {maximum}")
+    return int(raw)
+
+
+@bp.get("/state")
+def get_state() -> Response:
+    """Answer the current state, with its version as ETag ("0" when there is none)."""
+    snapshot = get_store().get(current_identity().owner)
+    return state_answer(
+        snapshot, NO_STATE_ETAG if snapshot.state is None else str(snapshot.version)
+    )
+
+
 @bp.post("/state")
 def save_state() -> Response:
     """Save or replace the whole state."""
-    return _saved(get_store().save(current_identity().owner, read_json(), if_match=if_match()))
+    return saved(get_store().save(current_identity().owner, read_json(), if_match=if_match()))
 
 
 @bp.patch("/state")
 def merge_state() -> Response:
     """Replace top-level fields of the stored state."""
     owner = current_identity().owner
-    return _saved(get_store().merge(owner, None, read_json(), if_match=if_match()))
+    return saved(get_store().merge(owner, None, read_json(), if_match=if_match()))
 
 
 @bp.patch("/state/steps/<index>")
@@ -118,7 +141,7 @@ def update_step(index: str) -> Response:
     """Update one step's status (and data) atomically."""
     position = model.parse_step_index(index)
     owner = current_identity().owner
-    return _saved(get_store().update_step(owner, None, position, read_json(), if_match=if_match()))
+    return saved(get_store().update_step(owner, None, position, read_json(), if_match=if_match()))
 
 
 @bp.delete("/state")
@@ -158,10 +181,8 @@ def summary() -> Response:
 @bp.get("/history")
 def history() -> Response:
     """Answer the last finished workflows, newest first."""
-    raw = request.args.get("limit", str(HISTORY_MAX))
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 3:
-        raise model.InvalidState("limit", "must be a whole number from 1 to 100")
-    workflows = get_store().history(current_identity().owner, int(raw))
+    limit = query_number("limit", HISTORY_MAX, HISTORY_MAX)
+    workflows = get_store().history(current_identity().owner, limit)
     return json_response(
         dumps({"success": True, "workflows": workflows}), headers={"Cache-Control": NO_STORE}
     )

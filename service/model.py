@@ -62,6 +62,11 @@ class NoWorkflow(StateError):
 
     code = "no_workflow"
 
+    @classmethod
+    def named(cls, workflow_id: str | None) -> NoWorkflow:
+        """Return the refusal of a workflow id the owner does not have (or that expired)."""
+        return cls(f"No workflow {workflow_id!r}")
+
 
 class WorkflowMismatch(StateError):
     """The request's workflow_id guard differs from the stored workflow."""

@@ -520,14 +520,19 @@ def _too_many_streams() -> Response:
     )
 
 
-def stream_response(topic: Topic) -> Response:
-    """Answer a stream of `topic`: a snapshot, then every accepted write or delete, as SSE."""
+def stream_response(topic: Topic, *, must_exist: bool = False) -> Response:
+    """Answer a stream of `topic`: a snapshot, then every accepted write or delete, as SSE.
+
+    `must_exist`: a workflow absent at connect is NoWorkflow (404), not a stream of nothing.
+    """
     hub = get_hub()
     if hub.open_streams >= _stream_limit():
         return _too_many_streams()
     subscription = hub.subscribe(topic)
     try:
         first = hub.store.get_for_stream(*topic)
+        if must_exist and first.state is None:
+            raise model.NoWorkflow.named(topic[1])
         hub.track(topic, first.state, _seq_of(first.event_id or ""))
         body = follow(
             hub,

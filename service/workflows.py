@@ -19,7 +19,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app, request
 
 from . import model
-from .api import CLEARED, NO_STORE, SAVED, if_match, read_json, state_body
+from .api import CLEARED, NO_STORE, SAVED, if_match, query_number, read_json, saved, state_answer
 from .errors import json_response
 from .identity import current_identity
 from .run_api import runs_of
@@ -39,26 +39,8 @@ RESERVED_IDS = frozenset({"stream", ".", ".."})
 def _found(snapshot: Snapshot, workflow_id: str) -> Snapshot:
     """Return the snapshot, or raise NoWorkflow when the workflow is absent or expired."""
     if snapshot.state is None:
-        raise model.NoWorkflow(f"No workflow {workflow_id!r}")
+        raise model.NoWorkflow.named(workflow_id)
     return snapshot
-
-
-def _saved(snapshot: Snapshot, status: int = 200, message: str = SAVED) -> Response:
-    headers = {"ETag": f'"{snapshot.version}"', "Cache-Control": NO_STORE}
-    if status == 201:
-        headers["Location"] = f"/workflows/{snapshot.state['workflow_id']}"  # type: ignore[index]
-    return json_response(
-        f'{{"success":true,"message":"{message}","state":{snapshot.json}}}', status, headers
-    )
-
-
-def _limit() -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return LIMIT_DEFAULT
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 3 or not 1 <= int(raw) <= LIMIT_MAX:
-        raise model.InvalidState("limit", f"must be a whole number from 1 to {LIMIT_MAX}")
-    return int(raw)
 
 
 @bp.post("")
@@ -72,7 +54,8 @@ def create() -> Response:
         )
     snapshot = runs_of(current_app).create(owner, body)
     started = model.require_object(body).get("run") is True
-    return _saved(snapshot, 201, STARTED if started else SAVED)
+    location = {"Location": f"/workflows/{snapshot.state['workflow_id']}"}  # type: ignore[index]
+    return saved(snapshot, 201, STARTED if started else SAVED, location)
 
 
 @bp.get("")
@@ -80,7 +63,7 @@ def list_workflows() -> Response:
     """Answer a page of the owner's workflows (an admin's `?owner=*`: every owner's)."""
     identity = current_identity(allow_all_owners=True)
     status = request.args.get("status", "all")
-    limit = _limit()
+    limit = query_number("limit", LIMIT_DEFAULT, LIMIT_MAX)
     cursor = request.args.get("cursor")
     store = get_store()
     if identity.all_owners:
@@ -101,18 +84,14 @@ def list_stream() -> Response:
 def get_workflow(workflow_id: str) -> Response:
     """Answer one workflow, with its version as ETag."""
     snapshot = _found(get_store().get(current_identity().owner, workflow_id), workflow_id)
-    etag = str(snapshot.version)
-    headers = {"Cache-Control": NO_STORE, "ETag": f'"{etag}"'}
-    if request.if_none_match.contains_weak(etag):
-        return Response(status=304, headers=headers)
-    return json_response(state_body(snapshot.state, snapshot.json), headers=headers)
+    return state_answer(snapshot, str(snapshot.version))
 
 
 @bp.patch("/<workflow_id>")
 def merge_workflow(workflow_id: str) -> Response:
     """Replace top-level fields of one workflow."""
     owner = current_identity().owner
-    return _saved(get_store().merge(owner, workflow_id, read_json(), if_match=if_match()))
+    return saved(get_store().merge(owner, workflow_id, read_json(), if_match=if_match()))
 
 
 @bp.patch("/<workflow_id>/steps/<index>")
@@ -121,7 +100,7 @@ def update_step(workflow_id: str, index: str) -> Response:
     position = model.parse_step_index(index)
     owner = current_identity().owner
     store = get_store()
-    return _saved(store.update_step(owner, workflow_id, position, read_json(), if_match=if_match()))
+    return saved(store.update_step(owner, workflow_id, position, read_json(), if_match=if_match()))
 
 
 @bp.delete("/<workflow_id>")
@@ -142,9 +121,7 @@ def summary(workflow_id: str) -> Response:
 @bp.get("/<workflow_id>/stream")
 def stream(workflow_id: str) -> Response:
     """Stream one workflow: a snapshot, then every change, as SSE."""
-    owner = current_identity().owner
-    _found(get_store().get(owner, workflow_id), workflow_id)
-    return stream_response((owner, workflow_id))
+    return stream_response((current_identity().owner, workflow_id), must_exist=True)
 
 
 def init_app(app: Flask) -> None:
