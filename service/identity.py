@@ -394,13 +394,21 @@ def still_identified() -> Callable[[], bool]:
     identity = current_identity(allow_all_owners=True)
     authorization = request.headers.get("Authorization")
 
+    # Asked before every frame: matched again only when the tokens file was re-read (the users
+    # tuple is a new one), not once per frame against every user.
+    last: list[Any] = [None, True]  # [the users matched against, the answer]
+
     def check() -> bool:
-        found = match_token(authorization, authenticator.bearer_users())
-        return (
-            found is not None
-            and found.user == identity.user
-            and (found.admin or identity.owner == identity.user)
-        )
+        users = authenticator.bearer_users()
+        if users is not last[0]:
+            found = match_token(authorization, users)
+            last[:] = [
+                users,
+                found is not None
+                and found.user == identity.user
+                and (found.admin or identity.owner == identity.user),
+            ]
+        return last[1]
 
     return check
 
