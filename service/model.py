@@ -19,8 +19,10 @@ from .schema import ENCRYPTED_MARK
 RUNNING = "running"
 FINISHED = frozenset({"completed", "failed", "cancelled"})
 
-# Fields the server owns: whatever a client sends for them is replaced.
-SERVER_FIELDS = ("last_update", "version")
+# Fields the server owns: whatever a client sends for them is replaced. `incarnation` is the
+# version a workflow was created with: it tells a workflow from one deleted and created again
+# under the same id.
+SERVER_FIELDS = ("last_update", "version", "incarnation")
 
 WORKFLOW_ID_RE = schema.python_pattern(schema.WORKFLOW_ID_PATTERN)
 

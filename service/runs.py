@@ -5,17 +5,19 @@ function takes the stored state (or None) and returns the state to store, or Non
 changes nothing. Nothing here does I/O; the clock and the lease length come in as arguments.
 
 A run lives in the state's `run` field: `{"attempt", "runner", "heartbeat", "lease_expires",
-"status"}`. `attempt` is the fencing token: it only ever grows (a new run and every takeover add
-one), every write a runner makes names the attempt it holds, and a write naming any other
-attempt is refused with RunSuperseded and changes nothing. That is what keeps a paused runner
-that wakes up after another took over from touching the state. docs/runs.md tells the story.
+"status"}`. A runner holds a `Fence`: the workflow's *incarnation* (the version it was created
+with, in the state's `incarnation`) and the run's `attempt`, which only ever grows within an
+incarnation (a new run and every takeover add one). Every write a runner makes names its fence,
+and a write naming any other is refused with RunSuperseded and changes nothing. That is what
+keeps a paused runner that wakes up after another took over, or after its workflow was deleted
+and created again under the same id, from touching the state. docs/runs.md tells the story.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from .model import (
     RUNNING,
@@ -41,6 +43,16 @@ OUTCOMES = ("completed", "failed")
 RENEWALS_PER_LEASE = 3
 
 
+class Fence(NamedTuple):
+    """What a runner holds: the workflow's incarnation and the run's attempt.
+
+    Tuples compare in order, so a later incarnation, then a later attempt, is the greater.
+    """
+
+    incarnation: int
+    attempt: int
+
+
 class RunActive(StateError):
     """A run of this workflow is queued or running and its lease is live."""
 
@@ -58,6 +70,21 @@ class RunSuperseded(StateError):
 
 
 # --- reading -----------------------------------------------------------------------------------
+
+
+def incarnation_of(state: Mapping[str, Any]) -> int:
+    """Return the version the workflow was created with (0 for one stored before it was kept)."""
+    incarnation = state.get("incarnation")
+    return incarnation if isinstance(incarnation, int) else 0
+
+
+def fence_of(state: Mapping[str, Any] | None) -> Fence | None:
+    """Return the fence of the state's active run, or None when there is no active run."""
+    run = active_run(state)
+    if run is None:
+        return None
+    assert state is not None
+    return Fence(incarnation_of(state), run["attempt"])
 
 
 def renew_interval(lease: float) -> float:
@@ -155,16 +182,22 @@ def _replace_step(
 
 
 def _fence(
-    state: Mapping[str, Any] | None, attempt: int, *, claimed: bool = False
+    state: Mapping[str, Any] | None, fence: Fence, *, claimed: bool = False
 ) -> dict[str, Any]:
-    """Return the run a runner holding `attempt` may write to, or raise RunSuperseded.
+    """Return the run a runner holding `fence` may write to, or raise RunSuperseded.
 
     With `claimed`, the run must also be running: steps are written only after a claim.
     """
+    attempt = fence.attempt
     if state is None:
         raise RunSuperseded(f"Run attempt {attempt}: the workflow no longer exists")
     run = state.get("run")
     name = state["workflow_id"]
+    if incarnation_of(state) != fence.incarnation:
+        raise RunSuperseded(
+            f"Run attempt {attempt} of workflow {name}: the workflow was deleted and created "
+            "again since"
+        )
     if not isinstance(run, dict):
         raise RunSuperseded(f"Run attempt {attempt}: workflow {name} has no server run")
     if run.get("attempt") != attempt:
@@ -254,22 +287,22 @@ def cancel(state: Mapping[str, Any] | None, *, now: datetime) -> dict[str, Any] 
 
 def claim_run(
     state: Mapping[str, Any] | None,
-    attempt: int,
+    fence: Fence,
     runner: str,
     *,
     now: datetime,
     lease: float,
 ) -> dict[str, Any]:
-    """Make `runner` (host:pid) the runner of queued attempt `attempt`, with a fresh lease.
+    """Make `runner` (host:pid) the runner of the queued run `fence` names, with a fresh lease.
 
     Only a queued run can be claimed. A running one, even with a lapsed lease, needs a takeover
     first: a second claim of the same attempt would give two runners one fencing token.
     """
-    run = _fence(state, attempt)
+    run = _fence(state, fence)
     assert state is not None
     if run.get("status") != QUEUED:
         raise RunSuperseded(
-            f"Run attempt {attempt} of workflow {state['workflow_id']} is already claimed by "
+            f"Run attempt {fence.attempt} of workflow {state['workflow_id']} is already claimed by "
             f"{run.get('runner')}"
         )
     claimed = {
@@ -283,15 +316,15 @@ def claim_run(
 
 
 def renew_lease(
-    state: Mapping[str, Any] | None, attempt: int, *, now: datetime, lease: float
+    state: Mapping[str, Any] | None, fence: Fence, *, now: datetime, lease: float
 ) -> dict[str, Any]:
-    """Extend attempt `attempt`'s lease to `now + lease` (a heartbeat).
+    """Extend the lease of the run `fence` names to `now + lease` (a heartbeat).
 
     Accepted even after the lease lapsed, as long as nobody took over: the attempt, not the
     clock, decides who the runner is. A queued run can be renewed too: that is how the lease
     monitor pushes the claim deadline of a run whose job still waits in the queue.
     """
-    run = _fence(state, attempt)
+    run = _fence(state, fence)
     assert state is not None
     renewed = {**run, "heartbeat": format_time(now), "lease_expires": _stamp(now, lease)}
     return _with(state, now, run=renewed)
@@ -299,14 +332,14 @@ def renew_lease(
 
 def runner_step(
     state: Mapping[str, Any] | None,
-    attempt: int,
+    fence: Fence,
     index: int,
     status: str,
     data: Mapping[str, Any] | None = None,
     *,
     now: datetime,
 ) -> dict[str, Any]:
-    """Record what runner `attempt` did with step `index`.
+    """Record what the runner holding `fence` did with step `index`.
 
     `in_progress` starts the step: it becomes the current step, its old `data` goes and its
     `attempts` grows by one (so a step run again after an interruption shows 2). `completed`
@@ -319,7 +352,7 @@ def runner_step(
         )
     if data is not None and not isinstance(data, Mapping):
         raise ValueError("step data must be an object")
-    run = _fence(state, attempt, claimed=True)
+    run = _fence(state, fence, claimed=True)
     assert state is not None
     step = _step_index(state, index)
     fields: dict[str, Any] = {}
@@ -343,7 +376,7 @@ def runner_step(
 
 def advance(
     state: Mapping[str, Any] | None,
-    attempt: int,
+    fence: Fence,
     index: int,
     status: str,
     data: Mapping[str, Any] | None = None,
@@ -357,22 +390,22 @@ def advance(
     fails the workflow as `runner_step` does. One write per step instead of two, and no moment
     between two steps where a crash leaves neither in progress.
     """
-    new = runner_step(state, attempt, index, status, data, now=now)
+    new = runner_step(state, fence, index, status, data, now=now)
     if status != "completed":
         return new
     remaining = remaining_steps(new)
     if not remaining:
-        return finish_run(new, attempt, "completed", now=now)
-    return runner_step(new, attempt, remaining[0], "in_progress", now=now)
+        return finish_run(new, fence, "completed", now=now)
+    return runner_step(new, fence, remaining[0], "in_progress", now=now)
 
 
 def finish_run(
-    state: Mapping[str, Any] | None, attempt: int, outcome: str, *, now: datetime
+    state: Mapping[str, Any] | None, fence: Fence, outcome: str, *, now: datetime
 ) -> dict[str, Any]:
-    """End run `attempt` with the workflow `completed` (every step settled) or `failed`."""
+    """End the run `fence` names with the workflow `completed` (every step settled) or `failed`."""
     if outcome not in OUTCOMES:
         raise ValueError(f"a run ends {' or '.join(OUTCOMES)}, not {outcome!r}")
-    run = _fence(state, attempt, claimed=True)
+    run = _fence(state, fence, claimed=True)
     assert state is not None
     if outcome == "completed" and remaining_steps(state):
         raise ValueError(
@@ -384,20 +417,20 @@ def finish_run(
 
 
 def release_run(
-    state: Mapping[str, Any] | None, attempt: int, *, now: datetime, lease: float
+    state: Mapping[str, Any] | None, fence: Fence, *, now: datetime, lease: float
 ) -> dict[str, Any]:
-    """Hand running attempt `attempt` back to the queue as the next attempt (a worker stops).
+    """Hand the running run `fence` names back to the queue as the next attempt (a worker stops).
 
     What a runner that is told to shut down does instead of letting its lease lapse: the run
     is queued again at once, under a new attempt (so the stopping runner's late writes are
     refused), with a claim deadline of `lease` seconds. The interrupted step stays
     `in_progress` until the next runner starts it again.
     """
-    run = _fence(state, attempt, claimed=True)
+    run = _fence(state, fence, claimed=True)
     assert state is not None
     queued = {
         **run,
-        "attempt": attempt + 1,
+        "attempt": fence.attempt + 1,
         "runner": None,
         "lease_expires": _stamp(now, lease),
         "status": QUEUED,
@@ -407,13 +440,13 @@ def release_run(
 
 def take_over(
     state: Mapping[str, Any] | None,
-    expired_attempt: int,
+    expired: Fence,
     *,
     now: datetime,
     lease: float,
     max_step_attempts: int | None = None,
 ) -> dict[str, Any] | None:
-    """Requeue a run whose lease lapsed under attempt `expired_attempt`, as the next attempt.
+    """Requeue a run whose lease lapsed under `expired`, as the next attempt.
 
     None when there is nothing to take over: the run moved on (someone else took over, it
     ended, the workflow finished or is gone) or its lease is live again. The interrupted step
@@ -421,9 +454,9 @@ def take_over(
     `max_step_attempts`, a step already started that many times is not run again: it fails,
     and the workflow with it, so a step that kills its runner every time cannot loop forever.
     """
-    run = active_run(state)
-    if run is None or run.get("attempt") != expired_attempt or lease_live(state, now):
+    if fence_of(state) != expired or lease_live(state, now):
         return None
+    run = active_run(state)
     assert state is not None
     fields: dict[str, Any] = {}
     if max_step_attempts is not None:
@@ -443,7 +476,7 @@ def take_over(
                 fields["status"] = "failed"
                 break
     next_run = {
-        "attempt": expired_attempt + 1,
+        "attempt": expired.attempt + 1,
         "runner": None,
         "heartbeat": run.get("heartbeat"),
         "lease_expires": _stamp(now, lease),

@@ -223,6 +223,15 @@ class State(TypedDict):
     ssh_connection: NotRequired[SshConnection]
     last_update: Time
     version: Version
+    incarnation: NotRequired[
+        Annotated[
+            Version,
+            Field(
+                description="the version the workflow was created with: a workflow deleted and "
+                "created again under the same id has another"
+            ),
+        ]
+    ]
     run: NotRequired[Run]
 
 

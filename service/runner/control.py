@@ -110,19 +110,19 @@ class RunControl:
                     )
         return self._local
 
-    def dispatch(self, owner: str, workflow_id: str, attempt: int) -> None:
+    def dispatch(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
         """Have a runner run this attempt; a lost dispatch is found by a lease monitor."""
         if self.mode == LOCAL:
-            self.local.dispatch(owner, workflow_id, attempt)
+            self.local.dispatch(owner, workflow_id, fence)
             return
         try:
-            self.queue.enqueue(owner, workflow_id, attempt)
+            self.queue.enqueue(owner, workflow_id, fence)
         except StorageUnavailable as error:
             log.warning(
                 "could not enqueue run %s/%s attempt %s (a lease monitor will): %s",
                 owner,
                 workflow_id,
-                attempt,
+                fence.attempt,
                 error.message,
             )
 
@@ -155,11 +155,10 @@ class RunControl:
 
     def _started(self, owner: str, snapshot: Snapshot) -> Snapshot:
         state = snapshot.state
-        assert state is not None
-        run = runs.active_run(state)
-        assert run is not None
+        fence = runs.fence_of(state)
+        assert state is not None and fence is not None
         self.observer.leased(owner, state["workflow_id"], runs.lease_deadline(state))
-        self.dispatch(owner, state["workflow_id"], run["attempt"])
+        self.dispatch(owner, state["workflow_id"], fence)
         return snapshot
 
     def start(self, owner: str, workflow_id: str, *, runs_here: bool = True) -> Snapshot:

@@ -1,14 +1,15 @@
 """Run one attempt of a workflow's server run: claim, heartbeat, each remaining step, finish.
 
-`run_workflow(store, owner, id, attempt, settings)` is what an RQ job (service/runner/jobs.py)
+`run_workflow(store, owner, id, fence, settings)` is what an RQ job (service/runner/jobs.py)
 and a web process's run thread (service/runner/local.py) call. It knows nothing of Flask, RQ
 or the page: storage applies the rules of service/runs.py, service/runner/steps.py performs
 each step, and an observer hears what happened (the lease index, the metrics).
 
-While the steps run, a watch thread renews the lease every lease/3 (fenced on the attempt) and
+While the steps run, a watch thread renews the lease every lease/3 (fenced, as every write) and
 reads the state every WATCH_SECONDS between renewals, so a cancel written by any process, or a
-takeover, interrupts the running step's call within a second. Every write names the attempt; a
-refused one (`RunSuperseded`) stops the run at once, writing nothing more. docs/runs.md tells
+takeover, interrupts the running step's call within a second. Every write names the run's fence
+(the workflow's incarnation and the attempt); a refused one (`RunSuperseded`) stops the run at
+once, writing nothing more. docs/runs.md tells
 the story.
 """
 
@@ -119,21 +120,21 @@ class RunResult:
     state: dict[str, Any] | None = None
 
     @property
-    def next_attempt(self) -> int | None:
-        """Return the attempt a released run was queued as, else None."""
+    def next_fence(self) -> runs.Fence | None:
+        """Return the fence a released run was queued under, else None."""
         run = runs.active_run(self.state)
         if self.outcome != RELEASED or run is None or run["status"] != runs.QUEUED:
             return None
-        return run["attempt"]
+        return runs.fence_of(self.state)
 
 
 class _Lost(Exception):
     """Storage stayed unavailable for a whole lease: the run is someone else's by now."""
 
 
-def _ours(state: Mapping[str, Any] | None, attempt: int) -> bool:
+def _ours(state: Mapping[str, Any] | None, fence: runs.Fence) -> bool:
     run = runs.active_run(state)
-    return run is not None and run["attempt"] == attempt and run["status"] == runs.RUN_RUNNING
+    return run is not None and runs.fence_of(state) == fence and run["status"] == runs.RUN_RUNNING
 
 
 def _why_not_ours(state: Mapping[str, Any] | None) -> str:
@@ -173,7 +174,7 @@ class _Watch(threading.Thread):
                     renew_at = time.monotonic() + interval
                 else:
                     state = attempt.read()
-                    if not _ours(state, attempt.attempt):
+                    if not _ours(state, attempt.fence):
                         self.end(_why_not_ours(state))
                         return
             except runs.RunSuperseded:
@@ -203,14 +204,15 @@ class _Attempt:
         store: StateStore,
         owner: str,
         workflow_id: str,
-        attempt: int,
+        fence: runs.Fence,
         settings: RunSettings,
         observer: RunObserver,
     ) -> None:
         self.store = store
         self.owner = owner
         self.workflow_id = workflow_id
-        self.attempt = attempt
+        self.fence = fence
+        self.attempt = fence.attempt
         self.settings = settings
         self.observer = observer
         # When (monotonic) the lease last reached storage: a runner that cannot write for a
@@ -242,7 +244,7 @@ class _Attempt:
                 lambda: self.store.claim_run(
                     self.owner,
                     self.workflow_id,
-                    self.attempt,
+                    self.fence,
                     runner_name(),
                     lease=self.settings.lease,
                 )
@@ -253,7 +255,7 @@ class _Attempt:
         """Renew the lease once (no retry: the watch tries again at its next tick)."""
         self._noted(
             self.store.renew_lease(
-                self.owner, self.workflow_id, self.attempt, lease=self.settings.lease
+                self.owner, self.workflow_id, self.fence, lease=self.settings.lease
             )
         )
 
@@ -271,23 +273,21 @@ class _Attempt:
     def step(self, index: int, status: str) -> Snapshot:
         """Write what this attempt did with step `index`."""
         return self.write(
-            lambda: self.store.runner_step(
-                self.owner, self.workflow_id, self.attempt, index, status
-            )
+            lambda: self.store.runner_step(self.owner, self.workflow_id, self.fence, index, status)
         )
 
     def advance(self, index: int, status: str, data: dict[str, Any] | None) -> Snapshot:
         """Write step `index`'s outcome and start the next step (or finish) in the same write."""
         return self.write(
             lambda: self.store.advance_run(
-                self.owner, self.workflow_id, self.attempt, index, status, data
+                self.owner, self.workflow_id, self.fence, index, status, data
             )
         )
 
     def finish(self) -> Snapshot:
         """End the run with every step settled."""
         return self.write(
-            lambda: self.store.finish_run(self.owner, self.workflow_id, self.attempt, COMPLETED)
+            lambda: self.store.finish_run(self.owner, self.workflow_id, self.fence, COMPLETED)
         )
 
     def release(self) -> Snapshot:
@@ -296,7 +296,7 @@ class _Attempt:
             lambda: self.store.release_run(
                 self.owner,
                 self.workflow_id,
-                self.attempt,
+                self.fence,
                 lease=self.settings.lease
                 if self.settings.release_lease is None
                 else self.settings.release_lease,
@@ -309,20 +309,21 @@ def run_workflow(
     store: StateStore,
     owner: str,
     workflow_id: str,
-    attempt: int,
+    fence: runs.Fence,
     settings: RunSettings,
     *,
     observer: RunObserver | None = None,
     stop: threading.Event | None = None,
 ) -> RunResult:
-    """Run attempt `attempt` of the workflow's queued run to its end; return how it ended.
+    """Run the workflow's queued run that `fence` names to its end; return how it ended.
 
     `stop` set (the process is shutting down) interrupts the step and hands the run back to
-    the queue as the next attempt (RELEASED; `RunResult.next_attempt` says which). Never
+    the queue as the next attempt (RELEASED; `RunResult.next_fence` says which). Never
     raises for anything a run meets: a refused write, a cancel, storage down.
     """
     observer = observer or RunObserver()
-    run = _Attempt(store, owner, workflow_id, attempt, settings, observer)
+    run = _Attempt(store, owner, workflow_id, fence, settings, observer)
+    attempt = fence.attempt
     try:
         result = _run(run, stop)
     except runs.RunSuperseded:
@@ -398,7 +399,7 @@ def _start(run: _Attempt, state: dict[str, Any]) -> dict[str, Any]:
         except InvalidIndex:
             # A client settled or removed the step since our read: read again and go on.
             fresh = run.read()
-            if fresh is None or not _ours(fresh, run.attempt):
+            if fresh is None or not _ours(fresh, run.fence):
                 raise runs.RunSuperseded("the run moved on") from None
             state = fresh
             continue

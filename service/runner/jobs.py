@@ -1,11 +1,11 @@
 """RQ's side of runs: the job function and the worker that runs it (`python -m service worker`).
 
-A job is `run(owner, workflow_id, attempt)`: one attempt of one workflow's run. `RunWorker` is
-RQ's SimpleWorker (the job runs in the worker process itself: killing the worker kills its
-runner, and no forked horse outlives it) with, per process, the store, the run settings, a lease
-monitor thread, and signal handling of its own: SIGTERM or SIGINT interrupts the running step,
-hands its run back to the queue as the next attempt, and stops the worker, within a second.
-A second signal stops it at once (RQ's cold shutdown).
+A job is `run(owner, workflow_id, incarnation, attempt)`: one attempt of one workflow's run.
+`RunWorker` is RQ's SimpleWorker (the job runs in the worker process itself: killing the worker
+kills its runner, and no forked horse outlives it) with, per process, the store, the run
+settings, a lease monitor thread, and signal handling of its own: SIGTERM or SIGINT interrupts
+the running step, hands its run back to the queue as the next attempt, and stops the worker,
+within a second. A second signal stops it at once (RQ's cold shutdown).
 
 `WORKFLOW_RUN_WORKERS` > 1 runs RQ's WorkerPool of that many RunWorker processes; each has its
 own monitor (the pool's own process only forks and reaps them).
@@ -26,6 +26,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from ..config import from_env
+from ..runs import Fence
 from ..store import build_store
 from .control import QUEUE, RunControl
 from .engine import run_workflow
@@ -53,19 +54,19 @@ class RunContext:
         self.stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
-    def run(self, owner: str, workflow_id: str, attempt: int) -> str:
+    def run(self, owner: str, workflow_id: str, fence: Fence) -> str:
         """Run one attempt; requeue the run at once when this worker is stopping."""
         result = run_workflow(
             self.store,
             owner,
             workflow_id,
-            attempt,
+            fence,
             self.control.settings,
             observer=self.control.observer,
             stop=self.stop,
         )
-        if result.next_attempt is not None:
-            self.control.dispatch(owner, workflow_id, result.next_attempt)
+        if result.next_fence is not None:
+            self.control.dispatch(owner, workflow_id, result.next_fence)
         return result.outcome
 
     def start_monitor(self) -> None:
@@ -85,15 +86,22 @@ class RunContext:
         self.store.close()
 
 
-def run(owner: str, workflow_id: str, attempt: int) -> str:
-    """RQ job: run attempt `attempt` of the workflow's run; return how it ended."""
+def run(owner: str, workflow_id: str, incarnation: int, attempt: int | None = None) -> str:
+    """RQ job: run attempt `attempt` of the workflow incarnation's run; return how it ended.
+
+    A job queued by an earlier version has no incarnation (three arguments): it runs a workflow
+    stored before incarnations were kept, whose incarnation is 0.
+    """
+    if attempt is None:
+        incarnation, attempt = 0, incarnation
+    fence = Fence(incarnation, attempt)
     context = _WORKER.get(None)
     if context is not None:
-        return context.run(owner, workflow_id, attempt)
+        return context.run(owner, workflow_id, fence)
     # A worker that is not ours (a bare `rq worker`): settings from the environment, no monitor.
     context = RunContext(from_env())
     try:
-        return context.run(owner, workflow_id, attempt)
+        return context.run(owner, workflow_id, fence)
     finally:
         context.close()
 

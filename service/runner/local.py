@@ -3,7 +3,8 @@
 Each web process (a gunicorn worker, `flask run`, the pytest plugin's server) keeps a bounded
 pool of run threads (greenlets under gunicorn's gevent workers) and a lease monitor, started
 in the process itself (gunicorn forks its workers before the app is built). The rules are the
-ones RQ workers follow: a run is claimed, its lease renewed, every write fenced on its attempt.
+ones RQ workers follow: a run is claimed, its lease renewed, every write fenced on its
+incarnation and attempt.
 A run this process queued waits in its pool with its claim deadline pushed every lease/3; if
 the process dies, the deadline lapses and another process's monitor takes the run (a queued
 one) or takes it over (a running one, as the next attempt), and runs it there.
@@ -49,30 +50,36 @@ class LocalRunners:
         self.stop = threading.Event()
         self._guard = threading.Lock()
         self._pid: int | None = None
-        self._inbox: queue.Queue[tuple[str, str, int]] = queue.Queue()
-        # Runs queued here and not yet started: (attempt, when its claim deadline was last
+        self._inbox: queue.Queue[tuple[str, str, runs.Fence]] = queue.Queue()
+        # Runs queued here and not yet started: (fence, when its claim deadline was last
         # pushed); those deadlines are ours to push.
-        self._pending: dict[Key, tuple[int, float]] = {}
+        self._pending: dict[Key, tuple[runs.Fence, float]] = {}
         self._threads: list[threading.Thread] = []
 
     # --- the dispatcher side ---------------------------------------------------------------
 
-    def dispatch(self, owner: str, workflow_id: str, attempt: int) -> None:
+    def _waiting_fence(self, key: Key) -> runs.Fence | None:
+        """Return the fence of the run waiting here for `key` (call with `_guard` held)."""
+        pending = self._pending.get(key)
+        return None if pending is None else pending[0]
+
+    def dispatch(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
         """Run this attempt in one of this process's run threads."""
         self.ensure_running()
         with self._guard:
-            if self._pending.get((owner, workflow_id), (0, 0.0))[0] >= attempt:
+            waiting = self._waiting_fence((owner, workflow_id))
+            if waiting is not None and waiting >= fence:
                 return
             # Whoever queued it has just set its claim deadline.
-            self._pending[(owner, workflow_id)] = (attempt, time.monotonic())
+            self._pending[(owner, workflow_id)] = (fence, time.monotonic())
             count = len(self._pending)
         self.observer.waiting(count)
-        self._inbox.put((owner, workflow_id, attempt))
+        self._inbox.put((owner, workflow_id, fence))
 
-    def waiting(self, owner: str, workflow_id: str, attempt: int) -> bool:
+    def waiting(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Tell whether this attempt waits for one of this process's threads."""
         with self._guard:
-            return self._pending.get((owner, workflow_id), (0, 0.0))[0] == attempt
+            return self._waiting_fence((owner, workflow_id)) == fence
 
     def pending(self) -> int:
         """Return how many runs wait here for a thread."""
@@ -115,19 +122,19 @@ class LocalRunners:
         """Push the claim deadline of each run waiting here, every lease/3."""
         due = time.monotonic() - runs.renew_interval(self.settings.lease)
         with self._guard:
-            waiting = [(key, attempt) for key, (attempt, at) in self._pending.items() if at <= due]
-        for (owner, workflow_id), attempt in waiting:
+            waiting = [(key, fence) for key, (fence, at) in self._pending.items() if at <= due]
+        for (owner, workflow_id), fence in waiting:
             try:
                 snapshot = self.store.renew_lease(
-                    owner, workflow_id, attempt, lease=self.settings.lease
+                    owner, workflow_id, fence, lease=self.settings.lease
                 )
             except runs.RunSuperseded:
                 continue  # claimed by another, cancelled, gone: the thread will find out
             except StorageUnavailable:
                 return
             with self._guard:
-                if self._pending.get((owner, workflow_id), (0, 0.0))[0] == attempt:
-                    self._pending[(owner, workflow_id)] = (attempt, time.monotonic())
+                if self._waiting_fence((owner, workflow_id)) == fence:
+                    self._pending[(owner, workflow_id)] = (fence, time.monotonic())
             deadline = runs.lease_deadline(snapshot.state)
             if deadline is not None:
                 self.observer.leased(owner, workflow_id, deadline)
@@ -135,11 +142,11 @@ class LocalRunners:
     def _work(self) -> None:
         while not self.stop.is_set():
             try:
-                owner, workflow_id, attempt = self._inbox.get(timeout=IDLE_SECONDS)
+                owner, workflow_id, fence = self._inbox.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 continue
             with self._guard:
-                if self._pending.get((owner, workflow_id), (0, 0.0))[0] == attempt:
+                if self._waiting_fence((owner, workflow_id)) == fence:
                     del self._pending[(owner, workflow_id)]
                 count = len(self._pending)
             self.observer.waiting(count)
@@ -148,7 +155,7 @@ class LocalRunners:
                     self.store,
                     owner,
                     workflow_id,
-                    attempt,
+                    fence,
                     self.settings,
                     observer=self.observer,
                     stop=self.stop,
@@ -164,9 +171,9 @@ class LocalRunners:
         with self._guard:
             waiting = list(self._pending.items())
             self._pending = {}
-        for (owner, workflow_id), (attempt, _) in waiting:
+        for (owner, workflow_id), (fence, _) in waiting:
             with contextlib.suppress(runs.RunSuperseded, StorageUnavailable):
-                self.store.renew_lease(owner, workflow_id, attempt, lease=0.0)
+                self.store.renew_lease(owner, workflow_id, fence, lease=0.0)
         for thread in self._threads:
             thread.join(timeout=2)
         self._pid = None

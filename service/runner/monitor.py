@@ -50,10 +50,10 @@ class Dispatcher(Protocol):
     # attempt, and the lost job's record may still be there).
     adopts_orphans: bool
 
-    def dispatch(self, owner: str, workflow_id: str, attempt: int) -> None:
+    def dispatch(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
         """Have a runner run this attempt."""
 
-    def waiting(self, owner: str, workflow_id: str, attempt: int) -> bool:
+    def waiting(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Tell whether this attempt waits for a runner here."""
 
 
@@ -114,7 +114,8 @@ class LeaseMonitor:
         """Act on one run that may be due; return 1 when it was queued again or taken."""
         state = self.store.get(owner, workflow_id).state
         run = runs.active_run(state)
-        if run is None:
+        fence = runs.fence_of(state)
+        if run is None or fence is None:
             if self.index is not None:
                 self.index.drop(owner, workflow_id)
             return 0
@@ -123,20 +124,19 @@ class LeaseMonitor:
         if deadline > now:
             self.observer.leased(owner, workflow_id, deadline)
             return 0
-        attempt = run["attempt"]
         queued = run["status"] == runs.QUEUED
-        if queued and self.dispatcher.waiting(owner, workflow_id, attempt):
-            self._renew(owner, workflow_id, attempt)
+        if queued and self.dispatcher.waiting(owner, workflow_id, fence):
+            self._renew(owner, workflow_id, fence)
             return 0
         if queued and self.dispatcher.adopts_orphans:
-            if self._renew(owner, workflow_id, attempt):
-                self.dispatcher.dispatch(owner, workflow_id, attempt)
+            if self._renew(owner, workflow_id, fence):
+                self.dispatcher.dispatch(owner, workflow_id, fence)
                 return 1
             return 0
         snapshot = self.store.take_over(
             owner,
             workflow_id,
-            attempt,
+            fence,
             lease=self.settings.lease,
             max_step_attempts=self.settings.max_step_attempts,
         )
@@ -144,7 +144,7 @@ class LeaseMonitor:
             return 0  # another monitor was first, or the run moved on
         if not queued:
             self.observer.resumed(owner, workflow_id)
-        taken = runs.active_run(snapshot.state)
+        taken = runs.fence_of(snapshot.state)
         if taken is None:
             log.warning(
                 "workflow %s/%s failed: a step was interrupted %s times",
@@ -159,19 +159,17 @@ class LeaseMonitor:
             owner,
             workflow_id,
             "queued" if queued else "running",
-            attempt,
-            taken["attempt"],
+            fence.attempt,
+            taken.attempt,
         )
         self.observer.leased(owner, workflow_id, runs.lease_deadline(snapshot.state))
-        self.dispatcher.dispatch(owner, workflow_id, taken["attempt"])
+        self.dispatcher.dispatch(owner, workflow_id, taken)
         return 1
 
-    def _renew(self, owner: str, workflow_id: str, attempt: int) -> bool:
+    def _renew(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Push a queued run's claim deadline; False when the run moved on meanwhile."""
         try:
-            snapshot = self.store.renew_lease(
-                owner, workflow_id, attempt, lease=self.settings.lease
-            )
+            snapshot = self.store.renew_lease(owner, workflow_id, fence, lease=self.settings.lease)
         except runs.RunSuperseded:
             return False
         deadline = runs.lease_deadline(snapshot.state)

@@ -10,8 +10,9 @@ RQ, whose scripts touch keys in many slots). Keys, by WORKFLOW_STATE_PREFIX `P`
 
 The lease index is only an index: the lease monitor reads each due member's state, which is
 the truth, and fixes or drops the member. A job is `service.runner.jobs.run(owner, id,
-attempt)` with the id `run-<hash of owner and id>-<attempt>`, so enqueueing one attempt twice
-(two monitors racing) leaves one job.
+incarnation, attempt)` with the id `run-<hash of owner and id>-<incarnation>-<attempt>`, so
+enqueueing one attempt twice (two monitors racing) leaves one job, and a workflow deleted and
+created again under the same id gets jobs of its own at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import redis
 from redis.exceptions import RedisError
 
 from ..config import ConfigError
+from ..runs import Fence
 from ..storage import RedisStore, StateStore, StorageUnavailable
 from ..storage.keys import Keys
 from .engine import CANCELLED_OUTCOME, COMPLETED, FAILED_OUTCOME, RunObserver
@@ -49,10 +51,10 @@ CLUSTER_REFUSED = (
 )
 
 
-def job_id(owner: str, workflow_id: str, attempt: int) -> str:
+def job_id(owner: str, workflow_id: str, fence: Fence) -> str:
     """Return the RQ job id of one attempt (RQ allows only A-Z a-z 0-9 _ -)."""
     digest = hashlib.sha256(f"{owner}/{workflow_id}".encode()).hexdigest()[:32]
-    return f"run-{digest}-{attempt}"
+    return f"run-{digest}-{fence.incarnation}-{fence.attempt}"
 
 
 def member(owner: str, workflow_id: str) -> str:
@@ -120,7 +122,7 @@ class RunQueue:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def enqueue(self, owner: str, workflow_id: str, attempt: int) -> bool:
+    def enqueue(self, owner: str, workflow_id: str, fence: Fence) -> bool:
         """Queue a job for one attempt; False when that attempt already has one."""
         from rq.exceptions import DuplicateJobError
 
@@ -128,36 +130,45 @@ class RunQueue:
             try:
                 self.queue.enqueue_call(
                     JOB_FUNCTION,
-                    args=(owner, workflow_id, attempt),
+                    args=(owner, workflow_id, *fence),
                     # RQ's default 180 s would kill a run of long steps: the step timeout and
                     # the lease bound the work instead. No Retry: the lease monitor resumes.
                     timeout=-1,
                     result_ttl=RESULT_TTL,
                     failure_ttl=FAILURE_TTL,
-                    job_id=job_id(owner, workflow_id, attempt),
-                    description=f"run {owner}/{workflow_id} attempt {attempt}",
+                    job_id=job_id(owner, workflow_id, fence),
+                    description=f"run {owner}/{workflow_id} attempt {fence.attempt}",
                     unique=True,
                 )
             except DuplicateJobError:
                 return False
         return True
 
-    def dispatch(self, owner: str, workflow_id: str, attempt: int) -> None:
+    def dispatch(self, owner: str, workflow_id: str, fence: Fence) -> None:
         """Have a worker run this attempt (a lease monitor's dispatch)."""
-        self.enqueue(owner, workflow_id, attempt)
+        self.enqueue(owner, workflow_id, fence)
 
-    def waiting(self, owner: str, workflow_id: str, attempt: int) -> bool:
-        """Tell whether the attempt's job is still waiting for a worker."""
+    def waiting(self, owner: str, workflow_id: str, fence: Fence) -> bool:
+        """Tell whether the attempt's job is still waiting for a worker.
+
+        A job RQ calls `queued` is waiting only while it is in the queue: a worker takes a job
+        by moving it to the queue's intermediate list, and one killed before it started the job
+        leaves it there, still `queued`, for no worker to take.
+        """
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
+        job = job_id(owner, workflow_id, fence)
         with self._talking():
             try:
-                job = Job.fetch(job_id(owner, workflow_id, attempt), connection=self.connection)
-                status = job.get_status(refresh=False)
+                status = Job.fetch(job, connection=self.connection).get_status(refresh=False)
             except NoSuchJobError:
                 return False
-        return status is not None and str(getattr(status, "value", status)) in WAITING
+            status = str(getattr(status, "value", status))
+            if status == "queued":
+                taken = self.connection.lpos(self.queue.intermediate_queue_key, job)
+                return taken is None
+        return status in WAITING
 
     def count(self) -> int:
         """Return how many jobs wait in the queue."""

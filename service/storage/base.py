@@ -27,7 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -80,7 +80,7 @@ class RunDue:
 
     owner: str
     workflow_id: str
-    attempt: int
+    fence: runs.Fence
     status: str
     deadline: datetime
 
@@ -94,6 +94,25 @@ def _merged(
     """Apply a merge PATCH; the stored `run` stays whatever the body says."""
     new = model.apply_merge(current, body, now=now, if_match=if_match)
     return None if new is None or current is None else runs.carry_run(current, new)
+
+
+def _stamp_incarnation(
+    seen: dict[str, Any] | None, new: dict[str, Any], position: int, born: int
+) -> int:
+    """Give `new` its workflow's incarnation; return where in the batch it was born, or -1.
+
+    A state written over nothing creates the workflow: its incarnation is its own version.
+    Every later state keeps the one it was written over (a state stored before incarnations
+    were kept has none, and keeps none).
+    """
+    if seen is None:
+        new["incarnation"] = new["version"]
+        return position
+    if "incarnation" in seen:
+        new["incarnation"] = seen["incarnation"]
+    else:
+        new.pop("incarnation", None)
+    return born
 
 
 class StorageUnavailable(Exception):
@@ -115,6 +134,14 @@ class LockStuck(StorageUnavailable):
 def dumps(value: Any) -> str:
     """Serialise JSON the one way the service stores and serves it (compact, ASCII-safe)."""
     return json.dumps(value, separators=(",", ":"))
+
+
+def stored_document(head: str, version: int, incarnation: int | None = None) -> str:
+    """Complete a document head (`_encode_head`) as the commit does: `...,"version":N}`, or
+    `...,"incarnation":I,"version":N}` for a workflow the commit creates."""
+    if incarnation is None:
+        return f"{head}{version}}}"
+    return f'{head}{incarnation},"version":{version}}}'
 
 
 def utc_now() -> datetime:
@@ -225,15 +252,19 @@ class Applied:
     """A batch applied to what was found, ready to commit.
 
     `chain`: the new states in commit order, each with the version it would take if the
-    counter had not moved (the commit stamps the real ones); per new state, whether it
-    finishes a workflow (history) and whether it makes the workflow current; each write's
-    answer: an index into `chain` (-1: the state as found) or the StateError refusing it.
+    counter had not moved (the commit stamps the real ones, and the `incarnation` of a state
+    created in the batch); per new state, whether it finishes a workflow (history) and whether
+    it makes the workflow current; each write's answer: an index into `chain` (-1: the state
+    as found) or the StateError refusing it.
     """
 
     chain: list[dict[str, Any]]
     finished: list[bool]
     makes_current: list[bool]
     answers: list[tuple[PendingWrite, int | Exception]]
+    # Per new state, the index in `chain` of the state that created the workflow in this batch
+    # (its `incarnation` is that state's version, which only the commit knows for sure), or -1.
+    born: list[int] = field(default_factory=list)
     # The owner's current workflow, when another, was part of an If-Match decision.
     checked_other: bool = False
 
@@ -499,8 +530,9 @@ class StateStore(ABC):
 
     # --- server runs (contract section 9; the rules are service/runs.py) -----------------
     #
-    # Every runner write names the attempt it holds and is refused with runs.RunSuperseded,
-    # changing nothing, when that attempt is no longer the workflow's run. `lease` is seconds.
+    # Every runner write names the fence it holds (incarnation and attempt) and is refused with
+    # runs.RunSuperseded, changing nothing, when that is no longer the workflow's run. `lease`
+    # is seconds.
 
     def request_run(self, owner: str, workflow_id: str | None, *, lease: float) -> Snapshot:
         """Queue a run of the workflow's remaining steps; RunActive when one is live."""
@@ -509,44 +541,47 @@ class StateStore(ABC):
         )
 
     def claim_run(
-        self, owner: str, workflow_id: str, attempt: int, runner: str, *, lease: float
+        self, owner: str, workflow_id: str, fence: runs.Fence, runner: str, *, lease: float
     ) -> Snapshot:
-        """Make `runner` (host:pid) the runner of queued attempt `attempt`, with a fresh lease."""
+        """Make `runner` (host:pid) the runner of the queued run `fence` names, freshly leased."""
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.claim_run(state, attempt, runner, now=now, lease=lease),
+            lambda state, now: runs.claim_run(state, fence, runner, now=now, lease=lease),
         )
 
-    def renew_lease(self, owner: str, workflow_id: str, attempt: int, *, lease: float) -> Snapshot:
-        """Extend attempt `attempt`'s lease (a heartbeat, or a queued run's claim deadline)."""
+    def renew_lease(
+        self, owner: str, workflow_id: str, fence: runs.Fence, *, lease: float
+    ) -> Snapshot:
+        """Extend the lease of the run `fence` names (a heartbeat, or a queued run's claim
+        deadline)."""
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.renew_lease(state, attempt, now=now, lease=lease),
+            lambda state, now: runs.renew_lease(state, fence, now=now, lease=lease),
         )
 
     def runner_step(
         self,
         owner: str,
         workflow_id: str,
-        attempt: int,
+        fence: runs.Fence,
         index: int,
         status: str,
         data: dict[str, Any] | None = None,
     ) -> Snapshot:
-        """Record what runner `attempt` did with step `index` (in_progress, completed, failed)."""
+        """Record what the runner holding `fence` did with step `index`."""
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.runner_step(state, attempt, index, status, data, now=now),
+            lambda state, now: runs.runner_step(state, fence, index, status, data, now=now),
         )
 
     def advance_run(
         self,
         owner: str,
         workflow_id: str,
-        attempt: int,
+        fence: runs.Fence,
         index: int,
         status: str,
         data: dict[str, Any] | None = None,
@@ -555,15 +590,15 @@ class StateStore(ABC):
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.advance(state, attempt, index, status, data, now=now),
+            lambda state, now: runs.advance(state, fence, index, status, data, now=now),
         )
 
-    def finish_run(self, owner: str, workflow_id: str, attempt: int, outcome: str) -> Snapshot:
-        """End run `attempt` with the workflow completed or failed."""
+    def finish_run(self, owner: str, workflow_id: str, fence: runs.Fence, outcome: str) -> Snapshot:
+        """End the run `fence` names with the workflow completed or failed."""
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.finish_run(state, attempt, outcome, now=now),
+            lambda state, now: runs.finish_run(state, fence, outcome, now=now),
         )
 
     def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
@@ -574,7 +609,7 @@ class StateStore(ABC):
         self,
         owner: str,
         workflow_id: str,
-        expired_attempt: int,
+        expired: runs.Fence,
         *,
         lease: float,
         max_step_attempts: int | None = None,
@@ -587,7 +622,7 @@ class StateStore(ABC):
 
         def change(state: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
             new = runs.take_over(
-                state, expired_attempt, now=now, lease=lease, max_step_attempts=max_step_attempts
+                state, expired, now=now, lease=lease, max_step_attempts=max_step_attempts
             )
             # A fence retry applies the change again: the last application decides.
             took[0] = new is not None
@@ -596,12 +631,14 @@ class StateStore(ABC):
         snapshot = self._run_write(owner, workflow_id, change)
         return snapshot if took[0] else None
 
-    def release_run(self, owner: str, workflow_id: str, attempt: int, *, lease: float) -> Snapshot:
-        """Hand running attempt `attempt` back to the queue as the next attempt (a runner stops)."""
+    def release_run(
+        self, owner: str, workflow_id: str, fence: runs.Fence, *, lease: float
+    ) -> Snapshot:
+        """Hand the running run `fence` names back to the queue as the next attempt."""
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.release_run(state, attempt, now=now, lease=lease),
+            lambda state, now: runs.release_run(state, fence, now=now, lease=lease),
         )
 
     def runs_due(self, now: datetime, owners: list[str] | None = None) -> list[RunDue]:
@@ -625,12 +662,11 @@ class StateStore(ABC):
                 page = self._list(owner, "running", position, SCAN_PAGE)
                 for _, state in page:
                     run = runs.active_run(state)
+                    fence = runs.fence_of(state)
                     deadline = runs.lease_deadline(state)
-                    if run is not None and deadline is not None:
+                    if run is not None and fence is not None and deadline is not None:
                         found.append(
-                            RunDue(
-                                owner, state["workflow_id"], run["attempt"], run["status"], deadline
-                            )
+                            RunDue(owner, state["workflow_id"], fence, run["status"], deadline)
                         )
                 if len(page) < SCAN_PAGE:
                     break
@@ -733,26 +769,42 @@ class StateStore(ABC):
         return Snapshot(stored, raw if raw is not None else dumps(stored), str(stored["version"]))
 
     def _encode_head(
-        self, state: dict[str, Any], previous: dict[str, Any] | None = None
+        self,
+        state: dict[str, Any],
+        previous: dict[str, Any] | None = None,
+        *,
+        incarnation_at_commit: bool = False,
     ) -> tuple[str, bool]:
         """Serialise a state for storage up to the version number, which the commit appends.
 
-        Also tell whether any field was sealed (then the stored and served JSON differ).
-        `previous` is the stored (still sealed) state the write started from.
+        With `incarnation_at_commit` (a workflow created by this commit, whose version only the
+        commit knows) the head stops before the incarnation, which the commit appends too: see
+        `document`. Also tell whether any field was sealed (then the stored and served JSON
+        differ). `previous` is the stored (still sealed) state the write started from.
         """
         stored = self.cipher.seal(state) if self.cipher else state
         stored = keep_unopened(stored, previous)
-        body = {k: v for k, v in stored.items() if k != "version"}
-        return dumps(body)[:-1] + ',"version":', stored is not state
+        last = ("incarnation", "version") if incarnation_at_commit else ("version",)
+        body = {k: v for k, v in stored.items() if k not in last}
+        return dumps(body)[:-1] + f',"{last[0]}":', stored is not state
 
     def _committed(
-        self, owner: str, new: dict[str, Any], head: str, sealed: bool, version: int
+        self,
+        owner: str,
+        new: dict[str, Any],
+        head: str,
+        sealed: bool,
+        version: int,
+        incarnation: int | None = None,
     ) -> Snapshot:
-        """Build the Snapshot of a state just committed with `version`."""
+        """Build the Snapshot of a state just committed with `version` (and `incarnation`, when
+        the commit appended it)."""
         new["version"] = version
+        if incarnation is not None:
+            new["incarnation"] = incarnation
         if sealed:
             return Snapshot(new, dumps(new), str(version))
-        document = f"{head}{version}}}"
+        document = stored_document(head, version, incarnation)
         self._remembered.put((owner, new["workflow_id"]), document.encode(), new)
         return Snapshot(new, document, str(version))
 
@@ -764,6 +816,7 @@ class StateStore(ABC):
         next_version = found.floor()
         now = utc_now()
         applied = Applied([], [], [], [])
+        born = -1
         for pending in batch:
             write: Write = pending.change
             # What the write is decided against: a seed write sees the current workflow only.
@@ -779,6 +832,8 @@ class StateStore(ABC):
             if new is not None:
                 new["version"] = next_version
                 next_version += 1
+                born = _stamp_incarnation(seen, new, len(applied.chain), born)
+                applied.born.append(born)
                 applied.finished.append(model.newly_finished(seen, new))
                 applied.makes_current.append(write.make_current)
                 applied.chain.append(new)

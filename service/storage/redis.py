@@ -517,7 +517,10 @@ class RedisStore(StateStore):
             return True
         if stored is None:
             self._register_owner(owner)
-        encoded = [self._encode_head(new, stored) for new in applied.chain]
+        encoded = [
+            self._encode_head(new, stored, incarnation_at_commit=born >= 0)
+            for new, born in zip(applied.chain, applied.born, strict=True)
+        ]
         fence_other = applied.checked_other and current is not None
         args: list[Any] = [
             self.keys.base(owner),
@@ -533,10 +536,10 @@ class RedisStore(StateStore):
             self.max_workflows,
             found.floor(),
         ]
-        for (head, _), done, makes in zip(
-            encoded, applied.finished, applied.makes_current, strict=True
+        for (head, _), done, makes, born in zip(
+            encoded, applied.finished, applied.makes_current, applied.born, strict=True
         ):
-            args += [head, 1 if done else 0, 1 if makes else 0]
+            args += [head, 1 if done else 0, 1 if makes else 0, born]
         keys = [
             self.keys.current(owner),
             self.keys.seq(owner),
@@ -573,8 +576,11 @@ class RedisStore(StateStore):
             self._settle(answers, [], unchanged)
             return True
         snapshots = []
-        for offset, (new, (head, sealed)) in enumerate(zip(applied.chain, encoded, strict=True)):
-            snapshots.append(self._committed(owner, new, head, sealed, first + offset))
+        for offset, (new, (head, sealed), born) in enumerate(
+            zip(applied.chain, encoded, applied.born, strict=True)
+        ):
+            incarnation = first + born if born >= 0 else None
+            snapshots.append(self._committed(owner, new, head, sealed, first + offset, incarnation))
             self.observer.wrote()
         self._settle(applied.answers, snapshots, unchanged)
         return True

@@ -180,7 +180,9 @@ return false
 # ARGV: key base, id, token, the state read (exists 0/1, value), the current id read ('' = not
 #   fenced on it) and its state read (exists 0/1, value), ttl ms of the last state, its index
 #   score, history max, history ttl ms, max workflows, lowest version allowed, then
-#   (document head, finished 0/1, makes current 0/1) per new state.
+#   (document head, finished 0/1, makes current 0/1, born) per new state, where born is -1 or
+#   the position in the batch of the state that created the workflow: that state's version is
+#   the workflow's incarnation, appended before the version (base.stored_document).
 # Returns the first version (a string), -1 when the fence refused, -2 at the workflow limit.
 # Sent once, never retried: a commit that ran but whose answer was lost would, sent again, find
 # the fence moved by itself and be redone on top of its own result.
@@ -221,9 +223,13 @@ local version = next_version(KEYS[2], tonumber(ARGV[14]))
 local first = version
 local is_current = text(KEYS[1]) == id
 local made_current, finished, doc = false, false, nil
-for i = 15, #ARGV, 3 do
+for i = 15, #ARGV, 4 do
   local v = fmt(version)
-  doc = ARGV[i] .. v .. '}'
+  if ARGV[i + 3] == '-1' then
+    doc = ARGV[i] .. v .. '}'
+  else
+    doc = ARGV[i] .. fmt(first + tonumber(ARGV[i + 3])) .. ',"version":' .. v .. '}'
+  end
   if ARGV[i + 2] == '1' then
     is_current = true
     made_current = true

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from service import runs
 from service.config import origin
 from service.runner.engine import (
     CANCELLED_OUTCOME,
@@ -25,6 +26,7 @@ from service.runner.engine import (
     run_workflow,
 )
 from service.runner.steps import StepSettings
+from service.runs import Fence
 from service.storage import StateStore
 from tests.support import wait_until
 from tests.support.endpoints import StepEndpoints
@@ -63,14 +65,14 @@ def settings(*origins: str, **step: Any) -> RunSettings:
     return RunSettings(LEASE, step_settings, frozenset(origin(o) for o in origins))
 
 
-def start(store: StateStore, *endpoints: str | None, workflow_id: str = "wf") -> int:
-    """Create a workflow with these steps and queue its run; return the attempt."""
+def start(store: StateStore, *endpoints: str | None, workflow_id: str = "wf") -> Fence:
+    """Create a workflow with these steps and queue its run; return the run's fence."""
     store.create(OWNER, {"workflow_id": workflow_id, "steps": plan(*endpoints)})
-    return store.request_run(OWNER, workflow_id, lease=LEASE).state["run"]["attempt"]
+    return runs.fence_of(store.request_run(OWNER, workflow_id, lease=LEASE).state)
 
 
 def in_background(
-    store: StateStore, attempt: int, run_settings: RunSettings, **extra: Any
+    store: StateStore, attempt: Fence, run_settings: RunSettings, **extra: Any
 ) -> Future[RunResult]:
     pool = ThreadPoolExecutor(max_workers=1)
     future = pool.submit(run_workflow, store, OWNER, "wf", attempt, run_settings, **extra)
@@ -106,7 +108,7 @@ def test_a_run_skips_settled_steps(store: StateStore, endpoints: StepEndpoints):
             ],
         },
     )
-    attempt = store.request_run(OWNER, "wf", lease=LEASE).state["run"]["attempt"]
+    attempt = runs.fence_of(store.request_run(OWNER, "wf", lease=LEASE).state)
     before = len(endpoints.calls("/ok"))
     assert run_workflow(store, OWNER, "wf", attempt, settings(endpoints.url)).outcome == COMPLETED
     called = endpoints.calls("/ok")[before:]
@@ -133,7 +135,7 @@ def test_an_endpoint_outside_the_allowed_origins_is_never_called(
         OWNER,
         {"workflow_id": "wf", "steps": plan(target), "ssh_connection": "ssh root@10.0.0.9"},
     )
-    attempt = store.request_run(OWNER, "wf", lease=LEASE).state["run"]["attempt"]
+    attempt = runs.fence_of(store.request_run(OWNER, "wf", lease=LEASE).state)
     result = run_workflow(store, OWNER, "wf", attempt, settings("https://ops.example.com"))
     assert result.outcome == FAILED_OUTCOME
     message = store.get(OWNER, "wf").state["steps"][0]["data"]["message"]
@@ -198,12 +200,13 @@ def test_a_stopping_process_hands_its_run_back(store: StateStore, endpoints: Ste
     stop.set()
     result = future.result(timeout=5)
     assert time.monotonic() - stopped_at < BUDGET
-    assert (result.outcome, result.next_attempt) == (RELEASED, attempt + 1)
+    following = attempt._replace(attempt=attempt.attempt + 1)
+    assert (result.outcome, result.next_fence) == (RELEASED, following)
     state = store.get(OWNER, "wf").state
-    assert (state["run"]["status"], state["run"]["attempt"]) == ("queued", attempt + 1)
+    assert (state["run"]["status"], state["run"]["attempt"]) == ("queued", following.attempt)
     assert state["steps"][0]["status"] == "in_progress"  # the next attempt runs it again
     # And the next attempt does, counting it.
-    result = run_workflow(store, OWNER, "wf", attempt + 1, settings(endpoints.url, timeout=0.5))
+    result = run_workflow(store, OWNER, "wf", following, settings(endpoints.url, timeout=0.5))
     assert result.outcome == FAILED_OUTCOME  # /hold never answers: timed out
     assert store.get(OWNER, "wf").state["steps"][0]["attempts"] == 2
 
@@ -213,5 +216,6 @@ def test_an_attempt_that_is_not_queued_is_not_run(store: StateStore):
     store.claim_run(OWNER, "wf", attempt, "other:1", lease=LEASE)
     before = store.get(OWNER, "wf").state
     assert run_workflow(store, OWNER, "wf", attempt, settings()).outcome == SUPERSEDED
-    assert run_workflow(store, OWNER, "wf", attempt + 1, settings()).outcome == SUPERSEDED
+    following = attempt._replace(attempt=attempt.attempt + 1)
+    assert run_workflow(store, OWNER, "wf", following, settings()).outcome == SUPERSEDED
     assert store.get(OWNER, "wf").state == before

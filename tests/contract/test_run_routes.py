@@ -22,7 +22,7 @@ from service.store import store_of
 from tests.conftest import backend_config, steps
 from tests.support import wait_until
 from tests.support.routes import STATE
-from tests.support.runs import OWNER, finished, later, plan, wait_for_state
+from tests.support.runs import OWNER, fence, finished, later, plan, wait_for_state
 
 
 @pytest.fixture
@@ -156,14 +156,14 @@ def test_the_monitor_takes_over_a_run_whose_lease_lapsed(queue_app: Flask):
     store.create(OWNER, {"workflow_id": "wf", "steps": plan(None, None)})
     control.start(OWNER, "wf")
     control.queue.queue.empty()  # a worker took the job...
-    claimed = store.claim_run(OWNER, "wf", 1, "dead:1", lease=0.05).state
+    claimed = store.claim_run(OWNER, "wf", fence(store, 1), "dead:1", lease=0.05).state
     control.observer.leased(OWNER, "wf", runs.lease_deadline(claimed))  # as its claim does
-    store.runner_step(OWNER, "wf", 1, 0, "in_progress")
+    store.runner_step(OWNER, "wf", fence(store, 1), 0, "in_progress")
     time.sleep(0.06)  # ...and died
     assert monitor_of(queue_app).tick() == 1
     run = store.get(OWNER, "wf").state["run"]
     assert (run["attempt"], run["status"]) == (2, "queued")
-    assert jobs(control) == [job_id(OWNER, "wf", 2)]
+    assert jobs(control) == [job_id(OWNER, "wf", fence(store, 2))]
     assert monitor_of(queue_app).tick() == 0  # nothing more to do
     assert metric(queue_app, "workflow_run_resumes_total") == 1
     work_the_queue(queue_app)
@@ -177,14 +177,14 @@ def test_the_monitor_leaves_a_waiting_job_alone_and_pushes_its_claim_deadline(qu
     store = control.store
     store.create(OWNER, {"workflow_id": "wf", "steps": plan(None)})
     store.request_run(OWNER, "wf", lease=0.01)  # queued, claim deadline about to lapse
-    control.queue.enqueue(OWNER, "wf", 1)
+    control.queue.enqueue(OWNER, "wf", fence(store, 1))
     control.queue.note(OWNER, "wf", later(0))
     time.sleep(0.02)
     assert monitor_of(queue_app).tick() == 0
     run = store.get(OWNER, "wf").state["run"]
     assert (run["attempt"], run["status"]) == (1, "queued")
     assert model.parse_time(run["lease_expires"]) > later(1)
-    assert jobs(control) == [job_id(OWNER, "wf", 1)]
+    assert jobs(control) == [job_id(OWNER, "wf", fence(store, 1))]
 
 
 def test_the_monitor_requeues_a_run_whose_job_was_lost(queue_app: Flask):
@@ -199,7 +199,7 @@ def test_the_monitor_requeues_a_run_whose_job_was_lost(queue_app: Flask):
     assert monitor_of(queue_app).tick() == 1
     run = store.get(OWNER, "wf").state["run"]
     assert (run["attempt"], run["status"]) == (2, "queued")
-    assert jobs(control) == [job_id(OWNER, "wf", 2)]
+    assert jobs(control) == [job_id(OWNER, "wf", fence(store, 2))]
     assert [pair for pair in control.queue.due(later(3600), 10)] == [(OWNER, "wf")]
 
 

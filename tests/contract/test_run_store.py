@@ -14,7 +14,7 @@ import pytest
 from service import model, runs
 from service.storage import StateStore
 from tests.support import wait_until
-from tests.support.runs import OWNER, later, open_test_store, plan
+from tests.support.runs import OWNER, fence, later, open_test_store, plan
 
 LEASE = 30.0
 
@@ -33,7 +33,9 @@ def queued(store: StateStore, workflow_id: str = "wf", steps: int = 3) -> dict[s
 
 def claimed(store: StateStore, workflow_id: str = "wf", lease: float = LEASE) -> dict[str, Any]:
     attempt = queued(store, workflow_id)["run"]["attempt"]
-    return store.claim_run(OWNER, workflow_id, attempt, "host:1", lease=lease).state
+    return store.claim_run(
+        OWNER, workflow_id, fence(store, attempt, workflow_id), "host:1", lease=lease
+    ).state
 
 
 def test_a_run_goes_from_queued_to_done_through_fenced_writes(store: StateStore):
@@ -41,19 +43,22 @@ def test_a_run_goes_from_queued_to_done_through_fenced_writes(store: StateStore)
     assert state["run"]["status"] == "queued" and state["run"]["attempt"] == 1
     with pytest.raises(runs.RunActive):
         store.request_run(OWNER, "wf", lease=LEASE)
-    state = store.claim_run(OWNER, "wf", 1, "host:1", lease=LEASE).state
+    state = store.claim_run(OWNER, "wf", fence(store, 1), "host:1", lease=LEASE).state
     assert (state["run"]["status"], state["run"]["runner"]) == ("running", "host:1")
-    state = store.runner_step(OWNER, "wf", 1, 0, "in_progress").state
+    state = store.runner_step(OWNER, "wf", fence(store, 1), 0, "in_progress").state
     assert state["steps"][0] == {**state["steps"][0], "status": "in_progress", "attempts": 1}
-    state = store.runner_step(OWNER, "wf", 1, 0, "completed", {"host": "gpu"}).state
+    state = store.runner_step(OWNER, "wf", fence(store, 1), 0, "completed", {"host": "gpu"}).state
     assert state["steps"][0]["data"] == {"host": "gpu"}
     before = state["run"]["lease_expires"]
     time.sleep(0.002)
-    assert store.renew_lease(OWNER, "wf", 1, lease=LEASE).state["run"]["lease_expires"] > before
+    assert (
+        store.renew_lease(OWNER, "wf", fence(store, 1), lease=LEASE).state["run"]["lease_expires"]
+        > before
+    )
     for index in (1, 2):
-        store.runner_step(OWNER, "wf", 1, index, "in_progress")
-        store.runner_step(OWNER, "wf", 1, index, "completed")
-    state = store.finish_run(OWNER, "wf", 1, "completed").state
+        store.runner_step(OWNER, "wf", fence(store, 1), index, "in_progress")
+        store.runner_step(OWNER, "wf", fence(store, 1), index, "completed")
+    state = store.finish_run(OWNER, "wf", fence(store, 1), "completed").state
     assert (state["status"], state["run"]["status"]) == ("completed", "done")
     assert store.get(OWNER, "wf").state == state
 
@@ -61,13 +66,13 @@ def test_a_run_goes_from_queued_to_done_through_fenced_writes(store: StateStore)
 def test_a_write_naming_another_attempt_changes_nothing(store: StateStore):
     state = claimed(store)
     for write in (
-        lambda: store.claim_run(OWNER, "wf", 2, "host:2", lease=LEASE),
-        lambda: store.renew_lease(OWNER, "wf", 2, lease=LEASE),
-        lambda: store.runner_step(OWNER, "wf", 2, 0, "in_progress"),
-        lambda: store.finish_run(OWNER, "wf", 0, "failed"),
-        lambda: store.release_run(OWNER, "wf", 2, lease=LEASE),
+        lambda: store.claim_run(OWNER, "wf", fence(store, 2), "host:2", lease=LEASE),
+        lambda: store.renew_lease(OWNER, "wf", fence(store, 2), lease=LEASE),
+        lambda: store.runner_step(OWNER, "wf", fence(store, 2), 0, "in_progress"),
+        lambda: store.finish_run(OWNER, "wf", fence(store, 0), "failed"),
+        lambda: store.release_run(OWNER, "wf", fence(store, 2), lease=LEASE),
         # The attempt that holds the run cannot claim it twice.
-        lambda: store.claim_run(OWNER, "wf", 1, "host:2", lease=LEASE),
+        lambda: store.claim_run(OWNER, "wf", fence(store, 1), "host:2", lease=LEASE),
     ):
         with pytest.raises(runs.RunSuperseded):
             write()
@@ -76,38 +81,42 @@ def test_a_write_naming_another_attempt_changes_nothing(store: StateStore):
 
 def test_a_takeover_happens_once_and_only_after_the_lease(store: StateStore):
     claimed(store, lease=1.0)
-    store.runner_step(OWNER, "wf", 1, 0, "in_progress")
-    assert store.take_over(OWNER, "wf", 1, lease=LEASE) is None  # the lease is live
-    taken = wait_until(lambda: store.take_over(OWNER, "wf", 1, lease=LEASE), timeout=5)
+    store.runner_step(OWNER, "wf", fence(store, 1), 0, "in_progress")
+    assert store.take_over(OWNER, "wf", fence(store, 1), lease=LEASE) is None  # the lease is live
+    taken = wait_until(
+        lambda: store.take_over(OWNER, "wf", fence(store, 1), lease=LEASE), timeout=5
+    )
     deadline = model.parse_time(store.get(OWNER, "wf").state["run"]["heartbeat"])
     assert taken.state["last_update"] >= model.format_time(deadline + timedelta(seconds=1))
     run = taken.state["run"]
     assert (run["attempt"], run["status"], run["runner"]) == (2, "queued", None)
-    assert store.take_over(OWNER, "wf", 1, lease=LEASE) is None  # another monitor was first
+    assert (
+        store.take_over(OWNER, "wf", fence(store, 1), lease=LEASE) is None
+    )  # another monitor was first
     with pytest.raises(runs.RunSuperseded):  # the old runner wakes up
-        store.runner_step(OWNER, "wf", 1, 0, "completed")
-    store.claim_run(OWNER, "wf", 2, "host:2", lease=LEASE)
-    state = store.runner_step(OWNER, "wf", 2, 0, "in_progress").state
+        store.runner_step(OWNER, "wf", fence(store, 1), 0, "completed")
+    store.claim_run(OWNER, "wf", fence(store, 2), "host:2", lease=LEASE)
+    state = store.runner_step(OWNER, "wf", fence(store, 2), 0, "in_progress").state
     assert state["steps"][0]["attempts"] == 2  # the interrupted step runs again, counted
 
 
 def test_a_released_run_is_queued_as_the_next_attempt(store: StateStore):
     claimed(store)
-    state = store.release_run(OWNER, "wf", 1, lease=0.0).state
+    state = store.release_run(OWNER, "wf", fence(store, 1), lease=0.0).state
     assert (state["run"]["attempt"], state["run"]["status"]) == (2, "queued")
     with pytest.raises(runs.RunSuperseded):
-        store.renew_lease(OWNER, "wf", 1, lease=LEASE)
+        store.renew_lease(OWNER, "wf", fence(store, 1), lease=LEASE)
 
 
 def test_cancel_ends_the_run_and_the_runner_is_refused(store: StateStore):
     claimed(store)
-    store.runner_step(OWNER, "wf", 1, 0, "in_progress")
+    store.runner_step(OWNER, "wf", fence(store, 1), 0, "in_progress")
     state = store.cancel(OWNER, "wf").state
     assert state["status"] == "cancelled"
     assert state["steps"][0]["status"] == "cancelled"
     assert state["run"]["status"] == "done"
     with pytest.raises(runs.RunSuperseded):
-        store.runner_step(OWNER, "wf", 1, 0, "completed")
+        store.runner_step(OWNER, "wf", fence(store, 1), 0, "completed")
     assert store.cancel(OWNER, "wf").state == state  # again: nothing changes
     store.create(OWNER, {"workflow_id": "done", "status": "completed"})
     with pytest.raises(model.WorkflowFinished):

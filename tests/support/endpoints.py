@@ -19,6 +19,8 @@ body), so a test can count how often a step was called and see what it was sent.
     /echo-secret    500 whose message repeats the request's ssh_connection
     /hold           answers nothing; notes when the caller hangs up (`hangups`)
     /slow           waits (until released, or `seconds` of the query), then 200 success
+    /echo           waits `seconds` of the query, then 200 success with data {"action"}: the
+                    action it was called for, so a test can tell which call an answer came from
     /drip           sends its headers, then a byte every 0.2 s for `seconds`
 """
 
@@ -118,6 +120,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/slow":
             self.server.release.wait(float(query.get("seconds", 30)))
             self._json(200, {"success": True})
+        elif path == "/echo":
+            time.sleep(float(query.get("seconds", 0)))
+            action = body.get("action") if isinstance(body, dict) else None
+            self._json(200, {"success": True, "data": {"action": action}})
         elif path == "/drip":
             self.send_response(200)
             self.send_header("Content-Length", "1000")

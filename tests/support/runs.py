@@ -7,7 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from service import runs
 from service.config import from_env
+from service.runs import Fence
 from service.storage import StateStore
 from service.store import build_store
 from tests.support.processes import wait_until
@@ -34,6 +36,12 @@ def plan(*endpoints: str | None, status: str = "pending") -> list[dict[str, Any]
             step["endpoint"] = endpoint
         made.append(step)
     return made
+
+
+def fence(store: StateStore, attempt: int, workflow_id: str = "wf", owner: str = OWNER) -> Fence:
+    """Return the fence of attempt `attempt` of the workflow as stored (its incarnation)."""
+    state = store.get(owner, workflow_id).state
+    return Fence(0 if state is None else runs.incarnation_of(state), attempt)
 
 
 def later(seconds: float) -> datetime:

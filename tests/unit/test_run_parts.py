@@ -13,6 +13,7 @@ from service.config import ConfigError, from_env, origin
 from service.runner.control import wants_run
 from service.runner.queue import CLUSTER_REFUSED, job_id, member, queue_connection, split_member
 from service.runner.steps import check_origin
+from service.runs import Fence
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -29,13 +30,15 @@ def running(*statuses: str) -> dict[str, Any]:
         "version": 1,
     }
     queued = runs.request_run(state, now=NOW, lease=15)
-    return runs.claim_run(queued, 1, "h:1", now=NOW, lease=15)
+    return runs.claim_run(queued, Fence(0, 1), "h:1", now=NOW, lease=15)
 
 
 def test_advance_completes_a_step_and_starts_the_next_unsettled_one():
-    state = runs.runner_step(running("pending", "skipped", "pending"), 1, 0, "in_progress", now=NOW)
+    state = runs.runner_step(
+        running("pending", "skipped", "pending"), Fence(0, 1), 0, "in_progress", now=NOW
+    )
     later = NOW + timedelta(seconds=1)
-    new = runs.advance(state, 1, 0, "completed", {"x": 1}, now=later)
+    new = runs.advance(state, Fence(0, 1), 0, "completed", {"x": 1}, now=later)
     assert [s["status"] for s in new["steps"]] == ["completed", "skipped", "in_progress"]
     assert new["steps"][0]["data"] == {"x": 1}
     assert new["steps"][2]["attempts"] == 1
@@ -44,27 +47,29 @@ def test_advance_completes_a_step_and_starts_the_next_unsettled_one():
 
 
 def test_advance_finishes_the_run_after_the_last_step():
-    state = runs.runner_step(running("completed", "pending"), 1, 1, "in_progress", now=NOW)
-    new = runs.advance(state, 1, 1, "completed", now=NOW)
+    state = runs.runner_step(
+        running("completed", "pending"), Fence(0, 1), 1, "in_progress", now=NOW
+    )
+    new = runs.advance(state, Fence(0, 1), 1, "completed", now=NOW)
     assert (new["status"], new["run"]["status"]) == ("completed", "done")
 
 
 def test_advance_with_a_failed_step_fails_the_workflow_and_starts_nothing():
-    state = runs.runner_step(running("pending", "pending"), 1, 0, "in_progress", now=NOW)
-    new = runs.advance(state, 1, 0, "failed", {"message": "no"}, now=NOW)
+    state = runs.runner_step(running("pending", "pending"), Fence(0, 1), 0, "in_progress", now=NOW)
+    new = runs.advance(state, Fence(0, 1), 0, "failed", {"message": "no"}, now=NOW)
     assert [s["status"] for s in new["steps"]] == ["failed", "pending"]
     assert (new["status"], new["run"]["status"]) == ("failed", "done")
 
 
 def test_advance_is_fenced_on_the_attempt():
-    state = runs.runner_step(running("pending"), 1, 0, "in_progress", now=NOW)
+    state = runs.runner_step(running("pending"), Fence(0, 1), 0, "in_progress", now=NOW)
     with pytest.raises(runs.RunSuperseded):
-        runs.advance(state, 2, 0, "completed", now=NOW)
+        runs.advance(state, Fence(0, 2), 0, "completed", now=NOW)
 
 
 def test_release_queues_the_next_attempt_and_fences_the_old_one():
-    state = runs.runner_step(running("pending"), 1, 0, "in_progress", now=NOW)
-    released = runs.release_run(state, 1, now=NOW, lease=0)
+    state = runs.runner_step(running("pending"), Fence(0, 1), 0, "in_progress", now=NOW)
+    released = runs.release_run(state, Fence(0, 1), now=NOW, lease=0)
     assert released["run"] == {
         **state["run"],
         "attempt": 2,
@@ -74,9 +79,9 @@ def test_release_queues_the_next_attempt_and_fences_the_old_one():
     }
     assert released["steps"][0]["status"] == "in_progress"
     with pytest.raises(runs.RunSuperseded):
-        runs.release_run(released, 1, now=NOW, lease=0)
+        runs.release_run(released, Fence(0, 1), now=NOW, lease=0)
     with pytest.raises(runs.RunSuperseded):  # only a claimed run is released
-        runs.release_run(released, 2, now=NOW, lease=0)
+        runs.release_run(released, Fence(0, 2), now=NOW, lease=0)
 
 
 @pytest.mark.parametrize(
@@ -117,10 +122,13 @@ def test_the_origins_setting_is_checked():
 
 
 def test_job_ids_and_index_members():
-    made = job_id("bob@example.org", "wf:1.a", 3)
-    assert made.startswith("run-") and made.endswith("-3")
+    made = job_id("bob@example.org", "wf:1.a", Fence(1796675680047361, 3))
+    assert made.startswith("run-") and made.endswith("-1796675680047361-3")
     assert all(c.isalnum() or c in "-_" for c in made)  # what RQ accepts
-    assert job_id("bob@example.org", "wf:1.a", 3) != job_id("bob@example.org", "wf:1.b", 3)
+    one = Fence(7, 3)
+    assert job_id("bob@example.org", "wf:1.a", one) != job_id("bob@example.org", "wf:1.b", one)
+    # A workflow deleted and created again under the same id gets jobs of its own.
+    assert job_id("bob@example.org", "wf:1.a", one) != job_id("bob", "wf:1.a", Fence(9, 3))
     assert split_member(member("bob@example.org", "wf:1.a").encode()) == (
         "bob@example.org",
         "wf:1.a",

@@ -12,6 +12,7 @@ import pytest
 from service import create_app, runs
 from service.errors import STATUS_BY_ERROR
 from service.model import InvalidIndex, NoWorkflow, WorkflowFinished, format_time, parse_time
+from service.runs import Fence
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 LEASE = 15.0
@@ -37,7 +38,7 @@ def workflow(statuses: tuple[str, ...] = ("pending", "pending", "pending")) -> d
 def claimed(state: dict[str, Any] | None = None, now: float = 1) -> dict[str, Any]:
     """A workflow whose run attempt 1 was requested at T0 and claimed by RUNNER at `now`."""
     queued = runs.request_run(state or workflow(), now=T0, lease=LEASE)
-    return runs.claim_run(queued, 1, RUNNER, now=at(now), lease=LEASE)
+    return runs.claim_run(queued, Fence(0, 1), RUNNER, now=at(now), lease=LEASE)
 
 
 # --- request ------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def test_request_refuses_while_a_run_holds_a_live_lease():
     with pytest.raises(runs.RunActive) as refused:
         runs.request_run(queued, now=at(LEASE - 0.001), lease=LEASE)
     assert refused.value.code == "run_active"
-    running = runs.claim_run(queued, 1, RUNNER, now=at(10), lease=LEASE)
+    running = runs.claim_run(queued, Fence(0, 1), RUNNER, now=at(10), lease=LEASE)
     with pytest.raises(runs.RunActive):
         runs.request_run(running, now=at(20), lease=LEASE)  # renewed at 10: live until 25
 
@@ -118,7 +119,7 @@ def test_claim_makes_the_runner_hold_a_fresh_lease():
 def test_claim_needs_the_queued_attempt():
     queued = runs.request_run(workflow(), now=T0, lease=LEASE)
     with pytest.raises(runs.RunSuperseded) as refused:
-        runs.claim_run(queued, 2, RUNNER, now=T0, lease=LEASE)
+        runs.claim_run(queued, Fence(0, 2), RUNNER, now=T0, lease=LEASE)
     assert refused.value.code == "run_superseded"
 
 
@@ -126,30 +127,30 @@ def test_a_claimed_attempt_is_never_claimed_twice_even_after_its_lease_lapsed():
     running = claimed(now=1)
     for when in (2, 1 + LEASE + 60):
         with pytest.raises(runs.RunSuperseded, match="already claimed by host-a:101"):
-            runs.claim_run(running, 1, "host-b:202", now=at(when), lease=LEASE)
+            runs.claim_run(running, Fence(0, 1), "host-b:202", now=at(when), lease=LEASE)
 
 
 def test_renew_extends_the_lease_and_records_the_heartbeat():
-    state = runs.renew_lease(claimed(now=1), 1, now=at(6), lease=LEASE)
+    state = runs.renew_lease(claimed(now=1), Fence(0, 1), now=at(6), lease=LEASE)
     assert state["run"]["heartbeat"] == format_time(at(6))
     assert state["run"]["lease_expires"] == format_time(at(6 + LEASE))
     assert state["run"]["runner"] == RUNNER
 
 
 def test_renew_after_the_lease_lapsed_is_accepted_while_nobody_took_over():
-    late = runs.renew_lease(claimed(now=1), 1, now=at(40), lease=LEASE)
+    late = runs.renew_lease(claimed(now=1), Fence(0, 1), now=at(40), lease=LEASE)
     assert runs.lease_live(late, at(41))
 
 
 def test_a_queued_run_can_be_renewed_but_not_written_to_before_its_claim():
     queued = runs.request_run(workflow(), now=T0, lease=LEASE)
-    pushed = runs.renew_lease(queued, 1, now=at(14), lease=LEASE)
+    pushed = runs.renew_lease(queued, Fence(0, 1), now=at(14), lease=LEASE)
     assert pushed["run"]["status"] == "queued"
     assert pushed["run"]["lease_expires"] == format_time(at(14 + LEASE))
     with pytest.raises(runs.RunSuperseded, match="has not been claimed"):
-        runs.runner_step(queued, 1, 0, "in_progress", now=at(1))
+        runs.runner_step(queued, Fence(0, 1), 0, "in_progress", now=at(1))
     with pytest.raises(runs.RunSuperseded, match="has not been claimed"):
-        runs.finish_run(queued, 1, "failed", now=at(1))
+        runs.finish_run(queued, Fence(0, 1), "failed", now=at(1))
 
 
 def test_renew_interval_is_a_third_of_the_lease():
@@ -161,15 +162,15 @@ def test_renew_interval_is_a_third_of_the_lease():
 
 
 def test_starting_a_step_makes_it_current_and_counts_the_attempt():
-    state = runs.runner_step(claimed(), 1, 1, "in_progress", now=at(2))
+    state = runs.runner_step(claimed(), Fence(0, 1), 1, "in_progress", now=at(2))
     assert state["current_step"] == 1
     assert state["steps"][1] == {"action": "a1", "status": "in_progress", "attempts": 1}
     assert state["last_update"] == format_time(at(2))
 
 
 def test_completing_a_step_stores_its_data():
-    started = runs.runner_step(claimed(), 1, 0, "in_progress", now=at(2))
-    done = runs.runner_step(started, 1, 0, "completed", {"host": "gpu-7"}, now=at(3))
+    started = runs.runner_step(claimed(), Fence(0, 1), 0, "in_progress", now=at(2))
+    done = runs.runner_step(started, Fence(0, 1), 0, "completed", {"host": "gpu-7"}, now=at(3))
     assert done["steps"][0] == {
         "action": "a0",
         "status": "completed",
@@ -180,8 +181,8 @@ def test_completing_a_step_stores_its_data():
 
 
 def test_a_failed_step_fails_the_workflow_and_ends_the_run_in_one_write():
-    started = runs.runner_step(claimed(), 1, 2, "in_progress", now=at(2))
-    failed = runs.runner_step(started, 1, 2, "failed", {"message": "no route"}, now=at(3))
+    started = runs.runner_step(claimed(), Fence(0, 1), 2, "in_progress", now=at(2))
+    failed = runs.runner_step(started, Fence(0, 1), 2, "failed", {"message": "no route"}, now=at(3))
     assert failed["steps"][2]["status"] == "failed"
     assert failed["steps"][2]["data"] == {"message": "no route"}
     assert failed["status"] == "failed"
@@ -192,10 +193,10 @@ def test_a_failed_step_fails_the_workflow_and_ends_the_run_in_one_write():
 def test_finish_completes_only_when_every_step_is_settled():
     state = claimed(workflow(("completed", "skipped", "pending")))
     with pytest.raises(ValueError, match=r"steps \[2\]"):
-        runs.finish_run(state, 1, "completed", now=at(2))
-    state = runs.runner_step(state, 1, 2, "in_progress", now=at(2))
-    state = runs.runner_step(state, 1, 2, "completed", now=at(3))
-    done = runs.finish_run(state, 1, "completed", now=at(4))
+        runs.finish_run(state, Fence(0, 1), "completed", now=at(2))
+    state = runs.runner_step(state, Fence(0, 1), 2, "in_progress", now=at(2))
+    state = runs.runner_step(state, Fence(0, 1), 2, "completed", now=at(3))
+    done = runs.finish_run(state, Fence(0, 1), "completed", now=at(4))
     assert done["status"] == "completed"
     assert done["run"]["status"] == "done" and done["run"]["attempt"] == 1
     assert not runs.run_in_progress(done)
@@ -205,40 +206,42 @@ def test_a_runner_may_not_run_a_settled_step_again():
     state = claimed(workflow(("completed", "skipped", "pending")))
     for index in (0, 1):
         with pytest.raises(InvalidIndex):
-            runs.runner_step(state, 1, index, "in_progress", now=at(2))
+            runs.runner_step(state, Fence(0, 1), index, "in_progress", now=at(2))
     with pytest.raises(InvalidIndex):
-        runs.runner_step(state, 1, 3, "in_progress", now=at(2))
+        runs.runner_step(state, Fence(0, 1), 3, "in_progress", now=at(2))
 
 
 def test_runner_writes_take_only_runner_statuses_and_object_data():
     with pytest.raises(ValueError):
-        runs.runner_step(claimed(), 1, 0, "skipped", now=at(2))
+        runs.runner_step(claimed(), Fence(0, 1), 0, "skipped", now=at(2))
     with pytest.raises(ValueError):
-        runs.runner_step(claimed(), 1, 0, "completed", ["not", "an", "object"], now=at(2))
+        runs.runner_step(claimed(), Fence(0, 1), 0, "completed", ["not", "an", "object"], now=at(2))
     with pytest.raises(ValueError):
-        runs.finish_run(claimed(), 1, "cancelled", now=at(2))
+        runs.finish_run(claimed(), Fence(0, 1), "cancelled", now=at(2))
 
 
 def superseded_writes(state: dict[str, Any], attempt: int) -> list[Any]:
     """Every write a runner holding `attempt` can make, as thunks."""
     return [
-        lambda: runs.claim_run(state, attempt, RUNNER, now=at(50), lease=LEASE),
-        lambda: runs.renew_lease(state, attempt, now=at(50), lease=LEASE),
-        lambda: runs.runner_step(state, attempt, 0, "in_progress", now=at(50)),
-        lambda: runs.runner_step(state, attempt, 0, "completed", {"x": 1}, now=at(50)),
-        lambda: runs.runner_step(state, attempt, 0, "failed", {"message": "m"}, now=at(50)),
-        lambda: runs.finish_run(state, attempt, "failed", now=at(50)),
-        lambda: runs.finish_run(state, attempt, "completed", now=at(50)),
+        lambda: runs.claim_run(state, Fence(0, attempt), RUNNER, now=at(50), lease=LEASE),
+        lambda: runs.renew_lease(state, Fence(0, attempt), now=at(50), lease=LEASE),
+        lambda: runs.runner_step(state, Fence(0, attempt), 0, "in_progress", now=at(50)),
+        lambda: runs.runner_step(state, Fence(0, attempt), 0, "completed", {"x": 1}, now=at(50)),
+        lambda: runs.runner_step(
+            state, Fence(0, attempt), 0, "failed", {"message": "m"}, now=at(50)
+        ),
+        lambda: runs.finish_run(state, Fence(0, attempt), "failed", now=at(50)),
+        lambda: runs.finish_run(state, Fence(0, attempt), "completed", now=at(50)),
     ]
 
 
 def test_a_superseded_runner_changes_nothing():
     # Runner 1 started step 0, then paused past its lease; the monitor took over (attempt 2)
     # and runner 2 claimed it and started the step again.
-    state = runs.runner_step(claimed(now=1), 1, 0, "in_progress", now=at(2))
-    state = runs.take_over(state, 1, now=at(1 + LEASE), lease=LEASE)
-    state = runs.claim_run(state, 2, "host-b:202", now=at(17), lease=LEASE)
-    state = runs.runner_step(state, 2, 0, "in_progress", now=at(18))
+    state = runs.runner_step(claimed(now=1), Fence(0, 1), 0, "in_progress", now=at(2))
+    state = runs.take_over(state, Fence(0, 1), now=at(1 + LEASE), lease=LEASE)
+    state = runs.claim_run(state, Fence(0, 2), "host-b:202", now=at(17), lease=LEASE)
+    state = runs.runner_step(state, Fence(0, 2), 0, "in_progress", now=at(18))
     frozen = copy.deepcopy(state)
     for write in superseded_writes(state, attempt=1):
         with pytest.raises(runs.RunSuperseded, match="superseded by attempt 2"):
@@ -248,7 +251,9 @@ def test_a_superseded_runner_changes_nothing():
 
 
 def test_writes_after_the_run_ended_are_refused_as_superseded():
-    cancelled = runs.cancel(runs.runner_step(claimed(), 1, 0, "in_progress", now=at(2)), now=at(3))
+    cancelled = runs.cancel(
+        runs.runner_step(claimed(), Fence(0, 1), 0, "in_progress", now=at(2)), now=at(3)
+    )
     legacy = {**claimed(), "status": "cancelled"}  # PATCH {"status": "cancelled"} leaves run as is
     for state in (cancelled, legacy):
         frozen = copy.deepcopy(state)
@@ -269,7 +274,7 @@ def test_writes_to_a_workflow_without_a_run_or_gone_are_refused_as_superseded():
 
 
 def test_cancel_stops_the_running_step_the_workflow_and_the_run():
-    state = runs.runner_step(claimed(), 1, 1, "in_progress", now=at(2))
+    state = runs.runner_step(claimed(), Fence(0, 1), 1, "in_progress", now=at(2))
     new = runs.cancel(state, now=at(3))
     assert [s["status"] for s in new["steps"]] == ["pending", "cancelled", "pending"]
     assert new["status"] == "cancelled"
@@ -300,11 +305,13 @@ def test_cancel_is_idempotent_and_finished_is_final():
 
 
 def test_take_over_requeues_the_next_attempt_and_the_step_counts_its_second_run():
-    state = runs.runner_step(claimed(now=1), 1, 0, "in_progress", now=at(2))
-    state = runs.runner_step(state, 1, 0, "completed", now=at(3))
-    state = runs.runner_step(state, 1, 1, "in_progress", now=at(4))
-    assert runs.take_over(state, 1, now=at(1 + LEASE - 0.001), lease=LEASE) is None  # live
-    taken = runs.take_over(state, 1, now=at(1 + LEASE), lease=LEASE)
+    state = runs.runner_step(claimed(now=1), Fence(0, 1), 0, "in_progress", now=at(2))
+    state = runs.runner_step(state, Fence(0, 1), 0, "completed", now=at(3))
+    state = runs.runner_step(state, Fence(0, 1), 1, "in_progress", now=at(4))
+    assert (
+        runs.take_over(state, Fence(0, 1), now=at(1 + LEASE - 0.001), lease=LEASE) is None
+    )  # live
+    taken = runs.take_over(state, Fence(0, 1), now=at(1 + LEASE), lease=LEASE)
     assert taken["run"] == {
         "attempt": 2,
         "runner": None,
@@ -315,39 +322,43 @@ def test_take_over_requeues_the_next_attempt_and_the_step_counts_its_second_run(
     assert taken["steps"][1]["status"] == "in_progress"  # until it is run again
     assert runs.run_resumed(taken) and runs.run_in_progress(taken)
     assert runs.remaining_steps(taken) == [1, 2]
-    resumed = runs.claim_run(taken, 2, "host-b:202", now=at(17), lease=LEASE)
-    resumed = runs.runner_step(resumed, 2, 1, "in_progress", now=at(18))
+    resumed = runs.claim_run(taken, Fence(0, 2), "host-b:202", now=at(17), lease=LEASE)
+    resumed = runs.runner_step(resumed, Fence(0, 2), 1, "in_progress", now=at(18))
     assert resumed["steps"][1]["attempts"] == 2
     assert resumed["steps"][0] == {"action": "a0", "status": "completed", "attempts": 1}
 
 
 def test_take_over_of_a_queued_run_nobody_claimed():
     queued = runs.request_run(workflow(), now=T0, lease=LEASE)
-    taken = runs.take_over(queued, 1, now=at(LEASE), lease=LEASE)
+    taken = runs.take_over(queued, Fence(0, 1), now=at(LEASE), lease=LEASE)
     assert taken["run"]["attempt"] == 2 and taken["run"]["status"] == "queued"
 
 
 def test_take_over_is_a_no_op_once_the_run_moved_on():
     state = claimed(now=1)
     late = at(1 + LEASE)
-    first = runs.take_over(state, 1, now=late, lease=LEASE)
-    assert runs.take_over(first, 1, now=late, lease=LEASE) is None  # a second monitor
-    assert runs.take_over(runs.cancel(state, now=at(2)), 1, now=late, lease=LEASE) is None
-    assert runs.take_over({**state, "status": "failed"}, 1, now=late, lease=LEASE) is None
-    assert runs.take_over(workflow(), 1, now=late, lease=LEASE) is None
-    assert runs.take_over(None, 1, now=late, lease=LEASE) is None
-    renewed = runs.renew_lease(state, 1, now=at(10), lease=LEASE)
-    assert runs.take_over(renewed, 1, now=late, lease=LEASE) is None
+    first = runs.take_over(state, Fence(0, 1), now=late, lease=LEASE)
+    assert runs.take_over(first, Fence(0, 1), now=late, lease=LEASE) is None  # a second monitor
+    assert runs.take_over(runs.cancel(state, now=at(2)), Fence(0, 1), now=late, lease=LEASE) is None
+    assert runs.take_over({**state, "status": "failed"}, Fence(0, 1), now=late, lease=LEASE) is None
+    assert runs.take_over(workflow(), Fence(0, 1), now=late, lease=LEASE) is None
+    assert runs.take_over(None, Fence(0, 1), now=late, lease=LEASE) is None
+    renewed = runs.renew_lease(state, Fence(0, 1), now=at(10), lease=LEASE)
+    assert runs.take_over(renewed, Fence(0, 1), now=late, lease=LEASE) is None
 
 
 def test_take_over_fails_a_step_interrupted_too_often():
     state = claimed(now=1)
     for attempt in (1, 2, 3):
         if attempt > 1:
-            state = runs.claim_run(state, attempt, RUNNER, now=at(100 * attempt), lease=LEASE)
-        state = runs.runner_step(state, attempt, 0, "in_progress", now=at(100 * attempt + 1))
+            state = runs.claim_run(
+                state, Fence(0, attempt), RUNNER, now=at(100 * attempt), lease=LEASE
+            )
+        state = runs.runner_step(
+            state, Fence(0, attempt), 0, "in_progress", now=at(100 * attempt + 1)
+        )
         limited = runs.take_over(
-            state, attempt, now=at(100 * attempt + 50), lease=LEASE, max_step_attempts=3
+            state, Fence(0, attempt), now=at(100 * attempt + 50), lease=LEASE, max_step_attempts=3
         )
         if attempt < 3:
             assert limited["run"]["status"] == "queued"
