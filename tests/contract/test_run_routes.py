@@ -187,6 +187,29 @@ def test_the_monitor_leaves_a_waiting_job_alone_and_pushes_its_claim_deadline(qu
     assert jobs(control) == [job_id(OWNER, "wf", fence(store, 1))]
 
 
+def test_the_monitor_requeues_a_run_whose_job_a_killed_worker_took_but_never_started(
+    queue_app: Flask,
+):
+    control = runs_of(queue_app)
+    store = control.store
+    store.create(OWNER, {"workflow_id": "wf", "steps": plan(None)})
+    store.request_run(OWNER, "wf", lease=0.01)  # queued, claim deadline about to lapse
+    control.queue.enqueue(OWNER, "wf", fence(store, 1))
+    control.queue.note(OWNER, "wf", later(0))
+    # A worker took the job (RQ moves it to the queue's intermediate list first) and was killed
+    # before it started it: RQ still calls the job `queued`, but no worker will ever take it.
+    rq = control.queue.queue
+    assert rq.connection.lmove(rq.key, rq.intermediate_queue_key) is not None
+    assert control.queue.queue.count == 0
+    time.sleep(0.02)
+    assert monitor_of(queue_app).tick() == 1
+    run = store.get(OWNER, "wf").state["run"]
+    assert (run["attempt"], run["status"]) == (2, "queued")
+    assert jobs(control) == [job_id(OWNER, "wf", fence(store, 2))]
+    work_the_queue(queue_app)
+    assert store.get(OWNER, "wf").state["status"] == "completed"
+
+
 def test_the_monitor_requeues_a_run_whose_job_was_lost(queue_app: Flask):
     control = runs_of(queue_app)
     store = control.store
