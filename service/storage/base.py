@@ -383,18 +383,24 @@ class StateStore(ABC):
     ) -> Page:
         """Return a page of every owner's workflows (an admin's `?owner=*`), each with `owner`.
 
-        Ordered by last_update, then owner, then id, descending; cursors as `list`'s.
+        Ordered by last_update, then owner, then id, descending; cursors as `list`'s. Owners are
+        read in the order of the latest update they may have (the owners index), and only until
+        none left can have a workflow on the page.
         """
         check_status(status)
         check_limit(limit)
         position = decode_every_cursor(cursor, status)
+        want = limit + 1
         found: list[tuple[tuple[int, str, str], dict[str, Any]]] = []
-        for owner in self._owners():
+        for owner, bound in self._owners_by_latest():
+            if len(found) >= want and found[-1][0][0] > bound:
+                break  # every workflow of this owner and the next ones comes later
             for (when, workflow_id), state in self._list(
-                owner, status, owner_position(position, owner), limit + 1
+                owner, status, owner_position(position, owner), want
             ):
                 found.append(((when, owner, workflow_id), state))
-        found.sort(key=lambda item: item[0], reverse=True)
+            found.sort(key=lambda item: item[0], reverse=True)
+            del found[want:]
         entries = [
             {**list_entry(self._open(state)), "owner": where[1]} for where, state in found[:limit]
         ]
@@ -884,6 +890,11 @@ class StateStore(ABC):
     @abstractmethod
     def _owners(self) -> list[str]:
         """Return every owner that ever created a workflow."""
+
+    @abstractmethod
+    def _owners_by_latest(self) -> Iterator[tuple[str, int]]:
+        """Yield every owner with a bound (ms) no workflow's last_update of it exceeds,
+        highest bound first."""
 
     @abstractmethod
     def _history(self, owner: str, limit: int) -> list[str]:

@@ -65,6 +65,8 @@ HISTORY_FILE = ".history"
 LOCK_FILE = ".lock"
 JOURNAL_NAME = "workflows.events"
 CORRUPT_SUFFIX = ".corrupt-"
+# Milliseconds an index file's mtime may lag behind the last_update it was written after.
+OWNER_BOUND_SLACK_MS = 100
 # The single-state layout of earlier versions: <path>, <path>.seq, <path>.history.json.
 OLD_SEQ_SUFFIX = ".seq"
 OLD_HISTORY_SUFFIX = ".history.json"
@@ -138,6 +140,7 @@ class FileStore(StateStore):
         self._owner_locks: Keyed[str, threading.Lock] = Keyed(lambda owner: threading.Lock())
         self._held = threading.local()
         self._migrated_pid: int | None = None
+        self.owner_bound_slack_ms = OWNER_BOUND_SLACK_MS
         self._remove_stale_temp_files()
 
     # --- paths and files -------------------------------------------------------------------
@@ -461,22 +464,44 @@ class FileStore(StateStore):
         return found
 
     def _owners(self) -> list[str]:
+        return [owner for owner, _ in self._owner_indexes()]
+
+    def _owners_by_latest(self) -> Iterator[tuple[str, int]]:
+        # An owner's index is rewritten by each of its writes, after the write's last_update
+        # was stamped: its mtime bounds every last_update, give or take the tick of the
+        # kernel's coarse clock that stamps it.
+        found = sorted(
+            (
+                (int(info.st_mtime * 1000) + self.owner_bound_slack_ms, owner)
+                for owner, info in self._owner_indexes()
+            ),
+            reverse=True,
+        )
+        for bound, owner in found:
+            yield owner, bound
+
+    def _owner_indexes(self) -> list[tuple[str, os.stat_result]]:
+        """Return every owner that ever created a workflow, with its index file's stat."""
         self._started()
         try:
-            names = os.listdir(self.root)
+            entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
         except OSError as error:
             raise self._fail("list", self.root, error) from None
+        found = []
         # An owner that ever created a workflow has an index (a stream alone makes a directory).
-        return [
-            name
-            for name in names
-            if OWNER_RE.match(name)
-            and name not in (".", "..")
-            and not os.path.islink(os.path.join(self.root, name))
-            and os.path.isfile(self._meta(name, INDEX_FILE))
-        ]
+        for entry in entries:
+            name = entry.name
+            if not OWNER_RE.match(name) or name in (".", "..") or entry.is_symlink():
+                continue
+            try:
+                info = os.stat(self._meta(name, INDEX_FILE), follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((name, info))
+        return found
 
     def _load_history(self, path: str) -> list[Any]:
         raw = self._read_file(path)

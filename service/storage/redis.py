@@ -56,9 +56,16 @@ from .redis_urls import TARGETS, RedisTarget, close_client, redis_target
 # A batch holds a lock for well under a millisecond. Only one writer per workflow and process
 # polls at a time (the combiner queues the rest).
 LOCK_POLL_SECONDS = 0.001
-# Owners this process knows are in the owners set; past this many it forgets them all (one
-# more SADD each, no harm).
+# The owners index scores each owner by an upper bound of its workflows' last_update (ms): a
+# write past the bound raises it to its own last_update plus this much, so a busy owner costs
+# one more command every 2 s per process, and a page of every owner's list skips owners whose
+# bound is older than the page's last entry.
+OWNER_BOUND_SLACK_MS = 2_000
+# Owners whose bound this process remembers; past this many it forgets them all (one more
+# ZADD each, no harm).
 KNOWN_OWNERS_MAX = 4096
+# Owners read per call while walking the owners index.
+OWNERS_PAGE = 100
 # Idle connections of its own a process keeps for reads and write batches (see `_lease`).
 IDLE_CONNECTIONS_MAX = 16
 # How often the lock releaser tries again while Redis does not answer.
@@ -211,7 +218,9 @@ class RedisStore(StateStore):
         self._pid: int | None = None
         self._migrated_pid: int | None = None
         self._redis: redis.Redis | None = None
-        self._known_owners: set[str] = set()
+        # owner -> the bound this process last gave it in the owners index.
+        self._owner_bounds: dict[str, int] = {}
+        self.owner_bound_slack_ms = OWNER_BOUND_SLACK_MS
         # When (monotonic) and why the last locked write found Redis unavailable.
         self._last_failure: tuple[float, str] | None = None
         self._reads: Keyed[tuple[str, str | None], ReadCoalescer[Snapshot]] = Keyed(
@@ -250,7 +259,7 @@ class RedisStore(StateStore):
                     self._releaser = _LockReleaser(self._release_all, self.lock_timeout)
                     self._token_prefix = f"{socket.gethostname()}:{pid}:{secrets.token_hex(4)}:"
                     self._tokens = itertools.count()
-                    self._known_owners = set()
+                    self._owner_bounds = {}
                     self._pid = pid
         assert self._redis is not None
         return self._redis
@@ -391,10 +400,26 @@ class RedisStore(StateStore):
 
     def _owners(self) -> list[str]:
         try:
-            members = self._started().smembers(self.keys.owners())
+            members = self._started().zrange(self.keys.owners(), 0, -1)
         except RedisError as error:
             raise self._unavailable(error) from None
         return [_text(member) for member in members]
+
+    def _owners_by_latest(self) -> Iterator[tuple[str, int]]:
+        client = self._started()
+        start = 0
+        while True:
+            try:
+                page = client.zrevrange(
+                    self.keys.owners(), start, start + OWNERS_PAGE - 1, withscores=True
+                )
+            except RedisError as error:
+                raise self._unavailable(error) from None
+            for member, bound in page:
+                yield _text(member), int(bound)
+            if len(page) < OWNERS_PAGE:
+                return
+            start += OWNERS_PAGE
 
     def _history(self, owner: str, limit: int) -> list[str]:
         try:
@@ -515,8 +540,8 @@ class RedisStore(StateStore):
             self._release_quietly(writer, owner, workflow_id, token)
             self._settle(applied.answers, [], unchanged)
             return True
-        if stored is None:
-            self._register_owner(owner)
+        # A missing counter: the owner's first write, or Redis lost its data (and the index too).
+        self._note_owner(owner, score_of(applied.chain[-1]), lost=found.seq is None)
         encoded = [
             self._encode_head(new, stored, incarnation_at_commit=born >= 0)
             for new, born in zip(applied.chain, applied.born, strict=True)
@@ -633,17 +658,24 @@ class RedisStore(StateStore):
             "a failover would lose it; read the state before retrying"
         )
 
-    def _register_owner(self, owner: str) -> None:
-        """Add the owner to the owners set (another slot, so not in the commit script)."""
-        if owner in self._known_owners:
+    def _note_owner(self, owner: str, score: int, *, lost: bool) -> None:
+        """Keep the owner in the owners index with a bound above `score` (a last_update in ms).
+
+        Another slot than the owner's, so not in the commit script; sent before the commit, so
+        no workflow exists whose owner the index lacks. `lost`: the index may have lost the
+        owner whatever this process remembers.
+        """
+        known = self._owner_bounds.get(owner)
+        if not lost and known is not None and known >= score:
             return
+        bound = score + self.owner_bound_slack_ms
         try:
-            self.client().sadd(self.keys.owners(), owner)
+            self.client().zadd(self.keys.owners(), {owner: bound}, gt=True)
         except RedisError as error:
             raise self._unavailable(error) from None
-        if len(self._known_owners) >= KNOWN_OWNERS_MAX:
-            self._known_owners = set()
-        self._known_owners.add(owner)
+        if len(self._owner_bounds) >= KNOWN_OWNERS_MAX:
+            self._owner_bounds = {}
+        self._owner_bounds[owner] = bound
 
     def _release_quietly(
         self, writer: redis.Redis, owner: str, workflow_id: str | None, token: str
@@ -706,12 +738,15 @@ class RedisStore(StateStore):
     # --- migration -------------------------------------------------------------------------
 
     def _migrate(self, client: redis.Redis) -> None:
-        """Move the single-workflow layout of an earlier version into owner `public`.
+        """Move the single-workflow layout of an earlier version into owner `public`, and the
+        owners set of an earlier version into the owners index.
 
-        Idempotent and atomic (one script, retried if the old keys change meanwhile); run once
-        per process before its first use, and again on the next use if Redis was down. Not on a
-        Cluster: no earlier version could keep its state on one.
+        Idempotent and atomic (one script each, retried if the old keys change meanwhile); run
+        once per process before its first use, and again on the next use if Redis was down. The
+        single-workflow layout is not looked for on a Cluster: no such version ran on one.
         """
+        now_ms = int(time.time() * 1000)
+        self._run("owners_index", [self.keys.owners()], [now_ms + OWNER_BOUND_SLACK_MS], client)
         if isinstance(client, RedisCluster):
             return
         old_seq_key, old_history_key = f"{self.key}:seq", f"{self.key}:history"
@@ -769,6 +804,7 @@ class RedisStore(StateStore):
                     HISTORY_MAX,
                     HISTORY_SECONDS * 1000,
                     MIGRATION_OWNER,
+                    now_ms + OWNER_BOUND_SLACK_MS,
                 ],
                 client,
             )

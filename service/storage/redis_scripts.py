@@ -386,7 +386,7 @@ return target
 # KEYS: old state, old seq, old history, new current, new seq, new index, new history, owners.
 # ARGV: key base of public, the old state read (exists 0/1, value), old seq read ('' = none),
 #   workflow id ('' = no state to move), its ttl ms, its index score, its version, history
-#   max, history ttl ms, owner name.
+#   max, history ttl ms, owner name, the owner's bound in the owners index (see OWNERS_INDEX).
 # Returns 1 when moved, 0 when the old keys changed meanwhile (read again).
 MIGRATE = (
     _HELPERS
@@ -414,10 +414,21 @@ if redis.call('TYPE', KEYS[3])['ok'] == 'list' then
   redis.call('PEXPIRE', KEYS[7], ARGV[10])
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('SADD', KEYS[8], ARGV[11])
+redis.call('ZADD', KEYS[8], 'GT', ARGV[12], ARGV[11])
 return 1
 """
 )
+
+# The owners index of an earlier version was a set; make it the sorted set of OWNERS_INDEX,
+# every owner scored `bound` (an upper bound of any workflow's last_update it can have).
+# KEYS[1]: owners. ARGV: bound. Returns how many owners were moved.
+OWNERS_INDEX = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'set' then return 0 end
+local owners = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, owner in ipairs(owners) do redis.call('ZADD', KEYS[1], ARGV[1], owner) end
+return #owners
+"""
 
 SCRIPTS = {
     "read": READ,
@@ -429,4 +440,5 @@ SCRIPTS = {
     "list": LIST,
     "quarantine": QUARANTINE,
     "migrate": MIGRATE,
+    "owners_index": OWNERS_INDEX,
 }

@@ -300,6 +300,44 @@ class StoreContract:
         assert fresh > after
         assert store.create(ALICE, {"workflow_id": "d"}).version == fresh + 1
 
+    # --- every owner's workflows (an admin's owner=*) ----------------------------------------
+
+    def test_every_owners_list_is_in_order_and_pages(self, store):
+        for owner, name in [(ALICE, "a1"), (BOB, "b1"), (ALICE, "a2"), ("carol", "c1")]:
+            store.create(owner, {"workflow_id": name, "steps": steps(1)})
+            tick()
+        store.update_step(BOB, "b1", 0, {"status": "completed"})  # b1 is now the newest
+        seen, cursor = [], None
+        while True:
+            page = store.list_every_owner(limit=2, cursor=cursor)
+            assert len(page.entries) <= 2
+            seen += [(entry["owner"], entry["workflow_id"]) for entry in page.entries]
+            if (cursor := page.next_cursor) is None:
+                break
+        assert seen == [(BOB, "b1"), ("carol", "c1"), (ALICE, "a2"), (ALICE, "a1")]
+
+    def test_a_page_of_every_owner_reads_only_the_owners_it_can_list(self, store, monkeypatch):
+        store.owner_bound_slack_ms = 10  # how far a bound may run ahead of the last write
+        for number in range(30):
+            store.create(f"user{number}", {"workflow_id": "wf", "steps": steps(1)})
+        time.sleep(0.05)  # the bounds of those owners are now older than any new write
+        store.create(ALICE, {"workflow_id": "new", "steps": steps(1)})
+        tick()
+        store.create(BOB, {"workflow_id": "newer", "steps": steps(1)})
+        read: list[str] = []
+        listing = store._list
+
+        def counted(owner: str, *args: Any) -> Any:
+            read.append(owner)
+            return listing(owner, *args)
+
+        monkeypatch.setattr(store, "_list", counted)
+        page = store.list_every_owner(limit=1)
+        assert [(e["owner"], e["workflow_id"]) for e in page.entries] == [(BOB, "newer")]
+        assert read == [BOB, ALICE]  # the page's owner and the one that decides what comes next
+        page = store.list_every_owner(limit=1, cursor=page.next_cursor)
+        assert [(e["owner"], e["workflow_id"]) for e in page.entries] == [(ALICE, "new")]
+
     # --- listing -------------------------------------------------------------------------------
 
     def test_a_list_is_newest_first_and_pages_with_cursors(self, store):

@@ -13,8 +13,9 @@ import fakeredis
 import pytest
 
 from service.storage import RedisStore, StateStore
+from service.storage.listing import score
 from tests.conftest import steps
-from tests.contract.store_contract import ALICE, RedisBacked
+from tests.contract.store_contract import ALICE, BOB, RedisBacked
 from tests.support import RedisServer, layout
 
 OLD_KEY = "workflow:state"
@@ -115,7 +116,29 @@ def test_every_key_of_an_owner_carries_its_hash_tag(place):
     assert 1 <= place.raw.ttl("workflow:{alice}:state:a:1") <= 30
     assert place.raw.ttl("workflow:{alice}:seq") == -1
     assert place.raw.zrange("workflow:{alice}:index", 0, -1) == [b"a:1"]
-    assert place.raw.smembers("workflow:owners") == {b"alice"}
+    # The owners index: every owner, scored at or above its workflows' last update (ms).
+    [(owner, bound)] = place.raw.zrange("workflow:owners", 0, -1, withscores=True)
+    assert owner == b"alice" and bound >= score(store.get(ALICE, "a:1").state)
+
+
+def test_owners_are_known_again_after_redis_loses_its_data(place):
+    store = place.store()
+    store.create(ALICE, {"workflow_id": "a", "steps": steps(1)})
+    store.create(BOB, {"workflow_id": "b", "steps": steps(1)})
+    place.raw.flushall()  # what a restart without persistence leaves
+    assert store.owners() == []
+    store.create(ALICE, {"workflow_id": "a2", "steps": steps(1)})  # the same process writes again
+    assert store.owners() == [ALICE]
+    assert [e["workflow_id"] for e in store.list_every_owner().entries] == ["a2"]
+
+
+def test_the_owners_set_of_an_earlier_version_becomes_the_owners_index(place):
+    place.raw.sadd("workflow:owners", ALICE, BOB)
+    store = place.store()
+    assert store.owners() == sorted([ALICE, BOB])
+    assert place.raw.type("workflow:owners") == b"zset"
+    store.create(ALICE, {"workflow_id": "a", "steps": steps(1)})
+    assert [e["owner"] for e in store.list_every_owner().entries] == [ALICE]
 
 
 def test_a_running_workflow_carries_the_stale_ttl_refreshed_by_each_write(place):
