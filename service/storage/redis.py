@@ -388,6 +388,8 @@ class RedisStore(StateStore):
                 ],
                 client,
             )
+            moved, *flat = flat
+            self._log_set_aside(moved)
             for i in range(0, len(flat), 4):
                 member, score, raw, wrong = flat[i : i + 4]
                 position = (int(float(score)), _text(member))
@@ -579,7 +581,9 @@ class RedisStore(StateStore):
             # Redis answers, if the commit did not.
             self._releaser.add(owner, workflow_id, token)
             raise
-        first = int(result)
+        outcome, *moved = result
+        self._log_set_aside(*moved)
+        first = int(outcome)
         if first == -1:
             return False
         if first == -2:
@@ -710,13 +714,22 @@ class RedisStore(StateStore):
         # Through the pool, whose checkout finds a connection Redis closed (a restart): sent
         # once, never retried, this must not be the call that discovers it.
         args = [self.keys.base(owner), workflow_id or ""]
-        result, replicas = self._replicated(self._started(), "delete", keys, args)
-        version = int(result)
+        (outcome, moved), replicas = self._replicated(self._started(), "delete", keys, args)
+        self._log_set_aside(moved)
+        version = int(outcome)
         if version < 0:
             raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
         if not self._confirmed(replicas):
             raise self._not_durable(replicas, f"the delete (version {version})")
         return version
+
+    def _log_set_aside(self, *targets: Any) -> None:
+        """Log the keys of another type a script moved aside before it wrote (see set_aside)."""
+        for target in targets:
+            if target:
+                self._log_quarantine(
+                    _text(target), "a Redis key of another type than the service's"
+                )
 
     def _quarantine(
         self, owner: str, workflow_id: str, raw: str | bytes | None, reason: str

@@ -9,8 +9,14 @@ concatenates them, so every number is formatted with `fmt` ('%.0f').
 
 from __future__ import annotations
 
+from .base import CORRUPT_KEEP_SECONDS
+
 # Shared helpers, prepended to every script.
-_HELPERS = """
+_HELPERS = (
+    f"""
+local CORRUPT_KEEP_MS = {CORRUPT_KEEP_SECONDS * 1000}
+"""
+    + """
 local function fmt(n) return string.format('%.0f', n) end
 -- A string value, or false when absent; and 1 when the key holds another type.
 local function read(key)
@@ -41,6 +47,23 @@ local function next_version(seq_key, floor)
   if v < floor then v = floor end
   return v
 end
+-- Move aside a key of the owner that holds another type than `kind` (a value an operator or a
+-- broken writer left), as a corrupt state is moved aside: to 'corrupt:#<name>:<unix time>', or
+-- '...-<n>' when that is taken; kept 7 days. Scripts call it before they write, so a wrong key
+-- never stops a script halfway. Returns where it went, or false.
+local function set_aside(key, kind, base, name)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' or found == kind then return false end
+  local stamp = base .. 'corrupt:#' .. name .. ':' .. redis.call('TIME')[1]
+  local target, n = stamp, 0
+  while redis.call('EXISTS', target) == 1 do
+    n = n + 1
+    target = stamp .. '-' .. n
+  end
+  redis.call('RENAME', key, target)
+  redis.call('PEXPIRE', target, CORRUPT_KEEP_MS)
+  return target
+end
 local function event(id, workflow_id, current, doc)
   return '{"id":"' .. id .. '","workflow_id":"' .. workflow_id .. '","current":'
     .. tostring(current) .. ',"state":' .. doc .. '}'
@@ -70,6 +93,7 @@ local function stuck(key, timeout_ms)
   return string.sub(value, 1, 6) == 'stuck:'
 end
 """
+)
 
 # Read a workflow (or the current one) and the owner's counter, in one round trip. For a
 # stream's snapshot (ARGV[3] = 1) a missing counter is seeded from the clock, so the snapshot's
@@ -183,7 +207,8 @@ return false
 #   (document head, finished 0/1, makes current 0/1, born) per new state, where born is -1 or
 #   the position in the batch of the state that created the workflow: that state's version is
 #   the workflow's incarnation, appended before the version (base.stored_document).
-# Returns the first version (a string), -1 when the fence refused, -2 at the workflow limit.
+# Returns {the first version (a string), or -1 when the fence refused, or -2 at the workflow
+# limit; then where a wrong-type index and history were moved aside, or false}.
 # Sent once, never retried: a commit that ran but whose answer was lost would, sent again, find
 # the fence moved by itself and be redone on top of its own result.
 COMMIT = (
@@ -196,13 +221,15 @@ local function release()
 end
 if text(lock_key) ~= token or not holds(state_key, ARGV[4], ARGV[5]) then
   release()
-  return -1
+  return {-1}
 end
 if ARGV[6] ~= '' and (text(KEYS[1]) ~= ARGV[6]
     or not holds(base .. 'state:' .. ARGV[6], ARGV[7], ARGV[8])) then
   release()
-  return -1
+  return {-1}
 end
+local moved_index = set_aside(KEYS[3], 'zset', base, 'index')
+local moved_history = set_aside(KEYS[4], 'list', base, 'history')
 if ARGV[4] == '0' and not redis.call('ZSCORE', KEYS[3], id) then
   local most = tonumber(ARGV[13])
   local count = redis.call('ZCARD', KEYS[3])
@@ -215,7 +242,7 @@ if ARGV[4] == '0' and not redis.call('ZSCORE', KEYS[3], id) then
     end
     if count >= most then
       release()
-      return -2
+      return {-2, moved_index, moved_history}
     end
   end
 end
@@ -250,7 +277,7 @@ if finished then
   redis.call('PEXPIRE', KEYS[4], ARGV[12])
 end
 release()
-return fmt(first)
+return {fmt(first), moved_index, moved_history}
 """
 )
 
@@ -258,11 +285,13 @@ return fmt(first)
 # below the deleted state's version). Sent once, never retried: sent again, it could delete a
 # workflow written after it first ran.
 # KEYS: current, seq, index, events. ARGV: key base, id ('' = the current one).
-# Returns the counter value, or -1 when an explicit id names no workflow.
+# Returns {the counter value, or -1 when an explicit id names no workflow; where a wrong-type
+# index was moved aside, or false}.
 DELETE = (
     _HELPERS
     + """
 local base, id = ARGV[1], ARGV[2]
+local moved = set_aside(KEYS[3], 'zset', base, 'index')
 local current = text(KEYS[1])
 local legacy = id == ''
 if legacy then id = current or '' end
@@ -271,14 +300,14 @@ if id ~= '' then
   local key = base .. 'state:' .. id
   floor = version_of(read(key)) + 1
   redis.call('ZREM', KEYS[3], id)
-  if redis.call('DEL', key) == 0 and not legacy then return -1 end
+  if redis.call('DEL', key) == 0 and not legacy then return {-1, moved} end
 end
 local is_current = legacy or current == id
 if is_current and current then redis.call('DEL', KEYS[1]) end
 local v = fmt(next_version(KEYS[2], floor))
 redis.call('SET', KEYS[2], v)
 redis.call('PUBLISH', KEYS[4], event(v, id, is_current, 'null'))
-return v
+return {v, moved}
 """
 )
 
@@ -286,8 +315,8 @@ return v
 # workflow's state; ids whose state is gone (expired) leave the index on the way.
 # KEYS[1]: index. ARGV: key base, status (all, running, finished), cursor score ('' = from the
 # top), cursor id, how many.
-# Returns {id, score, state or false, wrong, ...}; a state whose status Lua cannot read is
-# included for the caller to judge.
+# Returns {where a wrong-type index was moved aside or false, then id, score, state or false,
+# wrong, ...}; a state whose status Lua cannot read is included for the caller to judge.
 LIST = (
     _HELPERS
     + """
@@ -330,8 +359,8 @@ local function read_listed(key)
   if found and (done[found] == true) ~= (status == 'finished') then return nil, 0 end
   return read(key)
 end
-local out, offset, chunk = {}, 0, math.max(want, 16)
-while #out < want * 4 do
+local out, offset, chunk = {set_aside(KEYS[1], 'zset', base, 'index')}, 0, math.max(want, 16)
+while #out < want * 4 + 1 do
   local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], top, '-inf', 'WITHSCORES',
     'LIMIT', offset, chunk)
   if #page == 0 then break end
@@ -350,7 +379,7 @@ while #out < want * 4 do
         out[#out + 1] = score
         out[#out + 1] = raw
         out[#out + 1] = wrong
-        if #out >= want * 4 then break end
+        if #out >= want * 4 + 1 then break end
       end
     end
   end
@@ -394,6 +423,8 @@ MIGRATE = (
 local base = ARGV[1]
 if not holds(KEYS[1], ARGV[2], ARGV[3]) or (text(KEYS[2]) or '') ~= ARGV[4] then return 0 end
 local floor = math.max(tonumber(ARGV[4]) or 0, tonumber(ARGV[8]) or 0)
+set_aside(KEYS[6], 'zset', base, 'index')
+set_aside(KEYS[7], 'list', base, 'history')
 if ARGV[5] ~= '' then
   local key = base .. 'state:' .. ARGV[5]
   if redis.call('EXISTS', key) == 0 then

@@ -296,3 +296,34 @@ def test_reads_take_one_round_trip_writes_two_and_a_page_of_a_thousand_one(
         assert trips.of(lambda: store.list(ALICE, status="finished", limit=50)) == 1
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["index", "history"])
+def test_a_key_of_another_type_is_moved_aside_before_any_write(place, caplog, kind):
+    store = place.store()
+    store.create(ALICE, {"workflow_id": "a", "steps": steps(1)})
+    key = f"workflow:{{alice}}:{kind}"
+    place.raw.delete(key)
+    place.raw.hset(key, "left", "by an operator")  # a hash where the service keeps another type
+    # Each write lands once, whole: the key is moved aside first, never a write cut halfway.
+    done = store.merge(ALICE, "a", {"status": "completed"}).state
+    assert store.get(ALICE, "a").state == done
+    assert [e["workflow_id"] for e in store.list(ALICE).entries] == ["a"]
+    assert [h["workflow_id"] for h in store.history(ALICE)] == ["a"]
+    store.create(ALICE, {"workflow_id": "b", "steps": steps(1)})
+    store.delete(ALICE, "b")
+    [aside] = place.raw.keys(f"workflow:{{alice}}:corrupt:#{kind}:*")
+    assert place.raw.hgetall(aside) == {b"left": b"by an operator"}
+    assert 0 < place.raw.ttl(aside) <= 7 * 86400
+    assert f"moved it to {aside.decode()}" in caplog.text
+
+
+def test_a_list_moves_aside_an_index_of_another_type(place):
+    store = place.store()
+    store.create(ALICE, {"workflow_id": "a", "steps": steps(1)})
+    place.raw.delete("workflow:{alice}:index")
+    place.raw.set("workflow:{alice}:index", "garbage")
+    assert store.list(ALICE).entries == []  # the index is gone; the next write files "a" again
+    assert place.raw.keys("workflow:{alice}:corrupt:#index:*") != []
+    store.update_step(ALICE, "a", 0, {"status": "completed"})
+    assert [e["workflow_id"] for e in store.list(ALICE).entries] == ["a"]
