@@ -16,8 +16,10 @@ state, which is the truth, and:
 
 Monitors of many processes may look at the same run at once: the takeover is one locked write
 that only one of them makes (the others get None), and a job per attempt is enqueued once.
-On Redis a sweep every SWEEP_SECONDS puts back into the index any active run it lacks (the
-queue's Redis lost its data, or a process died between its write and its index update).
+On Redis a sweep every SWEEP_SECONDS puts back into the index any active run it lacks (a
+process died between its write and its index update), and at once when the queue's Redis lost
+its data (its marker key is gone): the runs whose jobs were lost are then found as their claim
+deadlines lapse, within a lease.
 """
 
 from __future__ import annotations
@@ -101,10 +103,13 @@ class LeaseMonitor:
         return acted
 
     def _sweep(self) -> None:
-        """Index every active run the index lacks (Redis), every SWEEP_SECONDS."""
+        """Index every active run the index lacks (Redis), every SWEEP_SECONDS, and at once
+        when the queue's Redis lost its data."""
         if self.index is None:
             return
-        if self._swept_at is not None and time.monotonic() - self._swept_at < SWEEP_SECONDS:
+        lost = self.index.lost_data()
+        recent = self._swept_at is not None and time.monotonic() - self._swept_at < SWEEP_SECONDS
+        if recent and not lost:
             return
         for due in self.store.active_runs():
             self.index.note(due.owner, due.workflow_id, due.deadline, only_new=True)

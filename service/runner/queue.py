@@ -7,6 +7,7 @@ RQ, whose scripts touch keys in many slots). Keys, by WORKFLOW_STATE_PREFIX `P`
     rq:queue:P:runs, rq:job:<id>, ...   RQ's own keys for the queue `P:runs`
     P:runs                              sorted set: `<owner>/<id>` scored by lease deadline (ms)
     P:runs:stats                        hash: the counters behind the run metrics
+    P:runs:marker                       string: there while this Redis keeps its data
 
 The lease index is only an index: the lease monitor reads each due member's state, which is
 the truth, and fixes or drops the member. A job is `service.runner.jobs.run(owner, id,
@@ -194,6 +195,15 @@ class RunQueue:
         """Take a run out of the lease index."""
         with self._talking():
             self.connection.zrem(self.keys.runs(), member(owner, workflow_id))
+
+    def lost_data(self) -> bool:
+        """Tell whether this Redis lost its data (the index with it) since the last look.
+
+        True also the first time any process looks: the index is then built from the states,
+        as after a loss.
+        """
+        with self._talking():
+            return bool(self.connection.set(self.keys.run_marker(), "1", nx=True))
 
     def due(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """Return up to `limit` indexed runs whose deadline is at or before `now`."""

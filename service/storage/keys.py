@@ -25,6 +25,7 @@ OWNERS = "owners"
 # and the RQ queue's name.
 RUNS = "runs"
 RUN_STATS = "runs:stats"
+RUN_MARKER = "runs:marker"
 
 # Characters PSUBSCRIBE patterns treat specially.
 _GLOB = re.compile(r"([\\*?\[\]])")
@@ -86,6 +87,14 @@ class Keys:
     def run_stats(self) -> str:
         """Return the hash of the runs' counters (the metrics of contract section 9)."""
         return f"{self.prefix}:{RUN_STATS}"
+
+    def run_marker(self) -> str:
+        """Return the key that is there while the queue's Redis keeps its data.
+
+        Gone means that Redis lost the jobs and the lease index: a lease monitor rebuilds the
+        index from the states at once.
+        """
+        return f"{self.prefix}:{RUN_MARKER}"
 
     def run_queue(self) -> str:
         """Return the name of the RQ queue of runs (RQ keeps it as `rq:queue:<name>`)."""

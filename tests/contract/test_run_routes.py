@@ -226,6 +226,27 @@ def test_the_monitor_requeues_a_run_whose_job_was_lost(queue_app: Flask):
     assert [pair for pair in control.queue.due(later(3600), 10)] == [(OWNER, "wf")]
 
 
+def test_the_monitor_rebuilds_the_index_at_once_when_the_queue_redis_lost_its_data(
+    queue_app: Flask,
+):
+    control = runs_of(queue_app)
+    store = control.store
+    monitor = monitor_of(queue_app)
+    assert monitor.tick() == 0  # swept: the next sweep is due in SWEEP_SECONDS
+    store.create(OWNER, {"workflow_id": "wf", "steps": plan(None)})
+    store.request_run(OWNER, "wf", lease=0.01)  # queued, claim deadline about to lapse
+    control.queue.enqueue(OWNER, "wf", fence(store, 1))
+    control.queue.note(OWNER, "wf", later(0))
+    # The queue's Redis loses its data: the job, the lease index, everything of RQ's.
+    connection = control.queue.connection
+    connection.delete(*connection.keys("rq:*"), *connection.keys("workflow:runs*"))
+    time.sleep(0.02)
+    assert monitor.tick() == 1  # it noticed, put the run back in the index, and took it over
+    run = store.get(OWNER, "wf").state["run"]
+    assert (run["attempt"], run["status"]) == (2, "queued")
+    assert jobs(control) == [job_id(OWNER, "wf", fence(store, 2))]
+
+
 # --- the file backend: runs in the web processes --------------------------------------------
 
 
