@@ -67,12 +67,13 @@ def listening(port: int) -> bool:
 
 
 @pytest.mark.parametrize("address", ["as-written", "PORT"])
-def test_readmes_redis_command_runs_path_steps_with_only_the_run_requirements(
-    run_only_clone: Path, own_redis: RedisServer, tmp_path: Path, address: str
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_readmes_make_run_runs_path_steps_with_only_the_run_requirements(
+    run_only_clone: Path, request: pytest.FixtureRequest, tmp_path: Path, backend: str, address: str
 ):
-    """README's `REDIS_URL=… make run`: gunicorn's gevent worker, honcho and the run worker
-    start from requirements.txt alone; the server listens where README says; the worker calls
-    the steps' path endpoints on it, and the workflow completes."""
+    """README's `make run` and `REDIS_URL=… make run`: gunicorn's gevent worker (and with
+    Redis, honcho and the run worker) start from requirements.txt alone; the server listens
+    where README says; the runner calls the steps' path endpoints on it: the workflow completes."""
     env = {**person_env(tmp_path), "WORKFLOW_DEMO_STEP_SECONDS": "0.1"}
     if address == "as-written":
         if listening(8000):
@@ -82,7 +83,10 @@ def test_readmes_redis_command_runs_path_steps_with_only_the_run_requirements(
         port = free_port()
         env["PORT"] = str(port)
         base, listens = f"http://127.0.0.1:{port}", f"http://0.0.0.0:{port}"
-    command = README_REDIS_RUN.replace(README_REDIS, f"127.0.0.1:{own_redis.port}")
+    command = "make run"
+    if backend == "redis":
+        redis: RedisServer = request.getfixturevalue("own_redis")
+        command = README_REDIS_RUN.replace(README_REDIS, f"127.0.0.1:{redis.port}")
     log = tmp_path / "make-run.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
@@ -101,7 +105,7 @@ def test_readmes_redis_command_runs_path_steps_with_only_the_run_requirements(
         )
         assert process.poll() is None, log.read_text()[-3000:]
         wait_until(lambda: f"Listening at: {listens} " in log.read_text())
-        state = run_path_steps(base, f"paths-{address.lower()}")
+        state = run_path_steps(base, f"paths-{backend}-{address.lower()}")
         assert [step["status"] for step in state["steps"]] == ["completed", "completed"], (
             state,
             log.read_text()[-3000:],
