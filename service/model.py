@@ -230,7 +230,10 @@ def progress_percent(state: Mapping[str, Any]) -> float:
     total = len(state.get("steps") or ())
     if not total:
         return 0
-    return round((state["current_step"] + 1) / total * 100, 2)
+    percent = round((state["current_step"] + 1) / total * 100, 2)
+    # A whole number as an int, as the 0: JSON then reads `50`, never `50` here and `50.0` there
+    # (jq 1.6 prints 50.0 as 50, jq 1.7 as 50.0), and the CLI prints 50%.
+    return int(percent) if percent.is_integer() else percent
 
 
 def summarize(state: Mapping[str, Any] | None) -> dict[str, Any]:

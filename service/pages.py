@@ -14,7 +14,8 @@ from .storage import dumps
 
 bp = Blueprint("pages", __name__)
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+# Inside the package, so an installed (not only an editable) service serves the page too.
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 STEPS_KEY = "WORKFLOW_STEPS"
 # The live-updates route (contract section 5). The page opens it only when the app serves it.

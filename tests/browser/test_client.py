@@ -1,4 +1,4 @@
-"""The reusable client module (static/js/state-client.js), driven inside the real page."""
+"""The reusable client module (service/static/js/state-client.js), driven inside the real page."""
 
 from __future__ import annotations
 

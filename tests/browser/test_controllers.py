@@ -1,7 +1,7 @@
 """The controllers on their own: fed by fakes (no server calls, no DOM), inside Chromium.
 
-The controllers under static/js/controllers/ touch no DOM, so every rule of reconciliation can
-be checked by feeding them states and reading what they would show (`view()`).
+The controllers under service/static/js/controllers/ touch no DOM, so every rule of
+reconciliation can be checked by feeding them states and reading what they would show (`view()`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from tests.conftest import steps
 from tests.support import Gunicorn, http
 from tests.support.routes import STATE
 
-STATIC = Path(__file__).resolve().parents[2] / "static"
+STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
 EVERYWHERE = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

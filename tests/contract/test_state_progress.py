@@ -40,6 +40,17 @@ def test_the_state_body_carries_the_summarys_percent(client, current, total):
     assert type(body["progress_percent"]) is type(summary["progress_percent"])
 
 
+@pytest.mark.parametrize(
+    ("current", "total", "text"), [(0, 2, "50"), (1, 2, "100"), (0, 3, "33.33"), (0, 8, "12.5")]
+)
+def test_a_whole_percent_reads_the_same_in_every_json_reader(client, current, total, text):
+    """`50`, never `50.0`: jq 1.6 prints 50.0 as 50 and jq 1.7 as 50.0; the CLI prints 50%."""
+    client.post(STATE, json={"current_step": current, "steps": steps(total)})
+    for path in (STATE, f"{STATE}/summary"):
+        raw = client.get(path).get_data(as_text=True)
+        assert f'"progress_percent":{text},' in raw.replace(" ", ""), raw
+
+
 def test_no_state_has_percent_zero(client):
     assert client.get(STATE).get_json() == {
         "success": True,

@@ -100,7 +100,7 @@ def test_status_prints_the_summary(storage, store):
     assert "wf-1" in result.stdout
     assert "running" in result.stdout
     assert "3 of 5: step2 (in_progress)" in result.stdout
-    assert "60.0%" in result.stdout
+    assert "60%" in result.stdout
     # --json before or after the command: the same summary GET /workflow/state/summary serves.
     for args in (("--json", "status"), ("status", "--json")):
         summary = json.loads(cli(storage, *args).stdout)
@@ -352,9 +352,9 @@ def test_watch_prints_one_line_per_change(storage, store, watches):
     store.update_step(1, {"status": "in_progress"})
     store.clear()
     lines = [watch.next() for _ in range(4)]
-    assert "wf-w running step 1/5 step0 in_progress 20.0%" in lines[0]
-    assert "wf-w running step 1/5 step0 completed 20.0%" in lines[1]
-    assert "wf-w running step 2/5 step1 in_progress 40.0%" in lines[2]
+    assert "wf-w running step 1/5 step0 in_progress 20%" in lines[0]
+    assert "wf-w running step 1/5 step0 completed 20%" in lines[1]
+    assert "wf-w running step 2/5 step1 in_progress 40%" in lines[2]
     assert "cleared" in lines[3]
     code, stderr = watch.finish()
     assert code == 0, stderr

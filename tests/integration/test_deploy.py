@@ -35,6 +35,7 @@ from tests.support import (
     wait_until,
 )
 from tests.support.routes import STATE
+from tests.support.runs import run_path_steps
 
 pytestmark = pytest.mark.slow
 needs_redis_server = pytest.mark.skipif(
@@ -194,7 +195,7 @@ def test_rediss_urls_as_redis_md_writes_them(tls_redis):
 
 
 @needs_redis_server
-def test_procfile_dev_runs_redis_and_two_instances_sharing_one_state():
+def test_procfile_dev_runs_redis_two_instances_sharing_one_state_and_a_worker():
     honcho = VENV_BIN / "honcho"
     if not honcho.exists():
         pytest.skip("honcho is not installed (requirements-dev.txt)")
@@ -214,6 +215,7 @@ def test_procfile_dev_runs_redis_and_two_instances_sharing_one_state():
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("WORKFLOW_")},
         **{k: str(v) for k, v in ports.items()},
+        "WORKFLOW_DEMO_STEP_SECONDS": "0.1",
     }
     process = subprocess.Popen(
         [str(honcho), "-f", procfile, "-d", str(ROOT), "start"],
@@ -230,6 +232,10 @@ def test_procfile_dev_runs_redis_and_two_instances_sharing_one_state():
             wait_until(lambda u=url: http("GET", u + "/readyz", timeout=2)[0] == 200, timeout=30)
         saved = http("POST", web1 + STATE, {"workflow_id": "dev", "steps": steps(2)})[2]["state"]
         assert http("GET", web2 + STATE)[2]["state"] == saved
+        # The worker calls step endpoints that are paths on the service (not honcho's PORT).
+        ran = run_path_steps(web2, "paths")
+        assert [s["status"] for s in ran["steps"]] == ["completed", "completed"], ran
+        assert ran["status"] == "completed"
         process.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert process.wait(timeout=20) is not None
     finally:

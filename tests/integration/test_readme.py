@@ -6,8 +6,9 @@ README's `sh` blocks run in order, as a person would type them, in a copy of the
 - `make test` is not run (it is this suite); it must be exactly the command `.ci/run` runs.
 - A block that ends in `make run` starts the server as written, in the background; each of
   its workers must log where the state is, once; the next blocks talk to it. Only its address
-  changes: `127.0.0.1:8000` becomes a free port (given to gunicorn through `GUNICORN_CMD_ARGS`),
-  and a Redis URL's `127.0.0.1:6379` the test's own redis-server (never the shared one).
+  changes: `127.0.0.1:8000` becomes a free port (given as `PORT`, as README's configuration
+  table says), and a Redis URL's `127.0.0.1:6379` the test's own redis-server (never the
+  shared one).
 - A block whose first line is `# runs until Ctrl-C` must still be running once it has printed
   something; it then gets Ctrl-C (SIGINT).
 - Any other block runs under `bash -e -o pipefail`, with `curl` failing on an HTTP error.
@@ -17,10 +18,8 @@ README's `sh` blocks run in order, as a person would type them, in a copy of the
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import ROOT, RedisServer, free_port, http, wait_until
+from tests.support.installs import fresh_clone, make_dry_run, person_env, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,6 @@ WORKERS = 2  # WEB_CONCURRENCY's default (README's configuration table)
 TOOLS = ("curl", "jq", "redis-cli")
 # A person sees an HTTP error in curl's output; a script needs the exit status for it.
 PRELUDE = 'curl() { command curl --fail-with-body "$@"; }\n'
-# What a fresh clone lacks: never copied.
-NOT_IN_A_CLONE = (".git", ".venv", "var", "__pycache__", "*.pyc", "*_cache", ".hypothesis")
-NOT_IN_A_CLONE += ("test-results", "*.egg-info")
-MAKE_INPUTS = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
 
 
 def commands(block: str) -> list[str]:
@@ -109,7 +105,7 @@ class Session:
         self.serving = index
         self.port = free_port()
         log = self.logs / f"server-{self.port}.log"
-        env = {**self.block_env(block), "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{self.port}"}
+        env = {**self.block_env(block), "PORT": str(self.port)}
         with open(log, "wb") as out:
             self.server = subprocess.Popen(
                 ["bash", "-e", "-c", self.rewrite(block)],
@@ -156,39 +152,9 @@ class Session:
             self.redis.close()
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """Send Ctrl-C to a process group; kill it if it does not stop."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-
-
-def fresh_clone(target: Path) -> Path:
-    """Copy the checkout as a clone has it, sharing this checkout's installed .venv."""
-    clone = target / "clone"
-    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(*NOT_IN_A_CLONE), symlinks=True)
-    venv = Path(sys.executable).parent.parent
-    (clone / ".venv").symlink_to(venv)
-    # The copy's files are newer than the venv's install stamp; in a real clone `make test`
-    # installed after checkout. Date the install inputs back, so make sees the venv as current.
-    stamps = sorted(venv.glob(".installed-*"), key=lambda p: p.stat().st_mtime)
-    if stamps:
-        before = stamps[-1].stat().st_mtime - 60
-        for name in MAKE_INPUTS:
-            os.utime(clone / name, (before, before))
-    return clone
-
-
 def make_run_would_install(clone: Path) -> bool:
     """Tell whether `make run` would (re)install the venv: never do that to the shared one."""
-    dry = subprocess.run(
-        ["make", "-n", "run"], cwd=clone, capture_output=True, text=True, check=True
-    ).stdout
-    return "pip install" in dry
+    return "pip install" in make_dry_run(clone, "run")
 
 
 @pytest.fixture(scope="module")
@@ -197,15 +163,10 @@ def session() -> Session:
     if shutil.which("make") is None:
         pytest.skip("make is missing")
     directory = Path(tempfile.mkdtemp(prefix="wss-readme-"))
-    clone = fresh_clone(directory)
+    clone = fresh_clone(directory, venv=Path(sys.executable).parent.parent)
     if make_run_would_install(clone):
         pytest.skip("make run would install into the shared .venv (its install stamp is stale)")
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(directory),
-        "LANG": "C.UTF-8",
-    }
-    current = Session(clone=clone, env=env, logs=directory)
+    current = Session(clone=clone, env=person_env(directory), logs=directory)
     yield current
     current.close()
     shutil.rmtree(directory, ignore_errors=True)

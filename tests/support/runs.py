@@ -12,7 +12,7 @@ from service.config import from_env
 from service.runs import Fence
 from service.storage import StateStore
 from service.store import build_store
-from tests.support.processes import wait_until
+from tests.support.processes import http, wait_until
 
 OWNER = "public"
 
@@ -88,3 +88,21 @@ def step_running(index: int, attempt: int | None = None) -> Callable[[dict[str, 
         )
 
     return condition
+
+
+def run_path_steps(base: str, workflow_id: str, timeout: float = 30) -> dict[str, Any]:
+    """Create and run, through the server at `base`, a workflow whose steps' endpoints are
+    paths on it (the built-in simulator's); return the state once the run has ended."""
+    steps = [
+        {"action": action, "status": "pending", "endpoint": f"/workflow/actions/{action}"}
+        for action in ("test_ssh", "set_ui_home")
+    ]
+    body = {"workflow_id": workflow_id, "run": True, "steps": steps}
+    status, _, answer = http("POST", f"{base}/workflows", body)
+    assert status == 201, answer
+
+    def ended() -> dict[str, Any] | None:
+        state = http("GET", f"{base}/workflows/{workflow_id}")[2]["state"]
+        return state if finished(state) else None
+
+    return wait_until(ended, timeout=timeout, interval=0.1)

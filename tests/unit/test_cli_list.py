@@ -116,7 +116,7 @@ def test_list_pages_through_an_owners_workflows_most_recent_first(store, small_p
     human = ok("list").stdout.splitlines()
     assert human[0].split() == ["UPDATED", "STATUS", "STEP", "PROGRESS", "WORKFLOW"]
     assert [line.split()[-1] for line in human[1:]] == expected
-    assert human[1].split()[1:] == ["running", "4/5", "80.0%", "c"]
+    assert human[1].split()[1:] == ["running", "4/5", "80%", "c"]
 
 
 def test_list_filters_by_status(store, small_pages):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-JS = Path(__file__).resolve().parents[2] / "static" / "js"
+JS = Path(__file__).resolve().parents[2] / "service" / "static" / "js"
 CONTROLLERS = sorted((JS / "controllers").glob("*.js"))
 VIEWS = sorted((JS / "views").glob("*.js"))
 
