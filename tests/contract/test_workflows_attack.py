@@ -317,20 +317,54 @@ def test_a_revoked_users_open_stream_hears_no_more(make_app, events, tmp_path, p
     wait_until(lambda: open_streams(app) == 0, timeout=3)
 
 
+# An older browser sends Origin but no Sec-Fetch-Site. Host is where the form posts to.
+OLD_BROWSER_CROSS_SITE = {
+    key: value for key, value in CROSS_SITE.items() if key != "Sec-Fetch-Site"
+} | {"Host": "ops.example"}
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "https://ops.example.evil"])
+@pytest.mark.parametrize("path", [f"{STATE}/cancel", f"{WORKFLOWS}/w/cancel", WORKFLOWS])
+def test_an_older_browsers_cross_site_form_is_refused_on_its_origin(make_app, path, origin):
+    client = make_app(**PROXY_CONFIG).test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.5"}
+    alice = {"X-Forwarded-User": "alice"}
+    body = {"workflow_id": "w", "steps": steps(1)}
+    assert client.post(WORKFLOWS, json=body, headers=alice, environ_base=proxy).status_code == 201
+    headers = {**OLD_BROWSER_CROSS_SITE, "Origin": origin}
+    response = client.post(path, data=b'{"workflow_id":"x"}', headers=headers, environ_base=proxy)
+    assert (response.status_code, response.get_json()["error"]) == (403, "forbidden")
+    listed = client.get(WORKFLOWS, headers=alice, environ_base=proxy).get_json()["workflows"]
+    assert [(entry["workflow_id"], entry["status"]) for entry in listed] == [("w", "running")]
+
+
 @pytest.mark.parametrize(
-    ("site", "origin", "cors"),
+    ("site", "origin", "cors", "forwarded_host"),
     [
-        ("same-origin", "https://ops.example", "*"),
-        ("none", None, "*"),
-        ("cross-site", "https://ops.example", "https://ops.example"),
+        ("same-origin", "https://ops.example", "*", None),
+        ("none", None, "*", None),
+        ("cross-site", "https://ops.example", "https://ops.example", None),
+        # Older browsers: no Sec-Fetch-Site, judged on Origin alone.
+        (None, "https://ops.example", "*", None),  # the host the page posted to
+        (None, "https://OPS.example", "*", None),
+        (None, "https://app.example", "*", "app.example"),  # the proxy names the public host
+        (None, "https://embedder.example", "https://embedder.example", None),
+        (None, None, "*", None),  # no Origin: no browser's cross-site write
     ],
 )
-def test_the_proxys_own_page_and_listed_origins_still_write(make_app, site, origin, cors):
+def test_the_proxys_own_page_and_listed_origins_still_write(
+    make_app, site, origin, cors, forwarded_host
+):
     config = {**PROXY_CONFIG, "CORS_ORIGINS": tuple(cors.split(","))}
     client = make_app(**config).test_client()
-    headers = {"X-Forwarded-User": "alice", "Sec-Fetch-Site": site}
-    if origin:
-        headers["Origin"] = origin
+    headers = {"X-Forwarded-User": "alice", "Host": "ops.example"}
+    for name, value in (
+        ("Sec-Fetch-Site", site),
+        ("Origin", origin),
+        ("X-Forwarded-Host", forwarded_host),
+    ):
+        if value:
+            headers[name] = value
     body = {"workflow_id": "w", "steps": steps(1)}
     response = client.post(
         WORKFLOWS, json=body, headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.5"}
