@@ -14,6 +14,8 @@ on a write's path. Bodies are TypedDicts for that reason.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
@@ -618,8 +620,44 @@ def check_stored(state: dict[str, Any]) -> None:
     _check_shape(state)
 
 
+def check_step_data(data: Any) -> None:
+    """Raise FieldError unless `data` may be stored as a step's data (steps[i].data)."""
+    if depth_exceeds(data, MAX_DATA_DEPTH):
+        raise FieldError("data", f"must not nest deeper than {MAX_DATA_DEPTH} levels")
+
+
 def check_step_change(body: dict[str, Any]) -> None:
     """Raise FieldError unless a step PATCH body satisfies its rules."""
     _STEP_CHANGE.check(body)
-    if depth_exceeds(body.get("data"), MAX_DATA_DEPTH):
-        raise FieldError("data", f"must not nest deeper than {MAX_DATA_DEPTH} levels")
+    check_step_data(body.get("data"))
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+class NumberNotJson(ValueError):
+    """A number JSON cannot carry: NaN, Infinity, or one past a double's range (1e999)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NumberNotJson(f"{name} is not a JSON number")
+
+
+def _json_number(text: str) -> float | int:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NumberNotJson(f"{text[:20]} is out of range for a JSON number")
+    # JSON has one kind of number: 2.0 is the integer 2, which an integer field accepts.
+    return int(value) if value.is_integer() else value
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse strict JSON, as every body (a client's, a step endpoint's answer) must be.
+
+    NaN, Infinity and numbers that overflow (1e999) are refused: stored, they would be served
+    as JSON no other client can read. Raise ValueError (NumberNotJson for those numbers).
+    """
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_json_number)
+    except RecursionError:
+        raise ValueError("nested too deep to parse") from None

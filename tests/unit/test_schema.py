@@ -309,3 +309,25 @@ def test_the_level_by_level_depth_walk_matches_a_recursive_one():
         assert schema.depth_exceeds(value, limit) == (depth(value) > limit)
 
     agree()
+
+
+# --- strict JSON: what every body (a client's, a step endpoint's answer) is parsed as ---------
+
+
+def test_strict_json_reads_numbers_as_json_has_them():
+    # One kind of number: 2.0 is the integer 2 (which an integer field takes), 1.5 stays 1.5.
+    parsed = schema.loads(b'{"a": 2.0, "b": 1.5, "c": -0.0, "d": 1e2, "e": 7, "f": "\\ud800"}')
+    assert parsed == {"a": 2, "b": 1.5, "c": 0, "d": 100, "e": 7, "f": "\ud800"}
+    assert [type(value) for value in parsed.values()] == [int, float, int, int, int, str]
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"x": -Infinity}', "1e999", "[-1e400]"])
+def test_strict_json_refuses_numbers_no_json_reader_can_read(text):
+    with pytest.raises(schema.NumberNotJson):
+        schema.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "{", "[" * 100_000 + "]" * 100_000, b"\xff"])
+def test_strict_json_refuses_what_is_not_json(text):
+    with pytest.raises(ValueError):
+        schema.loads(text)
