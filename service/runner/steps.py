@@ -29,7 +29,6 @@ import contextlib
 import http.client
 import json
 import logging
-import posixpath
 import re
 import socket
 import ssl
@@ -333,25 +332,42 @@ def check_origin(endpoint: Any, origins: frozenset[str]) -> StepResult | None:
 # The only paths of this service's own API a step may call: the built-in simulator.
 SIMULATOR_PATH = "/workflow/actions/"
 STATE_API_RE = re.compile(r"/workflows?(/|\Z)")
+DOT_SEGMENTS = frozenset({".", ".."})
+# A path still changing after this many rounds of percent-decoding is refused as it is.
+MAX_DECODINGS = 3
 
 
 def _check_own_path(endpoint: str) -> StepResult | None:
     """Refuse a path endpoint into this service's state API (but the simulator); None: allowed.
 
     A runner calls paths with the service's own credentials, whoever owns the workflow: a step
-    must not act on anybody's workflows through them. The path is read as the router will
-    (percent-decoded, repeated slashes and dot segments resolved).
+    must not act on anybody's workflows through them. The router sees the path percent-decoded
+    (the WSGI server decodes it) with its dot segments and repeated slashes as sent, while a
+    proxy on the way may resolve or merge them. So a path with a `.` or `..` segment (as sent
+    or decoded) is refused wherever it points, and every reading of it (as sent, decoded once
+    or more, repeated slashes merged or not) must stay out of the state API.
     """
     # Not urlsplit: "//workflows/x" would read as a host, but the runner calls it as a path.
-    path = re.sub(r"/+", "/", unquote(re.split(r"[?#]", endpoint, maxsplit=1)[0]))
-    path = posixpath.normpath(path) + ("/" if path.endswith("/") else "")
-    if STATE_API_RE.match(path) and not path.startswith(SIMULATOR_PATH):
-        return _failed(
-            f"Step endpoint {endpoint[:200]!r} is a route of the workflow state API; a step may "
-            "call the host application's own paths, not act on workflows",
-            "endpoint not allowed",
-        )
+    readings = [re.split(r"[?#]", endpoint, maxsplit=1)[0]]
+    while (decoded := unquote(readings[-1])) != readings[-1]:
+        if len(readings) > MAX_DECODINGS:
+            return _refused_path(endpoint, "is percent-encoded over and over")
+        readings.append(decoded)
+    if any(DOT_SEGMENTS.intersection(reading.split("/")) for reading in readings):
+        return _refused_path(endpoint, "has a . or .. segment")
+    for reading in readings:
+        for path in (reading, re.sub(r"/+", "/", reading)):
+            if STATE_API_RE.match(path) and not path.startswith(SIMULATOR_PATH):
+                return _refused_path(endpoint, "is a route of the workflow state API")
     return None
+
+
+def _refused_path(endpoint: str, why: str) -> StepResult:
+    return _failed(
+        f"Step endpoint {endpoint[:200]!r} {why}; a step may call the host application's own "
+        "paths as written, not act on workflows through the state API",
+        "endpoint not allowed",
+    )
 
 
 class _Connector:
