@@ -44,8 +44,11 @@ def read_json() -> Any:
 
 
 def if_match() -> frozenset[str] | None:
-    """Return the If-Match versions ("*" included), or None when the header is absent."""
-    if request.headers.get("If-Match") is None:
+    """Return the If-Match versions ("*" included), or None when the header is absent.
+
+    An empty If-Match names no version at all: it is taken as absent, not as one no state has.
+    """
+    if not (request.headers.get("If-Match") or "").strip():
         return None
     tags = request.if_match
     if tags.star_tag:

@@ -172,6 +172,18 @@ def test_a_created_workflow_is_read_back_at_its_location(client, workflow_id):
         read.close()
 
 
+@pytest.mark.parametrize("workflow_id", ["stream", ".", ".."])
+def test_the_legacy_save_refuses_the_ids_a_create_refuses(client, workflow_id):
+    assert client.post(STATE, json={"workflow_id": "keep", "steps": steps(1)}).status_code == 200
+    response = client.post(STATE, json={"workflow_id": workflow_id, "steps": steps(1)})
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid_state")
+    assert "'workflow_id'" in response.get_json()["message"]
+    assert client.get(STATE).get_json()["state"]["workflow_id"] == "keep"
+    assert [entry["workflow_id"] for entry in client.get(WORKFLOWS).get_json()["workflows"]] == [
+        "keep"
+    ]
+
+
 # --- RunControl: a refused run request writes the lease index --------------------------------
 
 RUN_INDEX_FAULT = (
