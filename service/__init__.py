@@ -33,6 +33,8 @@ def create_app(
 ) -> Flask:
     """Assemble the app: defaults, then the environment (or `environ`), then the test override."""
     app = hooks.App(__name__, static_folder=STATIC_DIR, static_url_path="/static")
+    # A path is routed as sent: "/workflows//a1" is no route (a JSON 404), not a redirect.
+    app.url_map.merge_slashes = False
     app.config.from_mapping(config.from_env(environ))
     if test_config:
         app.config.update(test_config)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from . import model
+from . import model, schema
 from .errors import json_response
 from .identity import current_identity
 from .storage import HISTORY_MAX, Snapshot, dumps
@@ -21,17 +20,6 @@ SUMMARY_EXTENSION = "workflow_state_summary"
 SAVED = "Workflow state saved"
 CLEARED = "Workflow state cleared"
 NO_STORE = "no-store"
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
 
 
 def read_json() -> Any:
@@ -50,15 +38,17 @@ def read_json() -> Any:
     if not data.strip():
         raise model.StateRequired("State data is required: the request body is empty")
     try:
-        # NaN, Infinity and 1e999 would be stored as JSON no other client can read.
-        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):
+        return schema.loads(data)
+    except ValueError:
         raise model.StateRequired("State data is required: the body is not valid JSON") from None
 
 
 def if_match() -> frozenset[str] | None:
-    """Return the If-Match versions ("*" included), or None when the header is absent."""
-    if request.headers.get("If-Match") is None:
+    """Return the If-Match versions ("*" included), or None when the header is absent.
+
+    An empty If-Match names no version at all: it is taken as absent, not as one no state has.
+    """
+    if not (request.headers.get("If-Match") or "").strip():
         return None
     tags = request.if_match
     if tags.star_tag:

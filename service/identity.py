@@ -417,19 +417,39 @@ def still_identified() -> Callable[[], bool]:
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _own_hosts(req: Any) -> set[str]:
+    """Return the host[:port] names this request was sent to: Host, and the proxy's
+    X-Forwarded-Host (a header no page of another site can set on a form or simple request)."""
+    named = [req.headers.get("Host", ""), *req.headers.get("X-Forwarded-Host", "").split(",")]
+    return {name.strip().lower() for name in named if name.strip()}
+
+
+def _same_origin(origin: str, req: Any) -> bool:
+    """Tell whether an Origin names the host the request was sent to (scheme aside: the proxy
+    may end TLS, so the service sees http for the page's https)."""
+    scheme, _, host = origin.partition("://")
+    return scheme in ("http", "https") and host.lower() in _own_hosts(req)
+
+
 def _cross_site_write(authenticator: Authenticator, req: Any, origins: Any) -> bool:
     """Tell whether a browser sent this write from another site, through a signing-in proxy.
 
     There the user's credentials are the proxy's cookie, which the browser attaches to another
     site's `<form method=post>` too (no preflight: a POST needs no Content-Type here). Such a
-    write is refused unless its Origin is listed in WORKFLOW_STATE_CORS_ORIGINS. Bearer tokens
-    are never attached by a browser on its own, so other modes need no such check.
+    write is refused unless its Origin is listed in WORKFLOW_STATE_CORS_ORIGINS. A browser that
+    sends Sec-Fetch-Site says where the write comes from; an older one sends only Origin, which
+    is then another site's unless it names the host the request was sent to. Bearer tokens are
+    never attached by a browser on its own, so other modes need no such check.
     """
     if not authenticator.header or req.method in SAFE_METHODS:
         return False
-    if req.headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site"):
-        return False
-    return req.headers.get("Origin") not in origins
+    sent_from = req.headers.get("Origin")
+    site = req.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("cross-site", "same-site") and sent_from not in origins
+    if sent_from is None or sent_from in origins:
+        return False  # browsers send Origin with every cross-site POST, PATCH or DELETE
+    return not _same_origin(sent_from, req)
 
 
 def init_app(app: Flask) -> None:

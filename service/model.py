@@ -144,14 +144,16 @@ def is_encrypted(value: Any) -> bool:
     )
 
 
-def validate(state: dict[str, Any], *, stored: bool = False) -> None:
+def validate(state: dict[str, Any], *, stored: bool = False, merged: bool = False) -> None:
     """Raise InvalidState unless `state` satisfies every field rule of the contract.
 
     With `stored=True` the server-owned fields must be present too, and a sealed
-    `ssh_connection` is accepted: that is the shape a backend holds.
+    `ssh_connection` is accepted: that is the shape a backend holds. With `merged=True` it is
+    a stored state a PATCH changed, whose id need not be one a new workflow may take.
     """
+    check = schema.check_stored if stored else schema.check_merged if merged else schema.check_state
     try:
-        (schema.check_stored if stored else schema.check_state)(state)
+        check(state)
     except schema.FieldError as error:
         raise InvalidState(error.field, error.rule) from None
 
@@ -316,9 +318,16 @@ def _check_guard(current: Mapping[str, Any], guard: Any) -> None:
 
 
 def parse_step_index(text: str) -> int:
-    """Return the step index from a URL segment, or raise InvalidIndex."""
-    if not text.isascii() or not text.isdigit() or len(text) > 9:
-        raise InvalidIndex(f"Step index must be a whole number >= 0, got {text[:20]!r}")
+    """Return the step index from a URL segment, or raise InvalidIndex.
+
+    No workflow has more than MAX_STEPS steps, so an index past that is refused before any
+    stored state is looked at (If-Match, a finished workflow): it is a bad request whatever
+    is stored.
+    """
+    if not text.isascii() or not text.isdigit() or len(text) > 9 or int(text) >= schema.MAX_STEPS:
+        raise InvalidIndex(
+            f"Step index must be a whole number from 0 to {schema.MAX_STEPS - 1}, got {text[:20]!r}"
+        )
     return int(text)
 
 
@@ -389,7 +398,7 @@ def apply_merge(
     # merge that doesn't mention it must leave it for the storage layer to keep sealed.
     if "ssh_connection" in fields and fields["ssh_connection"] is None:
         new.pop("ssh_connection", None)
-    validate(new, stored=False)
+    validate(new, merged=True)
     if is_finished(current):
         _guard_finished(current, new)
         return None

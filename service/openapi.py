@@ -104,7 +104,9 @@ def path_param(name: str, value: Schema, description: str | None = None) -> Sche
 
 PARAMETERS: dict[str, Schema] = {
     "IfMatch": header_param(
-        "If-Match", 'Write only if the stored version is this one ("<version>" or *); else 412'
+        "If-Match",
+        'Write only if the stored version is this one ("<version>" or *); else 412. Empty: '
+        "no condition",
     ),
     "IfNoneMatch": header_param(
         "If-None-Match", "The ETag last seen; 304 when the state is still that version"
@@ -112,7 +114,8 @@ PARAMETERS: dict[str, Schema] = {
     "LastEventId": header_param("Last-Event-ID", "Skip the first snapshot when it has this id"),
     "StepIndex": path_param(
         "index",
-        {"type": "integer", "minimum": 0},
+        # No workflow has more steps than that; the stored one may have fewer (400 then too).
+        {"type": "integer", "minimum": 0, "maximum": schema.MAX_STEPS - 1},
         "The step's position; anything but a whole number below len(steps) is 400",
     ),
     "WorkflowId": path_param(
@@ -136,16 +139,16 @@ PARAMETERS: dict[str, Schema] = {
     "Cursor": {
         "name": "cursor",
         "in": "query",
-        "description": "A page's `next_cursor`; one not issued for this list is 400 "
-        "`invalid_cursor`",
+        "description": "A page's `next_cursor` (empty: the first page); one not issued for "
+        "this list is 400 `invalid_cursor`",
         "schema": {"type": "string"},
     },
     "Owner": {
         "name": "owner",
         "in": "query",
         "description": "An admin acts on this owner's workflows (`*` on a list: every owner's); "
-        "anyone else asking for another owner is 403",
-        "schema": {"type": "string"},
+        "anyone else asking for another owner is 403, a name that is not a user name 400",
+        "schema": {"anyOf": [schema.ref("UserName"), {"const": "*"}]},
     },
     "HistoryLimit": {
         "name": "limit",
@@ -163,8 +166,8 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
         "BadRequest",
         "The body is empty or not a JSON object (`state_required`, message contains "
         '"required"), a field breaks its rule (`invalid_state`, message `Invalid field '
-        "'<path>': <rule>` quoting the field's description), or a bad step index "
-        "(`invalid_index`)",
+        "'<path>': <rule>` quoting the field's description), a bad step index "
+        "(`invalid_index`), or an ?owner= that is not a user name (`invalid_owner`)",
         None,
     ),
     "401": (

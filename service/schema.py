@@ -14,6 +14,8 @@ on a write's path. Bodies are TypedDicts for that reason.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
@@ -36,6 +38,9 @@ HISTORY_MAX = 100
 # The most workflows one page of GET /workflows answers (contract section 8).
 LIST_LIMIT_MAX = 100
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+# Ids a new workflow may not take: its Location would name a route ("stream"), or a path segment
+# every URL library removes.
+RESERVED_IDS = ("stream", ".", "..")
 USER_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
 ERROR_CODE_PATTERN = r"^[a-z]+(_[a-z]+)*$"
 ENCRYPTED_MARK = "$encrypted"
@@ -66,6 +71,12 @@ def _iso_8601(text: str) -> str:
     return text
 
 
+def _not_reserved(text: str) -> str:
+    if text in RESERVED_IDS:
+        raise ValueError("reserved")
+    return text
+
+
 def _non_empty(text: str) -> str:
     # Not Field(min_length=1): pydantic's length check refuses a lone surrogate ("\ud800"),
     # which is valid JSON and was always accepted.
@@ -89,12 +100,28 @@ WorkflowId = TypeAliasType(
         _rule("must be 1-128 characters of A-Z a-z 0-9 _ . : -"),
     ],
 )
+NewWorkflowId = TypeAliasType(
+    "NewWorkflowId",
+    Annotated[
+        str,
+        Field(pattern=WORKFLOW_ID_PATTERN),
+        AfterValidator(_not_reserved),
+        _rule(
+            "must be 1-128 characters of A-Z a-z 0-9 _ . : -, and not stream, . or .. (they "
+            "name routes, not workflows)",
+            **{"not": {"enum": list(RESERVED_IDS)}},
+        ),
+    ],
+)
 UserName = TypeAliasType(
     "UserName",
     Annotated[
         str,
         Field(pattern=USER_NAME_PATTERN),
-        _rule("must be 1-64 characters of A-Z a-z 0-9 _ . @ -"),
+        _rule(
+            "must be 1-64 characters of A-Z a-z 0-9 _ . @ - (not . or .. alone)",
+            **{"not": {"enum": [".", ".."]}},
+        ),
     ],
 )
 WorkflowStatus = TypeAliasType(
@@ -117,6 +144,15 @@ NonEmptyText = Annotated[
     str, AfterValidator(_non_empty), _rule("must be a non-empty string", minLength=1)
 ]
 CurrentStep = Annotated[int, Field(ge=0), _rule("must be an integer >= 0")]
+# What a write may set: a step's index (0 with no steps), so never past the most steps there are.
+NewCurrentStep = Annotated[
+    int,
+    Field(ge=0, le=MAX_STEPS - 1),
+    _rule(
+        f"must be an integer from 0 to {MAX_STEPS - 1}: less than the number of steps, 0 when "
+        "there are none"
+    ),
+]
 Version = Annotated[int, Field(ge=1), _rule("must be an integer >= 1")]
 SshConnection = Annotated[str | None, _rule("must be a string or null")]
 Progress = Annotated[
@@ -152,19 +188,28 @@ Steps = Annotated[
 ]
 
 
-@with_config(ConfigDict(extra="allow", strict=True, json_schema_extra={"minProperties": 1}))
+# A whole new state: non-empty, and current_step 0 unless there are steps (the part of "below
+# the number of steps" that JSON Schema can say).
+NEW_STATE_SCHEMA: Schema = {
+    "minProperties": 1,
+    "if": {"required": ["steps"], "properties": {"steps": {"minItems": 1}}},
+    "else": {"properties": {"current_step": {"const": 0}}},
+}
+
+
+@with_config(ConfigDict(extra="allow", strict=True, json_schema_extra=NEW_STATE_SCHEMA))
 class StateInput(TypedDict, total=False):
     """A whole state to save (POST), any Content-Type, a non-empty JSON object.
 
     Absent fields get defaults: workflow_id `workflow_<ms>_<random>`, status `running`,
-    current_step 0, steps [], start_time now. When there are steps, current_step must be below
-    their number. The server sets `version` and `last_update` whatever is sent; other fields
-    are kept as sent.
+    current_step 0, steps [], start_time now. current_step must be below the number of steps,
+    and 0 when there are none. The server sets `version` and `last_update` whatever is sent;
+    other fields are kept as sent.
     """
 
-    workflow_id: WorkflowId
+    workflow_id: NewWorkflowId
     status: WorkflowStatus
-    current_step: CurrentStep
+    current_step: NewCurrentStep
     steps: Steps
     start_time: Time
     ssh_connection: SshConnection
@@ -175,8 +220,11 @@ class MergeInput(StateInput, total=False):
     """Top-level fields that replace the stored ones (PATCH); the result must satisfy the POST
     rules. A workflow_id, when given, must equal the stored one (a guard, else 409)."""
 
+    # A guard names a stored workflow: any id, even one a new workflow may no longer take.
+    workflow_id: WorkflowId
 
-@with_config(ConfigDict(extra="allow", strict=True, json_schema_extra={"minProperties": 1}))
+
+@with_config(ConfigDict(extra="allow", strict=True, json_schema_extra=NEW_STATE_SCHEMA))
 class CreateWorkflowInput(StateInput, total=False):
     """A new workflow (POST /workflows): the rules of StateInput, plus `run`."""
 
@@ -603,6 +651,7 @@ class Checker:
 
 
 _STATE = Checker(StateInput)
+_MERGED = Checker(MergeInput)
 _STORED = Checker(StoredState)
 _STEP_CHANGE = Checker(StepChange)
 
@@ -615,10 +664,24 @@ def _check_shape(state: dict[str, Any]) -> None:
         raise FieldError("state", f"must not nest deeper than {MAX_DEPTH} levels")
 
 
-def check_state(state: dict[str, Any]) -> None:
-    """Raise FieldError unless a state about to be stored satisfies every field rule."""
-    _STATE.check(state)
+def _check_written(state: dict[str, Any]) -> None:
+    # Not on stored documents: one written before this rule stays readable.
+    if not state.get("steps") and state.get("current_step", 0) != 0:
+        raise FieldError("current_step", "must be 0 when there are no steps")
     _check_shape(state)
+
+
+def check_state(state: dict[str, Any]) -> None:
+    """Raise FieldError unless a new state (POST) satisfies every field rule."""
+    _STATE.check(state)
+    _check_written(state)
+
+
+def check_merged(state: dict[str, Any]) -> None:
+    """Raise FieldError unless a state a PATCH merged satisfies the POST rules (its id aside:
+    it is the stored one)."""
+    _MERGED.check(state)
+    _check_written(state)
 
 
 def check_stored(state: dict[str, Any]) -> None:
@@ -627,8 +690,44 @@ def check_stored(state: dict[str, Any]) -> None:
     _check_shape(state)
 
 
+def check_step_data(data: Any) -> None:
+    """Raise FieldError unless `data` may be stored as a step's data (steps[i].data)."""
+    if depth_exceeds(data, MAX_DATA_DEPTH):
+        raise FieldError("data", f"must not nest deeper than {MAX_DATA_DEPTH} levels")
+
+
 def check_step_change(body: dict[str, Any]) -> None:
     """Raise FieldError unless a step PATCH body satisfies its rules."""
     _STEP_CHANGE.check(body)
-    if depth_exceeds(body.get("data"), MAX_DATA_DEPTH):
-        raise FieldError("data", f"must not nest deeper than {MAX_DATA_DEPTH} levels")
+    check_step_data(body.get("data"))
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+class NumberNotJson(ValueError):
+    """A number JSON cannot carry: NaN, Infinity, or one past a double's range (1e999)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NumberNotJson(f"{name} is not a JSON number")
+
+
+def _json_number(text: str) -> float | int:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NumberNotJson(f"{text[:20]} is out of range for a JSON number")
+    # JSON has one kind of number: 2.0 is the integer 2, which an integer field accepts.
+    return int(value) if value.is_integer() else value
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse strict JSON, as every body (a client's, a step endpoint's answer) must be.
+
+    NaN, Infinity and numbers that overflow (1e999) are refused: stored, they would be served
+    as JSON no other client can read. Raise ValueError (NumberNotJson for those numbers).
+    """
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_json_number)
+    except RecursionError:
+        raise ValueError("nested too deep to parse") from None

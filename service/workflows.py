@@ -31,9 +31,6 @@ from .stream import list_stream_response, stream_response
 bp = Blueprint("workflows", __name__, url_prefix="/workflows")
 
 STARTED = "Workflow run started"
-# Ids a new workflow may not take: its Location would name a route ("stream"), or a path
-# segment every URL library removes.
-RESERVED_IDS = frozenset({"stream", ".", ".."})
 
 
 def _found(snapshot: Snapshot, workflow_id: str) -> Snapshot:
@@ -48,10 +45,6 @@ def create() -> Response:
     """Create a workflow and make it the owner's current one; `"run": true` also starts it."""
     body = read_json()
     owner = current_identity().owner
-    if isinstance(body, dict) and body.get("workflow_id") in RESERVED_IDS:
-        raise model.InvalidState(
-            "workflow_id", "must not be stream, . or .. (they name routes, not workflows)"
-        )
     snapshot = runs_of(current_app).create(owner, body)
     started = model.require_object(body).get("run") is True
     location = {"Location": f"/workflows/{snapshot.state['workflow_id']}"}  # type: ignore[index]
@@ -64,7 +57,7 @@ def list_workflows() -> Response:
     identity = current_identity(allow_all_owners=True)
     status = request.args.get("status", "all")
     limit = query_number("limit", LIMIT_DEFAULT, LIMIT_MAX)
-    cursor = request.args.get("cursor")
+    cursor = request.args.get("cursor") or None  # empty, as a form sends it: the first page
     store = get_store()
     if identity.all_owners:
         page = store.list_every_owner(status=status, limit=limit, cursor=cursor)

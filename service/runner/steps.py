@@ -29,7 +29,6 @@ import contextlib
 import http.client
 import json
 import logging
-import posixpath
 import re
 import socket
 import ssl
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .. import schema
 from ..config import origin
 
 log = logging.getLogger("service.runner")
@@ -49,8 +49,8 @@ log = logging.getLogger("service.runner")
 POLL_SECONDS = 0.05
 # The most of an answer read: a step's answer is a small JSON object.
 MAX_ANSWER_BYTES = 1 << 20
-# An answer's `data` larger than this (as JSON) is not stored in the state: every later read,
-# write and stream event of the workflow would carry it.
+# An answer's `data` larger than this (as JSON) fails the step rather than being stored: every
+# later read, write and stream event of the workflow would carry it.
 MAX_DATA_BYTES = 64 << 10
 # Messages stored in steps[i].data.message are for people; a page of text is enough.
 MAX_MESSAGE_CHARS = 1000
@@ -176,15 +176,30 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _kept_data(data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Return the answer's data as it will be stored, or a note when it is too big to keep."""
+def _unusable(data: Mapping[str, Any], where: str, status: int) -> StepResult | None:
+    """Fail the step when the answer's data breaks a rule a client's body keeps; None: keep it.
+
+    Stored, it would be read back on every later read, write and stream event of the workflow:
+    too deep, and the workflow could no longer be read at all; too large, and each of those
+    would carry it.
+    """
     try:
-        size = len(json.dumps(data))
-    except (TypeError, ValueError, RecursionError):
-        size = MAX_DATA_BYTES + 1
+        schema.check_step_data(data)
+        size = len(json.dumps(data, allow_nan=False))
+    except schema.FieldError as error:
+        return _failed(
+            f"{where} answered {status} with data that cannot be kept: it {error.rule}",
+            "data too deep",
+        )
+    except (TypeError, ValueError):  # not parsed from JSON: NaN, or a value JSON lacks
+        return _failed(f"{where} answered {status} with data that is not JSON", "data not JSON")
     if size > MAX_DATA_BYTES:
-        return {"message": f"{where} answered data too large to keep ({size} bytes)"}
-    return dict(data)
+        return _failed(
+            f"{where} answered {status} with data too large to keep ({size} bytes, the most "
+            f"is {MAX_DATA_BYTES})",
+            "data too large",
+        )
+    return None
 
 
 def _failed(message: str, reason: str, **extra: Any) -> StepResult:
@@ -196,18 +211,27 @@ def interpret(status: int, answer: Any, where: str) -> StepResult:
 
     2xx with `success` not false → completed, keeping `data` (an object) and the answer's
     `message`; anything else → failed with the answer's message, or a sentence saying what
-    came back. `answer` is NOT_JSON for a body that did not parse, None for an empty one.
+    came back. `data` a client could not store (too deep, too large) fails the step whatever
+    the answer said. `answer` is a _NotJson (NOT_JSON) for a body that did not parse as strict
+    JSON, None for an empty one.
     """
     ok = 200 <= status < 300
-    if answer is NOT_JSON:
-        return _failed(f"{where} answered {status} with a body that is not JSON", "not JSON")
+    if isinstance(answer, _NotJson):
+        return _failed(
+            f"{where} answered {status} with a body that is not JSON{answer.why}", "not JSON"
+        )
     if answer is not None and not isinstance(answer, dict):
         return _failed(
             f"{where} answered {status} with JSON that is not an object", "JSON not an object"
         )
     answer = answer or {}
     data = answer.get("data")
-    kept = _kept_data(data, where) if isinstance(data, dict) else {}
+    kept: dict[str, Any] = {}
+    if isinstance(data, dict):
+        refused = _unusable(data, where, status)
+        if refused is not None:
+            return refused
+        kept = dict(data)
     message = _text(answer.get("message")) or _text(answer.get("error"))
     if ok and answer.get("success") is not False:
         if message and "message" not in kept:
@@ -224,19 +248,27 @@ def interpret(status: int, answer: Any, where: str) -> StepResult:
 
 
 class _NotJson:
+    """An answer that did not parse; `why` ends the sentence that says so ("" or ": <why>")."""
+
+    def __init__(self, why: str = "") -> None:
+        self.why = why
+
     def __repr__(self) -> str:
-        return "NOT_JSON"
+        return f"NOT_JSON{self.why}"
 
 
 NOT_JSON: Any = _NotJson()
 
 
 def _parse(body: bytes) -> Any:
+    """Parse an answer as a client's body is parsed (strict JSON); None for an empty one."""
     if not body.strip():
         return None
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return schema.loads(body)
+    except schema.NumberNotJson as error:
+        return _NotJson(f": {error}")
+    except ValueError:  # UnicodeDecodeError is a ValueError
         return NOT_JSON
 
 
@@ -300,25 +332,42 @@ def check_origin(endpoint: Any, origins: frozenset[str]) -> StepResult | None:
 # The only paths of this service's own API a step may call: the built-in simulator.
 SIMULATOR_PATH = "/workflow/actions/"
 STATE_API_RE = re.compile(r"/workflows?(/|\Z)")
+DOT_SEGMENTS = frozenset({".", ".."})
+# A path still changing after this many rounds of percent-decoding is refused as it is.
+MAX_DECODINGS = 3
 
 
 def _check_own_path(endpoint: str) -> StepResult | None:
     """Refuse a path endpoint into this service's state API (but the simulator); None: allowed.
 
     A runner calls paths with the service's own credentials, whoever owns the workflow: a step
-    must not act on anybody's workflows through them. The path is read as the router will
-    (percent-decoded, repeated slashes and dot segments resolved).
+    must not act on anybody's workflows through them. The router sees the path percent-decoded
+    (the WSGI server decodes it) with its dot segments and repeated slashes as sent, while a
+    proxy on the way may resolve or merge them. So a path with a `.` or `..` segment (as sent
+    or decoded) is refused wherever it points, and every reading of it (as sent, decoded once
+    or more, repeated slashes merged or not) must stay out of the state API.
     """
     # Not urlsplit: "//workflows/x" would read as a host, but the runner calls it as a path.
-    path = re.sub(r"/+", "/", unquote(re.split(r"[?#]", endpoint, maxsplit=1)[0]))
-    path = posixpath.normpath(path) + ("/" if path.endswith("/") else "")
-    if STATE_API_RE.match(path) and not path.startswith(SIMULATOR_PATH):
-        return _failed(
-            f"Step endpoint {endpoint[:200]!r} is a route of the workflow state API; a step may "
-            "call the host application's own paths, not act on workflows",
-            "endpoint not allowed",
-        )
+    readings = [re.split(r"[?#]", endpoint, maxsplit=1)[0]]
+    while (decoded := unquote(readings[-1])) != readings[-1]:
+        if len(readings) > MAX_DECODINGS:
+            return _refused_path(endpoint, "is percent-encoded over and over")
+        readings.append(decoded)
+    if any(DOT_SEGMENTS.intersection(reading.split("/")) for reading in readings):
+        return _refused_path(endpoint, "has a . or .. segment")
+    for reading in readings:
+        for path in (reading, re.sub(r"/+", "/", reading)):
+            if STATE_API_RE.match(path) and not path.startswith(SIMULATOR_PATH):
+                return _refused_path(endpoint, "is a route of the workflow state API")
     return None
+
+
+def _refused_path(endpoint: str, why: str) -> StepResult:
+    return _failed(
+        f"Step endpoint {endpoint[:200]!r} {why}; a step may call the host application's own "
+        "paths as written, not act on workflows through the state API",
+        "endpoint not allowed",
+    )
 
 
 class _Connector:

@@ -189,8 +189,22 @@ def test_field_breaking_its_rule_is_400_naming_it(client, field, value):
     assert stored(client)["workflow_id"] == "keep"
 
 
-def test_current_step_may_be_any_non_negative_with_no_steps(client):
-    assert post(client, {"current_step": 5, "status": "running"}).status_code == 200
+@pytest.mark.parametrize("current_step", [5, 10**29])
+def test_current_step_is_0_with_no_steps(client, current_step):
+    post(client, {"steps": steps(1), "workflow_id": "keep"})
+    for body in ({"current_step": current_step}, {"current_step": current_step, "steps": []}):
+        error = assert_error(post(client, body), 400, "invalid_state")
+        assert "'current_step'" in error["message"]
+    assert stored(client)["workflow_id"] == "keep"
+    assert post(client, {"current_step": 0, "steps": []}).status_code == 200
+
+
+def test_a_whole_number_written_with_a_fraction_is_that_integer(client):
+    # JSON has one kind of number: 1.0 is 1, as every JSON reader sees it.
+    body = {"steps": steps(2), "current_step": 1.0, "ratio": 2.5, "count": 3.0}
+    state = post(client, body).get_json()["state"]
+    assert (state["current_step"], state["ratio"], state["count"]) == (1, 2.5, 3)
+    assert '"current_step":1,' in client.get(STATE).get_data(as_text=True)
 
 
 def test_workflow_id_accepts_its_whole_alphabet(client):

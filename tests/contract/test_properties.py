@@ -111,7 +111,8 @@ def valid(state: dict[str, Any]) -> bool:
     return (
         state["status"] in STATUSES
         and all(step["status"] in STEP_STATUSES for step in steps)
-        and (not steps or state["current_step"] < len(steps))
+        # Below the number of steps, 0 when there are none.
+        and state["current_step"] < max(len(steps), 1)
     )
 
 

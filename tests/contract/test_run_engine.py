@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service import runs
+from service import runs, schema
 from service.config import origin
 from service.runner.engine import (
     CANCELLED_OUTCOME,
@@ -125,6 +125,23 @@ def test_a_failing_step_fails_the_workflow_with_its_message(
     assert state["status"] == "failed" and state["run"]["status"] == "done"
     assert [s["status"] for s in state["steps"]] == ["completed", "failed", "pending"]
     assert state["steps"][1]["data"] == {"free": 0, "message": "disk full"}
+
+
+@pytest.mark.parametrize("path", ["/deep", "/nan"])
+def test_an_answer_no_client_could_store_fails_its_step_and_the_workflow_stays_readable(
+    store: StateStore, endpoints: StepEndpoints, path: str
+):
+    attempt = start(store, f"{endpoints.url}{path}", None)
+    assert run_workflow(store, OWNER, "wf", attempt, settings(endpoints.url)).outcome == (
+        FAILED_OUTCOME
+    )
+    for _ in range(2):  # a read that moved the workflow aside as corrupt would lose it here
+        snapshot = store.get(OWNER, "wf")
+        assert snapshot.state is not None
+        schema.loads(snapshot.json)  # what a browser's JSON.parse reads, no NaN or Infinity
+    step = snapshot.state["steps"][0]
+    assert step["status"] == "failed"
+    assert step["data"]["message"].startswith(f"Step endpoint {endpoints.url}{path} answered 200")
 
 
 def test_an_endpoint_outside_the_allowed_origins_is_never_called(

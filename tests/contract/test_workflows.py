@@ -83,6 +83,9 @@ def test_creating_keeps_the_previous_workflow(client):
         (b'{"workflow_id": "bad id"}', "invalid_state"),
         (b'{"steps": [{"status": "pending"}]}', "invalid_state"),
         (b'{"run": "yes"}', "invalid_state"),
+        (b'{"workflow_id": {}}', "invalid_state"),
+        (b'{"workflow_id": [1], "run": true}', "invalid_state"),
+        (b'{"steps": [], "current_step": 123456789012345678901234567890}', "invalid_state"),
     ],
 )
 def test_bad_create_bodies_are_400_and_change_nothing(client, body, code):

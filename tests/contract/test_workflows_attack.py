@@ -172,6 +172,18 @@ def test_a_created_workflow_is_read_back_at_its_location(client, workflow_id):
         read.close()
 
 
+@pytest.mark.parametrize("workflow_id", ["stream", ".", ".."])
+def test_the_legacy_save_refuses_the_ids_a_create_refuses(client, workflow_id):
+    assert client.post(STATE, json={"workflow_id": "keep", "steps": steps(1)}).status_code == 200
+    response = client.post(STATE, json={"workflow_id": workflow_id, "steps": steps(1)})
+    assert (response.status_code, response.get_json()["error"]) == (400, "invalid_state")
+    assert "'workflow_id'" in response.get_json()["message"]
+    assert client.get(STATE).get_json()["state"]["workflow_id"] == "keep"
+    assert [entry["workflow_id"] for entry in client.get(WORKFLOWS).get_json()["workflows"]] == [
+        "keep"
+    ]
+
+
 # --- RunControl: a refused run request writes the lease index --------------------------------
 
 RUN_INDEX_FAULT = (
@@ -317,20 +329,54 @@ def test_a_revoked_users_open_stream_hears_no_more(make_app, events, tmp_path, p
     wait_until(lambda: open_streams(app) == 0, timeout=3)
 
 
+# An older browser sends Origin but no Sec-Fetch-Site. Host is where the form posts to.
+OLD_BROWSER_CROSS_SITE = {
+    key: value for key, value in CROSS_SITE.items() if key != "Sec-Fetch-Site"
+} | {"Host": "ops.example"}
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "https://ops.example.evil"])
+@pytest.mark.parametrize("path", [f"{STATE}/cancel", f"{WORKFLOWS}/w/cancel", WORKFLOWS])
+def test_an_older_browsers_cross_site_form_is_refused_on_its_origin(make_app, path, origin):
+    client = make_app(**PROXY_CONFIG).test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.5"}
+    alice = {"X-Forwarded-User": "alice"}
+    body = {"workflow_id": "w", "steps": steps(1)}
+    assert client.post(WORKFLOWS, json=body, headers=alice, environ_base=proxy).status_code == 201
+    headers = {**OLD_BROWSER_CROSS_SITE, "Origin": origin}
+    response = client.post(path, data=b'{"workflow_id":"x"}', headers=headers, environ_base=proxy)
+    assert (response.status_code, response.get_json()["error"]) == (403, "forbidden")
+    listed = client.get(WORKFLOWS, headers=alice, environ_base=proxy).get_json()["workflows"]
+    assert [(entry["workflow_id"], entry["status"]) for entry in listed] == [("w", "running")]
+
+
 @pytest.mark.parametrize(
-    ("site", "origin", "cors"),
+    ("site", "origin", "cors", "forwarded_host"),
     [
-        ("same-origin", "https://ops.example", "*"),
-        ("none", None, "*"),
-        ("cross-site", "https://ops.example", "https://ops.example"),
+        ("same-origin", "https://ops.example", "*", None),
+        ("none", None, "*", None),
+        ("cross-site", "https://ops.example", "https://ops.example", None),
+        # Older browsers: no Sec-Fetch-Site, judged on Origin alone.
+        (None, "https://ops.example", "*", None),  # the host the page posted to
+        (None, "https://OPS.example", "*", None),
+        (None, "https://app.example", "*", "app.example"),  # the proxy names the public host
+        (None, "https://embedder.example", "https://embedder.example", None),
+        (None, None, "*", None),  # no Origin: no browser's cross-site write
     ],
 )
-def test_the_proxys_own_page_and_listed_origins_still_write(make_app, site, origin, cors):
+def test_the_proxys_own_page_and_listed_origins_still_write(
+    make_app, site, origin, cors, forwarded_host
+):
     config = {**PROXY_CONFIG, "CORS_ORIGINS": tuple(cors.split(","))}
     client = make_app(**config).test_client()
-    headers = {"X-Forwarded-User": "alice", "Sec-Fetch-Site": site}
-    if origin:
-        headers["Origin"] = origin
+    headers = {"X-Forwarded-User": "alice", "Host": "ops.example"}
+    for name, value in (
+        ("Sec-Fetch-Site", site),
+        ("Origin", origin),
+        ("X-Forwarded-Host", forwarded_host),
+    ):
+        if value:
+            headers[name] = value
     body = {"workflow_id": "w", "steps": steps(1)}
     response = client.post(
         WORKFLOWS, json=body, headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.5"}

@@ -13,6 +13,8 @@ body), so a test can count how often a step was called and see what it was sent.
     /list           200 [1, 2]
     /huge           200 more than a MiB
     /bigdata        200 success with 100 KiB of data
+    /deep           200 success with data nested 200 objects deep
+    /nan            200 success with data {"x": NaN, "y": 1e999} (Python's json writes it)
     /hangup         closes the connection without answering
     /cutoff         announces 100 bytes, sends 10, closes
     /redirect       302 to /ok
@@ -92,6 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"success": true, "pad": "' + b"x" * (1 << 20) + b'"}')
         elif path == "/bigdata":
             self._json(200, {"success": True, "data": {"blob": "y" * 100_000}})
+        elif path == "/deep":
+            self._send(200, b'{"success": true, "data": ' + b'{"d": ' * 199 + b"{}" + b"}" * 200)
+        elif path == "/nan":
+            self._send(200, b'{"success": true, "data": {"x": NaN, "y": 1e999}}')
         elif path == "/hangup":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

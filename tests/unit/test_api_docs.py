@@ -39,4 +39,7 @@ def test_the_reference_names_every_route_and_every_body():
     for name in document["components"]["schemas"]:
         assert f"### {name}\n" in text
     # A field's rule is written where the field is.
-    assert "| `current_step` | integer ≥ 0 | no | must be an integer >= 0 |" in text
+    assert (
+        "| `current_step` | integer ≥ 0 ≤ 999 | no | must be an integer from 0 to 999: less than "
+        "the number of steps, 0 when there are none |"
+    ) in text

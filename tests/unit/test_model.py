@@ -101,12 +101,14 @@ def test_newly_finished_only_once():
     assert not model.newly_finished(done, running)
 
 
-@pytest.mark.parametrize("text", ["0", "12", "999999999"])
+@pytest.mark.parametrize("text", ["0", "12", "999"])
 def test_step_index_parses_digits(text):
     assert model.parse_step_index(text) == int(text)
 
 
-@pytest.mark.parametrize("text", ["", "-1", "1.0", "abc", "١", "1e3", "9999999999", " 1"])
+@pytest.mark.parametrize(
+    "text", ["", "-1", "1.0", "abc", "١", "1e3", "1000", "999999999", "9999999999", " 1"]
+)
 def test_step_index_rejects_the_rest(text):
     with pytest.raises(model.InvalidIndex):
         model.parse_step_index(text)

@@ -51,10 +51,10 @@ def described(name: str, field: str) -> str:
     return node["description"]
 
 
-def refusal(state: dict[str, Any], *, stored: bool = False) -> str:
+def refusal(state: dict[str, Any], *, stored: bool = False, merged: bool = False) -> str:
     """The message validation refuses `state` with."""
     with pytest.raises(model.InvalidState) as caught:
-        model.validate(state, stored=stored)
+        model.validate(state, stored=stored, merged=merged)
     return caught.value.message
 
 
@@ -142,8 +142,31 @@ def test_what_was_always_accepted_still_is():
     # Lone surrogates are valid JSON; nulls clear a secret; other fields are kept as sent.
     model.validate({**STATE, "steps": [{"action": "\ud800", "status": "skipped", "x": [1]}]})
     model.validate({**STATE, "ssh_connection": None, "note": "\ud800", "run": "anything"})
-    model.validate({**STATE, "steps": [], "current_step": 5})
     model.validate({**STATE, "start_time": "2026-01-01"})  # ISO-8601 as Python reads it
+
+
+def test_current_step_is_0_when_there_are_no_steps_but_stored_ones_stay_readable():
+    for current_step in (5, 10**29):
+        assert refusal({**STATE, "steps": [], "current_step": current_step}).startswith(
+            "Invalid field 'current_step': must be"
+        )
+    assert refusal({**STATE, "steps": [], "current_step": 5}, merged=True) == (
+        "Invalid field 'current_step': must be 0 when there are no steps"
+    )
+    model.validate({**STATE, "steps": [], "current_step": 0})
+    # Written before the rule: still a state, not a corrupt document moved aside.
+    model.validate({**STORED, "steps": [], "current_step": 10**29}, stored=True)
+
+
+@pytest.mark.parametrize("workflow_id", ["stream", ".", ".."])
+def test_a_new_workflow_may_not_take_an_id_that_names_a_route(workflow_id):
+    assert refusal({**STATE, "workflow_id": workflow_id}) == (
+        "Invalid field 'workflow_id': must be 1-128 characters of A-Z a-z 0-9 _ . : -, and not "
+        "stream, . or .. (they name routes, not workflows)"
+    )
+    # One created before the rule can still be changed and read.
+    model.validate({**STATE, "workflow_id": workflow_id}, merged=True)
+    model.validate({**STORED, "workflow_id": workflow_id}, stored=True)
 
 
 @pytest.mark.parametrize(
@@ -177,9 +200,11 @@ def test_a_step_change_keeps_its_parts():
 # --- validation and document agree ------------------------------------------------------------
 
 VALUES = {
-    "workflow_id": st.sampled_from(["wf", "a.b:c-d_9", "", "a b", "x" * 129, 1, None, "é"]),
+    "workflow_id": st.sampled_from(
+        ["wf", "a.b:c-d_9", "", "a b", "x" * 129, 1, None, "é", "stream", "..", ".", "..."]
+    ),
     "status": st.sampled_from([*schema.STATUSES, "paused", None, 1]),
-    "current_step": st.sampled_from([0, 1, 2, -1, 1.5, "0", True, None]),
+    "current_step": st.sampled_from([0, 1, 2, 999, 1000, -1, 1.5, "0", True, None]),
     "steps": st.lists(
         st.sampled_from(
             [
@@ -309,3 +334,25 @@ def test_the_level_by_level_depth_walk_matches_a_recursive_one():
         assert schema.depth_exceeds(value, limit) == (depth(value) > limit)
 
     agree()
+
+
+# --- strict JSON: what every body (a client's, a step endpoint's answer) is parsed as ---------
+
+
+def test_strict_json_reads_numbers_as_json_has_them():
+    # One kind of number: 2.0 is the integer 2 (which an integer field takes), 1.5 stays 1.5.
+    parsed = schema.loads(b'{"a": 2.0, "b": 1.5, "c": -0.0, "d": 1e2, "e": 7, "f": "\\ud800"}')
+    assert parsed == {"a": 2, "b": 1.5, "c": 0, "d": 100, "e": 7, "f": "\ud800"}
+    assert [type(value) for value in parsed.values()] == [int, float, int, int, int, str]
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"x": -Infinity}', "1e999", "[-1e400]"])
+def test_strict_json_refuses_numbers_no_json_reader_can_read(text):
+    with pytest.raises(schema.NumberNotJson):
+        schema.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "{", "[" * 100_000 + "]" * 100_000, b"\xff"])
+def test_strict_json_refuses_what_is_not_json(text):
+    with pytest.raises(ValueError):
+        schema.loads(text)

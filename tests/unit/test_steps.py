@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service import create_app
+from service import create_app, schema
 from service.config import from_env
 from service.runner import steps
 from service.runner.steps import (
@@ -114,13 +114,63 @@ def test_answers_map_to_outcomes(status: int, answer: Any, outcome: str, data: A
     assert (result.status, result.data) == (outcome, data)
 
 
-def test_long_messages_are_cut_and_big_data_is_not_kept():
+def test_long_messages_are_cut():
     result = interpret(500, {"message": "m" * 5000}, WHERE)
     assert len(result.message) == steps.MAX_MESSAGE_CHARS and result.message.endswith("…")
-    big = interpret(200, {"data": {"blob": "y" * (steps.MAX_DATA_BYTES + 1)}}, WHERE)
-    assert big.status == "completed"
-    size = steps.MAX_DATA_BYTES + 1 + len('{"blob": ""}')
-    assert big.data == {"message": f"{WHERE} answered data too large to keep ({size} bytes)"}
+
+
+BLOB = '{"blob": ""}'  # the JSON around the blob's characters
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """Data that is `levels` objects deep."""
+    data: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        data = {"d": data}
+    return data
+
+
+@pytest.mark.parametrize("status", [200, 500])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            nested(200),
+            f"{WHERE} answered {{status}} with data that cannot be kept: it must not nest deeper "
+            f"than {schema.MAX_DATA_DEPTH} levels",
+        ),
+        (
+            {"blob": "y" * steps.MAX_DATA_BYTES},
+            f"{WHERE} answered {{status}} with data too large to keep "
+            f"({steps.MAX_DATA_BYTES + len(BLOB)} bytes, the most is {steps.MAX_DATA_BYTES})",
+        ),
+        ({"x": float("nan")}, f"{WHERE} answered {{status}} with data that is not JSON"),
+    ],
+)
+def test_data_no_client_could_store_fails_the_step_and_is_not_kept(status, data, message):
+    result = interpret(status, {"success": True, "message": "done", "data": data}, WHERE)
+    assert (result.status, result.data) == ("failed", {"message": message.format(status=status)})
+
+
+def test_data_as_deep_as_a_client_may_send_is_kept():
+    data = nested(schema.MAX_DATA_DEPTH)
+    assert interpret(200, {"data": data}, WHERE).data == data
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"data": {"x": NaN}}', "NaN is not a JSON number"),
+        (b'{"data": {"x": 1, "y": 1e999}}', "1e999 is out of range for a JSON number"),
+        (b'{"success": true, "data": {"y": -Infinity}}', "-Infinity is not a JSON number"),
+    ],
+)
+def test_an_answer_is_parsed_as_strictly_as_a_clients_body(body, why):
+    result = interpret(200, steps._parse(body), WHERE)
+    assert (result.status, result.data) == (
+        "failed",
+        {"message": f"{WHERE} answered 200 with a body that is not JSON: {why}"},
+    )
 
 
 # --- endpoints ----------------------------------------------------------------------------------
@@ -257,6 +307,15 @@ def test_log_lines_name_the_step_and_never_the_secret(caplog: pytest.LogCaptureF
         "/api/../workflows/x/cancel",
         "/./workflow/state/cancel",
         "/workflow/actions/../state",
+        # The router does not resolve dot segments: this runs the workflow "..".
+        "/workflows/../run",
+        "/workflows/%2e%2e/run",
+        "/workflows/%2E/cancel",
+        "/workflows/%252e%252e/run",
+        "/workflow/actions/..%2fstate",
+        "/workflows/x%2Frun",
+        "/api/..",
+        "/api/./ship",
     ],
 )
 def test_a_path_into_the_state_api_is_refused(endpoint):
@@ -265,6 +324,8 @@ def test_a_path_into_the_state_api_is_refused(endpoint):
     assert "state API" in refused.data["message"]
 
 
-@pytest.mark.parametrize("endpoint", ["/workflow/actions/test_ssh", "/api/sync", "/workflowish"])
+@pytest.mark.parametrize(
+    "endpoint", ["/workflow/actions/test_ssh", "/api/sync", "/workflowish", "/api/v1.2/..x?a=.."]
+)
 def test_the_simulator_and_host_paths_may_be_called(endpoint):
     assert check_origin(endpoint, frozenset()) is None
