@@ -145,6 +145,12 @@ def failing_server(server_pool: ServerPool) -> Server:
 
 
 @pytest.fixture
+def short_server(server_pool: ServerPool) -> Server:
+    """The default steps; a finished workflow expires 2 s after it ends (WORKFLOW_STATE_TTL)."""
+    return _server(server_pool, "short")
+
+
+@pytest.fixture
 def token_server(server_pool: ServerPool) -> Server:
     """The default steps behind WORKFLOW_STATE_TOKEN."""
     return _server(server_pool, "token")

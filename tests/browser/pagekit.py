@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.support import STATE, Gunicorn, http, wait_until
 from tests.support.endpoints import StepEndpoints
@@ -181,6 +181,9 @@ class ServerPool:
             env["WORKFLOW_RUN_LEASE"] = "1.5"
         elif name == "fail":
             env["WORKFLOW_DEMO_FAIL"] = "sync_instance"
+        elif name == "short":
+            # Finished workflows expire 2 s after they end (they then live on in the history).
+            env["WORKFLOW_STATE_TTL"] = "2"
         elif name == "token":
             env["WORKFLOW_STATE_TOKEN"] = token = TOKEN
         elif name in ("host", "host-fail"):
@@ -295,13 +298,33 @@ def expect_steps(page: Page, statuses: list[str], running: bool, timeout: float 
         raise AssertionError(f"page shows {shown()}, expected {wanted}") from None
 
 
+def completed_percent(state: dict[str, Any]) -> float:
+    """The percent a person sees for `state`: its `completed_percent`, else the same rule.
+
+    Steps completed or skipped, divided by all steps, times 100, plus the running step's own
+    `progress.percent` as a share of one step, to 2 decimals; 0 without steps.
+    """
+    if isinstance(state.get("completed_percent"), int | float):
+        return state["completed_percent"]
+    steps = state.get("steps") or []
+    if not steps:
+        return 0
+    done = 0.0
+    for step in steps:
+        if step["status"] in ("completed", "skipped"):
+            done += 1
+        elif step["status"] == "in_progress" and isinstance(step.get("progress"), dict):
+            done += min(100, max(0, step["progress"].get("percent") or 0)) / 100
+    return round(done / len(steps) * 100, 2)
+
+
 def progress_value(page: Page) -> float:
     """aria-valuenow of #workflow-progress, as a number."""
     return float(page.get_attribute("#workflow-progress", "aria-valuenow"))
 
 
 def expect_progress(page: Page, percent: float, timeout: float = 10) -> None:
-    """Wait until aria-valuenow of #workflow-progress is `percent` (it follows the server's)."""
+    """Wait until aria-valuenow of #workflow-progress is `percent`."""
     wait_until(lambda: progress_value(page) == percent, timeout=timeout, interval=0.05)
 
 
@@ -316,3 +339,81 @@ def start_run(page: Page, ssh: str | None = None) -> None:
     if ssh is not None:
         page.fill("#sshConnectionString", ssh)
     page.click("#run-workflow-btn")
+
+
+# --- a workflow with the newer run states, served to the page by routes -------------------------
+
+
+class FakeWorkflow:
+    """One workflow the page reads through routes instead of the server: its GET route (which the
+    page polls: the config it gets says there is no stream) and its run routes, whose requests
+    are recorded and answered from `answers` (route name → (status, body)).
+
+    For states the server may not produce yet (a blocked step, a step's own progress and tasks,
+    a waiting retry), so the page's drawing of them is checked as a person sees it.
+    """
+
+    def __init__(self, page: Page, state: dict[str, Any]) -> None:
+        self.state = state
+        self.requests: list[tuple[str, Any]] = []
+        self.answers: dict[str, tuple[int, Any]] = {}
+        self.storage_down = False  # the GET route answers 503 backend_unavailable
+        self.path = f"{WORKFLOWS}/{state['workflow_id']}"
+        page.route("**/workflow/config", self.config)
+        page.route(f"**{self.path}", self.get)
+        page.route(f"**{self.path}/*", self.act)
+
+    def set(self, **fields: Any) -> None:
+        """Change the stored state (a newer version): the page sees it at its next poll."""
+        self.state = {**self.state, **fields, "version": self.state["version"] + 1}
+
+    def body(self) -> dict[str, Any]:
+        active = self.state["status"] in ("running", "blocked")
+        return {"success": True, "active": active, "state": self.state}
+
+    def config(self, route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["stream_url"] = None
+        route.fulfill(response=response, body=json.dumps(body))
+
+    def get(self, route: Route) -> None:
+        if route.request.method != "GET":
+            route.fallback()
+            return
+        if self.storage_down:
+            down = {"success": False, "error": "backend_unavailable", "message": "Storage is down"}
+            route.fulfill(status=503, content_type="application/json", body=json.dumps(down))
+            return
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(self.body()))
+
+    def act(self, route: Route) -> None:
+        name = route.request.url.rsplit("/", 1)[-1]
+        body = route.request.post_data_json if route.request.post_data else None
+        self.requests.append((name, body))
+        status, answer = self.answers.get(name, (404, {"success": False, "error": "not_found"}))
+        if status < 300 and isinstance(answer, dict) and "state" in answer:
+            self.state = answer["state"]
+        route.fulfill(status=status, content_type="application/json", body=json.dumps(answer))
+
+
+AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
+
+
+def axe_violations(page: Page) -> list[str]:
+    """Run axe-core (vendored in tests only; the page never loads it) on the page as it is now.
+
+    Returns one line per violating node, empty when the page is clean.
+    """
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))  # evaluated by the test, not by the page
+    found = page.evaluate(
+        """async (tags) => {
+          const result = await axe.run(document, { runOnly: { type: 'tag', values: tags } });
+          return result.violations.flatMap((v) => v.nodes.map((n) =>
+            `${v.id} (${v.impact}): ${n.target.join(' ')}: ${n.failureSummary}`));
+        }""",
+        AXE_TAGS,
+    )
+    return list(found)

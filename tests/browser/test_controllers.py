@@ -56,12 +56,24 @@ PRELUDE = """
       return { state: stored.workflows[id], progressPercent: stored.percent };
     },
   };
+  // Each call is recorded; an answer that is an Error is thrown (as an ApiError would be).
   const runner = {
     calls: [], answers: {},
-    async start(request) { this.calls.push(['start', request]); return this.answers.start; },
-    async resume(id) { this.calls.push(['resume', id]); return this.answers.resume; },
-    async cancel(id) { this.calls.push(['cancel', id]); return this.answers.cancel; },
+    async answer(name, ...args) {
+      this.calls.push([name, ...args]);
+      const answer = this.answers[name];
+      if (answer instanceof Error) throw answer;
+      return answer;
+    },
+    start(request) { return this.answer('start', request); },
+    run(id) { return this.answer('run', id); },
+    resume(id, input) { return this.answer('resume', id, input); },
+    retry(id) { return this.answer('retry', id); },
+    cancel(id) { return this.answer('cancel', id); },
+    remove(id) { return this.answer('remove', id); },
   };
+  const { ApiError } = await import('/static/js/state-client.js');
+  const apiError = (code, text, status = 400) => new ApiError(text, { code, status });
   const feed = new Feed();
   const catalog = new StepCatalog();
   const events = [];
@@ -91,52 +103,79 @@ def test_only_a_higher_version_is_news(page_with_modules: Page) -> None:
         page_with_modules,
         """
         await workflow.init();
-        feed.push({ progress_percent: 33.33, state: state(5) });
+        const step = (version, current) => {
+          const moved = state(version, { current_step: current });
+          for (let i = 0; i < current; i += 1) moved.steps[i].status = 'completed';
+          return moved;
+        };
+        feed.push({ state: step(5, 1) });
         const first = workflow.view().progress.percent;
-        feed.push({ progress_percent: 66.67, state: state(4, { current_step: 1 }) });
+        feed.push({ state: step(4, 0) });
         const afterOlder = workflow.view().progress.percent;
-        feed.push({ progress_percent: 66.67, state: state(6, { current_step: 1 }) });
+        feed.push({ state: step(6, 2) });
         return [first, afterOlder, workflow.view().progress.percent, workflow.current.version];
         """,
     )
     assert out == [33.33, 33.33, 66.67, 6]
 
 
-def test_the_percent_of_a_written_state_arrives_with_the_feed(page_with_modules: Page) -> None:
+def test_the_percent_is_how_much_is_done(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
-        await workflow.init();
-        const seen = [];
-        const look = () => {
-          const view = workflow.view();
-          seen.push([view.progress.percent, view.steps[1].status]);
+        const { completedPercent, entryPercent } =
+          await import('/static/js/controllers/states.js');
+        const made = (...statuses) => statuses.map((status, i) => ({ action: `s${i}`, status }));
+        const cases = {
+          // the server's own field wins
+          given: completedPercent({ completed_percent: 42.5, steps: made('pending') }),
+          // a one-step workflow with nothing done is 0 (the seed's progress_percent says 100)
+          oneStep: completedPercent({ steps: made('in_progress') }),
+          none: completedPercent({ steps: [] }),
+          noState: completedPercent(null),
+          skippedCounts: completedPercent({ steps: made('completed', 'skipped', 'pending') }),
+          // plus the running step's own progress, as a share of one step
+          partial: completedPercent({ steps: [
+            { action: 'a', status: 'completed' },
+            { action: 'b', status: 'in_progress', progress: { percent: 50 } },
+            { action: 'c', status: 'pending' },
+          ] }),
+          thirds: completedPercent({ steps: made('completed', 'completed', 'failed') }),
+          entryGiven: entryPercent({ completed_percent: 12.5, status: 'running', total_steps: 4 }),
+          entryRunning: entryPercent({ status: 'running', current_step: 1, total_steps: 3 }),
+          entryDone: entryPercent({ status: 'completed', current_step: 2, total_steps: 3 }),
+          entryEmpty: entryPercent({ status: 'running', current_step: 0, total_steps: 0 }),
         };
-        feed.push({ progress_percent: 33.33, state: state(5) });
-        look();
-        // A write answer (no percent): the step shows at once, the percent waits for the feed.
-        const step1 = state(6, { current_step: 1 });
-        step1.steps[1].status = 'in_progress';
-        workflow.show(step1);
-        look();
-        const seenAtWrite = [...feed.seenVersions];
-        feed.push({ progress_percent: 66.67, state: step1 });
-        look();
-        // Another workflow written without a percent starts from 0, not from the last one's.
-        workflow.show(state(7, { workflow_id: 'other' }));
-        look();
-        return { seen, seenAtWrite, seenVersions: feed.seenVersions };
+        // The controller shows it for every state, whatever brought it (a write answer too).
+        await workflow.init();
+        const written = state(6, { current_step: 1 });
+        written.steps[0].status = 'completed';
+        written.steps[1].status = 'in_progress';
+        written.steps[1].progress = { percent: 25, message: 'half way', updated: 'x' };
+        workflow.show(written);
+        cases.shown = workflow.view().progress.percent;
+        workflow.show(state(7, { completed_percent: 90 }));
+        cases.shownGiven = workflow.view().progress.percent;
+        return { cases, seenVersions: feed.seenVersions };
         """,
     )
-    assert out["seen"] == [
-        [33.33, "pending"],
-        [33.33, "in_progress"],
-        [66.67, "in_progress"],
-        [0, "pending"],
-    ]
-    # Only versions held with their percent are "seen": polling must still fetch the others.
-    assert out["seenAtWrite"] == [5]
-    assert out["seenVersions"] == [5, 6]
+    assert out["cases"] == {
+        "given": 42.5,
+        "oneStep": 0,
+        "none": 0,
+        "noState": 0,
+        "skippedCounts": 66.67,
+        "partial": 50,
+        "thirds": 66.67,
+        "entryGiven": 12.5,
+        "entryRunning": 33.33,
+        "entryDone": 100,
+        "entryEmpty": 0,
+        "shown": 41.67,
+        "shownGiven": 90,
+    }
+    # Every state shown is held in full: polling may answer 304 for it.
+    assert out["seenVersions"] == [6, 7]
 
 
 def test_a_restored_workflow_is_revealed_with_its_message(page_with_modules: Page) -> None:
@@ -167,7 +206,7 @@ def test_a_restored_workflow_is_revealed_with_its_message(page_with_modules: Pag
         {"completed": True, "loading": False},
         {"completed": False, "loading": False},
     ]
-    assert out["progress"] == {"percent": 66.67, "step": 2, "total": 3, "status": "failed"}
+    assert out["progress"] == {"percent": 33.33, "step": 2, "total": 3, "status": "failed"}
     assert out["run"] == {"mode": "run", "disabled": False}
 
 
@@ -179,7 +218,7 @@ def test_a_server_run_says_so_and_any_tab_may_cancel_it(page_with_modules: Page)
         const look = () => {
           const view = workflow.view();
           seen.push({ message: view.message, run: view.run, hint: view.hint && view.hint.key,
-                      stopOther: view.stopOther, locked: view.sshLocked });
+                      remove: view.remove, locked: view.sshLocked });
         };
         const moving = state(4, { run: serverRun(1) });
         moving.steps[0].status = 'in_progress';
@@ -202,7 +241,7 @@ def test_a_server_run_says_so_and_any_tab_may_cancel_it(page_with_modules: Page)
     seen = out["seen"]
     assert seen[0]["message"] == {"key": "running-on-server", "kind": "info", "args": {}}
     assert seen[0]["run"] == {"mode": "cancel", "disabled": False}
-    assert seen[0]["hint"] == "hint-server" and seen[0]["stopOther"] is False
+    assert seen[0]["hint"] == "hint-server" and seen[0]["remove"] is None
     assert seen[0]["locked"] is True
     assert seen[1]["message"] == {"key": "resumed", "kind": "info", "args": {}}
     assert seen[2]["message"]["key"] == "cancelling"
@@ -212,7 +251,7 @@ def test_a_server_run_says_so_and_any_tab_may_cancel_it(page_with_modules: Page)
     assert out["calls"] == [["cancel", "wf"]]
 
 
-def test_a_running_workflow_without_a_server_run_can_be_resumed(page_with_modules: Page) -> None:
+def test_a_running_workflow_without_a_server_run_can_be_run(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
@@ -221,36 +260,36 @@ def test_a_running_workflow_without_a_server_run_can_be_resumed(page_with_module
         const before = workflow.view();
         const moved = state(4, { current_step: 1 });
         moved.steps[0].status = 'completed';
-        feed.push({ progress_percent: 66.67, state: moved });
+        feed.push({ state: moved });
         const afterMove = workflow.view().message;
-        runner.answers.resume = state(5, { current_step: 1, run: serverRun(1, 'queued') });
+        runner.answers.run = state(5, { current_step: 1, run: serverRun(1, 'queued') });
         await workflow.runOrCancel();
         const after = workflow.view();
         return {
           before: { message: before.message.key, run: before.run, hint: before.hint.key,
-                    stopOther: before.stopOther },
+                    remove: before.remove },
           afterMove, calls: runner.calls,
-          after: { message: after.message.key, run: after.run, stopOther: after.stopOther },
+          after: { message: after.message.key, run: after.run, remove: after.remove },
         };
         """,
     )
     assert out["before"] == {
         "message": "restored-running",
-        "run": {"mode": "resume", "disabled": False},
+        "run": {"mode": "run-remaining", "disabled": False},
         "hint": "hint-orphan",
-        "stopOther": True,
+        "remove": {"disabled": False},
     }
     assert out["afterMove"] == {
         "key": "other-run-step",
         "kind": "info",
         "args": {"step": 2, "total": 3, "label": "Beta"},
     }
-    assert out["calls"] == [["resume", "wf"]]
-    # A queued run is a run in progress too (contract section 9: queued|running → ⏳).
+    assert out["calls"] == [["run", "wf"]]
+    # A queued run is a run in progress too (queued, running or waiting → ⏳).
     assert out["after"] == {
         "message": "running-on-server",
         "run": {"mode": "cancel", "disabled": False},
-        "stopOther": False,
+        "remove": None,
     }
 
 
@@ -281,9 +320,10 @@ def test_run_creates_a_workflow_on_the_server_and_follows_it(page_with_modules: 
         };
         """,
     )
+    # Nothing to open: the current workflow's stream only finds one...
     assert out["followedFirst"] == ["/workflow/state/stream"]
-    # Just created, it is the owner's current workflow: the open stream carries it on.
-    assert out["followed"] == ["/workflow/state/stream"]
+    # ...and the workflow just created is followed by its id.
+    assert out["followed"] == ["/workflow/state/stream", "/workflows/new/stream"]
     assert out["events"] == [["open", "new"], ["reveal", {"restored": False, "ssh": "ssh y"}]]
     assert out["request"]["ssh"] == "ssh y"
     assert [step["enabled"] for step in out["request"]["plan"]] == [True, True, False]
@@ -305,22 +345,21 @@ def test_run_creates_a_workflow_on_the_server_and_follows_it(page_with_modules: 
     }
 
 
-def test_an_open_workflow_stays_open_when_another_becomes_current(page_with_modules: Page) -> None:
+def test_an_open_workflow_is_followed_by_its_id(page_with_modules: Page) -> None:
     out = run(
         page_with_modules,
         """
         stored.state = state(3);
-        await workflow.init();
-        // Another tab started a workflow: the current stream shows it. This page keeps its own
-        // and follows it by its id from now on.
-        feed.push({ progress_percent: 50, state: state(4, { workflow_id: 'theirs' }) });
+        await workflow.init();  // the current workflow: found once, then followed by its id
+        // News of another workflow (one that was open before) changes nothing here.
+        feed.push({ state: state(4, { workflow_id: 'theirs' }) });
         const view = workflow.view();
-        feed.push({ progress_percent: 66.67, state: state(5, { current_step: 1 }) });
+        feed.push({ state: state(5, { current_step: 1 }) });
         return { followed: feed.followed, stateUrl: feed.stateUrl, open: view.open,
                  version: workflow.current.version, events };
         """,
     )
-    assert out["followed"] == ["/workflow/state/stream", "/workflows/wf/stream"]
+    assert out["followed"] == ["/workflows/wf/stream"]
     assert out["stateUrl"] == "/workflows/wf"
     assert out["open"] == "wf"
     assert out["version"] == 5
@@ -493,11 +532,13 @@ def test_the_instances_list_follows_the_owners_workflows(page_with_modules: Page
     rows = {row["id"]: row for row in out["rows"]}
     assert rows["b"] == {
         "id": "b",
+        "name": "b",
         "href": "/?workflow=b",
         "status": "running",
+        "needsInput": False,
         "step": 1,
         "total": 3,
-        "percent": 33.33,
+        "percent": 0,  # no step done yet (the seed's progress_percent says 33.33)
         "ssh": "",
         "updated": "2026-12-01T10:00:02Z",
         "open": True,
@@ -530,3 +571,565 @@ def test_list_events_during_a_snapshot_land_after_it(page_with_modules: Page) ->
         """,
     )
     assert out == [["snapshot", 1], ["entry", 12], ["entry", 13]]
+
+
+# --- runs that ask, report and recover ------------------------------------------------------
+
+# A workflow whose second step waits for the person, asking for one field of each type.
+BLOCKED = """
+  const blockedState = (version, fields = {}) => {
+    const s = state(version, { status: 'blocked', current_step: 1,
+                               run: serverRun(1, 'done'), ...fields });
+    s.steps[0].status = 'completed';
+    s.steps[1].status = 'blocked';
+    s.steps[1].blocked = {
+      message: 'Trust the host key SHA256:abc?',
+      since: '2026-12-01T10:00:00Z',
+      input: [
+        { name: 'folder', label: 'Model folder', type: 'text' },
+        { name: 'api_key', label: 'API key', type: 'secret', required: false },
+        { name: 'trust', label: 'Trust this host', type: 'boolean' },
+        { name: 'size', label: 'Disk size', type: 'choice', choices: ['50 GB', '100 GB'] },
+        { name: 'odd', type: 'unknown' },
+      ],
+    };
+    return s;
+  };
+"""
+# ...and opened, as the page opens `?workflow=wf`.
+OPEN_BLOCKED = (
+    BLOCKED
+    + """
+  stored.workflows.wf = blockedState(4);
+  await workflow.init({ workflowId: 'wf' });
+"""
+)
+
+
+def field(name: str, label: str, kind: str, choices=(), required: bool = True) -> dict:
+    """A form field as the controller gives it to the view."""
+    return {
+        "name": name,
+        "label": label,
+        "type": kind,
+        "choices": list(choices),
+        "required": required,
+    }
+
+
+def test_a_blocked_workflow_asks_for_its_fields(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        OPEN_BLOCKED
+        + """
+        const view = workflow.view();
+        return { blocked: view.blocked, message: view.message, run: view.run,
+                 steps: view.steps.map((s) => [s.status, s.current]), remove: view.remove,
+                 retry: view.retry, hint: view.hint, locked: view.sshLocked };
+        """,
+    )
+    assert out["blocked"] == {
+        "key": "wf:1:2026-12-01T10:00:00Z",
+        "step": 2,
+        "label": "Beta",
+        "message": "Trust the host key SHA256:abc?",
+        "fields": [
+            field("folder", "Model folder", "text"),
+            field("api_key", "API key", "secret", required=False),
+            field("trust", "Trust this host", "boolean"),
+            field("size", "Disk size", "choice", ["50 GB", "100 GB"]),
+            # An unknown type is asked as text; a field without a label is labelled by its name.
+            field("odd", "odd", "text"),
+        ],
+        "error": None,
+        "disabled": False,
+    }
+    assert out["message"] == {
+        "key": "blocked",
+        "kind": "warning",
+        "args": {"step": 2, "label": "Beta", "detail": "Trust the host key SHA256:abc?"},
+    }
+    # The form holds the way on (Resume, Cancel): the Run button has nothing to do.
+    assert out["run"] == {"mode": "none", "disabled": False}
+    assert out["steps"] == [["completed", False], ["blocked", True], ["pending", False]]
+    assert out["remove"] is None and out["retry"] is None and out["hint"] is None
+    assert out["locked"] is True
+
+
+def test_an_answer_resumes_and_a_refused_one_keeps_the_form(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        OPEN_BLOCKED
+        + """
+        const input = { folder: '/models', trust: true, size: '50 GB' };
+        const refusal = "Field 'size' must be one of 50 GB, 100 GB";
+        runner.answers.resume = apiError('invalid_input', refusal);
+        const answering = workflow.answer(input);
+        const during = workflow.view();
+        await answering;
+        const refused = workflow.view();
+        const resumed = state(6, { current_step: 1,
+                                   run: { ...serverRun(2, 'queued'), takeovers: 0 } });
+        resumed.steps[0].status = 'completed';
+        runner.answers.resume = resumed;
+        await workflow.answer({ ...input, size: '100 GB' });
+        const after = workflow.view();
+        return {
+          calls: runner.calls,
+          during: { message: during.message.key, disabled: during.blocked.disabled },
+          refused: { blocked: Boolean(refused.blocked), error: refused.blocked.error,
+                     message: refused.message.key },
+          after: { blocked: after.blocked, message: after.message.key, run: after.run },
+        };
+        """,
+    )
+    assert out["calls"] == [
+        ["resume", "wf", {"folder": "/models", "trust": True, "size": "50 GB"}],
+        ["resume", "wf", {"folder": "/models", "trust": True, "size": "100 GB"}],
+    ]
+    assert out["during"] == {"message": "resuming", "disabled": True}
+    # Refused: the form stays with the server's reason; the status line asks again.
+    assert out["refused"] == {
+        "blocked": True,
+        "error": {
+            "key": "input-error",
+            "kind": "error",
+            "args": {"detail": "Field 'size' must be one of 50 GB, 100 GB"},
+        },
+        "message": "blocked",
+    }
+    # Resumed: a new run (attempt 2) is no takeover, so no 🔁.
+    assert out["after"] == {
+        "blocked": None,
+        "message": "running-on-server",
+        "run": {"mode": "cancel", "disabled": False},
+    }
+
+
+def test_a_blocked_workflow_can_be_cancelled(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        OPEN_BLOCKED
+        + """
+        const cancelled = blockedState(5, { status: 'cancelled' });
+        cancelled.steps[1].status = 'cancelled';
+        runner.answers.cancel = cancelled;
+        await workflow.cancel();
+        const view = workflow.view();
+        return { calls: runner.calls, blocked: view.blocked, message: view.message.key,
+                 run: view.run };
+        """,
+    )
+    assert out["calls"] == [["cancel", "wf"]]
+    assert out["blocked"] is None and out["message"] == "cancelled"
+    assert out["run"] == {"mode": "run", "disabled": False}
+
+
+def test_a_failed_workflow_offers_retry_from_its_failed_step(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        const failed = state(7, { status: 'failed', current_step: 1, run: serverRun(1, 'done') });
+        failed.steps[0].status = 'completed';
+        failed.steps[1].status = 'failed';
+        stored.workflows.wf = failed;
+        await workflow.init({ workflowId: 'wf' });
+        const before = workflow.view();
+        runner.answers.retry = apiError('not_failed', 'The workflow is not failed', 409);
+        await workflow.retry();
+        const refused = workflow.view().message;
+        const again = state(9, { current_step: 1,
+                                 run: { ...serverRun(2, 'queued'), takeovers: 0 } });
+        again.steps[0].status = 'completed';
+        runner.answers.retry = again;
+        await workflow.retry();
+        const after = workflow.view();
+        // A failed workflow that expired cannot be retried: it is no longer on the server.
+        const failedAgain = { ...failed, version: 10 };
+        feed.push({ state: failedAgain });
+        const failedView = workflow.view().retry;
+        feed.push({ state: null });
+        return { before: before.retry, beforeMessage: before.message.key, refused,
+                 after: { retry: after.retry, message: after.message.key, run: after.run },
+                 failedView, expired: workflow.view().retry, calls: runner.calls };
+        """,
+    )
+    assert out["before"] == {"step": 2, "disabled": False}
+    assert out["beforeMessage"] == "restored-failed"
+    assert out["refused"] == {
+        "key": "retry-error",
+        "kind": "error",
+        "args": {"detail": "That workflow has not failed, so there is nothing to retry."},
+    }
+    assert out["calls"] == [["retry", "wf"], ["retry", "wf"]]
+    assert out["after"] == {
+        "retry": None,
+        "message": "running-on-server",
+        "run": {"mode": "cancel", "disabled": False},
+    }
+    assert out["failedView"] == {"step": 2, "disabled": False}
+    assert out["expired"] is None
+
+
+def test_a_running_step_shows_its_progress_tasks_and_next_try(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        const moving = state(5, { current_step: 1, run: serverRun(1) });
+        moving.steps[0].status = 'completed';
+        moving.steps[0].tasks = [{ name: 'old', status: 'completed' }];  // a done step's: not shown
+        moving.steps[1].status = 'in_progress';
+        moving.steps[1].progress = { percent: 40, message: 'Copying models', updated: 'x' };
+        moving.steps[1].tasks = [
+          { name: 'Download', status: 'completed', note: '2.1 GB' },
+          { name: 'Unpack', status: 'in_progress' },
+          { status: 'pending' },  // no name: left out
+        ];
+        stored.workflows.wf = moving;
+        await workflow.init({ workflowId: 'wf' });
+        const shown = workflow.view();
+        // The step failed and waits for its next try.
+        const waiting = state(6, { current_step: 1, run: serverRun(1, 'waiting') });
+        waiting.steps[0].status = 'completed';
+        waiting.steps[1].status = 'in_progress';
+        waiting.steps[1].retry_at = '2026-12-01T10:00:12Z';
+        waiting.steps[1].data = { message: 'Connection refused' };
+        feed.push({ state: waiting });
+        const wait = workflow.view();
+        return {
+          steps: shown.steps.map(({ status, progress, tasks, retryAt }) =>
+            ({ status, progress, tasks, retryAt })),
+          percent: shown.progress.percent,
+          waiting: { step: wait.steps[1], message: wait.message.key, run: wait.run },
+        };
+        """,
+    )
+    assert out["steps"] == [
+        {"status": "completed", "progress": None, "tasks": [], "retryAt": None},
+        {
+            "status": "in_progress",
+            "progress": {"percent": 40, "message": "Copying models"},
+            "tasks": [
+                {"name": "Download", "status": "completed", "note": "2.1 GB"},
+                {"name": "Unpack", "status": "in_progress", "note": ""},
+            ],
+            "retryAt": None,
+        },
+        {"status": "pending", "progress": None, "tasks": [], "retryAt": None},
+    ]
+    assert out["percent"] == 46.67  # (1 step + 40 % of one) of 3
+    step = out["waiting"]["step"]
+    assert step["retryAt"] == "2026-12-01T10:00:12Z"
+    assert step["note"] == "Connection refused"  # the last failure
+    # A waiting run is a run in progress: the server says when to try again; any tab may cancel.
+    assert out["waiting"]["message"] == "running-on-server"
+    assert out["waiting"]["run"] == {"mode": "cancel", "disabled": False}
+
+
+def test_resumed_after_an_interruption_only_after_a_takeover(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        const said = (run) => {
+          workflow.show(state(workflow.current ? workflow.current.version + 1 : 1, { run }));
+          workflow.sayProgress(null, workflow.current);
+          return workflow.view().message.key;
+        };
+        await workflow.init();
+        return [
+          said({ attempt: 1, status: 'running', takeovers: 0 }),
+          // a person's resume or retry raised the attempt: no takeover
+          said({ attempt: 3, status: 'running', takeovers: 0 }),
+          said({ attempt: 3, status: 'running', takeovers: 1 }),
+          // a server that does not count takeovers: the attempt tells
+          said({ attempt: 2, status: 'running' }),
+          said({ attempt: 1, status: 'queued' }),
+        ];
+        """,
+    )
+    running, resumed = "running-on-server", "resumed"
+    assert out == [running, running, resumed, resumed, running]
+
+
+def test_offline_turns_off_what_needs_the_server_and_back(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        OPEN_BLOCKED
+        + """
+        const look = () => {
+          const v = workflow.view();
+          return { message: v.message.key, kind: v.message.kind, run: v.run.disabled,
+                   blocked: v.blocked && v.blocked.disabled, offline: v.offline };
+        };
+        const online = look();
+        workflow.setOffline('storage');  // it answers, but its storage is down
+        const storage = look().message;
+        workflow.setOffline('network');  // it cannot be reached
+        const offline = look();
+        await workflow.answer({ folder: 'x' });  // nothing is sent while offline
+        await workflow.cancel();
+        // A failed one's Retry and an unattended one's Delete are off too.
+        const failed = state(5, { status: 'failed', current_step: 0 });
+        failed.steps[0].status = 'failed';
+        feed.push({ state: failed });
+        const failedView = workflow.view().retry;
+        const orphan = state(6);
+        workflow.show(orphan, { force: true });
+        const orphanView = workflow.view();
+        workflow.setOffline(null);
+        return { online, storage, offline, calls: runner.calls, failedView,
+                 orphan: { remove: orphanView.remove, run: orphanView.run },
+                 back: workflow.view().message.key,
+                 backRemove: workflow.view().remove };
+        """,
+    )
+    assert out["online"] == {
+        "message": "blocked",
+        "kind": "warning",
+        "run": False,
+        "blocked": False,
+        "offline": False,
+    }
+    assert out["storage"] == "storage-down"
+    assert out["offline"] == {
+        "message": "offline",
+        "kind": "warning",
+        "run": True,
+        "blocked": True,
+        "offline": True,
+    }
+    assert out["calls"] == []
+    assert out["failedView"] == {"step": 1, "disabled": True}
+    assert out["orphan"] == {
+        "remove": {"disabled": True},
+        "run": {"mode": "run-remaining", "disabled": True},
+    }
+    # Back online: what was said before shows again, and everything is on again.
+    assert out["back"] == "failed-at"
+    assert out["backRemove"] == {"disabled": False}
+
+
+def test_an_unattended_workflow_can_be_deleted(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        stored.workflows.wf = state(3);  // running, nothing runs it
+        await workflow.init({ workflowId: 'wf' });
+        events.length = 0;
+        runner.answers.remove = undefined;
+        await workflow.remove();
+        const view = workflow.view();
+        return { calls: runner.calls, events, open: view.open, message: view.message,
+                 run: view.run, remove: view.remove, started: feed.started };
+        """,
+    )
+    assert out["calls"] == [["remove", "wf"]]
+    assert out["events"] == [["open", None]]
+    assert out["open"] is None and out["started"] is False
+    assert out["message"] == {"key": "deleted", "kind": "info", "args": {"id": "wf"}}
+    assert out["run"] == {"mode": "run", "disabled": False} and out["remove"] is None
+
+
+def test_a_record_from_the_history_is_shown_read_only(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        stored.workflows.wf = state(3, { run: serverRun(1) });
+        await workflow.init({ workflowId: 'wf' });
+        events.length = 0;
+        const record = state(2, { workflow_id: 'old', status: 'failed', current_step: 2,
+                                  ssh_connection: 'ssh root@198.51.100.4' });
+        record.steps[0].status = 'completed';
+        record.steps[1].enabled = false;
+        record.steps[1].status = 'skipped';
+        record.steps[2].status = 'failed';
+        workflow.showRecord(record);
+        const view = workflow.view();
+        return { events, open: view.open, message: view.message, run: view.run,
+                 retry: view.retry, steps: view.steps.map((s) => [s.status, s.enabled]),
+                 started: feed.started };
+        """,
+    )
+    assert out["events"] == [
+        ["open", None],
+        ["reveal", {"restored": True, "ssh": "ssh root@198.51.100.4"}],
+    ]
+    assert out["open"] is None and out["started"] is False  # nothing to follow
+    assert out["message"] == {
+        "key": "record",
+        "kind": "info",
+        "args": {"outcome": "failed at step 3 (Gamma)"},
+    }
+    # Nothing to retry on the server; Run starts a new workflow with the same switches.
+    assert out["run"] == {"mode": "run", "disabled": False} and out["retry"] is None
+    assert out["steps"] == [["completed", True], ["skipped", False], ["failed", True]]
+
+
+def test_instances_name_workflows_and_mark_those_that_need_input(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        const { hostOf } = await import('/static/js/controllers/states.js');
+        const hosts = [
+          'ssh -p 2222 root@203.0.113.7',
+          'ssh -p 41022 root@203.0.113.7 -L 8080:localhost:8080',
+          'ssh -i ~/.ssh/id -o StrictHostKeyChecking=no admin@gpu.example.com',
+          'root@198.51.100.9:2200',
+          'ssh://root@198.51.100.10:22',
+          'ssh -p2222 user@[2001:db8::1]',
+          'ssh',
+          '',
+        ].map(hostOf);
+        const names = new EventTarget();
+        names.asked = [];
+        names.lookup = (id) => names.asked.push(id);
+        const source = new EventTarget();
+        const listed = new InstancesController({ list: source, names });
+        const entry = (id, fields = {}) => ({
+          workflow_id: id, status: 'running', current_step: 1, total_steps: 4,
+          last_update: '2026-12-01T10:00:00Z', version: 1, ...fields,
+        });
+        source.dispatchEvent(new CustomEvent('snapshot', { detail: { workflows: [
+          entry('labelled', { label: 'My 4090 box', ssh_connection: 'ssh root@203.0.113.7' }),
+          entry('by-host', { ssh_connection: 'ssh -p 2222 root@203.0.113.7' }),
+          entry('plain', { label: null, ssh_connection: null }),
+          entry('asking', { status: 'blocked', completed_percent: 25 }),
+        ] } }));
+        const before = listed.view().rows.map((r) => [r.id, r.name]);
+        // An entry that does not say what names it was looked up, once.
+        names.dispatchEvent(new CustomEvent('name', { detail: {
+          workflow_id: 'asking', label: null, ssh_connection: 'ssh root@198.51.100.4' } }));
+        source.dispatchEvent(new CustomEvent('entry', { detail: entry('asking',
+          { status: 'blocked', completed_percent: 25, version: 2 }) }));
+        const rows = listed.view().rows;
+        return { hosts, before, asked: names.asked,
+                 rows: rows.map(({ id, name, status, needsInput, percent, ssh }) =>
+                   ({ id, name, status, needsInput, percent, ssh })) };
+        """,
+    )
+    assert out["hosts"] == [
+        "203.0.113.7",
+        "203.0.113.7",
+        "gpu.example.com",
+        "198.51.100.9",
+        "198.51.100.10",
+        "2001:db8::1",
+        "",
+        "",
+    ]
+    assert dict(out["before"])["asking"] == "asking"  # its id, until its name is known
+    assert out["asked"] == ["asking"]
+    rows = {row["id"]: row for row in out["rows"]}
+    assert rows["labelled"]["name"] == "My 4090 box"
+    assert rows["labelled"]["ssh"] == "ssh root@203.0.113.7"  # the label hides the host: shown
+    assert rows["by-host"]["name"] == "203.0.113.7" and rows["by-host"]["ssh"] == ""
+    assert rows["plain"]["name"] == "plain"
+    assert rows["asking"] == {
+        "id": "asking",
+        "name": "198.51.100.4",
+        "status": "blocked",
+        "needsInput": True,
+        "percent": 25,
+        "ssh": "",
+    }
+    assert rows["by-host"]["percent"] == 25  # 1 of 4 steps before its current one
+
+
+def test_recently_finished_workflows_come_from_the_history(page_with_modules: Page) -> None:
+    out = run(
+        page_with_modules,
+        """
+        const history = new EventTarget();
+        history.reads = 0;
+        history.refresh = () => { history.reads += 1; };
+        const give = (workflows) =>
+          history.dispatchEvent(new CustomEvent('history', { detail: { workflows } }));
+        const source = new EventTarget();
+        const push = (type, detail) => source.dispatchEvent(new CustomEvent(type, { detail }));
+        const listed = new InstancesController({ list: source, history, recentLimit: 2 });
+        const entry = (id, status, version) => ({
+          workflow_id: id, status, current_step: 0, total_steps: 3, version,
+          last_update: `2026-12-01T10:00:0${version}Z`,
+        });
+        const finished = (id, status, at) => {
+          const s = state(1, { workflow_id: id, status, current_step: 2, last_update: at,
+                               label: id === 'labelled' ? 'Old box' : undefined });
+          s.steps.forEach((step) => { step.status = 'completed'; });
+          if (status === 'failed') { s.steps[2].status = 'failed'; s.steps[2].label = 'Sync'; }
+          return s;
+        };
+        const reads = [];
+        const twoListed = [entry('live', 'running', 1), entry('done', 'completed', 2)];
+        push('snapshot', { workflows: twoListed });
+        reads.push(history.reads);  // the first snapshot reads the history
+        give([finished('done', 'completed', 'a'), finished('gone', 'failed', 'b'),
+              finished('gone', 'failed', 'c'), finished('labelled', 'cancelled', 'd'),
+              finished('more', 'completed', 'e')]);
+        const first = listed.view().recent.map((r) => r.id);
+        push('snapshot', { workflows: twoListed });
+        reads.push(history.reads);  // nothing new: not read again
+        push('entry', entry('live', 'running', 3));
+        reads.push(history.reads);
+        push('entry', entry('live', 'completed', 4));  // it finished
+        reads.push(history.reads);
+        push('entry', { workflow_id: 'done', state: null });  // it expired
+        reads.push(history.reads);
+        const after = listed.view().recent;
+        return { reads, first, after, record: listed.record('gone').last_update,
+                 none: listed.record('nothing') };
+        """,
+    )
+    assert out["reads"] == [1, 1, 1, 2, 3]
+    # Not those still listed above, one per workflow, at most recentLimit.
+    assert out["first"] == ["gone", "labelled"]
+    assert out["after"] == [
+        {
+            "id": "done",
+            "name": "done",
+            "status": "completed",
+            "done": 3,
+            "total": 3,
+            "failedStep": 0,
+            "failedLabel": "",
+            "updated": "a",
+        },
+        {
+            "id": "gone",
+            "name": "gone",
+            "status": "failed",
+            "done": 2,
+            "total": 3,
+            "failedStep": 3,
+            "failedLabel": "Sync",
+            "updated": "b",
+        },
+    ]
+    assert out["record"] == "b" and out["none"] is None
+
+
+def test_a_page_that_names_no_workflow_finds_one_then_follows_it_by_id(
+    page_with_modules: Page,
+) -> None:
+    out = run(
+        page_with_modules,
+        """
+        await workflow.init();  // no current workflow: the current one's stream finds one
+        const finding = { followed: [...feed.followed], stateUrl: feed.stateUrl };
+        feed.push({ state: null });  // the stream's first answer: still none
+        feed.push({ state: state(3, { workflow_id: 'found', run: serverRun(1) }) });
+        const found = { followed: [...feed.followed], stateUrl: feed.stateUrl,
+                        open: workflow.openId };
+        // From now on only news of that workflow counts, whatever becomes current.
+        feed.push({ state: state(4, { workflow_id: 'other' }) });
+        return { finding, found, open: workflow.openId, version: workflow.current.version,
+                 events };
+        """,
+    )
+    assert out["finding"] == {"followed": ["/workflow/state/stream"], "stateUrl": "/workflow/state"}
+    assert out["found"] == {
+        "followed": ["/workflow/state/stream", "/workflows/found/stream"],
+        "stateUrl": "/workflows/found",
+        "open": "found",
+    }
+    assert out["open"] == "found" and out["version"] == 3
+    assert out["events"] == [["open", "found"], ["reveal", {"restored": False, "ssh": ""}]]

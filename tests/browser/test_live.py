@@ -116,7 +116,7 @@ def test_a_tab_opened_mid_run_shows_the_server_run(
     expect(result).to_have_text("⏳ Workflow is running on the server.")
     expect(result).to_have_class("info")
     expect(other.locator("#run-workflow-btn")).to_have_text("Cancel")
-    expect(other.locator("#stop-other-btn")).to_be_hidden()
+    expect(other.locator("#delete-workflow-btn")).to_be_hidden()
     page.click("#run-workflow-btn")  # Cancel, from the tab that started it
     expect(result).to_have_text("⏹️ Workflow was cancelled.")
     expect(other.locator("#run-workflow-btn")).to_be_enabled()

@@ -13,6 +13,7 @@ from tests.browser.pagekit import (
     DEFAULT_LABELS,
     P,
     Server,
+    completed_percent,
     expect_steps,
     make_steps,
     open_page,
@@ -60,7 +61,7 @@ def expect_restored(page: Page, server: Server, status: str) -> None:
     assert actions == list(DEFAULT_ACTIONS)
     expect(page.locator("#workflow-steps .step-label")).to_have_text(list(DEFAULT_LABELS))
     expect_steps(page, statuses, running=status == "running")
-    assert progress_value(page) == server.summary()["progress_percent"]
+    assert progress_value(page) == completed_percent(server.workflow(f"seeded_{status}"))
     expect(page.locator("#setup-result")).to_have_text(message)
     expect(page.locator("#setup-result")).to_have_class(kind)  # exactly: one of the four
     expect(page.locator("#sshConnectionString")).to_have_value("ssh -p 41022 root@203.0.113.7")
@@ -74,11 +75,11 @@ def test_restore_on_load(status: str, server: Server, page: Page, context: Brows
     expect_restored(open_page(context.new_page(), server), server, status)
 
 
-def test_restored_percent_follows_the_contract_formula(server: Server, page: Page) -> None:
-    seed_case(server, "running")  # step 2 of 6 → 50.0
+def test_restored_percent_counts_the_steps_done(server: Server, page: Page) -> None:
+    seed_case(server, "running")  # 2 of 6 steps done, the third running
     open_page(page, server)
-    assert progress_value(page) == 50.0
-    expect(page.locator("#progress-label")).to_have_text("50%")
+    assert progress_value(page) == 33.33
+    expect(page.locator("#progress-label")).to_have_text("33.33%")
 
 
 def test_fresh_load_shows_instances_first(server: Server, page: Page) -> None:
@@ -106,19 +107,23 @@ def test_finished_run_is_listed_on_the_instances_tab(server: Server, page: Page)
     expect(row.locator(".badge")).to_have_text("Ready")
     expect(row.locator(".steps")).to_have_text("6 of 6 steps · 100%")
     link = row.locator("a.workflow-link")
-    expect(link).to_have_text("seeded_completed")
+    expect(link).to_have_text("203.0.113.7")  # named by its SSH host (it has no label)
+    expect(row.locator(".workflow-id")).to_have_text("seeded_completed")
     expect(link).to_have_attribute("href", "/?workflow=seeded_completed")
     expect(row).to_have_class(re.compile(r"\bis-open\b"))  # the setup tab shows it
 
 
-def test_a_running_workflow_no_server_run_drives_can_be_resumed(server: Server, page: Page) -> None:
+def test_a_running_workflow_no_server_run_drives_can_be_run(server: Server, page: Page) -> None:
     seed_case(server, "running")  # written by a client that runs steps itself: no `run`
     open_page(page, server)
     expect(page.locator("#setup-result")).to_have_text(CASES["running"][2])
     run = page.locator("#run-workflow-btn")
-    expect(run).to_have_text("Resume on the server")
-    expect(page.locator("#run-hint")).to_contain_text("Nothing runs this workflow on the server")
-    expect(page.locator("#stop-other-btn")).to_be_visible()
+    expect(run).to_have_text("Run on the server")
+    hint = page.locator("#run-hint")
+    expect(hint).to_contain_text("Nothing runs this workflow on the server")
+    expect(hint).to_contain_text("Run on the server runs its remaining steps here")
+    expect(hint).to_contain_text("Delete removes it")
+    expect(page.locator("#delete-workflow-btn")).to_be_visible()
     run.click()
     # The server runs its remaining steps (from the interrupted one) to the end.
     expect(page.locator("#setup-result")).to_have_text("✅ Workflow completed successfully!")
@@ -128,13 +133,17 @@ def test_a_running_workflow_no_server_run_drives_can_be_resumed(server: Server, 
     assert state["run"]["status"] == "done"
 
 
-def test_cancel_that_run(server: Server, page: Page) -> None:
+def test_a_running_workflow_no_server_run_drives_can_be_deleted(server: Server, page: Page) -> None:
     seed_case(server, "running")
     open_page(page, server)
-    page.click("#stop-other-btn")
-    expect(page.locator("#setup-result")).to_have_text("⏹️ Workflow was cancelled.")
-    state = server.state()
-    assert state["status"] == "cancelled"
-    assert state["steps"][2]["status"] == "cancelled"  # the step in progress
+    expect(page.locator("#setup-result")).to_have_text(CASES["running"][2])
+    page.click("#delete-workflow-btn")
+    expect(page.locator("#setup-result")).to_have_text("🗑️ Workflow seeded_running was deleted.")
+    assert server.workflow("seeded_running") is None
+    assert "workflow=" not in page.url  # nothing is open any more
     expect(page.locator("#run-workflow-btn")).to_have_text("Run workflow")
-    expect(page.locator("#stop-other-btn")).to_be_hidden()
+    expect(page.locator("#delete-workflow-btn")).to_be_hidden()
+    expect(page.locator("#run-hint")).to_be_hidden()
+    # It left the Instances list too.
+    page.click('.tab-button[data-tab="instances"]')
+    expect(page.locator('#instances-body tr[data-workflow-id="seeded_running"]')).to_have_count(0)

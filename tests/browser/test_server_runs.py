@@ -151,8 +151,8 @@ def test_two_runs_at_once_and_the_instances_list_follows_both(
         expect(row.locator(".steps")).to_have_text("3 of 3 steps · 100%")
     seen = lister.evaluate("window.seenRows")
     for wid in (first, second):
-        # It moved live: step by step, each with the server's percent.
-        assert "Running | Step 2 of 3 · 66.67%" in seen[wid], seen[wid]
+        # It moved live: step by step, each with the share of its steps done.
+        assert "Running | Step 2 of 3 · 33.33%" in seen[wid], seen[wid]
         assert "Ready | 3 of 3 steps · 100%" in seen[wid], seen[wid]
     # Newest change first; each row opens its workflow.
     ids = lister.eval_on_selector_all(

@@ -3,24 +3,26 @@
  * wires them together, and defines window.initWorkflow(), which runs on DOMContentLoaded.
  *
  *   state-client.js          the API client
- *   live.js                  sources: one workflow (stream, or polling its GET route), the list
+ *   live.js                  sources: one workflow (stream, or polling its GET route), the list,
+ *                            the history of finished ones
  *   controllers/             no DOM: what to show, decided from what arrives
  *     catalog.js             the configured steps and their labels
+ *     states.js              what a stored state says (run, percent, blocked step, name)
  *     messages.js            every message as {key, kind, args}
  *     workflow-controller.js the open workflow: reconciliation and intents
- *     page-runner.js         runs on the server: start, resume, cancel (contract section 9)
- *     instances-controller.js the Instances list (the owner's workflows, live)
+ *     page-runner.js         runs on the server: start, run, resume, retry, cancel, delete
+ *     instances-controller.js the Instances list (the owner's workflows, live; recent ones)
  *   views/                   DOM only: draw a controller's view() from index.html's templates
  *
  * The open workflow's id lives in the URL (`?workflow=<id>`, kept with history.replaceState),
  * so a reload reopens it and the address can be shared between the owner's tabs.
  */
 
-import { InstancesController, LIST_LIMIT } from './controllers/instances-controller.js';
+import { InstancesController, LIST_LIMIT, RECENT_LIMIT } from './controllers/instances-controller.js';
 import { StepCatalog } from './controllers/catalog.js';
 import { ServerRunner } from './controllers/page-runner.js';
 import { WorkflowController } from './controllers/workflow-controller.js';
-import { LiveState, WorkflowList } from './live.js';
+import { LiveState, RecentRuns, WorkflowList, WorkflowNames } from './live.js';
 import { StateClient } from './state-client.js';
 import { Tabs } from './tabs.js';
 import { TokenDialog } from './token-dialog.js';
@@ -72,7 +74,14 @@ function build() {
     catalog,
     runner: new ServerRunner({ client }),
   });
-  const instances = new InstancesController({ list, limit: LIST_LIMIT });
+  // Finished workflows still in the list are not shown again: read more than are shown.
+  const recentRuns = new RecentRuns(client, { limit: RECENT_LIMIT * 2 });
+  const instances = new InstancesController({
+    list,
+    history: recentRuns,
+    names: new WorkflowNames(client),
+    limit: LIST_LIMIT,
+  });
   const workflowView = new WorkflowView({ controller: workflow });
   new InstancesView({
     controller: instances,
@@ -81,8 +90,24 @@ function build() {
       tabs.select(SETUP_TAB, { focus: true });
       workflow.open(id);
     },
+    onRecord(id) {
+      const record = instances.record(id);
+      if (!record) return;
+      tabs.touched = true;
+      tabs.select(SETUP_TAB, { focus: true });
+      workflow.showRecord(record);
+    },
   });
   new StatusView({ feeds, client });
+
+  // Whether the service can serve, as the source in use says (the open workflow's, else the
+  // list's): offline, the page says so and offers nothing that needs the service.
+  const connection = () => {
+    const feed = feeds.find((each) => each.started);
+    if (!feed || feed.mode !== 'offline') workflow.setOffline(null);
+    else workflow.setOffline(feed.error && feed.error.code === 'backend_unavailable' ? 'storage' : 'network');
+  };
+  for (const each of feeds) each.addEventListener('mode', connection);
 
   workflow.addEventListener('open', ({ detail: id }) => {
     putWorkflowInUrl(id);

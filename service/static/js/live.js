@@ -1,21 +1,27 @@
 /**
  * Sources of what changes on the server, knowing nothing of the page:
  *
- * - `LiveState` follows one workflow (contract section 5): `/workflows/<id>/stream` and its GET
- *   route `/workflows/<id>`, or the owner's current workflow (`/workflow/state/stream` and
- *   `/workflow/state`); both pairs answer the same bodies. Event `state` (detail: {body,
- *   source}) where body is the GET body ({success, active, progress_percent, state}).
- * - `WorkflowList` follows the owner's list (contract section 8): `/workflows/stream`, and
- *   `GET /workflows?limit=50` each time the stream opens (or every 2 s while polling). Events
- *   `snapshot` (detail: {workflows}) then `entry` (detail: a list entry, or
- *   `{workflow_id, state: null}` for a workflow deleted or expired).
+ * - `LiveState` follows one workflow: `/workflows/<id>/stream` and its GET route
+ *   `/workflows/<id>` (or any pair of a stream and the GET route answering the same bodies,
+ *   such as the owner's current workflow's). Event `state` (detail: {body, source}) where body
+ *   is the GET body ({success, active, progress_percent, state}).
+ * - `WorkflowList` follows the owner's list: `/workflows/stream`, and `GET /workflows?limit=50`
+ *   each time the stream opens (or every 2 s while polling). Events `snapshot` (detail:
+ *   {workflows}) then `entry` (detail: a list entry, or `{workflow_id, state: null}` for a
+ *   workflow deleted or expired).
+ * - `RecentRuns` reads the owner's finished workflows (`GET /workflow/history`) when asked to.
+ *   Event `history` (detail: {workflows}).
+ * - `WorkflowNames` reads what names a workflow (its `label` and `ssh_connection`) from
+ *   `GET /workflows/<id>`, once per workflow, for list entries that do not carry them.
+ *   Event `name` (detail: {workflow_id, label, ssh_connection}).
  *
- * Both share how they connect (`Feed`):
+ * The first two share how they connect (`Feed`):
  * - With a stream URL and no token: `EventSource(streamUrl)`.
  * - With a token: EventSource cannot send headers, and a token never goes into a URL, so the
  *   same stream is read with fetch() and an `Authorization` header.
  * - No stream (the server has none, it failed, or it is reconnecting): poll every 2 s.
- * Event `mode` (detail: 'connecting' | 'live' | 'polling' | 'offline').
+ * Event `mode` (detail: 'connecting' | 'live' | 'polling' | 'offline'); while offline, `error`
+ * says why the last poll failed (the service is unreachable, or it answered 503).
  */
 
 import { ApiError, isAbortError } from './state-client.js';
@@ -82,6 +88,7 @@ class Feed extends EventTarget {
     this.pollMs = pollMs;
     this.eventType = eventType;
     this.mode = 'connecting';
+    this.error = null; // why the last poll failed (while `offline`)
     this.started = false;
     this.lastEventId = '';
     this.source = null; // an open EventSource
@@ -291,8 +298,10 @@ class Feed extends EventTarget {
     this.polling = true;
     try {
       await this.poll();
+      this.error = null;
       if (!this.streamOpen && this.started) this.setMode('polling');
-    } catch {
+    } catch (error) {
+      this.error = error;
       if (!this.streamOpen && this.started) this.setMode('offline');
     } finally {
       this.polling = false;
@@ -411,6 +420,87 @@ export class WorkflowList extends Feed {
       const held = this.held;
       this.held = null;
       for (const entry of held) this.dispatchEvent(new CustomEvent('entry', { detail: entry }));
+    }
+  }
+}
+
+export class RecentRuns extends EventTarget {
+  /**
+   * @param {import('./state-client.js').StateClient} client
+   * @param {{limit?: number}} [options] how many finished workflows to read
+   */
+  constructor(client, { limit = 20 } = {}) {
+    super();
+    this.client = client;
+    this.limit = limit;
+    this.reading = null; // the read on its way
+    this.again = false; // asked again while reading: read once more after it
+  }
+
+  /** Read the history (at most one read at a time; a call meanwhile reads once more after). */
+  refresh() {
+    if (this.reading) {
+      this.again = true;
+      return this.reading;
+    }
+    this.reading = (async () => {
+      do {
+        this.again = false;
+        try {
+          const workflows = await this.client.history(this.limit);
+          this.dispatchEvent(new CustomEvent('history', { detail: { workflows } }));
+        } catch {
+          // Leave what was read before; the next change of the list asks again.
+        }
+      } while (this.again);
+      this.reading = null;
+    })();
+    return this.reading;
+  }
+}
+
+export class WorkflowNames extends EventTarget {
+  /**
+   * @param {import('./state-client.js').StateClient} client
+   * @param {{parallel?: number}} [options] how many workflows to read at once
+   */
+  constructor(client, { parallel = 2 } = {}) {
+    super();
+    this.client = client;
+    this.parallel = parallel;
+    this.asked = new Set(); // ids read or being read
+    this.queue = [];
+    this.reading = 0;
+  }
+
+  /** Read what names workflow `id` (once: a workflow's label and SSH target stay as created). */
+  lookup(id) {
+    if (this.asked.has(id)) return;
+    this.asked.add(id);
+    this.queue.push(id);
+    this.next();
+  }
+
+  next() {
+    while (this.reading < this.parallel && this.queue.length) {
+      const id = this.queue.shift();
+      this.reading += 1;
+      this.read(id).finally(() => {
+        this.reading -= 1;
+        this.next();
+      });
+    }
+  }
+
+  async read(id) {
+    try {
+      const { state } = await this.client.getWorkflow(id, { retries: 1 });
+      if (!state) return;
+      const { label = null, ssh_connection: ssh = null } = state;
+      this.dispatchEvent(new CustomEvent('name', { detail: { workflow_id: id, label, ssh_connection: ssh } }));
+    } catch (error) {
+      // Gone: its id names it. Not reached: ask again with the next list.
+      if (!(error instanceof ApiError) || error.code !== 'no_workflow') this.asked.delete(id);
     }
   }
 }

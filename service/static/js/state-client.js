@@ -1,5 +1,5 @@
 /**
- * A small client for the Workflow State Service API (contract section 2).
+ * A small client for the Workflow State Service API.
  *
  * No dependencies and no build step: another page (the host application's own UI) can copy
  * this file or import it from the service:
@@ -9,7 +9,7 @@
  *   const { state } = await client.getState();
  *
  * What it does for a caller:
- * - every error becomes an `ApiError` with `.status`, `.code` (the contract's snake_case
+ * - every error becomes an `ApiError` with `.status`, `.code` (the service's snake_case
  *   `error`) and `.message` (the server's sentence);
  * - 503 (and a lost connection) is retried with exponential backoff, honouring Retry-After;
  *   the client fires `reconnecting` and `reconnected` events so a page can show a note;
@@ -62,6 +62,10 @@ export function describeError(error) {
       return 'The workflow state was cleared in the meantime.';
     case 'run_active':
       return 'That workflow is already running on the server.';
+    case 'not_blocked':
+      return 'That workflow no longer waits for an answer.';
+    case 'not_failed':
+      return 'That workflow has not failed, so there is nothing to retry.';
     case 'unauthorized':
       return 'The service needs a valid access token.';
     case 'backend_unavailable':
@@ -73,7 +77,7 @@ export function describeError(error) {
   }
 }
 
-/** The path of one workflow's routes (contract section 8). */
+/** The path of one workflow's routes. */
 export function workflowPath(id) {
   return `/workflows/${encodeURIComponent(id)}`;
 }
@@ -369,7 +373,7 @@ export class StateClient extends EventTarget {
     return (await this.request('GET', path, { signal, retries: 1 })).body.workflows;
   }
 
-  // --- many workflows (contract section 8) and server runs (section 9) ----------------------
+  // --- many workflows, and runs on the server ------------------------------------------------
 
   /** GET /workflows/<id>: the same answer as getState(), for one workflow (404 `no_workflow`). */
   getWorkflow(id, { ifNoneMatch = null, signal, retries } = {}) {
@@ -389,6 +393,25 @@ export class StateClient extends EventTarget {
   /** POST /workflows/<id>/cancel: its running step and itself become cancelled → the state. */
   async cancelWorkflow(id, { signal } = {}) {
     return (await this.request('POST', `${workflowPath(id)}/cancel`, { signal })).body.state;
+  }
+
+  /**
+   * POST /workflows/<id>/resume with `{"input": {...}}`: answer a blocked step's question; a new
+   * run starts at that step → the state. Input the fields refuse → ApiError `invalid_input`.
+   */
+  async resumeWorkflow(id, input = {}, { signal } = {}) {
+    const path = `${workflowPath(id)}/resume`;
+    return (await this.request('POST', path, { body: { input }, signal })).body.state;
+  }
+
+  /** POST /workflows/<id>/retry: run a failed workflow again from its failed step → the state. */
+  async retryWorkflow(id, { signal } = {}) {
+    return (await this.request('POST', `${workflowPath(id)}/retry`, { signal })).body.state;
+  }
+
+  /** DELETE /workflows/<id>: remove the workflow (404 `no_workflow` when there is none). */
+  async deleteWorkflow(id, { signal } = {}) {
+    return (await this.request('DELETE', workflowPath(id), { signal })).body;
   }
 
   /**

@@ -1,5 +1,5 @@
 /**
- * The in-page access-token prompt (contract section 6): a modal <dialog>, never window.prompt.
+ * The in-page access-token prompt: a modal <dialog>, never window.prompt.
  * `ask()` resolves to the token typed, or null when the person cancels.
  */
 

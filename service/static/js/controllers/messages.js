@@ -1,9 +1,11 @@
 /**
  * What the page says, as data: a message is {key, kind, args}. The key names the
  * `<template data-message="<key>">` in index.html that holds the words (its `data-slot`
- * elements take the args); the kind is the class #setup-result takes (contract section 4:
- * info, success, warning or error). Controllers decide which message; a view shows it.
+ * elements take the args); the kind is the class #setup-result takes: info, success, warning
+ * or error. Controllers decide which message; a view shows it.
  */
+
+import { blockedStep, failedStepIndex, serverRun, wasTakenOver } from './states.js';
 
 const KINDS = {
   loading: 'info',
@@ -11,7 +13,7 @@ const KINDS = {
   'config-error': 'error',
   'state-error': 'error',
   'not-found': 'error',
-  // on load with a stored workflow (contract sections 4 and 9)
+  // on load with a stored workflow (the restore messages)
   'restored-running': 'warning',
   'restored-completed': 'success',
   'restored-failed': 'error',
@@ -23,19 +25,34 @@ const KINDS = {
   cleared: 'info',
   'other-run-step': 'info',
   'other-run-starting': 'info',
+  blocked: 'warning',
   completed: 'success',
   'failed-at': 'error',
   failed: 'error',
   cancelled: 'warning',
-  // starting and stopping runs
+  record: 'info',
+  offline: 'warning',
+  'storage-down': 'warning',
+  // starting, answering and stopping runs
   'enable-one': 'warning',
   'start-error': 'error',
   starting: 'info',
+  resuming: 'info',
+  'resume-error': 'error',
+  retrying: 'info',
+  'retry-error': 'error',
   cancelling: 'info',
   'cancel-error': 'error',
+  deleting: 'info',
+  deleted: 'info',
+  'delete-error': 'error',
+  'input-error': 'error',
   // under the Run button
   'hint-server': 'info',
   'hint-orphan': 'info',
+  // on a step card
+  'retry-in': 'info',
+  'retry-now': 'info',
   // elsewhere on the page
   reconnecting: 'info',
   'instances-error': 'error',
@@ -56,26 +73,31 @@ export function message(key, args = {}) {
   return { key, kind: KINDS[key], args };
 }
 
-/** The server run of a running workflow, when one is queued or running (contract section 9). */
-export function serverRun(state) {
-  if (!state || state.status !== 'running' || !state.run || typeof state.run !== 'object') return null;
-  return ['queued', 'running'].includes(state.run.status) ? state.run : null;
-}
-
 /** What a workflow the server runs says: ⏳, or 🔁 once another runner took it over. */
 export function serverRunMessage(state) {
   const run = serverRun(state);
   if (!run) return null;
-  return message(Number(run.attempt) > 1 ? 'resumed' : 'running-on-server');
+  return message(wasTakenOver(run) ? 'resumed' : 'running-on-server');
+}
+
+/** What a blocked workflow says: which step waits for the person, and the step's question. */
+export function blockedMessage(state, catalog) {
+  const blocked = blockedStep(state);
+  if (!blocked) return null;
+  return message('blocked', {
+    step: blocked.index + 1,
+    label: catalog.labelOf(blocked.step),
+    detail: blocked.message,
+  });
 }
 
 /**
- * What #setup-result says on load with a stored state (contract sections 4 and 9): a server
- * run in progress says so; a running workflow without one keeps the seed's warning.
+ * What #setup-result says on load with a stored state: a server run in progress says so; a
+ * blocked one asks its question; a running workflow without a run keeps the seed's warning.
  */
-export function restoredMessage(state) {
-  const running = serverRunMessage(state);
-  if (running) return running;
+export function restoredMessage(state, catalog) {
+  const said = serverRunMessage(state) || blockedMessage(state, catalog);
+  if (said) return said;
   const key = `restored-${state.status}`;
   return key in KINDS ? message(key) : message('restored-other', { status: state.status });
 }
@@ -89,6 +111,18 @@ export function finishedMessage(state, catalog) {
     return message('failed-at', { step: at + 1, label: catalog.labelOf(state.steps[at]) });
   }
   return message('cancelled');
+}
+
+/** What a finished workflow shown from the history says (it is no longer on the server). */
+export function recordMessage(state, catalog) {
+  let outcome = 'was cancelled';
+  if (state.status === 'completed') outcome = 'completed';
+  else if (state.status === 'failed') {
+    const at = failedStepIndex(state);
+    const step = state.steps[at];
+    outcome = step ? `failed at step ${at + 1} (${catalog.labelOf(step)})` : 'failed';
+  }
+  return message('record', { outcome });
 }
 
 /** Where a running workflow that no server run drives (a client runs its steps) has got to. */

@@ -1,13 +1,17 @@
 /**
- * How the page runs workflows (contract section 9): on the server. The page asks once and then
- * only follows what the server writes; it never PATCHes a step or calls a step's action itself,
- * so a reload, another tab or closing every tab leaves a run going. No DOM.
+ * How the page runs workflows: on the server. The page asks once and then only follows what the
+ * server writes; it never PATCHes a step or calls a step's action itself, so a reload, another
+ * tab or closing every tab leaves a run going. No DOM.
  *
  *   start({plan, ssh})  POST /workflows with `"run": true`: create a workflow and start it
- *   resume(id)          POST /workflows/<id>/run: run its remaining steps on the server
+ *   run(id)             POST /workflows/<id>/run: run its remaining steps on the server
+ *   resume(id, input)   POST /workflows/<id>/resume: answer a blocked step; a new run starts there
+ *   retry(id)           POST /workflows/<id>/retry: run a failed workflow again from its failed step
  *   cancel(id)          POST /workflows/<id>/cancel: the running step and the workflow stop
+ *   remove(id)          DELETE /workflows/<id>: the workflow is gone
  *
- * Each resolves to the stored state the server answered (or rejects with an ApiError).
+ * Each resolves to the stored state the server answered (remove: to nothing), or rejects with an
+ * ApiError.
  */
 
 import { ApiError } from '../state-client.js';
@@ -64,12 +68,27 @@ export class ServerRunner {
   }
 
   /** Run the remaining steps of workflow `id` on the server. */
-  resume(id) {
+  run(id) {
     return this.client.runWorkflow(id);
+  }
+
+  /** Answer the question of blocked workflow `id` (`input`: {name: value}) and go on. */
+  resume(id, input) {
+    return this.client.resumeWorkflow(id, input);
+  }
+
+  /** Run failed workflow `id` again from the step that failed. */
+  retry(id) {
+    return this.client.retryWorkflow(id);
   }
 
   /** Cancel workflow `id` (from any tab: the server stops its run within a second). */
   cancel(id) {
     return this.client.cancelWorkflow(id);
+  }
+
+  /** Delete workflow `id`. */
+  async remove(id) {
+    await this.client.deleteWorkflow(id);
   }
 }

@@ -1,27 +1,24 @@
 /**
  * The open workflow: which one the VastAI Setup tab shows, the states that arrive for it (the
  * load, a state source, the answers to this page's own requests) reconciled into what to show,
- * and the intents that start, resume and cancel server runs. No DOM: a view renders `view()`
- * after every `change` and turns clicks into the intents below.
+ * and the intents that start, answer, retry, cancel and delete server runs. No DOM: a view
+ * renders `view()` after every `change` and turns clicks into the intents below.
  *
  * What is open:
  * - `open(id)` (the page's `?workflow=<id>`, a row of the Instances list): that workflow, by its
  *   own routes (`GET /workflows/<id>`, `/workflows/<id>/stream`); unknown → a clear message.
- * - `openCurrent()` (a page without `?workflow=`): the owner's current workflow
- *   (`GET /workflow/state`); with none, the page follows the current one until a workflow
- *   appears, and opens that. Once open, a workflow stays open: another one started elsewhere
- *   shows in the Instances list, it never replaces what this page shows.
+ * - `openCurrent()` (a page without `?workflow=`): the owner's current workflow is only how the
+ *   page finds one to open (`GET /workflow/state`; with none, the current workflow's stream until
+ *   one appears). As soon as the page knows an id, it follows that workflow by its own routes, so
+ *   another workflow started elsewhere shows in the Instances list and never replaces this one.
  * - `close()` (New setup): nothing is open; Run creates a new workflow.
+ * - `showRecord(state)`: a finished workflow from the history, shown read-only (nothing on the
+ *   server to follow or act on; Run starts a new one with its steps).
  *
- * A workflow that is the owner's current one (opened from it, or just started here) is followed
- * on the current workflow's stream, which is already open: no state is missed by switching.
- * As soon as that stream shows another workflow (or none), the page switches to the open
- * workflow's own stream, whose first event is its state as it is then.
- *
- * Reconciliation rests on the contract's versions: one counter per owner that never goes back,
- * and one version is always the same state, so only a higher version is news. `progress_percent`
- * comes from the server's bodies (GET and the stream); a state from a write answer has none, so
- * the percent shown catches up when the source delivers that version.
+ * Reconciliation rests on the service's versions: one counter per owner that never goes back,
+ * and one version is always the same state, so only a higher version is news. The percent shown
+ * is the state's `completed_percent` (computed the same way when the state has none), so every
+ * state shown, whatever brought it, carries its own percent.
  *
  * Events: `change` (render `view()` again), `open` (detail: the id now open, or null),
  * `reveal` (detail {restored, ssh}: bring this workflow to the front; `restored` on load and
@@ -30,20 +27,34 @@
 
 import { describeError, workflowPath } from '../state-client.js';
 import {
+  blockedMessage,
   finishedMessage,
   message,
   otherRunMessage,
+  recordMessage,
   restoredMessage,
   sameMessage,
-  serverRun,
   serverRunMessage,
 } from './messages.js';
+import {
+  blockedStep,
+  completedPercent,
+  failedStepIndex,
+  isActive,
+  retryAt,
+  serverRun,
+  stepProgress,
+  stepTasks,
+} from './states.js';
 
 const CURRENT_STATE_URL = '/workflow/state';
 
-const NONE = 'none';
-const CURRENT = 'current';
-const WORKFLOW = 'workflow';
+const NONE = 'none'; // nothing is open
+const FINDING = 'finding'; // nothing was named: waiting for the owner's current workflow
+const OPEN = 'open'; // `openId` is open, followed by its own routes
+
+/** Step statuses whose task list stays on the card (the tasks tell what happened). */
+const TASKS_SHOWN = ['in_progress', 'blocked', 'failed'];
 
 export class WorkflowController extends EventTarget {
   /**
@@ -51,7 +62,7 @@ export class WorkflowController extends EventTarget {
    * @param {import('../state-client.js').StateClient} parts.client
    * @param {import('../live.js').LiveState} parts.feed the state source of the open workflow
    * @param {import('./catalog.js').StepCatalog} parts.catalog
-   * @param {import('./page-runner.js').ServerRunner} parts.runner starts and cancels server runs
+   * @param {import('./page-runner.js').ServerRunner} parts.runner starts and stops server runs
    */
   constructor({ client, feed, catalog, runner }) {
     super();
@@ -60,25 +71,24 @@ export class WorkflowController extends EventTarget {
     this.catalog = catalog;
     this.runner = runner;
     this.config = null; // {streamUrl} once GET /workflow/config answered
-    this.following = NONE; // NONE, CURRENT (the owner's current one) or WORKFLOW (openId)
+    this.following = NONE; // NONE, FINDING or OPEN (openId)
     this.openId = null;
-    this.viaCurrent = false; // the open workflow is followed on the current workflow's stream
     this.current = null; // the newest state the server has of the open workflow (null: none)
     this.displayed = null; // the state on screen (a finished one stays after it expires)
-    this.percent = 0; // the server's progress_percent for what is on screen
-    this.percentOf = null; // the version that percent belongs to
     this.enabled = new Map(); // action → the person's enable-switch choice
     this.message = null;
-    this.starting = false; // a start or resume request is on its way
-    this.cancelling = null; // the id of the workflow whose cancel is on its way
+    this.pending = null; // {action, id} of the request on its way (one at a time)
+    this.inputError = null; // why the server refused the last answer to a blocked step
+    this.offline = false; // the service cannot serve: nothing that needs it is offered
+    this.offlineReason = null; // why: 'network' or 'storage'
     feed.addEventListener('state', (event) => this.onFeed(event.detail.body));
   }
 
   // --- what is open ------------------------------------------------------------------------
 
   /**
-   * GET the config, then open workflow `workflowId` (or the owner's current one); false when
-   * the steps could not load.
+   * GET the config, then open workflow `workflowId` (or find the owner's current one); false
+   * when the steps could not load.
    */
   async init({ workflowId = null } = {}) {
     this.say(message('loading'));
@@ -99,7 +109,6 @@ export class WorkflowController extends EventTarget {
   /** Open workflow `id` and follow it (404 → say there is no such workflow). */
   async open(id) {
     this.pin(id);
-    this.viaCurrent = false;
     this.feed.stop();
     this.show(null, { reset: true, force: true });
     this.say(message('loading'));
@@ -117,32 +126,40 @@ export class WorkflowController extends EventTarget {
       return;
     }
     if (this.openId !== id) return;
-    this.restore(answer.state, answer.progressPercent);
+    this.restore(answer.state);
     this.feed.follow(this.urlsOf(id));
   }
 
-  /** Open the owner's current workflow; with none, follow until one appears. */
+  /** Open the owner's current workflow; with none, wait for one to appear and open that. */
   async openCurrent() {
-    this.unpin(CURRENT);
+    this.unpin(FINDING);
     let answer = null;
     try {
       answer = await this.client.getState({ path: CURRENT_STATE_URL });
     } catch (error) {
       this.say(message('state-error', { detail: describeError(error) }));
     }
-    if (this.following !== CURRENT) return;
+    if (this.following !== FINDING) return;
     if (answer && answer.state) {
-      this.adopt(answer.state, { percent: answer.progressPercent, restored: true });
+      this.openState(answer.state, { restored: true });
       return;
     }
     if (answer) this.restore(null);
-    this.followCurrent();
+    // Only until a workflow appears: then it is followed by its id (see onFeed).
+    this.feed.follow({ streamUrl: this.config.streamUrl, stateUrl: CURRENT_STATE_URL });
   }
 
-  /** Follow the owner's current workflow (its stream, or polling GET /workflow/state). */
-  followCurrent() {
-    const following = this.feed.started && this.feed.stateUrl === CURRENT_STATE_URL;
-    if (!following) this.feed.follow({ streamUrl: this.config.streamUrl, stateUrl: CURRENT_STATE_URL });
+  /** Open `state`'s workflow (read or just created) and follow it by its id from now on. */
+  openState(state, { restored }) {
+    this.pin(state.workflow_id);
+    if (restored) {
+      this.restore(state);
+    } else {
+      this.show(state, { reset: true, force: true });
+      this.emit('reveal', { restored: false, ssh: sshOf(state) });
+      this.sayProgress(null, state);
+    }
+    this.feed.follow(this.urlsOf(state.workflow_id));
   }
 
   /** New setup: nothing is open; Run will create a new workflow. */
@@ -154,10 +171,19 @@ export class WorkflowController extends EventTarget {
     this.emit('reveal', { restored: true, ssh: '' });
   }
 
+  /** Show a finished workflow from the history, read-only: it is no longer on the server. */
+  showRecord(state) {
+    this.unpin(NONE);
+    this.show(state, { reset: true, force: true });
+    this.current = null; // nothing there to follow, answer, retry or cancel
+    this.say(recordMessage(state, this.catalog));
+    this.emit('reveal', { restored: true, ssh: sshOf(state) });
+  }
+
   /** Workflow `id` is open from now on (the URL and the Instances list hear of it). */
   pin(id) {
     const changed = this.openId !== id;
-    this.following = WORKFLOW;
+    this.following = OPEN;
     this.openId = id;
     if (changed) this.emit('open', id);
   }
@@ -170,30 +196,9 @@ export class WorkflowController extends EventTarget {
     if (changed) this.emit('open', null);
   }
 
-  /** Open `state`'s workflow, the owner's current one (read from it, or just created). */
-  adopt(state, { percent = undefined, restored = false } = {}) {
-    this.pin(state.workflow_id);
-    this.viaCurrent = true;
-    if (restored) {
-      this.restore(state, percent);
-    } else {
-      this.show(state, { reset: true, force: true, percent });
-      this.emit('reveal', { restored: false, ssh: sshOf(state) });
-      this.sayProgress(null, state);
-    }
-    this.followCurrent();
-  }
-
-  /** Follow the open workflow on its own routes (it may no longer be the current one). */
-  followOwn() {
-    this.viaCurrent = false;
-    this.feed.follow(this.urlsOf(this.openId));
-  }
-
   /** Workflow `id` does not exist (never did, or was deleted, or expired). */
   missing(id) {
     this.unpin(NONE);
-    this.viaCurrent = false;
     this.show(null, { reset: true, force: true });
     this.say(message('not-found', { id }));
   }
@@ -204,18 +209,43 @@ export class WorkflowController extends EventTarget {
     return { streamUrl: this.config && this.config.streamUrl ? `${path}/stream` : null, stateUrl: path };
   }
 
+  /**
+   * Whether the service can serve (the sources say): null when it can, 'network' when it cannot
+   * be reached, 'storage' when it answers that its storage is down. Until it can, the page says
+   * so and offers nothing that needs it.
+   */
+  setOffline(reason) {
+    const offline = reason || null;
+    if (this.offlineReason === offline) return;
+    this.offlineReason = offline;
+    this.offline = Boolean(offline);
+    this.changed();
+  }
+
   // --- intents (from a view) ---------------------------------------------------------------
 
-  /** Run pressed: Cancel while the server runs it, Resume when nothing does, else a new run. */
+  /** What the Run button does now (see runOrCancel); 'none' while a step waits for an answer. */
+  runMode() {
+    if (this.pending && this.pending.action === 'cancel') return 'cancelling';
+    const current = this.current;
+    if (serverRun(current)) return 'cancel';
+    if (current && current.status === 'running') return 'run-remaining';
+    if (current && current.status === 'blocked') return 'none';
+    return 'run';
+  }
+
+  /** Run pressed: Cancel while the server runs it, run the rest when nothing does, else a new run. */
   runOrCancel({ ssh = '' } = {}) {
-    if (serverRun(this.current)) return this.cancel();
-    if (this.current && this.current.status === 'running') return this.resume();
-    return this.start({ ssh });
+    const mode = this.runMode();
+    if (mode === 'cancel') return this.cancel();
+    if (mode === 'run-remaining') return this.runRemaining();
+    if (mode === 'run') return this.start({ ssh });
+    return undefined;
   }
 
   /** Create a workflow of the configured steps that are switched on, and start it on the server. */
   async start({ ssh = '' } = {}) {
-    if (this.starting || !this.config) return;
+    if (this.pending || this.offline || !this.config) return;
     const plan = this.catalog.steps.map((step, index) => ({
       ...step,
       index,
@@ -226,70 +256,127 @@ export class WorkflowController extends EventTarget {
       this.say(message('enable-one'));
       return;
     }
-    this.starting = true;
+    this.pending = { action: 'start', id: null };
     this.say(message('starting'));
     try {
       const state = await this.runner.start({ plan, ssh: ssh.trim() });
-      this.adopt(state);
+      this.pending = null;
+      this.openState(state, { restored: false });
     } catch (error) {
       this.say(message('start-error', { detail: describeError(error) }));
     } finally {
-      this.starting = false;
+      this.pending = null;
       this.changed();
     }
   }
 
   /** Run the open workflow's remaining steps on the server (it runs, but nothing runs it). */
-  async resume() {
-    const id = this.openId;
-    if (this.starting || !id) return;
-    this.starting = true;
-    this.say(message('starting'));
-    try {
-      const state = await this.runner.resume(id);
-      if (this.openId !== id) return;
-      this.show(state);
-      this.sayProgress(null, this.current);
-    } catch (error) {
-      if (this.openId !== id) return;
-      this.say(message('start-error', { detail: describeError(error) }));
-      this.refresh();
-    } finally {
-      this.starting = false;
-      this.changed();
-    }
+  runRemaining() {
+    return this.act('run', {
+      busy: 'starting',
+      call: (id) => this.runner.run(id),
+      failed: (error) => this.sayAndRefresh(message('start-error', { detail: describeError(error) })),
+    });
   }
 
-  /** Cancel the open workflow, whoever runs it. */
-  async cancel() {
-    const id = this.openId;
-    if (!id || this.cancelling) return;
-    this.cancelling = id;
-    this.say(message('cancelling'));
-    try {
-      const state = await this.runner.cancel(id);
-      this.cancelling = null;
-      if (this.openId !== id) return;
-      this.show(state);
-      if (this.current) this.sayFinished(this.current);
-    } catch (error) {
-      this.cancelling = null;
-      if (this.openId !== id) return;
-      if (error.code === 'workflow_finished') {
+  /** Answer the blocked step's question (`input`: {name: value}); a new run starts there. */
+  answer(input) {
+    return this.act('resume', {
+      busy: 'resuming',
+      call: (id) => this.runner.resume(id, input),
+      failed: (error) => {
+        if (error.code !== 'invalid_input') {
+          return this.sayAndRefresh(message('resume-error', { detail: describeError(error) }));
+        }
+        // Nothing changed on the server: the form stays, with the reason next to it.
+        this.inputError = message('input-error', { detail: describeError(error) });
+        if (this.current) this.sayProgress(null, this.current);
+        return undefined;
+      },
+    });
+  }
+
+  /** Run the failed workflow again from its failed step. */
+  retry() {
+    return this.act('retry', {
+      busy: 'retrying',
+      call: (id) => this.runner.retry(id),
+      failed: (error) => this.sayAndRefresh(message('retry-error', { detail: describeError(error) })),
+    });
+  }
+
+  /** Cancel the open workflow, whoever runs it (also one that waits for an answer). */
+  cancel() {
+    return this.act('cancel', {
+      busy: 'cancelling',
+      call: (id) => this.runner.cancel(id),
+      failed: async (error) => {
+        if (error.code !== 'workflow_finished') {
+          this.say(message('cancel-error', { detail: describeError(error) }));
+          return;
+        }
         // It finished on its own meanwhile: show how.
         await this.refresh();
-        if (this.current && this.current.status !== 'running') this.sayFinished(this.current);
-      } else {
-        this.say(message('cancel-error', { detail: describeError(error) }));
-      }
-    } finally {
-      this.changed();
-    }
+        if (this.current && !isActive(this.current)) this.sayFinished(this.current);
+      },
+    });
   }
 
-  /** "Cancel that run": stop a running workflow that no server run drives. */
-  cancelOther() {
-    return this.cancel();
+  /** Delete the open workflow (one that runs, but that no server run drives). */
+  remove() {
+    return this.act('delete', {
+      busy: 'deleting',
+      call: async (id) => {
+        await this.runner.remove(id);
+        this.deleted(id);
+        return null;
+      },
+      failed: (error, id) => {
+        if (error.code === 'no_workflow') this.deleted(id);
+        else this.say(message('delete-error', { detail: describeError(error) }));
+      },
+    });
+  }
+
+  /**
+   * Send one request about the open workflow (one at a time, never offline): say `busy` while
+   * it is on its way, then show the state it answers, or let `failed(error, id)` say why not.
+   */
+  async act(action, { busy, call, failed }) {
+    const id = this.openId;
+    if (!id || this.pending || this.offline) return;
+    this.pending = { action, id };
+    this.inputError = null;
+    this.say(message(busy));
+    let state = null;
+    let error = null;
+    try {
+      state = await call(id);
+    } catch (caught) {
+      error = caught;
+    }
+    this.pending = null;
+    if (this.openId === id) {
+      if (error) {
+        await failed(error, id);
+      } else {
+        if (state) this.show(state);
+        if (this.current) this.sayProgress(null, this.current);
+      }
+    }
+    this.changed();
+  }
+
+  /** The open workflow `id` was deleted: nothing is open any more. */
+  deleted(id) {
+    this.unpin(NONE);
+    this.show(null, { reset: true, force: true });
+    this.say(message('deleted', { id }));
+  }
+
+  sayAndRefresh(said) {
+    this.say(said);
+    return this.refresh();
   }
 
   /** A step's switch was turned on or off. */
@@ -301,39 +388,30 @@ export class WorkflowController extends EventTarget {
   // --- what arrives ----------------------------------------------------------------------------
 
   /** Show a stored state on opening it: its steps, its tab, its SSH target and the message. */
-  restore(state, percent) {
-    this.show(state, { reset: true, force: true, percent });
+  restore(state) {
+    this.show(state, { reset: true, force: true });
     if (!state) {
       this.say(message('idle'));
       return;
     }
     this.emit('reveal', { restored: true, ssh: sshOf(state) });
-    this.say(restoredMessage(state));
+    this.say(restoredMessage(state, this.catalog));
   }
 
-  /** A body from the state source: {active, progress_percent, state}. */
+  /** A body from the state source: {active, state, ...}. */
   onFeed(body) {
     const state = body.state || null;
-    if (this.following === CURRENT) {
-      // Nothing was open: the first workflow to appear opens.
-      if (state) this.adopt(state, { percent: body.progress_percent });
+    if (this.following === FINDING) {
+      // Nothing was named: the first workflow to appear opens, and is followed by its id.
+      if (state) this.openState(state, { restored: false });
       return;
     }
-    if (this.following !== WORKFLOW) return;
-    if (this.viaCurrent && (!state || state.workflow_id !== this.openId)) {
-      // The current workflow is another one now (or none): follow the open one by its id.
-      this.followOwn();
-      return;
-    }
+    if (this.following !== OPEN) return;
     if (state && state.workflow_id !== this.openId) return; // late news of the one open before
     const previous = this.current;
-    if (state && previous && state.version === previous.version) {
-      this.learnPercent(state.version, body.progress_percent);
-      return;
-    }
     if (!state) {
       if (!previous) return;
-      if (previous.status === 'running') {
+      if (isActive(previous)) {
         this.show(null);
         this.say(message('cleared'));
       } else {
@@ -344,16 +422,18 @@ export class WorkflowController extends EventTarget {
       return;
     }
     if (!this.isNewer(state)) return;
-    this.show(state, { percent: body.progress_percent });
+    this.show(state);
     this.sayProgress(previous, state);
   }
 
   /** Say where the workflow got to, when `state` follows `previous` (null: just opened). */
   sayProgress(previous, state) {
     if (state.status === 'running') {
-      if (this.cancelling) return; // "Cancelling…" stays until the cancel shows
+      if (this.pending && this.pending.action === 'cancel') return; // "Cancelling…" stays
       this.say(serverRunMessage(state) || otherRunMessage(state, this.catalog));
-    } else if (!previous || previous.status === 'running') {
+    } else if (state.status === 'blocked') {
+      this.say(blockedMessage(state, this.catalog) || restoredMessage(state, this.catalog));
+    } else if (!previous || isActive(previous)) {
       this.sayFinished(state);
     }
   }
@@ -365,29 +445,16 @@ export class WorkflowController extends EventTarget {
 
   /**
    * Put `state` (or no state) on screen. Without `force`, a state older than the one shown is
-   * dropped. `reset` takes the step switches from the state; `percent` is its progress_percent.
+   * dropped. `reset` takes the step switches from the state.
    */
-  show(state, { reset = false, force = false, percent = undefined } = {}) {
-    if (!force && state && !this.isNewer(state)) {
-      if (this.current && state.version === this.current.version) this.learnPercent(state.version, percent);
-      return;
-    }
-    const before = this.displayed;
+  show(state, { reset = false, force = false } = {}) {
+    if (!force && state && !this.isNewer(state)) return;
+    if (state && (!this.current || state.version !== this.current.version)) this.inputError = null;
     this.current = state;
     this.displayed = state;
-    if (!state) {
-      this.percent = 0;
-      this.percentOf = null;
-    } else if (typeof percent === 'number') {
-      this.percent = percent;
-      this.percentOf = state.version;
-      this.feed.seen(state.version);
-    } else if (!before || before.workflow_id !== state.workflow_id) {
-      this.percent = 0; // until the source brings this workflow's own percent
-      this.percentOf = null;
-    }
+    if (state && typeof state.version === 'number') this.feed.seen(state.version);
     const steps = state && Array.isArray(state.steps) ? state.steps : [];
-    if (reset || (state && state.status === 'running')) {
+    if (reset || isActive(state)) {
       for (const step of steps) {
         if (typeof step.enabled === 'boolean') this.enabled.set(step.action, step.enabled);
       }
@@ -416,30 +483,21 @@ export class WorkflowController extends EventTarget {
 
   // --- what to show ---------------------------------------------------------------------------
 
-  /** The server's percent for the version on screen, when it arrives after the state. */
-  learnPercent(version, percent) {
-    if (typeof percent !== 'number' || this.percentOf === version) return;
-    if (!this.displayed || this.displayed.version !== version) return;
-    this.percent = percent;
-    this.percentOf = version;
-    this.feed.seen(version);
-    this.changed();
-  }
-
   /** Everything a view needs to draw the open workflow. */
   view() {
     const state = this.displayed;
+    const current = this.current;
     const steps = state && Array.isArray(state.steps) ? state.steps : [];
     const running = Boolean(state) && state.status === 'running';
+    const active = isActive(state);
     const layout = this.catalog.layoutFor(state);
-    const run = serverRun(this.current);
+    const run = serverRun(current);
     // Running, but no server run drives it: a client that runs steps itself, or one that stopped.
-    const unattended = !run && Boolean(this.current) && this.current.status === 'running';
-    const locked = running || this.starting;
-    let mode = 'run';
-    if (this.cancelling) mode = 'cancelling';
-    else if (run) mode = 'cancel';
-    else if (unattended) mode = 'resume';
+    const unattended = !run && Boolean(current) && current.status === 'running';
+    const blocked = blockedStep(current);
+    const busy = Boolean(this.pending);
+    const unavailable = busy || this.offline;
+    const locked = active || Boolean(this.pending && this.pending.action === 'start');
     let hint = null;
     if (run) hint = message('hint-server');
     else if (unattended) hint = message('hint-orphan');
@@ -448,13 +506,17 @@ export class WorkflowController extends EventTarget {
       steps: layout.map((entry, index) => {
         const step = steps[index] || {};
         const status = step.status || 'pending';
+        const working = running && status === 'in_progress';
         return {
           index,
           action: entry.action,
           label: entry.label,
           status,
-          current: running && status === 'in_progress',
+          current: (working || status === 'blocked') && active,
           note: step.data && typeof step.data.message === 'string' ? step.data.message : '',
+          progress: working ? stepProgress(step) : null,
+          tasks: TASKS_SHOWN.includes(status) ? stepTasks(step) : [],
+          retryAt: working ? retryAt(state, step) : null,
           enabled: this.enabled.get(entry.action) !== false,
           locked,
         };
@@ -465,16 +527,33 @@ export class WorkflowController extends EventTarget {
         return { completed: before === 'completed', loading: running && before === 'in_progress' };
       }),
       progress: {
-        percent: this.percent,
+        percent: completedPercent(state),
         step: state ? state.current_step + 1 : 0,
         total: steps.length,
         status: state ? state.status : null,
       },
-      message: this.message,
-      run: { mode, disabled: !this.config || this.starting || Boolean(this.cancelling) },
+      message: this.offline ? offlineMessage(this.offlineReason) : this.message,
+      run: { mode: this.runMode(), disabled: !this.config || unavailable },
       sshLocked: locked,
-      stopOther: unattended && !this.cancelling,
-      newSetup: Boolean(state) || this.following === WORKFLOW,
+      // A running workflow nothing drives can be deleted (it would otherwise linger).
+      remove: unattended ? { disabled: unavailable } : null,
+      retry:
+        current && current.status === 'failed'
+          ? { step: failedStepIndex(current) + 1, disabled: unavailable }
+          : null,
+      blocked: blocked
+        ? {
+            key: `${current.workflow_id}:${blocked.index}:${blocked.since}`,
+            step: blocked.index + 1,
+            label: this.catalog.labelOf(blocked.step),
+            message: blocked.message,
+            fields: blocked.fields,
+            error: this.inputError,
+            disabled: unavailable,
+          }
+        : null,
+      newSetup: Boolean(state) || this.following === OPEN,
+      offline: this.offline,
       hint,
     };
   }
@@ -482,6 +561,11 @@ export class WorkflowController extends EventTarget {
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** What the status line says while the service cannot serve. */
+function offlineMessage(reason) {
+  return message(reason === 'storage' ? 'storage-down' : 'offline');
 }
 
 /** A state's SSH connection for its field ('' when it has none). */
