@@ -123,7 +123,7 @@ def test_clear_deletes_the_state(storage, store):
     again = cli(storage, "clear")
     assert again.returncode == 0
     assert again.stdout == "Nothing to clear.\n"
-    # --json keeps what a script needs: the version the delete took, as DELETE answers it.
+    # --json keeps what the words leave out: the workflow cleared (none) and the version taken.
     as_json = json.loads(cli(storage, "clear", "--json").stdout)
     assert as_json["success"] is True and as_json["workflow_id"] is None
     assert isinstance(as_json["version"], int)
