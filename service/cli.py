@@ -742,15 +742,16 @@ def watch(
 WAKE = Frame("wake", None, "", False)
 # The record fields that change with every write: not a change a person sees.
 VOLATILE = ("id", "kind", "last_update")
+# What `watch` has shown before its first line: nothing, not even "no workflow".
 NO_LINE = object()
 
 
 class Watcher:
     """Print a workflow as found, then each change of what a line shows, until it finishes.
 
-    The server's stream hub does the following: it subscribes to the change feed, resyncs after
-    an interruption and announces expiry; this reads the frames of one topic (one workflow, or
-    the owner's current one) as a stream does, and prints them as lines.
+    A stream hub of its own, the one the server's live streams use, follows the change feed and
+    announces expiry; this reads the hub's frames of one topic (one workflow, or the owner's
+    current one) as a server stream does, with a fresh snapshot after each resync.
     """
 
     def __init__(
