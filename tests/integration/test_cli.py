@@ -235,6 +235,18 @@ def test_list_pages_through_every_workflow_and_status_clear_take_one_id(redis_se
 # --- errors --------------------------------------------------------------------------------
 
 
+def test_every_command_exits_1_for_an_id_the_owner_does_not_have(storage, store):
+    running(store, "there")
+    for command in ("status", "clear", "cancel", "watch", "run"):
+        result = cli(storage, command, "ghost")
+        assert result.returncode == 1, (command, result)
+        assert one_line_error(result).startswith(
+            "workflow-state: no workflow 'ghost' for owner public: "
+        ), command
+        assert result.stdout == ""
+    assert store.get().state["status"] == "running"
+
+
 @pytest.mark.parametrize(
     "args",
     [
