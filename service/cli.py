@@ -6,7 +6,8 @@ is for people by default and JSON with `--json`. `status`, `watch`, `clear` and 
 one workflow of one owner: the WORKFLOW_ID given, else the owner's current one (`--owner`,
 default `public`). Exit codes: 0 done (also when there was nothing to do), 1 storage down or no
 such workflow (a WORKFLOW_ID the owner does not have), 2 usage error (bad arguments, a bad
-setting, a `--workflow-id` guard that is not the stored one).
+setting, a `--workflow-id` guard that is not the stored one); `watch` ends when its workflow
+finishes, with 0 completed, 3 failed, 4 cancelled.
 """
 
 from __future__ import annotations
@@ -29,38 +30,40 @@ from typing import Any, TextIO
 import click
 
 from . import config, logs, model, runs
-from .storage import (
-    HISTORY_MAX,
-    RESYNC,
-    CurrentWorkflow,
-    Event,
-    FileStore,
-    Snapshot,
-    StateStore,
-    StorageUnavailable,
-)
+from .storage import HISTORY_MAX, CurrentWorkflow, FileStore, StateStore, StorageUnavailable
 from .storage.base import HISTORY_DAYS, MIGRATION_OWNER, check_workflow_id, dumps, utc_now
 from .storage.listing import LIMIT_MAX, STATUSES, score
 from .store import build_store
+from .stream import (
+    CLOSE_FRAME,
+    RESYNC_FRAME,
+    Frame,
+    Hub,
+    HubThread,
+    Subscription,
+    Topic,
+    frame_of_snapshot,
+    is_news,
+)
 
 EXIT_OK = 0
 EXIT_STORAGE_DOWN = 1
 # Like grep's "nothing found": the workflow named is not there (stderr says which).
 EXIT_NO_WORKFLOW = 1
 EXIT_USAGE = 2
+# How `watch` ends when its workflow finishes.
+FINISHED_EXIT = {"completed": EXIT_OK, "failed": 3, "cancelled": 4}
 PROG = "python -m service"
 # `list --owner '*'`: every owner's workflows.
 ALL_OWNERS = "*"
 # Workflows `list` reads per storage call, following the cursors: the most one page may hold.
 LIST_PAGE = LIMIT_MAX
-# How often `watch` wakes up with nothing to read: to notice expiry, a deadline or Ctrl-C.
+# How often `watch` wakes up with nothing to read, to notice its deadline.
 WATCH_TICK_SECONDS = 0.25
 # How long `watch` waits between tries to re-read the state while storage is down.
 WATCH_RETRY_SECONDS = 0.5
 # How long a starting worker waits between tries to reach the queue's Redis.
 WORKER_RETRY_SECONDS = 1.0
-# Put in the watch's inbox by a signal handler, so the main loop wakes up at once.
-WAKE = object()
 
 
 class Refused(Exception):
@@ -130,17 +133,19 @@ def describe_step(state: dict[str, Any]) -> str:
     return f"step {step['index'] + 1}/{len(state['steps'])} {step['action']} {step['status']}"
 
 
+def state_words(state: dict[str, Any]) -> str:
+    """Return e.g. `vast-1 running step 2/6 set_ui_home in_progress 33.33%`."""
+    progress = model.progress_percent(state)
+    return f"{state['workflow_id']} {state['status']} {describe_step(state)} {progress}%"
+
+
 def change_line(kind: str, event_id: str, state: dict[str, Any] | None) -> str:
     """Return the one-line human description `watch` prints for a change."""
     if state is None:
         stamp = model.format_time(utc_now())
         what = {"expired": "expired", "cleared": "cleared"}.get(kind, "no workflow")
         return f"{stamp} #{event_id} {what}"
-    progress = model.progress_percent(state)
-    return (
-        f"{state['last_update']} #{event_id} {state['workflow_id']} {state['status']} "
-        f"{describe_step(state)} {progress}%"
-    )
+    return f"{state['last_update']} #{event_id} {state_words(state)}"
 
 
 def change_record(kind: str, event_id: str, state: dict[str, Any] | None) -> dict[str, Any]:
@@ -251,7 +256,7 @@ def _a_number(ctx: click.Context, param: click.Parameter, value: float) -> float
 
 @click.group(
     epilog="Exit codes: 0 done, 1 storage unavailable or no such workflow, 2 usage or "
-    "configuration error.",
+    "configuration error; watch: 3 the workflow failed, 4 it was cancelled.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @json_flag
@@ -411,9 +416,9 @@ def clear(store: CurrentWorkflow, out: Output, workflow: str | None, owner: str)
             }
         )
     elif before is None:
-        out.line(f"Nothing to clear; recorded the delete as #{version}.")
+        out.line("Nothing to clear.")
     else:
-        out.line(f"Cleared workflow {before['workflow_id']} ({before['status']}) as #{version}.")
+        out.line(f"Cleared workflow {before['workflow_id']} (it was {before['status']}).")
     return EXIT_OK
 
 
@@ -449,7 +454,13 @@ def cancel(
     if out.as_json:
         out.data({"cancelled": True, **model.summarize(cancelled)})
     else:
-        out.line(f"Cancelled workflow {cancelled['workflow_id']} at {describe_step(cancelled)}.")
+        step = current_step(cancelled)
+        where = (
+            f" at step {step['index'] + 1} of {len(cancelled['steps'])} ({step['action']})"
+            if step is not None
+            else ""
+        )
+        out.line(f"Cancelled workflow {cancelled['workflow_id']}{where}.")
     return EXIT_OK
 
 
@@ -466,7 +477,9 @@ def run(store: CurrentWorkflow, out: Output, workflow: str, owner: str) -> int:
     control = RunControl(store.store, settings)
     try:
         snapshot = control.start(owner, workflow, runs_here=False)
-    except (model.NoWorkflow, model.WorkflowFinished, runs.RunActive) as error:
+    except model.NoWorkflow:
+        raise NoSuchWorkflow(owner, workflow) from None
+    except (model.WorkflowFinished, runs.RunActive) as error:
         raise Refused(error.message) from None
     except config.ConfigError as error:
         raise Refused(str(error)) from None
@@ -692,7 +705,7 @@ def list_line(entry: dict[str, Any], owner_width: int = 0) -> str:
     type=click.IntRange(min=0),
     default=0,
     metavar="N",
-    help="Exit after N changes (0: never).",
+    help="Exit after printing N lines, the first included (0: no limit).",
 )
 @click.option(
     "--timeout",
@@ -710,184 +723,156 @@ def watch(
     count: int,
     timeout: float,
 ) -> int:
-    """Follow a workflow live (default: whichever is current), one line per change, until Ctrl-C."""
+    """Follow a workflow live (default: whichever is current), one line per change.
+
+    Ends when the workflow finishes: exit 0 completed, 3 failed, 4 cancelled. Ctrl-C, --count
+    and --timeout end it sooner, with exit 0.
+    """
     store = _owned(store, owner)
     store.ping()  # fail at once (exit 1) rather than retry quietly when storage is down
-    followed: CurrentWorkflow | OneWorkflow = store
     if workflow is not None:
         _found(store, workflow)  # one that is not there: exit 1 rather than wait for it
-        followed = OneWorkflow(store.store, owner, workflow)
-    watcher = Watcher(followed, out, count, timeout)
+    watcher = Watcher(store.store, (owner, workflow), out, count, timeout)
     # Explicitly: a shell that starts a job in the background starts it with SIGINT ignored.
     with on_signals(watcher.interrupt):
         return watcher.run()
 
 
-class OneWorkflow:
-    """One workflow of one owner, read and followed as CurrentWorkflow reads the current one."""
-
-    def __init__(self, store: StateStore, owner: str, workflow_id: str) -> None:
-        self.store = store
-        self.owner = owner
-        self.workflow_id = workflow_id
-        self.ttl = store.ttl
-        self.stale_ttl = store.stale_ttl
-
-    def get(self) -> Snapshot:
-        """Return the workflow (state None when it is gone)."""
-        return self.store.get(self.owner, self.workflow_id)
-
-    def get_for_stream(self) -> Snapshot:
-        """Return the workflow with its event id (the owner's counter when it is gone)."""
-        return self.store.get_for_stream(self.owner, self.workflow_id)
-
-    def events(self, stop: threading.Event) -> Iterator[Event]:
-        """Yield RESYNCs and this workflow's changes (the owner's counter orders them)."""
-        for event in self.store.events(stop):
-            if event is RESYNC or (
-                event.owner == self.owner and event.workflow_id == self.workflow_id
-            ):
-                yield event
+# Put in the watch's inbox by a signal handler, so that it wakes up at once.
+WAKE = Frame("wake", None, "", False)
+# The record fields that change with every write: not a change a person sees.
+VOLATILE = ("id", "kind", "last_update")
+# What `watch` has shown before its first line: nothing, not even "no workflow".
+NO_LINE = object()
 
 
 class Watcher:
-    """Follow the store's change feed and print one line per change."""
+    """Print a workflow as found, then each change of what a line shows, until it finishes.
+
+    A stream hub of its own, the one the server's live streams use, follows the change feed and
+    announces expiry; this reads the hub's frames of one topic (one workflow, or the owner's
+    current one) as a server stream does, with a fresh snapshot after each resync.
+    """
 
     def __init__(
-        self, store: CurrentWorkflow | OneWorkflow, out: Output, count: int, timeout: float
+        self, store: StateStore, topic: Topic, out: Output, count: int, timeout: float
     ) -> None:
-        self.store = store
+        self.hub = Hub(store)
+        self.topic = topic
         self.out = out
         self.count = count
         self.deadline = time.monotonic() + timeout if timeout else None
-        self.stop = threading.Event()
         self.interrupted = False
-        self.inbox: queue.SimpleQueue[Event | BaseException | object] = queue.SimpleQueue()
-        self.shown: int | None = None  # the counter value of the last line printed
-        self.state: dict[str, Any] | None = None
-        self.expires: float | None = None
-        self.changes = 0
-        self.need_snapshot = False
+        self.subscription: Subscription | None = None
+        self.sent: Frame | None = None  # the last frame taken in, printed or not
+        self.shown: Any = NO_LINE  # what the last line printed showed
+        self.lines = 0
+        self.finished: int | None = None  # the exit code, once the workflow finished
         self.storage_down = False
-
-    def _feed(self) -> None:
-        try:
-            for event in self.store.events(self.stop):
-                self.inbox.put(event)
-        except BaseException as error:  # handed to the main thread, which decides
-            self.inbox.put(error)
 
     def interrupt(self) -> None:
         """End the watch at once; safe in a signal handler (a flag and a reentrant put)."""
         self.interrupted = True
-        self.inbox.put(WAKE)
+        if self.subscription is not None:
+            self.subscription.put(WAKE)
 
     def run(self) -> int:
-        """Print the current state, then each change, until count, timeout or Ctrl-C."""
-        feed = threading.Thread(target=self._feed, name="watch-feed", daemon=True)
-        feed.start()
+        """Print the state, then each change, until it finishes, count, timeout or Ctrl-C."""
+        self.subscription = self.hub.subscribe(self.topic)
         try:
+            resync = True
             while not self._done():
-                self._step()
+                if resync and self._snapshot():
+                    resync = False
+                    continue
+                frame = self._next(WATCH_RETRY_SECONDS if resync else WATCH_TICK_SECONDS)
+                if frame is RESYNC_FRAME:
+                    resync = True
+                elif frame is CLOSE_FRAME:  # fell far behind (a slow reader): start afresh
+                    self.hub.unsubscribe(self.subscription)
+                    self.subscription = self.hub.subscribe(self.topic)
+                    resync = True
+                elif frame not in (None, WAKE) and self.sent and is_news(frame, self.sent):
+                    self._take_change(frame)
         finally:
-            self.stop.set()
-            feed.join(timeout=2)
-        return EXIT_OK
+            self.hub.unsubscribe(self.subscription)
+            self._close_hub()
+        return self.finished if self.finished is not None else EXIT_OK
 
     def _done(self) -> bool:
-        if self.interrupted or (self.count and self.changes >= self.count):
+        if self.interrupted or self.finished is not None:
+            return True
+        if self.count and self.lines >= self.count:
             return True
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _step(self) -> None:
-        if self.need_snapshot:
-            self._snapshot()
-        wait = WATCH_TICK_SECONDS
+    def _next(self, wait: float) -> Frame | None:
         if self.deadline is not None:
             wait = max(0.0, min(wait, self.deadline - time.monotonic()))
+        assert self.subscription is not None
         try:
-            item = self.inbox.get(timeout=wait)
+            return self.subscription.get(timeout=wait)
         except queue.Empty:
-            self._check_expiry()
-            return
-        if item is WAKE:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        if item is RESYNC:
-            # Subscribed (again): whatever happened before is in a fresh snapshot.
-            self.need_snapshot = True
-            return
-        assert isinstance(item, Event)
-        self._show_event(item)
+            return None
 
-    def _snapshot(self) -> None:
+    def _snapshot(self) -> bool:
+        """Take in the state as it is now; False when storage did not answer."""
         try:
-            snapshot = self.store.get_for_stream()
+            snapshot = self.hub.store.get_for_stream(*self.topic)
         except StorageUnavailable as error:
             if not self.storage_down:
                 self.out.note(f"storage unavailable, retrying: {error.message}")
                 self.storage_down = True
-            self.stop.wait(WATCH_RETRY_SECONDS)
-            return
+            return False
         if self.storage_down:
             self.out.note("storage is back")
             self.storage_down = False
-        self.need_snapshot = False
-        event_id = snapshot.event_id or "0"
-        seq = _seq(event_id)
-        # The same: nothing happened while the feed was away. Otherwise print it, even with a
-        # lower counter value (a Redis that lost its data starts again): it is the new baseline.
-        if self.shown is not None and seq == self.shown and snapshot.state == self.state:
-            return
+        frame = frame_of_snapshot(snapshot)
+        self.hub.track(self.topic, snapshot.state, frame.seq)
+        # After a resync this is the baseline, even with a lower counter value (a Redis that
+        # lost its data); a line only if it shows something else than the last one.
         kind = "snapshot" if snapshot.state is not None else "none"
-        self._print(kind, event_id, seq, snapshot.state, counts=self.shown is not None)
+        self._take(frame, kind, snapshot.state)
+        return True
 
-    def _show_event(self, event: Event) -> None:
-        seq = _seq(event.id)
-        if self.shown is None or self.need_snapshot:
-            return  # the snapshot about to be taken covers it
-        if seq is not None and seq <= self.shown:
-            return  # already covered by the snapshot printed
-        state = json.loads(event.json)
-        self._print("change" if state is not None else "cleared", event.id, seq, state)
-
-    def _check_expiry(self) -> None:
-        if self.state is None or self.expires is None or time.time() < self.expires:
-            return
-        try:
-            snapshot = self.store.get()
-        except StorageUnavailable:
-            return
-        if snapshot.state is None:
-            version = self.state["version"]
-            self._print("expired", f"{version}:expired", version, None)
+    def _take_change(self, frame: Frame) -> None:
+        if frame.id.endswith(":expired"):
+            self._take(frame, "expired", None)
+        elif frame.is_null:
+            self._take(frame, "cleared", None)
         else:
-            self.expires = time.time() + WATCH_TICK_SECONDS  # not gone yet: look again soon
+            # The frame's data is the GET /workflow/state body, state included.
+            data = frame.text.split("\ndata: ", 1)[1]
+            self._take(frame, "change", json.loads(data)["state"])
 
-    def _print(
-        self,
-        kind: str,
-        event_id: str,
-        seq: int | None,
-        state: dict[str, Any] | None,
-        counts: bool = True,
-    ) -> None:
-        if self.out.as_json:
-            self.out.data(change_record(kind, event_id, state))
-        else:
-            self.out.line(change_line(kind, event_id, state))
-        if seq is not None:
-            self.shown = seq
-        self.state = state
-        self.expires = (
-            model.expires_at(state, self.store.ttl, self.store.stale_ttl) if state else None
+    def _take(self, frame: Frame, kind: str, state: dict[str, Any] | None) -> None:
+        self.sent = frame
+        record = change_record(kind, frame.id, state)
+        # No workflow, cleared and expired show the same: nothing there.
+        shows = (
+            None
+            if state is None
+            else (
+                {k: v for k, v in record.items() if k not in VOLATILE}
+                if self.out.as_json
+                else state_words(state)
+            )
         )
-        # The first line is the state as found; --count counts the changes after it.
-        if counts:
-            self.changes += 1
+        if shows == self.shown:
+            return  # a write that changed nothing this prints (a run's lease, say)
+        self.shown = shows
+        if self.out.as_json:
+            self.out.data(record)
+        else:
+            self.out.line(change_line(kind, frame.id, state))
+        self.lines += 1
+        if model.is_finished(state):
+            assert state is not None
+            self.finished = FINISHED_EXIT[state["status"]]
 
-
-def _seq(event_id: str) -> int | None:
-    head = event_id.split(":", 1)[0]
-    return int(head) if head.isdigit() else None
+    def _close_hub(self) -> None:
+        """Stop the hub's threads before the store they read is closed."""
+        self.hub.close()
+        for thread in threading.enumerate():
+            if isinstance(thread, HubThread) and thread.hub is self.hub:
+                thread.join(timeout=2)

@@ -546,7 +546,7 @@ def perform_step(
         frame = traceback.extract_tb(error.__traceback__)[-1]
         log.error(
             "step %s of workflow %s: unexpected %s at %s:%s",
-            call.index,
+            call.index + 1,  # counted from 1, as the CLI and the page count steps
             call.workflow_id,
             type(error).__name__,
             frame.filename,
@@ -557,7 +557,7 @@ def perform_step(
     log.log(
         logging.WARNING if result.status == FAILED else logging.INFO,
         "step %s (%s) of workflow %s, attempt %s: %s (%s) in %.3f s",
-        call.index,
+        call.index + 1,
         call.action,
         call.workflow_id,
         call.attempt,

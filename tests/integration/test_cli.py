@@ -118,18 +118,22 @@ def test_clear_deletes_the_state(storage, store):
     running(store)
     result = cli(storage, "clear")
     assert result.returncode == 0, result.stderr
-    assert "wf-1" in result.stdout
+    assert result.stdout == "Cleared workflow wf-1 (it was running).\n"
     assert store.get().state is None
-    again = cli(storage, "clear", "--json")
+    again = cli(storage, "clear")
     assert again.returncode == 0
-    assert json.loads(again.stdout)["success"] is True
+    assert again.stdout == "Nothing to clear.\n"
+    # --json keeps what the words leave out: the workflow cleared (none) and the version taken.
+    as_json = json.loads(cli(storage, "clear", "--json").stdout)
+    assert as_json["success"] is True and as_json["workflow_id"] is None
+    assert isinstance(as_json["version"], int)
 
 
 def test_cancel_a_running_workflow_then_a_finished_one(storage, store):
     before = running(store)
     result = cli(storage, "cancel")
     assert result.returncode == 0, result.stderr
-    assert "Cancelled workflow wf-1" in result.stdout
+    assert result.stdout == "Cancelled workflow wf-1 at step 3 of 5 (step2).\n"
     state = store.get().state
     assert state["status"] == "cancelled"
     # As POST /workflows/<id>/cancel (contract section 9): the running step is cancelled too.
@@ -215,7 +219,7 @@ def test_list_pages_through_every_workflow_and_status_clear_take_one_id(redis_se
         assert summary["last_update"] == latest[target]["last_update"]
         cleared = cli(env, "clear", target)
         assert cleared.returncode == 0, cleared.stderr
-        assert f"Cleared workflow {target} (running)" in cleared.stdout
+        assert cleared.stdout == f"Cleared workflow {target} (it was running).\n"
         assert store.get("public", target).state is None
         after = json.loads(cli(env, "list", "--json").stdout)
         assert [entry["workflow_id"] for entry in after] == [n for n in order if n != target]
@@ -229,6 +233,18 @@ def test_list_pages_through_every_workflow_and_status_clear_take_one_id(redis_se
 
 
 # --- errors --------------------------------------------------------------------------------
+
+
+def test_every_command_exits_1_for_an_id_the_owner_does_not_have(storage, store):
+    running(store, "there")
+    for command in ("status", "clear", "cancel", "watch", "run"):
+        result = cli(storage, command, "ghost")
+        assert result.returncode == 1, (command, result)
+        assert one_line_error(result).startswith(
+            "workflow-state: no workflow 'ghost' for owner public: "
+        ), command
+        assert result.stdout == ""
+    assert store.get().state["status"] == "running"
 
 
 @pytest.mark.parametrize(
@@ -306,7 +322,8 @@ class Watch:
             text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -328,6 +345,11 @@ class Watch:
         assert self.process.stderr is not None
         return code, self.process.stderr.read()
 
+    def rest(self) -> list[str]:
+        """Return the lines printed and not read yet (call once the process ended)."""
+        self.reader.join(timeout=5)
+        return [self.lines.get() for _ in range(self.lines.qsize())]
+
     def kill(self) -> None:
         """Make sure the process is gone."""
         if self.process.poll() is None:
@@ -343,26 +365,51 @@ def watches() -> Iterator[list[Watch]]:
         watch.kill()
 
 
-def test_watch_prints_one_line_per_change(storage, store, watches):
-    watch = Watch(storage, "watch", "--count", "4", "--timeout", "30")
+def test_watch_prints_each_change_once_and_exactly_count_lines(storage, store, watches):
+    watch = Watch(storage, "watch", "--count", "5", "--timeout", "30")
     watches.append(watch)
     assert "no workflow" in watch.next()  # the state as found: subscribed from here on
+    store.clear()  # a delete of nothing: still no workflow, so no line
     running(store, "wf-w", current=0)
+    store.merge({"ssh_connection": "ssh root@203.0.113.5"})  # nothing a line shows
     store.update_step(0, {"status": "completed"})
     store.update_step(1, {"status": "in_progress"})
     store.clear()
+    store.clear()  # gone already: no second line
+    running(store, "wf-x", current=0)
     lines = [watch.next() for _ in range(4)]
     assert "wf-w running step 1/5 step0 in_progress 20%" in lines[0]
     assert "wf-w running step 1/5 step0 completed 20%" in lines[1]
     assert "wf-w running step 2/5 step1 in_progress 40%" in lines[2]
-    assert "cleared" in lines[3]
+    assert lines[3].endswith(" cleared")
     code, stderr = watch.finish()
     assert code == 0, stderr
+    assert watch.rest() == []  # five lines in all, wf-x's not among them
+
+
+@pytest.mark.parametrize(("status", "code"), [("completed", 0), ("failed", 3), ("cancelled", 4)])
+def test_watch_ends_when_the_workflow_finishes(storage, store, watches, status, code):
+    running(store, "wf-end", current=1)
+    watch = Watch(storage, "watch", "--timeout", "30")
+    watches.append(watch)
+    assert "wf-end running step 2/5" in watch.next()
+    store.merge({"status": status})
+    assert f"wf-end {status} step 2/5" in watch.next()
+    assert watch.finish() == (code, "")
+    assert watch.rest() == []
+
+
+def test_watch_of_a_finished_workflow_prints_it_and_ends(storage, store):
+    store.save({"workflow_id": "wf-done", "status": "failed", "steps": steps(2, "completed")})
+    result = cli(storage, "watch", "wf-done", "--json")
+    assert result.returncode == 3, result.stderr
+    [line] = result.stdout.splitlines()
+    assert json.loads(line)["status"] == "failed"
 
 
 def test_watch_json_lines_and_a_change_made_before_the_first_line(storage, store, watches):
     running(store, "wf-before", current=1)
-    watch = Watch(storage, "--json", "watch", "--count", "1", "--timeout", "30")
+    watch = Watch(storage, "--json", "watch", "--timeout", "30")
     watches.append(watch)
     first = json.loads(watch.next())
     assert first["kind"] == "snapshot"
@@ -378,17 +425,18 @@ def test_watch_json_lines_and_a_change_made_before_the_first_line(storage, store
     assert change["kind"] == "change"
     assert change["status"] == "failed" and change["active"] is False
     assert int(change["id"]) == int(first["id"]) + 1
-    assert watch.finish()[0] == 0
+    assert watch.finish()[0] == 3
 
 
 def test_watch_reports_expiry(tmp_path, watches):
-    env = {"WORKFLOW_STATE_URL": f"file://{tmp_path}/s.json", "WORKFLOW_STATE_TTL": "1"}
+    # A running workflow nobody writes to expires after WORKFLOW_STATE_STALE_TTL.
+    env = {"WORKFLOW_STATE_URL": f"file://{tmp_path}/s.json", "WORKFLOW_STATE_STALE_TTL": "1"}
     store = CurrentWorkflow(build_store(from_env(env)), "public")
-    watch = Watch(env, "watch", "--count", "2", "--timeout", "30")
+    watch = Watch(env, "watch", "--count", "3", "--timeout", "30")
     watches.append(watch)
     watch.next()
-    saved = store.save({"workflow_id": "short", "status": "completed", "steps": steps(1)}).state
-    assert "short completed" in watch.next()
+    saved = running(store, "short")
+    assert "short running" in watch.next()
     assert f"#{saved['version']}:expired expired" in watch.next(timeout=5)
     assert watch.finish()[0] == 0
 

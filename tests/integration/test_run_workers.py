@@ -271,7 +271,9 @@ def test_the_cli_starts_and_cancels_runs(
     assert started.returncode == 0, started.stderr
     assert "Queued run attempt 1 of workflow by-cli" in started.stdout
     assert cli(full_env, "run", "by-cli").returncode == 2  # already queued: run_active
-    assert cli(full_env, "run", "nope").returncode == 2
+    unknown = cli(full_env, "run", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("workflow-state: no workflow 'nope' for owner public: ")
     workers.start(WORKFLOW_RUN_LEASE="30")
     assert wait_for_state(store, "by-cli", finished)["status"] == "completed"
     assert cli(full_env, "run", "held", "--owner", "alice").returncode == 0

@@ -93,7 +93,7 @@ def test_json_before_or_after_the_command(args, url, store):
 def test_clear_cancel_and_history(url, store):
     assert run("--url", url, "cancel").stdout == "There is no workflow to cancel.\n"
     running(store, "wf-c")
-    assert run("--url", url, "cancel").stdout.startswith("Cancelled workflow wf-c at step 3/5")
+    assert run("--url", url, "cancel").stdout == "Cancelled workflow wf-c at step 3 of 5 (step2).\n"
     assert store.get().state["status"] == "cancelled"
     history = run("--url", url, "history", "--json", "--limit", "1")
     assert [w["workflow_id"] for w in json.loads(history.stdout)] == ["wf-c"]
@@ -141,7 +141,7 @@ def test_a_bad_setting_exits_2_naming_it(url):
     assert "WORKFLOW_STATE_TTL" in one_line(result)
 
 
-def test_watch_prints_the_state_then_changes_until_its_count(url, store):
+def test_watch_prints_the_state_then_changes_until_count_lines(url, store):
     running(store, "wf-w", current=0)
     stop = threading.Event()
 
@@ -155,7 +155,7 @@ def test_watch_prints_the_state_then_changes_until_its_count(url, store):
     writer = threading.Thread(target=keep_writing)
     writer.start()
     try:
-        result = run("--url", url, "--json", "watch", "--count", "1", "--timeout", "20")
+        result = run("--url", url, "--json", "watch", "--count", "2", "--timeout", "20")
     finally:
         stop.set()
         writer.join()

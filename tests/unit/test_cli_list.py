@@ -181,7 +181,7 @@ def test_status_cancel_and_clear_act_on_the_named_workflow_only(store):
     assert "Workflow  wf-a\nOwner     alice\n" in human
     assert f"Version   {alices['version']}\n" in human
 
-    assert ok("cancel", "wf-a").stdout.startswith("Cancelled workflow wf-a at step 3/5")
+    assert ok("cancel", "wf-a").stdout.startswith("Cancelled workflow wf-a at step 3 of 5")
     assert store.get(PUBLIC, "wf-a").state["status"] == "cancelled"
     assert store.get(PUBLIC, "wf-b").state["status"] == "running"
     assert store.get("alice", "wf-a").state == alices
@@ -193,7 +193,7 @@ def test_status_cancel_and_clear_act_on_the_named_workflow_only(store):
     assert store.get("alice", "wf-a").state == alices
 
     # No id: the owner's current workflow.
-    assert ok("clear", "--owner", "alice").stdout.startswith("Cleared workflow wf-a (running)")
+    assert ok("clear", "--owner", "alice").stdout == "Cleared workflow wf-a (it was running).\n"
     assert store.get("alice", "wf-a").state is None
     assert store.get(PUBLIC, "wf-b").state["status"] == "running"
 
@@ -206,6 +206,8 @@ def test_status_cancel_and_clear_act_on_the_named_workflow_only(store):
         ("clear", "ghost"),
         ("cancel", "ghost"),
         ("watch", "ghost", "--timeout", "5"),
+        ("run", "ghost"),
+        ("run", "gone"),
         ("status", "alices", "--owner", PUBLIC),  # another owner's id is not there either
         ("clear", "gone"),  # cleared
     ],
@@ -278,7 +280,7 @@ def test_watch_follows_the_named_workflow_only(store):
     writer = threading.Thread(target=keep_writing)
     writer.start()
     try:
-        result = run("--json", "watch", "followed", "--count", "3", "--timeout", "20")
+        result = run("--json", "watch", "followed", "--count", "4", "--timeout", "20")
     finally:
         stop.set()
         writer.join()
@@ -317,7 +319,7 @@ def test_watch_of_a_named_workflow_prints_when_it_is_cleared(store, monkeypatch)
     writer = threading.Thread(target=clear_and_create)
     writer.start()
     try:
-        result = run("watch", "short-lived", "--count", "2", "--timeout", "20")
+        result = run("watch", "short-lived", "--count", "3", "--timeout", "20")
     finally:
         stop.set()
         writer.join()

@@ -283,7 +283,8 @@ def test_a_bug_fails_the_step_instead_of_escaping(
     assert result.status == "failed"
     assert result.message == "The step could not be performed (RuntimeError)"
     logged = "\n".join(caplog.text.splitlines())
-    assert "unexpected RuntimeError at" in logged and "203.0.113.9" not in logged
+    assert "step 3 of workflow wf-1: unexpected RuntimeError at" in logged
+    assert "203.0.113.9" not in logged
 
 
 def test_log_lines_name_the_step_and_never_the_secret(caplog: pytest.LogCaptureFixture):
@@ -293,7 +294,8 @@ def test_log_lines_name_the_step_and_never_the_secret(caplog: pytest.LogCaptureF
     perform_step(call("ftp://nowhere"), settings())
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 3
-    assert "step 2 (test_ssh) of workflow wf-1, attempt 1: completed" in lines[0]
+    # Step index 2 is the third step: logs count from 1, as the CLI and the page do.
+    assert "step 3 (test_ssh) of workflow wf-1, attempt 1: completed" in lines[0]
     assert all("203.0.113.9" not in line and "root@" not in line for line in lines)
 
 
