@@ -106,12 +106,16 @@ def test_every_key_of_an_owner_carries_its_hash_tag(place):
     keys = sorted(key.decode() for key in place.raw.keys("*"))
     assert keys == [
         "workflow:owners",
+        "workflow:{alice}:bytes",
         "workflow:{alice}:history",
         "workflow:{alice}:index",
         "workflow:{alice}:seq",
         "workflow:{alice}:state:a:1",
     ]
     assert place.raw.get("workflow:{alice}:current") is None  # b was current, and is deleted
+    # The owner's bytes: each workflow's stored document, and their total; b's went with it.
+    size = str(place.raw.strlen("workflow:{alice}:state:a:1")).encode()
+    assert place.raw.hgetall("workflow:{alice}:bytes") == {b"a:1": size, b"*": size}
     assert json.loads(place.raw.get("workflow:{alice}:state:a:1")) == store.get(ALICE, "a:1").state
     assert 1 <= place.raw.ttl("workflow:{alice}:state:a:1") <= 30
     assert place.raw.ttl("workflow:{alice}:seq") == -1
@@ -156,6 +160,7 @@ def test_the_prefix_names_every_key(place):
     store.create(ALICE, {"workflow_id": "wf"})
     assert sorted(k.decode() for k in place.raw.keys("*")) == [
         "app7:owners",
+        "app7:{alice}:bytes",
         "app7:{alice}:current",
         "app7:{alice}:index",
         "app7:{alice}:seq",
