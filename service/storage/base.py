@@ -150,7 +150,8 @@ def limit_refusal(
     None. `others`: the bytes of the owner's other unexpired workflows (None: not known here).
 
     A write that does not grow the workflow is never refused, so a workflow or an owner already
-    over a lowered limit can still shrink, finish and be cleaned up.
+    over a lowered limit can still shrink and be cleaned up (and a run's bookkeeping, which
+    `Write.limited` leaves out, can still end its run).
     """
     if size <= before:
         return None
@@ -337,6 +338,8 @@ class Applied:
     # the length of its document with the version it would take.
     encoded: list[tuple[str, bool]] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    # Whether a write that the size limits apply to changed the state.
+    limited: bool = False
 
 
 class Observer:
@@ -953,6 +956,7 @@ class StateStore(ABC):
                 before = size
                 applied.encoded.append((head, sealed))
                 applied.sizes.append(size)
+                applied.limited = applied.limited or write.limited
                 applied.born.append(born)
                 applied.finished.append(model.newly_finished(seen, new))
                 applied.makes_current.append(write.make_current)

@@ -578,7 +578,7 @@ class RedisStore(StateStore):
             HISTORY_SECONDS * 1000,
             self.max_workflows,
             found.floor(),
-            self.max_owner_bytes,
+            self.max_owner_bytes if applied.limited else 0,
         ]
         for (head, _), done, makes, born in zip(
             encoded, applied.finished, applied.makes_current, applied.born, strict=True
