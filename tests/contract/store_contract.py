@@ -565,7 +565,6 @@ class StoreContract:
             state = stores[1].get(ALICE, name).state
             assert [step["status"] for step in state["steps"]] == ["completed"] * 4
 
-
     # --- size limits (every write; a DELETE always works) ------------------------------------
 
     def test_a_write_that_would_make_a_workflow_too_large_is_refused_and_stores_nothing(
@@ -604,13 +603,12 @@ class StoreContract:
         # A run's bookkeeping is never refused, so it can still end.
         assert store.cancel(ALICE, "wf").state["status"] == "cancelled"
 
-    def test_a_write_past_the_owners_quota_is_refused_until_a_delete_frees_room(
-        self, make_store
-    ):
+    def test_a_write_past_the_owners_quota_is_refused_until_a_delete_frees_room(self, make_store):
         store = make_store(max_owner_bytes=6000)
         sizes = []
         for n in range(4):
-            made = store.create(ALICE, {"workflow_id": f"w{n}", "steps": steps(1), "note": "x" * 1000})
+            body = {"workflow_id": f"w{n}", "steps": steps(1), "note": "x" * 1000}
+            made = store.create(ALICE, body)
             sizes.append(len(made.json))
         assert store.owner_bytes(ALICE) == sum(sizes)
         with pytest.raises(OwnerQuotaExceeded, match="more than the 6000 allowed") as caught:
