@@ -297,6 +297,10 @@ local doc = docs[#docs]
 local most_bytes = tonumber(ARGV[15])
 local before = 0
 if ARGV[4] == '1' then before = #ARGV[5] end
+if most_bytes > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
+  -- No count yet (workflows stored by a version that kept none): start it from what is stored.
+  recount(KEYS[3], KEYS[6], base)
+end
 if most_bytes > 0 and #doc > before then
   local function others()
     local total = tonumber(redis.call('HGET', KEYS[6], TOTAL) or '') or 0
