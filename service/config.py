@@ -182,6 +182,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_KEY", "STATE_KEY", "workflow:state", _text),
     Setting("WORKFLOW_STATE_PREFIX", "STATE_PREFIX", "workflow", _key_prefix),
     Setting("WORKFLOW_STATE_MAX_WORKFLOWS", "MAX_WORKFLOWS", 1000, _positive_int),
+    # Bytes of stored JSON: one workflow's, and one owner's unexpired workflows together (0: no
+    # limit).
+    Setting("WORKFLOW_STATE_MAX_WORKFLOW_BYTES", "MAX_WORKFLOW_BYTES", 1 << 20, _non_negative_int),
+    Setting("WORKFLOW_STATE_MAX_OWNER_BYTES", "MAX_OWNER_BYTES", 64 << 20, _non_negative_int),
     Setting("WORKFLOW_STATE_TTL", "STATE_TTL", 30, _positive_int),
     Setting("WORKFLOW_STATE_STALE_TTL", "STATE_STALE_TTL", 86400, _positive_int),
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),
@@ -273,6 +277,8 @@ class StoreOptions:
     key: str = _option("STATE_KEY")
     prefix: str = _option("STATE_PREFIX")
     max_workflows: int = _option("MAX_WORKFLOWS")
+    max_workflow_bytes: int = _option("MAX_WORKFLOW_BYTES")
+    max_owner_bytes: int = _option("MAX_OWNER_BYTES")
     ttl: int = _option("STATE_TTL")
     stale_ttl: int = _option("STATE_STALE_TTL")
     lock_timeout: float = _option("LOCK_TIMEOUT")

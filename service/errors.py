@@ -9,7 +9,7 @@ from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
 from . import model, runs
-from .storage import LockTimeout, StorageUnavailable, dumps
+from .storage import LimitExceeded, LockTimeout, StorageUnavailable, dumps
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ STATUS_BY_ERROR: dict[type[model.StateError], int] = {
     model.TooManyWorkflows: 429,
     model.InvalidWorkflowId: 400,
     model.InvalidCursor: 400,
+    # state_too_large, owner_quota_exceeded: the write would pass a size limit.
+    LimitExceeded: 413,
     runs.RunActive: 409,
     runs.RunSuperseded: 409,
 }

@@ -23,13 +23,13 @@ import os
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
 from . import hooks
-from .storage import LockTimeout, Observer
+from .storage import LockTimeout, Observer, StateStore, StorageUnavailable
 from .store import store_of
 from .stream import hub_of
 
@@ -230,6 +230,39 @@ class PrometheusObserver(Observer):
         self.metrics.writes.inc()
 
 
+class OwnerBytesCollector:
+    """Expose each owner's stored bytes (what WORKFLOW_STATE_MAX_OWNER_BYTES limits), read at
+    scrape time: one count per owner, each a read of its index (on Redis, one script)."""
+
+    def __init__(self, store: Callable[[], StateStore]) -> None:
+        self._store = store
+
+    @staticmethod
+    def _family() -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(
+            "workflow_owner_bytes",
+            "Bytes the owner's unexpired workflows take stored, by owner",
+            labels=("owner",),
+        )
+
+    def describe(self) -> list[Any]:
+        """Name the family without reading storage (registering calls this, not `collect`)."""
+        return [self._family()]
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the gauge of bytes per owner (nothing when storage does not answer)."""
+        gauge = self._family()
+        store = self._store()
+        try:
+            for owner in store.owners():
+                gauge.add_metric((owner,), store.owner_bytes(owner))
+        except StorageUnavailable:
+            return
+        yield gauge
+
+
 def metrics_of(app: Flask) -> Metrics:
     """Return `app`'s metrics."""
     return app.extensions[EXTENSION]
@@ -258,4 +291,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     hooks.steps_of(app).add(after=metrics.record)
     store_of(app).observer = PrometheusObserver(metrics)
+    metrics.add_collector(OwnerBytesCollector(lambda: store_of(app)))
     hub_of(app).on_change.append(metrics.open_streams.set)

@@ -199,7 +199,10 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     ),
     "413": (
         "PayloadTooLarge",
-        "The body is over WORKFLOW_STATE_MAX_BODY (`payload_too_large`)",
+        "The body is over WORKFLOW_STATE_MAX_BODY (`payload_too_large`), the workflow would be "
+        "stored larger than WORKFLOW_STATE_MAX_WORKFLOW_BYTES (`state_too_large`), or the "
+        "owner's unexpired workflows together larger than WORKFLOW_STATE_MAX_OWNER_BYTES "
+        "(`owner_quota_exceeded`); nothing was stored",
         None,
     ),
     "429": (

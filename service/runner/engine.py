@@ -28,8 +28,8 @@ from typing import Any
 from .. import runs
 from ..config import load_steps, origin
 from ..model import InvalidIndex
-from ..storage import Snapshot, StateStore, StorageUnavailable
-from .steps import CANCELLED, StepCall, StepResult, StepSettings, check_origin, perform_step
+from ..storage import LimitExceeded, Snapshot, StateStore, StorageUnavailable
+from .steps import CANCELLED, FAILED, StepCall, StepResult, StepSettings, check_origin, perform_step
 
 log = logging.getLogger("service.runner")
 
@@ -277,12 +277,23 @@ class _Attempt:
         )
 
     def advance(self, index: int, status: str, data: dict[str, Any] | None) -> Snapshot:
-        """Write step `index`'s outcome and start the next step (or finish) in the same write."""
-        return self.write(
-            lambda: self.store.advance_run(
-                self.owner, self.workflow_id, self.fence, index, status, data
+        """Write step `index`'s outcome and start the next step (or finish) in the same write.
+
+        An answer too large for the size limits fails the step with the reason instead.
+        """
+        try:
+            return self.write(
+                lambda: self.store.advance_run(
+                    self.owner, self.workflow_id, self.fence, index, status, data
+                )
             )
-        )
+        except LimitExceeded as error:
+            failed = {"message": error.message}
+            return self.write(
+                lambda: self.store.advance_run(
+                    self.owner, self.workflow_id, self.fence, index, FAILED, failed, limited=False
+                )
+            )
 
     def finish(self) -> Snapshot:
         """End the run with every step settled."""

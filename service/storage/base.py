@@ -115,6 +115,66 @@ def _stamp_incarnation(
     return born
 
 
+class LimitExceeded(model.StateError):
+    """A write the size limits refuse (nothing was stored); the message says which and why."""
+
+
+class StateTooLarge(LimitExceeded):
+    """The write would make one workflow's stored JSON larger than its limit (413)."""
+
+    code = "state_too_large"
+
+
+class OwnerQuotaExceeded(LimitExceeded):
+    """The write would make the owner's unexpired workflows together larger than its limit."""
+
+    code = "owner_quota_exceeded"
+
+
+def document_bytes(head: str, version: int, incarnation: int | None = None) -> int:
+    """Return the length of `stored_document(head, version, incarnation)` without building it."""
+    size = len(head) + len(str(version)) + 1
+    if incarnation is not None:
+        size += len(str(incarnation)) + len(',"version":')
+    return size
+
+
+def limit_refusal(
+    workflow_id: str,
+    size: int,
+    before: int,
+    others: int | None,
+    options: StoreOptions,
+) -> LimitExceeded | None:
+    """Return why a write that stores `size` bytes in place of `before` breaks a size limit, or
+    None. `others`: the bytes of the owner's other unexpired workflows (None: not known here).
+
+    A write that does not grow the workflow is never refused, so a workflow or an owner already
+    over a lowered limit can still shrink and be cleaned up (and a run's bookkeeping, which
+    `Write.limited` leaves out, can still end its run).
+    """
+    if size <= before:
+        return None
+    most = options.max_workflow_bytes
+    if most and size > most:
+        return StateTooLarge(
+            f"Workflow {workflow_id} would take {size} bytes stored, more than the {most} "
+            "allowed per workflow; store less in it (large results belong elsewhere)"
+        )
+    most = options.max_owner_bytes
+    if most and others is not None and others + size > most:
+        return over_quota(others + size, most)
+    return None
+
+
+def over_quota(total: int, most: int) -> OwnerQuotaExceeded:
+    """Return the refusal of a write that would make the owner's workflows take `total` bytes."""
+    return OwnerQuotaExceeded(
+        f"Your workflows would take {total} bytes stored together, more than the {most} "
+        "allowed per owner; delete workflows you no longer need, or let finished ones expire"
+    )
+
+
 class StorageUnavailable(Exception):
     """The backend cannot answer now; the message says which backend and why."""
 
@@ -225,6 +285,9 @@ class Write:
     make_current: bool = False
     seed: bool = False
     if_match: frozenset[str] | None = None
+    # Checked against the size limits: every write of content. A run's bookkeeping (claim,
+    # lease, release, cancel, finish) is not, so a run over a lowered limit can still end.
+    limited: bool = True
 
 
 @dataclass(slots=True)
@@ -240,6 +303,10 @@ class Found:
     is_current: bool
     other: dict[str, Any] | None = None
     seq: int | None = None
+    # The length of `state`'s stored document (0: none), and the bytes of the owner's other
+    # unexpired workflows when the backend knows them under its lock (None: its commit checks).
+    stored_bytes: int = 0
+    others_bytes: int | None = None
 
     def floor(self) -> int:
         """Return the lowest version the next write may take: above every version it saw."""
@@ -267,6 +334,12 @@ class Applied:
     born: list[int] = field(default_factory=list)
     # The owner's current workflow, when another, was part of an If-Match decision.
     checked_other: bool = False
+    # Per new state, its document head and whether a field was sealed (`_encode_head`), and
+    # the length of its document with the version it would take.
+    encoded: list[tuple[str, bool]] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    # Whether a write that the size limits apply to changed the state.
+    limited: bool = False
 
 
 class Observer:
@@ -321,6 +394,8 @@ class StateStore(ABC):
     schemes: ClassVar[tuple[str, ...]] = ()
     # True when the state lives in this process's memory, so no other process can share it.
     single_process: ClassVar[bool] = False
+    # True when the commit appends the incarnation of a workflow it creates (see `_encode_head`).
+    incarnation_at_commit: ClassVar[bool] = False
 
     def __init__(self, url: str, options: StoreOptions | None = None, **overrides: Any) -> None:
         """Open the store at `url` with `options` (config.py's defaults), some overridden."""
@@ -331,6 +406,7 @@ class StateStore(ABC):
         self.key = options.key
         self.prefix = options.prefix
         self.max_workflows = options.max_workflows
+        self.max_owner_bytes = options.max_owner_bytes
         self.ttl = options.ttl
         self.stale_ttl = options.stale_ttl
         self.lock_timeout = options.lock_timeout
@@ -412,6 +488,13 @@ class StateStore(ABC):
     def owners(self) -> list[str]:
         """Return every owner that ever created a workflow, sorted (admin `owner=*`)."""
         return sorted(self._owners())
+
+    def owner_bytes(self, owner: str) -> int:
+        """Return the bytes the owner's unexpired workflows take stored (their quota's measure).
+
+        Workflows that expired since their last write stop counting here at the latest.
+        """
+        return self._owner_bytes(check_owner(owner))
 
     def history(self, owner: str, limit: int = HISTORY_MAX) -> list[dict[str, Any]]:
         """Return up to `limit` of the owner's finished states of the last 7 days, newest first."""
@@ -543,7 +626,10 @@ class StateStore(ABC):
     def request_run(self, owner: str, workflow_id: str | None, *, lease: float) -> Snapshot:
         """Queue a run of the workflow's remaining steps; RunActive when one is live."""
         return self._run_write(
-            owner, workflow_id, lambda state, now: runs.request_run(state, now=now, lease=lease)
+            owner,
+            workflow_id,
+            lambda state, now: runs.request_run(state, now=now, lease=lease),
+            limited=False,
         )
 
     def claim_run(
@@ -554,6 +640,7 @@ class StateStore(ABC):
             owner,
             workflow_id,
             lambda state, now: runs.claim_run(state, fence, runner, now=now, lease=lease),
+            limited=False,
         )
 
     def renew_lease(
@@ -565,6 +652,7 @@ class StateStore(ABC):
             owner,
             workflow_id,
             lambda state, now: runs.renew_lease(state, fence, now=now, lease=lease),
+            limited=False,
         )
 
     def runner_step(
@@ -581,6 +669,8 @@ class StateStore(ABC):
             owner,
             workflow_id,
             lambda state, now: runs.runner_step(state, fence, index, status, data, now=now),
+            # Starting a step stores nothing of its own: only an answer counts against limits.
+            limited=data is not None,
         )
 
     def advance_run(
@@ -591,12 +681,19 @@ class StateStore(ABC):
         index: int,
         status: str,
         data: dict[str, Any] | None = None,
+        *,
+        limited: bool = True,
     ) -> Snapshot:
-        """Record step `index`'s outcome and start the next step, or finish, in one write."""
+        """Record step `index`'s outcome and start the next step, or finish, in one write.
+
+        A step's answer that would break a size limit → LimitExceeded, nothing stored; the
+        runner then fails the step saying why, with `limited` False (that write only shrinks).
+        """
         return self._run_write(
             owner,
             workflow_id,
             lambda state, now: runs.advance(state, fence, index, status, data, now=now),
+            limited=limited,
         )
 
     def finish_run(self, owner: str, workflow_id: str, fence: runs.Fence, outcome: str) -> Snapshot:
@@ -605,11 +702,14 @@ class StateStore(ABC):
             owner,
             workflow_id,
             lambda state, now: runs.finish_run(state, fence, outcome, now=now),
+            limited=False,
         )
 
     def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
         """Cancel a workflow (None: the current one): its running step, itself and its run."""
-        return self._run_write(owner, workflow_id, lambda state, now: runs.cancel(state, now=now))
+        return self._run_write(
+            owner, workflow_id, lambda state, now: runs.cancel(state, now=now), limited=False
+        )
 
     def take_over(
         self,
@@ -634,7 +734,7 @@ class StateStore(ABC):
             took[0] = new is not None
             return new
 
-        snapshot = self._run_write(owner, workflow_id, change)
+        snapshot = self._run_write(owner, workflow_id, change, limited=False)
         return snapshot if took[0] else None
 
     def release_run(
@@ -645,6 +745,7 @@ class StateStore(ABC):
             owner,
             workflow_id,
             lambda state, now: runs.release_run(state, fence, now=now, lease=lease),
+            limited=False,
         )
 
     def runs_due(self, now: datetime, owners: list[str] | None = None) -> list[RunDue]:
@@ -679,10 +780,12 @@ class StateStore(ABC):
                 position = page[-1][0]
         return found
 
-    def _run_write(self, owner: str, workflow_id: str | None, change: Change) -> Snapshot:
+    def _run_write(
+        self, owner: str, workflow_id: str | None, change: Change, *, limited: bool = True
+    ) -> Snapshot:
         check_owner(owner)
         check_workflow_id(workflow_id)
-        return self._transact(owner, workflow_id, Write(change))
+        return self._transact(owner, workflow_id, Write(change, limited=limited))
 
     # --- the rest --------------------------------------------------------------------------
 
@@ -823,6 +926,7 @@ class StateStore(ABC):
         now = utc_now()
         applied = Applied([], [], [], [])
         born = -1
+        before = found.stored_bytes
         for pending in batch:
             write: Write = pending.change
             # What the write is decided against: a seed write sees the current workflow only.
@@ -837,8 +941,22 @@ class StateStore(ABC):
                 continue
             if new is not None:
                 new["version"] = next_version
+                new_born = _stamp_incarnation(seen, new, len(applied.chain), born)
+                at_commit = self.incarnation_at_commit and new_born >= 0
+                head, sealed = self._encode_head(new, found.state, incarnation_at_commit=at_commit)
+                size = document_bytes(head, next_version, new["incarnation"] if at_commit else None)
+                refusal = write.limited and limit_refusal(
+                    new["workflow_id"], size, before, found.others_bytes, self.options
+                )
+                if refusal:
+                    applied.answers.append((pending, refusal))
+                    continue
                 next_version += 1
-                born = _stamp_incarnation(seen, new, len(applied.chain), born)
+                born = new_born
+                before = size
+                applied.encoded.append((head, sealed))
+                applied.sizes.append(size)
+                applied.limited = applied.limited or write.limited
                 applied.born.append(born)
                 applied.finished.append(model.newly_finished(seen, new))
                 applied.makes_current.append(write.make_current)
@@ -895,6 +1013,10 @@ class StateStore(ABC):
     def _owners_by_latest(self) -> Iterator[tuple[str, int]]:
         """Yield every owner with a bound (ms) no workflow's last_update of it exceeds,
         highest bound first."""
+
+    @abstractmethod
+    def _owner_bytes(self, owner: str) -> int:
+        """Count the bytes of the owner's unexpired workflows, correcting any running count."""
 
     @abstractmethod
     def _history(self, owner: str, limit: int) -> list[str]:

@@ -5,7 +5,8 @@
     dir/workflows/<owner>/<id>.json   one workflow, exactly its stored state (0600)
     dir/workflows/<owner>/.seq        the owner's version counter (outlives deletes and expiry)
     dir/workflows/<owner>/.current    the id of the owner's current workflow
-    dir/workflows/<owner>/.index      {id: [last_update ms, expires ms]}: listing reads no other
+    dir/workflows/<owner>/.index      {id: [last_update ms, expires ms, stored bytes]}: listing
+                                      and the owner's quota read no other
     dir/workflows/<owner>/.history    the owner's finished workflows, newest first
     dir/workflows/<owner>/.lock       flock: one writer of the owner at a time, across processes
     dir/workflows.events              one journal of every owner's changes, tailed by streams
@@ -90,6 +91,12 @@ STALE_TEMP_SECONDS = 60.0
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# An index entry of an earlier version has no size: counted by its file's size when needed.
+UNKNOWN_BYTES = -1
+
+
+class DiskFull(StorageUnavailable):
+    """The file system has no space left (or the user's disk quota is used up)."""
 
 
 def path_from_url(url: str) -> str:
@@ -157,7 +164,8 @@ class FileStore(StateStore):
         return os.path.join(self.root, owner, name)
 
     def _fail(self, action: str, path: str, error: OSError) -> StorageUnavailable:
-        return StorageUnavailable(f"State file backend: cannot {action} {path}: {_problem(error)}")
+        kind = DiskFull if error.errno in (errno.ENOSPC, errno.EDQUOT) else StorageUnavailable
+        return kind(f"State file backend: cannot {action} {path}: {_problem(error)}")
 
     def _ensure_directory(self, path: str) -> None:
         try:
@@ -211,6 +219,32 @@ class FileStore(StateStore):
             raise self._fail("write", path, error) from None
         if sync_directory:
             self._sync_directory(directory)
+
+    def _write_freeing(self, path: str, data: bytes, *, sync_directory: bool = True) -> None:
+        """Write a file that a delete changes: atomically, or, when the disk is full, in place.
+
+        A delete is how space is freed, so it must not need a new file. In place, the new
+        content is padded with spaces to the old length (both files it is used for, the counter
+        and the index, read through trailing white space), so it takes no new block either.
+        """
+        try:
+            self._atomic_write(path, data, sync_directory=sync_directory)
+        except DiskFull:
+            self._overwrite(path, data)
+
+    def _overwrite(self, path: str, data: bytes) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                data = data.ljust(os.fstat(fd).st_size, b" ")
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(fd, data[written:], written)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise self._fail("write", path, error) from None
 
     def _remove_stale_temp_files(self) -> None:
         """Remove temp files that killed writers left behind: beside the configured path (the
@@ -426,6 +460,7 @@ class FileStore(StateStore):
             return seq
 
     def _load_index(self, owner: str) -> dict[str, list[int]]:
+        """Return the owner's index: id -> [last_update ms, expires ms, bytes or UNKNOWN_BYTES]."""
         raw = self._read_file(self._meta(owner, INDEX_FILE))
         try:
             index = json.loads(raw) if raw else {}
@@ -434,10 +469,31 @@ class FileStore(StateStore):
         if not isinstance(index, dict):
             return {}
         return {
-            key: value
+            key: value if len(value) == 3 else [*value, UNKNOWN_BYTES]
             for key, value in index.items()
-            if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value)
+            if isinstance(value, list)
+            and len(value) in (2, 3)
+            and all(type(v) is int for v in value)
         }
+
+    def _bytes_in(self, owner: str, index: dict[str, list[int]], but: str | None = None) -> int:
+        """Return the bytes of the unexpired workflows `index` lists, except `but`'s."""
+        now = _now_ms()
+        total = 0
+        for workflow_id, (_, expires, size) in index.items():
+            if expires <= now or workflow_id == but:
+                continue
+            if size == UNKNOWN_BYTES:
+                try:
+                    size = os.stat(self._state_path(owner, workflow_id)).st_size
+                except OSError:
+                    size = 0
+            total += size
+        return total
+
+    def _owner_bytes(self, owner: str) -> int:
+        self._started()
+        return self._bytes_in(owner, self._load_index(owner))
 
     def _list(
         self, owner: str, status: str, after: Position | None, count: int
@@ -447,7 +503,7 @@ class FileStore(StateStore):
         positions = sorted(
             (
                 (when, workflow_id)
-                for workflow_id, (when, expires) in self._load_index(owner).items()
+                for workflow_id, (when, expires, _) in self._load_index(owner).items()
                 if expires > now
             ),
             reverse=True,
@@ -540,10 +596,14 @@ class FileStore(StateStore):
             if checks_current and current is not None and current != target:
                 other = self._read_state(owner, current)[0]
             seq = max(self._seq_or_clock(owner), last_version)
-            found = Found(target, stored, current == target, other, seq)
+            index = self._load_index(owner)
+            # Under the owner's lock the owner's bytes cannot change: checked here, exactly.
+            others = self._bytes_in(owner, index, target) if self.max_owner_bytes else None
+            stored_bytes = len(text) if stored is not None and text is not None else 0
+            found = Found(target, stored, current == target, other, seq, stored_bytes, others)
             applied = self._apply_batch(found, batch)
             unchanged = self._served(stored, text)
-            if applied.chain and stored is None and self._at_limit(owner, target):
+            if applied.chain and stored is None and self._at_limit(index, target):
                 refused = model.TooManyWorkflows(
                     f"Owner {owner!r} has {self.max_workflows} workflows, the most allowed; "
                     "delete some or let finished ones expire"
@@ -555,30 +615,29 @@ class FileStore(StateStore):
                 return
             committed: list[Snapshot] = []
             if applied.chain:
-                committed = self._commit(owner, target, current, stored, applied.chain, applied)
+                committed = self._commit(owner, target, current, index, applied)
             self._settle(applied.answers, committed, unchanged)
 
-    def _at_limit(self, owner: str, workflow_id: str) -> bool:
+    def _at_limit(self, index: dict[str, list[int]], workflow_id: str) -> bool:
         """Tell whether the owner has as many unexpired workflows as allowed (besides this one)."""
         now = _now_ms()
-        index = self._load_index(owner)
-        alive = [key for key, (_, expires) in index.items() if expires > now and key != workflow_id]
-        return len(alive) >= self.max_workflows
+        alive = [key for key, (_, expires, _) in index.items() if expires > now]
+        return len(alive) - (workflow_id in alive) >= self.max_workflows
 
     def _commit(
         self,
         owner: str,
         workflow_id: str,
         current: str | None,
-        stored: dict[str, Any] | None,
-        chain: list[dict[str, Any]],
+        index: dict[str, list[int]],
         applied: Applied,
     ) -> list[Snapshot]:
         directory = self._owner_directory(owner)
+        chain = applied.chain
         versions = [new["version"] for new in chain]
         # The counter is written first: a crash after it leaves a gap, never a reused number.
         self._atomic_write(self._meta(owner, SEQ_FILE), str(versions[-1]).encode())
-        encoded = [self._encode_head(new, stored) for new in chain]
+        encoded = applied.encoded
         documents = [
             f"{head}{version}}}" for (head, _), version in zip(encoded, versions, strict=True)
         ]
@@ -586,9 +645,8 @@ class FileStore(StateStore):
         self._atomic_write(
             self._state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
         )
-        index = self._load_index(owner)
         expires = int(model.expires_at(last, self.ttl, self.stale_ttl) * 1000)
-        index[workflow_id] = [score_of(last), expires]
+        index[workflow_id] = [score_of(last), expires, len(documents[-1])]
         self._prune(owner, index)
         self._atomic_write(
             self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
@@ -619,7 +677,7 @@ class FileStore(StateStore):
     def _prune(self, owner: str, index: dict[str, list[int]]) -> None:
         """Drop expired workflows from `index` and remove their files (under the owner's lock)."""
         now = _now_ms()
-        for workflow_id, (_, expires) in list(index.items()):
+        for workflow_id, (_, expires, _) in list(index.items()):
             if expires > now:
                 continue
             # The index may be older than the file (a crash between the two): ask the file.
@@ -641,15 +699,15 @@ class FileStore(StateStore):
                 if target in index or last_version:
                     self._remove(self._state_path(owner, target))
                     index.pop(target, None)
-                    self._atomic_write(self._meta(owner, INDEX_FILE), dumps(index).encode())
+                    self._write_freeing(self._meta(owner, INDEX_FILE), dumps(index).encode())
                 raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")
             version = max(self._seq_or_clock(owner), last_version) + 1
-            self._atomic_write(self._meta(owner, SEQ_FILE), str(version).encode())
+            self._write_freeing(self._meta(owner, SEQ_FILE), str(version).encode())
             is_current = workflow_id is None or current == target
             if target is not None:
                 self._remove(self._state_path(owner, target))
                 if index.pop(target, None) is not None:
-                    self._atomic_write(
+                    self._write_freeing(
                         self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
                     )
             if is_current and current is not None:
@@ -747,7 +805,7 @@ class FileStore(StateStore):
                 if not os.path.lexists(target):
                     self._atomic_write(target, raw, sync_directory=False)
                     expires = int(model.expires_at(state, self.ttl, self.stale_ttl) * 1000)
-                    index[workflow_id] = [score_of(state), expires]
+                    index[workflow_id] = [score_of(state), expires, len(raw)]
                     self._atomic_write(
                         self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
                     )

@@ -18,6 +18,9 @@ SEQ = "seq"
 INDEX = "index"
 HISTORY = "history"
 EVENTS = "events"
+# The owner's stored bytes per workflow id, and their total under BYTES_TOTAL (no id is "*").
+BYTES = "bytes"
+BYTES_TOTAL = "*"
 CORRUPT = "corrupt"
 # Outside any owner's slot: the set of owners that ever created a workflow (admin `owner=*`).
 OWNERS = "owners"
@@ -64,6 +67,10 @@ class Keys:
     def history(self, owner: str) -> str:
         """Return the list of the owner's finished workflows, newest first."""
         return self.base(owner) + HISTORY
+
+    def bytes_of(self, owner: str) -> str:
+        """Return the hash of the owner's stored bytes per workflow id (and `*`: their total)."""
+        return self.base(owner) + BYTES
 
     def events(self, owner: str) -> str:
         """Return the pub/sub channel of the owner's changes."""

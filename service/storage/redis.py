@@ -45,6 +45,7 @@ from .base import (
     StateStore,
     StorageUnavailable,
     log,
+    over_quota,
 )
 from .batching import Keyed, PendingWrite, ReadCoalescer
 from .keys import Keys
@@ -193,6 +194,7 @@ class RedisStore(StateStore):
     """Keep every owner's workflows in Redis; safe across processes and hosts."""
 
     schemes = tuple(TARGETS)
+    incarnation_at_commit = True
 
     def __init__(
         self,
@@ -423,6 +425,10 @@ class RedisStore(StateStore):
                 return
             start += OWNERS_PAGE
 
+    def _owner_bytes(self, owner: str) -> int:
+        keys = [self.keys.index(owner), self.keys.bytes_of(owner)]
+        return int(self._run("owner_bytes", keys, [self.keys.base(owner)], self._started()))
+
     def _history(self, owner: str, limit: int) -> list[str]:
         try:
             raws = self._started().lrange(self.keys.history(owner), 0, limit - 1)
@@ -497,12 +503,15 @@ class RedisStore(StateStore):
     ) -> None:
         # Only a POST /workflow/state checks If-Match against the current workflow.
         with_other = any(write.change.if_match is not None for write in batch)
+        # The bytes of the owner's other workflows, once a commit refused the batch for the
+        # owner's quota: the next attempt then refuses just the writes that do not fit.
+        others: list[int | None] = [None]
         with self._lease() as writer:
             for _ in range(FENCE_ATTEMPTS):
                 token = self._lock_token()
                 result = self._acquire(writer, owner, workflow_id, token, deadline, with_other)
                 try:
-                    committed = self._locked_batch(writer, owner, batch, token, result)
+                    committed = self._locked_batch(writer, owner, batch, token, result, others)
                 except BaseException:
                     self._release_quietly(writer, owner, _text(result[1]), token)
                     raise
@@ -519,8 +528,10 @@ class RedisStore(StateStore):
         batch: list[PendingWrite],
         token: str,
         result: list[Any],
+        others: list[int | None],
     ) -> bool:
-        """Apply the batch to what the lock read and commit it; False if the fence refused it."""
+        """Apply the batch to what the lock read and commit it; False if the fence refused it
+        (or the owner's quota did, with `others` still unknown: then `others` is filled in)."""
         _, locked, raw, wrong, current, other_raw, other_wrong, seq = result[:8]
         workflow_id, current = _text(locked), _text(current)
         if len(result) > 8:
@@ -535,7 +546,15 @@ class RedisStore(StateStore):
         other = None
         if other_raw is not None or other_wrong:
             other = self._stored(owner, current, other_raw, other_wrong)
-        found = Found(workflow_id, stored, current == workflow_id, other, _number(seq))
+        found = Found(
+            workflow_id,
+            stored,
+            current == workflow_id,
+            other,
+            _number(seq),
+            len(raw) if stored is not None else 0,
+            others[0],
+        )
         applied = self._apply_batch(found, batch)
         unchanged = self._served(stored, raw)
         if not applied.chain:
@@ -544,10 +563,7 @@ class RedisStore(StateStore):
             return True
         # A missing counter: the owner's first write, or Redis lost its data (and the index too).
         self._note_owner(owner, score_of(applied.chain[-1]), lost=found.seq is None)
-        encoded = [
-            self._encode_head(new, stored, incarnation_at_commit=born >= 0)
-            for new, born in zip(applied.chain, applied.born, strict=True)
-        ]
+        encoded = applied.encoded
         fence_other = applied.checked_other and current is not None
         args: list[Any] = [
             self.keys.base(owner),
@@ -562,6 +578,7 @@ class RedisStore(StateStore):
             HISTORY_SECONDS * 1000,
             self.max_workflows,
             found.floor(),
+            self.max_owner_bytes if applied.limited else 0,
         ]
         for (head, _), done, makes, born in zip(
             encoded, applied.finished, applied.makes_current, applied.born, strict=True
@@ -573,6 +590,7 @@ class RedisStore(StateStore):
             self.keys.index(owner),
             self.keys.history(owner),
             self.keys.events(owner),
+            self.keys.bytes_of(owner),
         ]
         try:
             result, replicas = self._replicated(writer, "commit", keys, args)
@@ -582,15 +600,20 @@ class RedisStore(StateStore):
             self._releaser.add(owner, workflow_id, token)
             raise
         outcome, *moved = result
-        self._log_set_aside(*moved)
+        self._log_set_aside(*moved[:3])
         first = int(outcome)
         if first == -1:
             return False
-        if first == -2:
-            refused = model.TooManyWorkflows(
+        if first == -3 and others[0] is None:
+            others[0] = int(moved[3])
+            return False
+        if first in (-2, -3):
+            refused: model.StateError = model.TooManyWorkflows(
                 f"Owner {owner!r} has {self.max_workflows} workflows, the most allowed; "
                 "delete some or let finished ones expire"
             )
+            if first == -3:
+                refused = over_quota(int(moved[3]) + applied.sizes[-1], self.max_owner_bytes)
             answers = [(w, a if isinstance(a, Exception) else refused) for w, a in applied.answers]
             self._settle(answers, [], unchanged)
             return True
@@ -710,6 +733,7 @@ class RedisStore(StateStore):
             self.keys.seq(owner),
             self.keys.index(owner),
             self.keys.events(owner),
+            self.keys.bytes_of(owner),
         ]
         # Through the pool, whose checkout finds a connection Redis closed (a restart): sent
         # once, never retried, this must not be the call that discovers it.

@@ -10,11 +10,13 @@ concatenates them, so every number is formatted with `fmt` ('%.0f').
 from __future__ import annotations
 
 from .base import CORRUPT_KEEP_SECONDS
+from .keys import BYTES_TOTAL
 
 # Shared helpers, prepended to every script.
 _HELPERS = (
     f"""
 local CORRUPT_KEEP_MS = {CORRUPT_KEEP_SECONDS * 1000}
+local TOTAL = '{BYTES_TOTAL}'
 """
     + """
 local function fmt(n) return string.format('%.0f', n) end
@@ -63,6 +65,34 @@ local function set_aside(key, kind, base, name)
   redis.call('RENAME', key, target)
   redis.call('PEXPIRE', target, CORRUPT_KEEP_MS)
   return target
+end
+-- The owner's bytes (hash `bytes`: id -> the length of its stored document, TOTAL -> their
+-- sum). Record that workflow `id` now takes `size` bytes (false: none); return the new total.
+local function count_bytes(key, id, size)
+  if redis.call('TYPE', key)['ok'] ~= 'hash' and redis.call('EXISTS', key) == 1 then
+    return 0
+  end
+  local old = tonumber(redis.call('HGET', key, id) or '') or 0
+  if size then redis.call('HSET', key, id, size) else redis.call('HDEL', key, id) end
+  if (size or 0) == old then return tonumber(redis.call('HGET', key, TOTAL) or '') or 0 end
+  return redis.call('HINCRBY', key, TOTAL, (size or 0) - old)
+end
+-- Count the owner's bytes again from what is stored: the workflows its index lists whose state
+-- is still there. Drops what expired (or was removed behind the service's back) and counts
+-- what the running count missed (a workflow stored before the count was kept). Returns it.
+local function recount(index_key, key, base)
+  redis.call('DEL', key)
+  local total = 0
+  if redis.call('TYPE', index_key)['ok'] ~= 'zset' then return 0 end
+  for _, id in ipairs(redis.call('ZRANGE', index_key, 0, -1)) do
+    local size = redis.pcall('STRLEN', base .. 'state:' .. id)
+    if type(size) == 'number' and size > 0 then
+      redis.call('HSET', key, id, size)
+      total = total + size
+    end
+  end
+  if total > 0 then redis.call('HSET', key, TOTAL, fmt(total)) end
+  return total
 end
 local function event(id, workflow_id, current, doc)
   return '{"id":"' .. id .. '","workflow_id":"' .. workflow_id .. '","current":'
@@ -200,15 +230,18 @@ return false
 # on the workflow's state being
 # the one read (and, for an If-Match on the current workflow, on that one too). Releases the
 # lock in every case.
-# KEYS: current, seq, index, history, events.
+# KEYS: current, seq, index, history, events, bytes.
 # ARGV: key base, id, token, the state read (exists 0/1, value), the current id read ('' = not
 #   fenced on it) and its state read (exists 0/1, value), ttl ms of the last state, its index
-#   score, history max, history ttl ms, max workflows, lowest version allowed, then
+#   score, history max, history ttl ms, max workflows, lowest version allowed, the owner's
+#   most bytes (0 = no limit), then
 #   (document head, finished 0/1, makes current 0/1, born) per new state, where born is -1 or
 #   the position in the batch of the state that created the workflow: that state's version is
 #   the workflow's incarnation, appended before the version (base.stored_document).
 # Returns {the first version (a string), or -1 when the fence refused, or -2 at the workflow
-# limit; then where a wrong-type index and history were moved aside, or false}.
+# limit, or -3 when the owner's bytes would pass their limit; then where a wrong-type index,
+# history and bytes were moved aside, or false; for -3, the bytes of the owner's other
+# workflows}. The owner's bytes are counted again before a -3, so what expired never refuses.
 # Sent once, never retried: a commit that ran but whose answer was lost would, sent again, find
 # the fence moved by itself and be redone on top of its own result.
 COMMIT = (
@@ -230,6 +263,7 @@ if ARGV[6] ~= '' and (text(KEYS[1]) ~= ARGV[6]
 end
 local moved_index = set_aside(KEYS[3], 'zset', base, 'index')
 local moved_history = set_aside(KEYS[4], 'list', base, 'history')
+local moved_bytes = set_aside(KEYS[6], 'hash', base, 'bytes')
 if ARGV[4] == '0' and not redis.call('ZSCORE', KEYS[3], id) then
   local most = tonumber(ARGV[13])
   local count = redis.call('ZCARD', KEYS[3])
@@ -237,39 +271,67 @@ if ARGV[4] == '0' and not redis.call('ZSCORE', KEYS[3], id) then
     for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
       if redis.call('EXISTS', base .. 'state:' .. member) == 0 then
         redis.call('ZREM', KEYS[3], member)
+        count_bytes(KEYS[6], member, false)
         count = count - 1
       end
     end
     if count >= most then
       release()
-      return {-2, moved_index, moved_history}
+      return {-2, moved_index, moved_history, moved_bytes}
     end
   end
 end
 local version = next_version(KEYS[2], tonumber(ARGV[14]))
 local first = version
-local is_current = text(KEYS[1]) == id
-local made_current, finished, doc = false, false, nil
-for i = 15, #ARGV, 4 do
+local docs = {}
+for i = 16, #ARGV, 4 do
   local v = fmt(version)
   if ARGV[i + 3] == '-1' then
-    doc = ARGV[i] .. v .. '}'
+    docs[#docs + 1] = ARGV[i] .. v .. '}'
   else
-    doc = ARGV[i] .. fmt(first + tonumber(ARGV[i + 3])) .. ',"version":' .. v .. '}'
+    docs[#docs + 1] = ARGV[i] .. fmt(first + tonumber(ARGV[i + 3])) .. ',"version":' .. v .. '}'
   end
+  version = version + 1
+end
+local doc = docs[#docs]
+local most_bytes = tonumber(ARGV[15])
+local before = 0
+if ARGV[4] == '1' then before = #ARGV[5] end
+if most_bytes > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
+  -- No count yet (workflows stored by a version that kept none): start it from what is stored.
+  recount(KEYS[3], KEYS[6], base)
+end
+if most_bytes > 0 and #doc > before then
+  local function others()
+    local total = tonumber(redis.call('HGET', KEYS[6], TOTAL) or '') or 0
+    return total - (tonumber(redis.call('HGET', KEYS[6], id) or '') or 0)
+  end
+  if others() + #doc > most_bytes then
+    recount(KEYS[3], KEYS[6], base)
+    local rest = others()
+    if rest + #doc > most_bytes then
+      release()
+      return {-3, moved_index, moved_history, moved_bytes, fmt(rest)}
+    end
+  end
+end
+local is_current = text(KEYS[1]) == id
+local made_current, finished = false, false
+for n, d in ipairs(docs) do
+  local i = 16 + (n - 1) * 4
   if ARGV[i + 2] == '1' then
     is_current = true
     made_current = true
   end
-  redis.call('PUBLISH', KEYS[5], event(v, id, is_current, doc))
+  redis.call('PUBLISH', KEYS[5], event(fmt(first + n - 1), id, is_current, d))
   if ARGV[i + 1] == '1' then
-    redis.call('LPUSH', KEYS[4], doc)
+    redis.call('LPUSH', KEYS[4], d)
     finished = true
   end
-  version = version + 1
 end
 redis.call('SET', state_key, doc, 'PX', ARGV[9])
 redis.call('ZADD', KEYS[3], ARGV[10], id)
+count_bytes(KEYS[6], id, #doc)
 if made_current then redis.call('SET', KEYS[1], id) end
 redis.call('SET', KEYS[2], fmt(version - 1))
 if finished then
@@ -277,16 +339,16 @@ if finished then
   redis.call('PEXPIRE', KEYS[4], ARGV[12])
 end
 release()
-return {fmt(first), moved_index, moved_history}
+return {fmt(first), moved_index, moved_history, moved_bytes}
 """
 )
 
 # Delete a workflow (or the current one) and take the owner's next counter value for it (never
 # below the deleted state's version). Sent once, never retried: sent again, it could delete a
 # workflow written after it first ran.
-# KEYS: current, seq, index, events. ARGV: key base, id ('' = the current one).
+# KEYS: current, seq, index, events, bytes. ARGV: key base, id ('' = the current one).
 # Returns {the counter value, or -1 when an explicit id names no workflow; where a wrong-type
-# index was moved aside, or false}.
+# index was moved aside, or false}. Never refused for the owner's quota: it frees bytes.
 DELETE = (
     _HELPERS
     + """
@@ -300,6 +362,7 @@ if id ~= '' then
   local key = base .. 'state:' .. id
   floor = version_of(read(key)) + 1
   redis.call('ZREM', KEYS[3], id)
+  count_bytes(KEYS[5], id, false)
   if redis.call('DEL', key) == 0 and not legacy then return {-1, moved} end
 end
 local is_current = legacy or current == id
@@ -373,6 +436,7 @@ while #out < want * 4 + 1 do
         -- not listed: its status is another
       elseif not raw and wrong == 0 then
         redis.call('ZREM', KEYS[1], member)
+        count_bytes(base .. 'bytes', member, false)
         removed = removed + 1
       elseif wrong == 1 or wanted(raw) then
         out[#out + 1] = member
@@ -430,6 +494,7 @@ if ARGV[5] ~= '' then
   if redis.call('EXISTS', key) == 0 then
     redis.call('SET', key, ARGV[3], 'PX', ARGV[6])
     redis.call('ZADD', KEYS[6], ARGV[7], ARGV[5])
+    count_bytes(base .. 'bytes', ARGV[5], #ARGV[3])
     if not text(KEYS[4]) then redis.call('SET', KEYS[4], ARGV[5]) end
   end
 end
@@ -461,6 +526,17 @@ for _, owner in ipairs(owners) do redis.call('ZADD', KEYS[1], ARGV[1], owner) en
 return #owners
 """
 
+# The bytes of the owner's unexpired workflows, counted again (see recount).
+# KEYS: index, bytes. ARGV: key base. Returns the total.
+OWNER_BYTES = (
+    _HELPERS
+    + """
+set_aside(KEYS[1], 'zset', ARGV[1], 'index')
+set_aside(KEYS[2], 'hash', ARGV[1], 'bytes')
+return recount(KEYS[1], KEYS[2], ARGV[1])
+"""
+)
+
 SCRIPTS = {
     "read": READ,
     "acquire": ACQUIRE,
@@ -472,4 +548,5 @@ SCRIPTS = {
     "quarantine": QUARANTINE,
     "migrate": MIGRATE,
     "owners_index": OWNERS_INDEX,
+    "owner_bytes": OWNER_BYTES,
 }

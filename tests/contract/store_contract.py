@@ -37,8 +37,15 @@ from typing import Any
 
 import pytest
 
-from service import model
-from service.storage import RESYNC, Event, LockTimeout, StateStore
+from service import model, runs
+from service.storage import (
+    RESYNC,
+    Event,
+    LockTimeout,
+    OwnerQuotaExceeded,
+    StateStore,
+    StateTooLarge,
+)
 from tests.conftest import steps
 from tests.support import wait_until
 
@@ -557,6 +564,123 @@ class StoreContract:
         for name in names:
             state = stores[1].get(ALICE, name).state
             assert [step["status"] for step in state["steps"]] == ["completed"] * 4
+
+    # --- size limits (every write; a DELETE always works) ------------------------------------
+
+    def test_a_write_that_would_make_a_workflow_too_large_is_refused_and_stores_nothing(
+        self, make_store
+    ):
+        store = make_store(max_workflow_bytes=2000)
+        big = "x" * 2000
+        with pytest.raises(StateTooLarge, match="more than the 2000 allowed"):
+            store.create(ALICE, {"workflow_id": "wf", "steps": steps(2), "note": big})
+        with pytest.raises(StateTooLarge):
+            store.save(ALICE, {"workflow_id": "wf", "steps": steps(2), "note": big})
+        assert store.get(ALICE, "wf").state is None and store.owner_bytes(ALICE) == 0
+        kept = store.create(ALICE, {"workflow_id": "wf", "steps": steps(2)})
+        refusals = [
+            lambda: store.merge(ALICE, "wf", {"note": big}),
+            lambda: store.update_step(ALICE, "wf", 1, {"status": "completed", "data": {"b": big}}),
+            lambda: store.save(ALICE, {"workflow_id": "wf", "steps": steps(2), "note": big}),
+        ]
+        for refused in refusals:
+            with pytest.raises(StateTooLarge) as caught:
+                refused()
+            assert caught.value.code == "state_too_large"
+            assert store.get(ALICE, "wf") == kept
+        # Up to the limit is fine: the limit is the stored document's length.
+        room = 2000 - len(kept.json) - len(',"note":""')
+        fits = store.merge(ALICE, "wf", {"note": "y" * room})
+        assert len(store.get(ALICE, "wf").json) <= 2000 and fits.state["note"] == "y" * room
+
+    def test_a_workflow_over_a_lowered_limit_may_still_shrink_and_finish(self, make_store):
+        make_store().create(ALICE, {"workflow_id": "wf", "steps": steps(1), "note": "x" * 3000})
+        store = make_store(max_workflow_bytes=1000, max_owner_bytes=1000)
+        with pytest.raises(StateTooLarge):
+            store.merge(ALICE, "wf", {"more": 1})
+        shrunk = store.merge(ALICE, "wf", {"note": "x" * 2000}).state
+        assert len(shrunk["note"]) == 2000
+        # A run's bookkeeping is never refused, so it can still end.
+        assert store.cancel(ALICE, "wf").state["status"] == "cancelled"
+
+    def test_a_write_past_the_owners_quota_is_refused_until_a_delete_frees_room(self, make_store):
+        store = make_store(max_owner_bytes=6000)
+        sizes = []
+        for n in range(4):
+            body = {"workflow_id": f"w{n}", "steps": steps(1), "note": "x" * 1000}
+            made = store.create(ALICE, body)
+            sizes.append(len(made.json))
+        assert store.owner_bytes(ALICE) == sum(sizes)
+        with pytest.raises(OwnerQuotaExceeded, match="more than the 6000 allowed") as caught:
+            store.create(ALICE, {"workflow_id": "w4", "steps": steps(1), "note": "x" * 1000})
+        assert caught.value.code == "owner_quota_exceeded"
+        with pytest.raises(OwnerQuotaExceeded):
+            store.merge(ALICE, "w0", {"note": "x" * 2000})
+        with pytest.raises(OwnerQuotaExceeded):
+            store.save(ALICE, {"workflow_id": "w0", "note": "x" * 2000})
+        with pytest.raises(OwnerQuotaExceeded):
+            store.update_step(ALICE, "w1", 0, {"status": "completed", "data": {"b": "x" * 2000}})
+        assert store.get(ALICE, "w4").state is None
+        assert store.owner_bytes(ALICE) == sum(sizes)
+        # Another owner has a quota of its own.
+        store.create(BOB, {"workflow_id": "w4", "steps": steps(1), "note": "x" * 1000})
+        # A DELETE always works, even at the quota, and frees its bytes.
+        store.delete(ALICE, "w3")
+        assert store.owner_bytes(ALICE) == sum(sizes[:3])
+        store.create(ALICE, {"workflow_id": "w4", "steps": steps(1), "note": "x" * 1000})
+        # A write that does not grow its workflow is never refused.
+        store.merge(ALICE, "w0", {"note": "y" * 1000})
+
+    def test_workflows_that_expired_stop_counting_against_the_quota(self, make_store):
+        store = make_store(ttl=1, max_owner_bytes=3000)
+        for n in range(2):
+            store.create(ALICE, {"workflow_id": f"done{n}", "status": "completed", "x": "x" * 1000})
+        keep = store.create(ALICE, {"workflow_id": "keep", "steps": steps(1)})
+        with pytest.raises(OwnerQuotaExceeded):
+            store.create(ALICE, {"workflow_id": "new", "x": "x" * 1000})
+        wait_until(lambda: store.get(ALICE, "done0").state is None, timeout=10)
+        wait_until(lambda: store.get(ALICE, "done1").state is None, timeout=10)
+        # Nothing read the count since they expired: the write itself corrects it.
+        made = store.create(ALICE, {"workflow_id": "new", "x": "x" * 1000})
+        assert store.owner_bytes(ALICE) == len(keep.json) + len(made.json)
+
+    def test_a_runner_answer_past_a_limit_is_refused_and_its_step_can_fail_instead(
+        self, make_store
+    ):
+        store = make_store(max_workflow_bytes=3000)
+        store.create(ALICE, {"workflow_id": "wf", "steps": steps(2)})
+        fence = runs.fence_of(store.request_run(ALICE, "wf", lease=30).state)
+        store.claim_run(ALICE, "wf", fence, "host:1", lease=30)
+        store.runner_step(ALICE, "wf", fence, 0, "in_progress")
+        before = store.get(ALICE, "wf")
+        with pytest.raises(StateTooLarge):
+            store.advance_run(ALICE, "wf", fence, 0, "completed", {"blob": "x" * 3000})
+        with pytest.raises(StateTooLarge):
+            store.runner_step(ALICE, "wf", fence, 0, "completed", {"blob": "x" * 3000})
+        assert store.get(ALICE, "wf") == before
+        failed = store.advance_run(
+            ALICE, "wf", fence, 0, "failed", {"message": "too large"}, limited=False
+        ).state
+        assert failed["status"] == "failed"
+
+    def test_a_batch_of_concurrent_writes_refuses_only_those_that_do_not_fit(self, make_store):
+        store = make_store(max_owner_bytes=4000)
+        made = store.create(ALICE, {"workflow_id": "wf", "steps": steps(8)})
+        room = 4000 - len(made.json)
+        chunk = room // 3  # two chunks fit, the third does not
+
+        def write(index: int) -> str:
+            data = {"b": "x" * chunk}
+            try:
+                store.update_step(ALICE, "wf", index, {"status": "completed", "data": data})
+            except OwnerQuotaExceeded:
+                return "refused"
+            return "stored"
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            outcomes = list(pool.map(write, range(4)))
+        assert sorted(outcomes) == ["refused", "refused", "stored", "stored"]
+        assert store.owner_bytes(ALICE) == len(store.get(ALICE, "wf").json) <= 4000
 
 
 class RedisBacked(StoreContract):

@@ -12,7 +12,7 @@ from typing import Any
 import fakeredis
 import pytest
 
-from service.storage import RedisStore, StateStore
+from service.storage import OwnerQuotaExceeded, RedisStore, StateStore
 from service.storage.listing import score
 from tests.conftest import steps
 from tests.contract.store_contract import ALICE, BOB, RedisBacked
@@ -106,12 +106,16 @@ def test_every_key_of_an_owner_carries_its_hash_tag(place):
     keys = sorted(key.decode() for key in place.raw.keys("*"))
     assert keys == [
         "workflow:owners",
+        "workflow:{alice}:bytes",
         "workflow:{alice}:history",
         "workflow:{alice}:index",
         "workflow:{alice}:seq",
         "workflow:{alice}:state:a:1",
     ]
     assert place.raw.get("workflow:{alice}:current") is None  # b was current, and is deleted
+    # The owner's bytes: each workflow's stored document, and their total; b's went with it.
+    size = str(place.raw.strlen("workflow:{alice}:state:a:1")).encode()
+    assert place.raw.hgetall("workflow:{alice}:bytes") == {b"a:1": size, b"*": size}
     assert json.loads(place.raw.get("workflow:{alice}:state:a:1")) == store.get(ALICE, "a:1").state
     assert 1 <= place.raw.ttl("workflow:{alice}:state:a:1") <= 30
     assert place.raw.ttl("workflow:{alice}:seq") == -1
@@ -119,6 +123,18 @@ def test_every_key_of_an_owner_carries_its_hash_tag(place):
     # The owners index: every owner, scored at or above its workflows' last update (ms).
     [(owner, bound)] = place.raw.zrange("workflow:owners", 0, -1, withscores=True)
     assert owner == b"alice" and bound >= score(store.get(ALICE, "a:1").state)
+
+
+def test_workflows_stored_before_the_byte_count_was_kept_count_against_the_quota(place):
+    store = place.store(max_owner_bytes=3000)
+    for name in ("a", "b"):
+        store.create(ALICE, {"workflow_id": name, "steps": steps(1), "pad": "p" * 1000})
+    place.raw.delete(store.keys.bytes_of(ALICE))  # as an earlier version left them
+    with pytest.raises(OwnerQuotaExceeded):
+        store.create(ALICE, {"workflow_id": "c", "steps": steps(1), "pad": "p" * 1000})
+    stored = sum(place.raw.strlen(store.keys.state(ALICE, name)) for name in ("a", "b"))
+    assert int(place.raw.hget(store.keys.bytes_of(ALICE), "*")) == stored
+    assert store.owner_bytes(ALICE) == stored
 
 
 def test_owners_are_known_again_after_redis_loses_its_data(place):
@@ -156,6 +172,7 @@ def test_the_prefix_names_every_key(place):
     store.create(ALICE, {"workflow_id": "wf"})
     assert sorted(k.decode() for k in place.raw.keys("*")) == [
         "app7:owners",
+        "app7:{alice}:bytes",
         "app7:{alice}:current",
         "app7:{alice}:index",
         "app7:{alice}:seq",
