@@ -40,6 +40,10 @@ log = logging.getLogger("service.runner")
 
 MONITOR_SECONDS = 1.0
 SWEEP_SECONDS = 30.0
+# How often one monitor (of all processes) checks the turns held (WORKFLOW_RUNS_PER_OWNER)
+# against the states, and the runs waiting for a turn (there may be many: less often).
+TURNS_SECONDS = 2.0
+PENDING_TURNS_SECONDS = 10.0
 # Due runs looked at per tick: more wait for the next tick.
 DUE_PER_TICK = 200
 
@@ -89,6 +93,7 @@ class LeaseMonitor:
         acted = 0
         try:
             self._sweep()
+            self.check_turns()
             now = utc_now()
             for owner, workflow_id in self.candidates(now):
                 acted += self.check(owner, workflow_id, now)
@@ -114,6 +119,35 @@ class LeaseMonitor:
         for due in self.store.active_runs():
             self.index.note(due.owner, due.workflow_id, due.deadline, only_new=True)
         self._swept_at = time.monotonic()
+
+    def check_turns(self) -> None:
+        """Hand on the turns of runs that ended without handing theirs on (their worker was
+        killed) and drop the waiting entries of runs that ended before their turn (Redis).
+
+        The state is the truth: an entry whose run is no longer active under the entry's fence
+        goes. A run taken over keeps its turn: the takeover's dispatch moves it to the new
+        fence.
+        """
+        queue = self.index
+        if queue is None:
+            return
+        if not queue.per_owner:
+            # Turns left from when a limit was set: their runs go to the queue now.
+            if queue.take_check("pending", PENDING_TURNS_SECONDS):
+                queue.end_turns()
+            return
+        held = queue.take_check("admitted", TURNS_SECONDS)
+        waiting = queue.take_check("pending", PENDING_TURNS_SECONDS)
+        if not (held or waiting):
+            return
+        for owner, workflow_id, fence, pending in queue.turns():
+            due = waiting if pending else held
+            if due and self._fence(owner, workflow_id) != fence:
+                queue.release(owner, workflow_id, fence, pending=pending)
+
+    def _fence(self, owner: str, workflow_id: str) -> runs.Fence | None:
+        """Return the fence of the workflow's active run as stored, or None."""
+        return runs.fence_of(self.store.get(owner, workflow_id).state)
 
     def check(self, owner: str, workflow_id: str, now: datetime) -> int:
         """Act on one run that may be due; return 1 when it was queued again or taken."""
