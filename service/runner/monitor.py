@@ -81,6 +81,9 @@ class LeaseMonitor:
         self.index = index
         self._swept_at: float | None = None
         self._complained = False
+        # Queued runs whose job was not found at the last tick, and this tick's (see `_lost`).
+        self._seen_lost: dict[tuple[str, str], runs.Fence] = {}
+        self._lost_now: dict[tuple[str, str], runs.Fence] = {}
 
     def candidates(self, now: datetime) -> list[tuple[str, str]]:
         """Return the runs that may be due at `now`: (owner, workflow id)."""
@@ -91,6 +94,7 @@ class LeaseMonitor:
     def tick(self) -> int:
         """Look at every run that may be due; return how many were queued again or taken."""
         acted = 0
+        self._seen_lost, self._lost_now = self._lost_now, {}
         try:
             self._sweep()
             self.check_turns()
@@ -172,6 +176,8 @@ class LeaseMonitor:
                 self.dispatcher.dispatch(owner, workflow_id, fence)
                 return 1
             return 0
+        if queued and not self._lost(owner, workflow_id, fence):
+            return 0
         snapshot = self.store.take_over(
             owner,
             workflow_id,
@@ -204,6 +210,19 @@ class LeaseMonitor:
         self.observer.leased(owner, workflow_id, runs.lease_deadline(snapshot.state))
         self.dispatcher.dispatch(owner, workflow_id, taken)
         return 1
+
+    def _lost(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
+        """Tell whether a queued run's job was missing at the last tick too: then it is lost.
+
+        A job is missing for a moment when all is well: a worker has taken it and not yet
+        claimed the run, or its owner's turn has just begun and it is about to be enqueued.
+        Taking such a run over would run it twice; a job missing a tick later is lost.
+        """
+        key = (owner, workflow_id)
+        if self._seen_lost.get(key) == fence:
+            return True
+        self._lost_now[key] = fence
+        return False
 
     def _renew(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Push a queued run's claim deadline; False when the run moved on meanwhile."""
