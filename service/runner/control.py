@@ -31,11 +31,14 @@ from ..storage.keys import Keys
 from .engine import RunObserver, RunSettings
 from .local import LocalRunners
 from .queue import QueueObserver, RunQueue, queue_connection
+from .turns import TurnTable
 
 log = logging.getLogger("service.runner")
 
 QUEUE = "queue"
 LOCAL = "local"
+# The file backend's table of turns between owners: next to the state file.
+TURNS_SUFFIX = ".turns"
 
 
 def runs_mode(store: StateStore) -> str:
@@ -110,9 +113,22 @@ class RunControl:
             with self._guard:
                 if self._local is None:
                     self._local = LocalRunners(
-                        self.store, self.settings, self.config["RUN_WORKERS"], self.observer
+                        self.store,
+                        self.settings,
+                        self.config["RUN_WORKERS"],
+                        self.observer,
+                        self._turn_table(),
                     )
         return self._local
+
+    def _turn_table(self) -> TurnTable | None:
+        """Return the host's table of turns (a file next to the state file; memory for a store
+        of one process), or None without WORKFLOW_RUNS_PER_OWNER."""
+        limit = self.config.get("RUNS_PER_OWNER", 0)
+        if not limit:
+            return None
+        path = getattr(self.store, "path", None)
+        return TurnTable(f"{path}{TURNS_SUFFIX}" if isinstance(path, str) else None, limit)
 
     def dispatch(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
         """Have a runner run this attempt; a lost dispatch is found by a lease monitor."""
