@@ -168,23 +168,33 @@ class LocalRunners:
                 owner, workflow_id, fence = self._inbox.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 continue
-            with self._guard:
-                if self._waiting_fence((owner, workflow_id)) == fence:
-                    del self._pending[(owner, workflow_id)]
-                count = len(self._pending)
-            self.observer.waiting(count)
-            try:
-                run_workflow(
-                    self.store,
-                    owner,
-                    workflow_id,
-                    fence,
-                    self.settings,
-                    observer=self.observer,
-                    stop=self.stop,
-                )
-            except Exception:  # never lose a thread of the pool to a bug
-                log.exception("run of workflow %s/%s: unexpected error", owner, workflow_id)
+            self._take(owner, workflow_id, fence)
+            self._run(owner, workflow_id, fence)
+
+    def _take(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
+        """Take the run out of those waiting here; False when it was not (superseded)."""
+        with self._guard:
+            ours = self._waiting_fence((owner, workflow_id)) == fence
+            if ours:
+                del self._pending[(owner, workflow_id)]
+            count = len(self._pending)
+        self.observer.waiting(count)
+        return ours
+
+    def _run(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
+        """Run one attempt (never raises: a thread of the pool is never lost to a bug)."""
+        try:
+            run_workflow(
+                self.store,
+                owner,
+                workflow_id,
+                fence,
+                self.settings,
+                observer=self.observer,
+                stop=self.stop,
+            )
+        except Exception:
+            log.exception("run of workflow %s/%s: unexpected error", owner, workflow_id)
 
     def _work_in_turn(self) -> None:
         """Run the runs waiting here as their owners' turns come (WORKFLOW_RUNS_PER_OWNER)."""
@@ -205,25 +215,9 @@ class LocalRunners:
     def _run_turn(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
         """Run one attempt that got its owner's turn, then hand the turn on."""
         assert self.turns is not None
-        with self._guard:
-            ours = self._waiting_fence((owner, workflow_id)) == fence
-            if ours:
-                del self._pending[(owner, workflow_id)]
-            count = len(self._pending)
-        self.observer.waiting(count)
         try:
-            if ours:  # else superseded here, or handed to another process meanwhile
-                run_workflow(
-                    self.store,
-                    owner,
-                    workflow_id,
-                    fence,
-                    self.settings,
-                    observer=self.observer,
-                    stop=self.stop,
-                )
-        except Exception:  # never lose a thread of the pool to a bug
-            log.exception("run of workflow %s/%s: unexpected error", owner, workflow_id)
+            if self._take(owner, workflow_id, fence):  # else superseded, or handed elsewhere
+                self._run(owner, workflow_id, fence)
         finally:
             with contextlib.suppress(OSError):  # else freed when this process ends
                 self.turns.give_back(owner, workflow_id, fence)
