@@ -213,6 +213,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STEP_ORIGINS", "STEP_ORIGINS", (), _origins),
     Setting("WORKFLOW_QUEUE_URL", "QUEUE_URL", None, _text),
     Setting("WORKFLOW_RUN_WORKERS", "RUN_WORKERS", 1, _positive_int),
+    Setting("WORKFLOW_RUNS_PER_OWNER", "RUNS_PER_OWNER", 0, _non_negative_int),
     # Set by deploy/gunicorn.conf.py, not by hand: prometheus_client's multiprocess directory
     # (it reads the variable itself too, when first imported) and each worker's connections.
     Setting("PROMETHEUS_MULTIPROC_DIR", "METRICS_DIR", None, _text),

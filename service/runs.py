@@ -253,6 +253,7 @@ def request_run(state: Mapping[str, Any] | None, *, now: datetime, lease: float)
         "heartbeat": format_time(now),
         "lease_expires": _stamp(now, lease),
         "status": QUEUED,
+        "queued_at": format_time(now),
     }
     return _with(state, now, status=RUNNING, run=run)
 
@@ -311,6 +312,7 @@ def claim_run(
         "heartbeat": format_time(now),
         "lease_expires": _stamp(now, lease),
         "status": RUN_RUNNING,
+        "started_at": format_time(now),
     }
     return _with(state, now, run=claimed)
 

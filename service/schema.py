@@ -255,6 +255,8 @@ class Run(TypedDict):
     heartbeat: Annotated[Time, Field(description="when the run was queued or its lease renewed")]
     lease_expires: Annotated[Time, Field(description="when another runner may take over")]
     status: RunStatus
+    queued_at: NotRequired[Annotated[Time, Field(description="when the run was requested")]]
+    started_at: NotRequired[Annotated[Time, Field(description="when a runner claimed it")]]
 
 
 @with_config(ConfigDict(extra="allow", strict=True))

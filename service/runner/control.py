@@ -31,11 +31,14 @@ from ..storage.keys import Keys
 from .engine import RunObserver, RunSettings
 from .local import LocalRunners
 from .queue import QueueObserver, RunQueue, queue_connection
+from .turns import TurnTable
 
 log = logging.getLogger("service.runner")
 
 QUEUE = "queue"
 LOCAL = "local"
+# The file backend's table of turns between owners: next to the state file.
+TURNS_SUFFIX = ".turns"
 
 
 def runs_mode(store: StateStore) -> str:
@@ -85,7 +88,11 @@ class RunControl:
                     except ConfigError as error:
                         # A route answers 503 naming the problem rather than 500.
                         raise StorageUnavailable(str(error)) from None
-                    self._queue = RunQueue(connection, Keys(self.config["STATE_PREFIX"]))
+                    self._queue = RunQueue(
+                        connection,
+                        Keys(self.config["STATE_PREFIX"]),
+                        per_owner=self.config.get("RUNS_PER_OWNER", 0),
+                    )
         return self._queue
 
     @property
@@ -106,9 +113,22 @@ class RunControl:
             with self._guard:
                 if self._local is None:
                     self._local = LocalRunners(
-                        self.store, self.settings, self.config["RUN_WORKERS"], self.observer
+                        self.store,
+                        self.settings,
+                        self.config["RUN_WORKERS"],
+                        self.observer,
+                        self._turn_table(),
                     )
         return self._local
+
+    def _turn_table(self) -> TurnTable | None:
+        """Return the host's table of turns (a file next to the state file; memory for a store
+        of one process), or None without WORKFLOW_RUNS_PER_OWNER."""
+        limit = self.config.get("RUNS_PER_OWNER", 0)
+        if not limit:
+            return None
+        path = getattr(self.store, "path", None)
+        return TurnTable(f"{path}{TURNS_SUFFIX}" if isinstance(path, str) else None, limit)
 
     def dispatch(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
         """Have a runner run this attempt; a lost dispatch is found by a lease monitor."""
@@ -116,7 +136,7 @@ class RunControl:
             self.local.dispatch(owner, workflow_id, fence)
             return
         try:
-            self.queue.enqueue(owner, workflow_id, fence)
+            self.queue.dispatch(owner, workflow_id, fence)
         except StorageUnavailable as error:
             log.warning(
                 "could not enqueue run %s/%s attempt %s (a lease monitor will): %s",
@@ -193,6 +213,16 @@ class RunControl:
         if not isinstance(workflow_id, str) or not model.WORKFLOW_ID_RE.match(workflow_id):
             return self._started(owner, create())  # refused: nothing to index
         return self._started(owner, self._indexed_write(owner, workflow_id, create))
+
+    def queued_by_owner(self) -> dict[str, int]:
+        """Return, per owner with any, the runs queued: waiting for a runner or for a turn."""
+        if self.mode == QUEUE:
+            return self.queue.queued_by_owner()
+        found: dict[str, int] = {}
+        for due in self.store.active_runs():
+            if due.status == runs.QUEUED:
+                found[due.owner] = found.get(due.owner, 0) + 1
+        return found
 
     def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
         """Cancel a workflow (None: the owner's current one); its runner stops within a second."""

@@ -27,6 +27,7 @@ from rq.queue import Queue
 
 from ..config import from_env
 from ..runs import Fence
+from ..storage import StorageUnavailable
 from ..store import build_store
 from .control import QUEUE, RunControl
 from .engine import run_workflow
@@ -55,7 +56,10 @@ class RunContext:
         self._monitor: threading.Thread | None = None
 
     def run(self, owner: str, workflow_id: str, fence: Fence) -> str:
-        """Run one attempt; requeue the run at once when this worker is stopping."""
+        """Run one attempt; requeue the run at once when this worker is stopping.
+
+        However the attempt ends, its owner's turn is handed on (a run handed back keeps it).
+        """
         result = run_workflow(
             self.store,
             owner,
@@ -67,7 +71,22 @@ class RunContext:
         )
         if result.next_fence is not None:
             self.control.dispatch(owner, workflow_id, result.next_fence)
+        else:
+            self._hand_on(owner, workflow_id, fence)
         return result.outcome
+
+    def _hand_on(self, owner: str, workflow_id: str, fence: Fence) -> None:
+        """End the attempt's turn and start the owner's next; a failure leaves it to a monitor."""
+        try:
+            self.control.queue.release(owner, workflow_id, fence)
+        except StorageUnavailable as error:
+            log.warning(
+                "could not hand on the turn of %s/%s attempt %s (a lease monitor will): %s",
+                owner,
+                workflow_id,
+                fence.attempt,
+                error.message,
+            )
 
     def start_monitor(self) -> None:
         """Start this process's lease monitor."""

@@ -25,11 +25,15 @@ from .. import runs
 from ..storage import StateStore, StorageUnavailable
 from .engine import RunObserver, RunSettings, run_workflow
 from .monitor import LeaseMonitor
+from .turns import TurnTable
 
 log = logging.getLogger("service.runner")
 
 # How long an idle run thread waits for work before it looks at the stop flag again.
 IDLE_SECONDS = 0.5
+# With turns between owners, how often a thread with runs waiting here looks whether their
+# owner's turn came (another process's run may have ended).
+TURN_POLL_SECONDS = 0.2
 
 Key = tuple[str, str]
 
@@ -40,9 +44,16 @@ class LocalRunners:
     adopts_orphans = True
 
     def __init__(
-        self, store: StateStore, settings: RunSettings, size: int, observer: RunObserver
+        self,
+        store: StateStore,
+        settings: RunSettings,
+        size: int,
+        observer: RunObserver,
+        turns: TurnTable | None = None,
     ) -> None:
         self.store = store
+        # WORKFLOW_RUNS_PER_OWNER > 0: the host's table of turns; None runs each run in turn.
+        self.turns = turns
         # A run handed back by a stopping process is free for another at once.
         self.settings = replace(settings, release_lease=0.0)
         self.size = size
@@ -74,7 +85,18 @@ class LocalRunners:
             self._pending[(owner, workflow_id)] = (fence, time.monotonic())
             count = len(self._pending)
         self.observer.waiting(count)
+        if self.turns is not None:
+            self._in_line(owner, workflow_id, fence)
         self._inbox.put((owner, workflow_id, fence))
+
+    def _in_line(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
+        """Put the run in the host's line of turns; a table that cannot be written is logged
+        (the run's claim deadline lapses and a monitor hands it on)."""
+        assert self.turns is not None
+        try:
+            self.turns.wait(owner, workflow_id, fence)
+        except OSError as error:
+            log.warning("could not queue %s/%s for a turn: %s", owner, workflow_id, error)
 
     def waiting(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Tell whether this attempt waits for one of this process's threads."""
@@ -101,8 +123,9 @@ class LocalRunners:
             self._inbox = queue.Queue()
             self._pending = {}
             monitor = LeaseMonitor(self.store, self.settings, self, self.observer)
+            work = self._work if self.turns is None else self._work_in_turn
             self._threads = [
-                *(_RunThread(self, self._work, f"run-{n}") for n in range(self.size)),
+                *(_RunThread(self, work, f"run-{n}") for n in range(self.size)),
                 _RunThread(self, lambda: self._watch(monitor), "lease-monitor"),
             ]
             for thread in self._threads:
@@ -145,23 +168,60 @@ class LocalRunners:
                 owner, workflow_id, fence = self._inbox.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 continue
-            with self._guard:
-                if self._waiting_fence((owner, workflow_id)) == fence:
-                    del self._pending[(owner, workflow_id)]
-                count = len(self._pending)
-            self.observer.waiting(count)
-            try:
-                run_workflow(
-                    self.store,
-                    owner,
-                    workflow_id,
-                    fence,
-                    self.settings,
-                    observer=self.observer,
-                    stop=self.stop,
-                )
-            except Exception:  # never lose a thread of the pool to a bug
-                log.exception("run of workflow %s/%s: unexpected error", owner, workflow_id)
+            self._take(owner, workflow_id, fence)
+            self._run(owner, workflow_id, fence)
+
+    def _take(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
+        """Take the run out of those waiting here; False when it was not (superseded)."""
+        with self._guard:
+            ours = self._waiting_fence((owner, workflow_id)) == fence
+            if ours:
+                del self._pending[(owner, workflow_id)]
+            count = len(self._pending)
+        self.observer.waiting(count)
+        return ours
+
+    def _run(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
+        """Run one attempt (never raises: a thread of the pool is never lost to a bug)."""
+        try:
+            run_workflow(
+                self.store,
+                owner,
+                workflow_id,
+                fence,
+                self.settings,
+                observer=self.observer,
+                stop=self.stop,
+            )
+        except Exception:
+            log.exception("run of workflow %s/%s: unexpected error", owner, workflow_id)
+
+    def _work_in_turn(self) -> None:
+        """Run the runs waiting here as their owners' turns come (WORKFLOW_RUNS_PER_OWNER)."""
+        assert self.turns is not None
+        while not self.stop.is_set():
+            with contextlib.suppress(queue.Empty):
+                self._inbox.get(timeout=TURN_POLL_SECONDS if self.pending() else IDLE_SECONDS)
+            while not self.stop.is_set():
+                try:
+                    turn = self.turns.take()
+                except OSError as error:
+                    log.warning("could not read the table of turns: %s", error)
+                    break
+                if turn is None:
+                    break
+                self._run_turn(*turn)
+
+    def _run_turn(self, owner: str, workflow_id: str, fence: runs.Fence) -> None:
+        """Run one attempt that got its owner's turn, then hand the turn on."""
+        assert self.turns is not None
+        try:
+            if self._take(owner, workflow_id, fence):  # else superseded, or handed elsewhere
+                self._run(owner, workflow_id, fence)
+        finally:
+            with contextlib.suppress(OSError):  # else freed when this process ends
+                self.turns.give_back(owner, workflow_id, fence)
+            self._inbox.put((owner, workflow_id, fence))  # another thread may go on now
 
     def close(self) -> None:
         """Stop: hand running runs back, free the waiting ones for other processes, end threads."""
@@ -176,6 +236,9 @@ class LocalRunners:
                 self.store.renew_lease(owner, workflow_id, fence, lease=0.0)
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.turns is not None:
+            with contextlib.suppress(OSError):
+                self.turns.leave()
         self._pid = None
 
 

@@ -40,6 +40,10 @@ log = logging.getLogger("service.runner")
 
 MONITOR_SECONDS = 1.0
 SWEEP_SECONDS = 30.0
+# How often one monitor (of all processes) checks the turns held (WORKFLOW_RUNS_PER_OWNER)
+# against the states, and the runs waiting for a turn (there may be many: less often).
+TURNS_SECONDS = 2.0
+PENDING_TURNS_SECONDS = 10.0
 # Due runs looked at per tick: more wait for the next tick.
 DUE_PER_TICK = 200
 
@@ -77,6 +81,9 @@ class LeaseMonitor:
         self.index = index
         self._swept_at: float | None = None
         self._complained = False
+        # Queued runs whose job was not found at the last tick, and this tick's (see `_lost`).
+        self._seen_lost: dict[tuple[str, str], runs.Fence] = {}
+        self._lost_now: dict[tuple[str, str], runs.Fence] = {}
 
     def candidates(self, now: datetime) -> list[tuple[str, str]]:
         """Return the runs that may be due at `now`: (owner, workflow id)."""
@@ -87,8 +94,10 @@ class LeaseMonitor:
     def tick(self) -> int:
         """Look at every run that may be due; return how many were queued again or taken."""
         acted = 0
+        self._seen_lost, self._lost_now = self._lost_now, {}
         try:
             self._sweep()
+            self.check_turns()
             now = utc_now()
             for owner, workflow_id in self.candidates(now):
                 acted += self.check(owner, workflow_id, now)
@@ -115,6 +124,35 @@ class LeaseMonitor:
             self.index.note(due.owner, due.workflow_id, due.deadline, only_new=True)
         self._swept_at = time.monotonic()
 
+    def check_turns(self) -> None:
+        """Hand on the turns of runs that ended without handing theirs on (their worker was
+        killed) and drop the waiting entries of runs that ended before their turn (Redis).
+
+        The state is the truth: an entry whose run is no longer active under the entry's fence
+        goes. A run taken over keeps its turn: the takeover's dispatch moves it to the new
+        fence.
+        """
+        queue = self.index
+        if queue is None:
+            return
+        if not queue.per_owner:
+            # Turns left from when a limit was set: their runs go to the queue now.
+            if queue.take_check("pending", PENDING_TURNS_SECONDS):
+                queue.end_turns()
+            return
+        held = queue.take_check("admitted", TURNS_SECONDS)
+        waiting = queue.take_check("pending", PENDING_TURNS_SECONDS)
+        if not (held or waiting):
+            return
+        for owner, workflow_id, fence, pending in queue.turns():
+            due = waiting if pending else held
+            if due and self._fence(owner, workflow_id) != fence:
+                queue.release(owner, workflow_id, fence, pending=pending)
+
+    def _fence(self, owner: str, workflow_id: str) -> runs.Fence | None:
+        """Return the fence of the workflow's active run as stored, or None."""
+        return runs.fence_of(self.store.get(owner, workflow_id).state)
+
     def check(self, owner: str, workflow_id: str, now: datetime) -> int:
         """Act on one run that may be due; return 1 when it was queued again or taken."""
         state = self.store.get(owner, workflow_id).state
@@ -137,6 +175,8 @@ class LeaseMonitor:
             if self._renew(owner, workflow_id, fence):
                 self.dispatcher.dispatch(owner, workflow_id, fence)
                 return 1
+            return 0
+        if queued and not self._lost(owner, workflow_id, fence):
             return 0
         snapshot = self.store.take_over(
             owner,
@@ -170,6 +210,19 @@ class LeaseMonitor:
         self.observer.leased(owner, workflow_id, runs.lease_deadline(snapshot.state))
         self.dispatcher.dispatch(owner, workflow_id, taken)
         return 1
+
+    def _lost(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
+        """Tell whether a queued run's job was missing at the last tick too: then it is lost.
+
+        A job is missing for a moment when all is well: a worker has taken it and not yet
+        claimed the run, or its owner's turn has just begun and it is about to be enqueued.
+        Taking such a run over would run it twice; a job missing a tick later is lost.
+        """
+        key = (owner, workflow_id)
+        if self._seen_lost.get(key) == fence:
+            return True
+        self._lost_now[key] = fence
+        return False
 
     def _renew(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Push a queued run's claim deadline; False when the run moved on meanwhile."""

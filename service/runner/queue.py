@@ -8,12 +8,24 @@ RQ, whose scripts touch keys in many slots). Keys, by WORKFLOW_STATE_PREFIX `P`
     P:runs                              sorted set: `<owner>/<id>` scored by lease deadline (ms)
     P:runs:stats                        hash: the counters behind the run metrics
     P:runs:marker                       string: there while this Redis keeps its data
+    P:runs:owners                       set: owners with runs holding or waiting for a turn
+    P:runs:admitted:<owner>             hash: the owner's runs holding a turn, id → fence
+    P:runs:pending:<owner>              list: the owner's runs waiting for a turn, oldest first
 
 The lease index is only an index: the lease monitor reads each due member's state, which is
 the truth, and fixes or drops the member. A job is `service.runner.jobs.run(owner, id,
 incarnation, attempt)` with the id `run-<hash of owner and id>-<incarnation>-<attempt>`, so
 enqueueing one attempt twice (two monitors racing) leaves one job, and a workflow deleted and
 created again under the same id gets jobs of its own at once.
+
+Turns (WORKFLOW_RUNS_PER_OWNER = N > 0): a run is enqueued only while fewer than N runs of its
+owner hold a turn; otherwise it waits in the owner's pending list, in the order it was started.
+An attempt that ends on a worker, however it ends, hands its turn back and the owner's next
+pending run is enqueued. Both moves are one Lua script each, so processes racing never admit
+more than N. The RQ queue then never holds more than N runs of one owner, so another owner's
+run never waits behind one owner's backlog. The states stay the truth: a lease monitor drops
+the turns of runs that ended without handing theirs back (their worker was killed) and the
+pending entries of runs that ended while waiting (cancelled, deleted).
 """
 
 from __future__ import annotations
@@ -46,6 +58,8 @@ WAITING = frozenset({"queued", "deferred", "scheduled"})
 STEP_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # The outcomes after which a run needs no index entry any more.
 ENDED = frozenset({COMPLETED, FAILED_OUTCOME, CANCELLED_OUTCOME})
+# Queued jobs a scrape looks at for the runs queued per owner.
+QUEUED_SCAN = 10000
 CLUSTER_REFUSED = (
     "WORKFLOW_STATE_URL redis+cluster:// cannot host the run queue (RQ needs one Redis, not a "
     "Cluster): set WORKFLOW_QUEUE_URL to a redis:// URL for the queue"
@@ -68,6 +82,72 @@ def split_member(value: bytes | str) -> tuple[str, str] | None:
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     owner, slash, workflow_id = text.partition("/")
     return (owner, workflow_id) if slash and owner and workflow_id else None
+
+
+# A turn's entries: `<incarnation> <attempt>` in the admitted hash, `<id> <incarnation>
+# <attempt>` in the pending list (ids have no spaces).
+_FILL = """
+local function fill(admitted, pending, limit)
+  local out = {}
+  while redis.call('HLEN', admitted) < limit do
+    local entry = redis.call('LPOP', pending)
+    if not entry then break end
+    local space = string.find(entry, ' ', 1, true)
+    if space then
+      redis.call('HSET', admitted, string.sub(entry, 1, space - 1), string.sub(entry, space + 1))
+      table.insert(out, entry)
+    end
+  end
+  if redis.call('HLEN', admitted) == 0 and redis.call('LLEN', pending) == 0 then
+    redis.call('SREM', KEYS[3], ARGV[4])
+  end
+  return out
+end
+"""
+# KEYS: admitted, pending, owners; ARGV: limit, id, fence, owner. A run holding a turn keeps it
+# under its new fence (a takeover, a hand-back); any other waits at the end of the list, and the
+# runs that now have a turn are returned, to be enqueued.
+ADMIT = (
+    _FILL
+    + """
+local limit = tonumber(ARGV[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  return {ARGV[2] .. ' ' .. ARGV[3]}
+end
+redis.call('RPUSH', KEYS[2], ARGV[2] .. ' ' .. ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+return fill(KEYS[1], KEYS[2], limit)
+"""
+)
+# KEYS, ARGV as ADMIT's (ARGV[5] "1": also drop the run's pending entry). The run's turn ends
+# if it is still that fence's; the runs that now have a turn are returned.
+RELEASE = (
+    _FILL
+    + """
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then
+  redis.call('HDEL', KEYS[1], ARGV[2])
+end
+if ARGV[5] == '1' then
+  redis.call('LREM', KEYS[2], 0, ARGV[2] .. ' ' .. ARGV[3])
+end
+return fill(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+"""
+)
+
+
+def fence_text(fence: Fence) -> str:
+    """Return a fence as a turn's entries hold it."""
+    return f"{fence.incarnation} {fence.attempt}"
+
+
+def parse_turn(entry: bytes | str) -> tuple[str, Fence] | None:
+    """Return (id, fence) of a pending entry `<id> <incarnation> <attempt>`, or None."""
+    text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
+    parts = text.split(" ")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return parts[0], Fence(int(parts[1]), int(parts[2]))
 
 
 def _ms(moment: datetime) -> int:
@@ -101,13 +181,19 @@ class RunQueue:
     # than enqueue the same attempt again: the lost job's record may still hold its id.
     adopts_orphans = False
 
-    def __init__(self, connection: redis.Redis, keys: Keys, where: str = "") -> None:
+    def __init__(
+        self, connection: redis.Redis, keys: Keys, where: str = "", *, per_owner: int = 0
+    ) -> None:
         from rq import Queue
 
         self.connection = connection
         self.keys = keys
         self.where = where or _describe_client(connection)
         self.queue = Queue(keys.run_queue(), connection=connection)
+        # WORKFLOW_RUNS_PER_OWNER: 0 enqueues every run at once, as without turns.
+        self.per_owner = per_owner
+        self._admit = connection.register_script(ADMIT)
+        self._release = connection.register_script(RELEASE)
 
     @contextmanager
     def _talking(self) -> Iterator[None]:
@@ -146,8 +232,117 @@ class RunQueue:
         return True
 
     def dispatch(self, owner: str, workflow_id: str, fence: Fence) -> None:
-        """Have a worker run this attempt (a lease monitor's dispatch)."""
-        self.enqueue(owner, workflow_id, fence)
+        """Have a worker run this attempt, at once or when its owner's turn comes."""
+        if not self.per_owner:
+            self.enqueue(owner, workflow_id, fence)
+            return
+        with self._talking():
+            admitted = self._admit(
+                keys=self._turn_keys(owner),
+                args=[self.per_owner, workflow_id, fence_text(fence), owner],
+            )
+        self._enqueue_turns(owner, admitted)
+
+    def release(self, owner: str, workflow_id: str, fence: Fence, *, pending: bool = False) -> None:
+        """End the turn of this attempt (its run ended on a worker); the next run's turn begins.
+
+        `pending`: also drop the attempt's place in the pending list (a run that ended while
+        it waited). Nothing when the turn is already another attempt's (a takeover).
+        """
+        if not self.per_owner:
+            return
+        with self._talking():
+            admitted = self._release(
+                keys=self._turn_keys(owner),
+                args=[
+                    self.per_owner,
+                    workflow_id,
+                    fence_text(fence),
+                    owner,
+                    "1" if pending else "0",
+                ],
+            )
+        self._enqueue_turns(owner, admitted)
+
+    def _turn_keys(self, owner: str) -> list[str]:
+        return [
+            self.keys.run_admitted(owner),
+            self.keys.run_pending(owner),
+            self.keys.run_turn_owners(),
+        ]
+
+    def _enqueue_turns(self, owner: str, entries: list[bytes]) -> None:
+        """Enqueue the runs whose turn began; a failed enqueue is a lost job the monitor finds."""
+        for entry in entries:
+            turn = parse_turn(entry)
+            if turn is not None:
+                self.enqueue(owner, *turn)
+
+    def turns(self) -> list[tuple[str, str, Fence, bool]]:
+        """Return every turn entry: (owner, id, fence, whether it waits for its turn)."""
+        found = []
+        with self._talking():
+            owners = sorted(_text(o) for o in self.connection.smembers(self.keys.run_turn_owners()))
+            for owner in owners:
+                held = self.connection.hgetall(self.keys.run_admitted(owner))
+                for workflow_id, fence in held.items():
+                    turn = parse_turn(f"{_text(workflow_id)} {_text(fence)}")
+                    if turn is not None:
+                        found.append((owner, *turn, False))
+                for entry in self.connection.lrange(self.keys.run_pending(owner), 0, -1):
+                    turn = parse_turn(entry)
+                    if turn is not None:
+                        found.append((owner, *turn, True))
+        return found
+
+    def end_turns(self) -> None:
+        """Forget every turn and enqueue the runs that waited for one (the limit was removed)."""
+        for owner, workflow_id, fence, pending in self.turns():
+            with self._talking():
+                if pending:
+                    self.connection.lrem(
+                        self.keys.run_pending(owner), 0, f"{workflow_id} {fence_text(fence)}"
+                    )
+                else:
+                    self.connection.hdel(self.keys.run_admitted(owner), workflow_id)
+            if pending:
+                self.enqueue(owner, workflow_id, fence)
+        with self._talking():
+            self.connection.delete(self.keys.run_turn_owners())
+
+    def take_check(self, kind: str, seconds: float) -> bool:
+        """Tell whether this process checks the turns of `kind` now (one process per `seconds`)."""
+        with self._talking():
+            return bool(
+                self.connection.set(
+                    self.keys.run_turns_checked(kind), "1", nx=True, px=int(seconds * 1000)
+                )
+            )
+
+    def pending_by_owner(self) -> dict[str, int]:
+        """Return, per owner with any, the runs waiting for their owner's turn."""
+        with self._talking():
+            owners = [_text(o) for o in self.connection.smembers(self.keys.run_turn_owners())]
+            pipe = self.connection.pipeline(transaction=False)
+            for owner in owners:
+                pipe.llen(self.keys.run_pending(owner))
+            counts = pipe.execute()
+        return {owner: int(n) for owner, n in zip(owners, counts, strict=True) if n}
+
+    def queued_by_owner(self) -> dict[str, int]:
+        """Return, per owner with any, the runs waiting for a worker or for their owner's turn."""
+        found = self.pending_by_owner()
+        with self._talking():
+            jobs = self.connection.lrange(self.queue.key, 0, QUEUED_SCAN - 1)
+            pipe = self.connection.pipeline(transaction=False)
+            for job in jobs:
+                pipe.hget(self.queue.job_class.key_for(_text(job)), "description")
+            descriptions = pipe.execute()
+        for description in descriptions:
+            owner = _owner_of_description(description)
+            if owner is not None:
+                found[owner] = found.get(owner, 0) + 1
+        return found
 
     def waiting(self, owner: str, workflow_id: str, fence: Fence) -> bool:
         """Tell whether the attempt's job is still waiting for a worker.
@@ -161,6 +356,14 @@ class RunQueue:
 
         job = job_id(owner, workflow_id, fence)
         with self._talking():
+            if (
+                self.per_owner
+                and self.connection.lpos(
+                    self.keys.run_pending(owner), f"{workflow_id} {fence_text(fence)}"
+                )
+                is not None
+            ):
+                return True
             try:
                 status = Job.fetch(job, connection=self.connection).get_status(refresh=False)
             except NoSuchJobError:
@@ -258,6 +461,21 @@ class RunQueue:
             self.connection.close()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _owner_of_description(description: bytes | str | None) -> str | None:
+    """Return the owner a job's description (`run <owner>/<id> attempt <n>`) names."""
+    if description is None:
+        return None
+    words = _text(description).split(" ")
+    if len(words) < 2 or words[0] != "run":
+        return None
+    pair = split_member(words[1])
+    return None if pair is None else pair[0]
+
+
 def _describe_client(connection: redis.Redis) -> str:
     kwargs = connection.connection_pool.connection_kwargs
     if "path" in kwargs:
@@ -317,7 +535,9 @@ class QueueStatsCollector:
         try:
             queue = self._queue()
             stats = queue.stats()
-            queued = queue.count()
+            by_owner = queue.queued_by_owner()
+            # Runs waiting for their owner's turn wait for a runner too.
+            queued = queue.count() + sum(queue.pending_by_owner().values())
         except StorageUnavailable as error:
             log.warning("run metrics unavailable: %s", error.message)
             return
@@ -343,6 +563,12 @@ class QueueStatsCollector:
             buckets=buckets,
             sum_value=stats.get("step:sum", 0.0),
         )
-        yield GaugeMetricFamily(
-            "workflow_runs_queued", "Run jobs waiting for a worker", value=queued
+        yield GaugeMetricFamily("workflow_runs_queued", "Runs waiting for a worker", value=queued)
+        owners = GaugeMetricFamily(
+            "workflow_owner_runs_queued",
+            "Runs waiting for a worker or for their owner's turn, per owner",
+            labels=("owner",),
         )
+        for owner, count in sorted(by_owner.items()):
+            owners.add_metric((owner,), count)
+        yield owners

@@ -29,6 +29,11 @@ OWNERS = "owners"
 RUNS = "runs"
 RUN_STATS = "runs:stats"
 RUN_MARKER = "runs:marker"
+# Turns between owners (WORKFLOW_RUNS_PER_OWNER), on the queue's Redis too.
+RUN_TURN_OWNERS = "runs:owners"
+RUN_ADMITTED = "runs:admitted"
+RUN_PENDING = "runs:pending"
+RUN_TURNS_CHECKED = "runs:checked"
 
 # Characters PSUBSCRIBE patterns treat specially.
 _GLOB = re.compile(r"([\\*?\[\]])")
@@ -102,6 +107,25 @@ class Keys:
         index from the states at once.
         """
         return f"{self.prefix}:{RUN_MARKER}"
+
+    def run_turn_owners(self) -> str:
+        """Return the set of owners with runs holding a turn or waiting for one."""
+        return f"{self.prefix}:{RUN_TURN_OWNERS}"
+
+    def run_admitted(self, owner: str) -> str:
+        """Return the hash of the owner's runs holding a turn: id → `<incarnation> <attempt>`."""
+        return f"{self.prefix}:{RUN_ADMITTED}:{owner}"
+
+    def run_pending(self, owner: str) -> str:
+        """Return the list of the owner's runs waiting for a turn, oldest first (`<id> <fence>`)."""
+        return f"{self.prefix}:{RUN_PENDING}:{owner}"
+
+    def run_turns_checked(self, kind: str) -> str:
+        """Return the key a lease monitor sets while it checks the turns (`kind`) against states.
+
+        One monitor checks per interval, whatever the number of worker processes.
+        """
+        return f"{self.prefix}:{RUN_TURNS_CHECKED}:{kind}"
 
     def run_queue(self) -> str:
         """Return the name of the RQ queue of runs (RQ keeps it as `rq:queue:<name>`)."""

@@ -56,6 +56,7 @@ def test_request_queues_attempt_one_with_a_lease():
         "heartbeat": format_time(T0),
         "lease_expires": format_time(at(LEASE)),
         "status": "queued",
+        "queued_at": format_time(T0),
     }
     assert new["last_update"] == format_time(T0)
     assert runs.run_in_progress(new) and not runs.run_resumed(new)
@@ -113,6 +114,8 @@ def test_claim_makes_the_runner_hold_a_fresh_lease():
         "heartbeat": format_time(at(3)),
         "lease_expires": format_time(at(3 + LEASE)),
         "status": "running",
+        "queued_at": format_time(T0),
+        "started_at": format_time(at(3)),
     }
 
 
