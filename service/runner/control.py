@@ -196,7 +196,62 @@ class RunControl:
 
     def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
         """Cancel a workflow (None: the owner's current one); its runner stops within a second."""
-        return self.store.cancel(owner, workflow_id)
+        snapshot = self.store.cancel(owner, workflow_id)
+        if snapshot.state is not None:
+            # A blocked step's answer goes when the step settles: cancelled is settled.
+            with contextlib.suppress(StorageUnavailable):  # it expires anyway
+                self.store.delete_input(owner, snapshot.state["workflow_id"])
+        return snapshot
+
+    def resume(self, owner: str, workflow_id: str | None, body: Any) -> Snapshot:
+        """Answer a blocked workflow's question and start a new run at the blocked step.
+
+        The input is checked against the step's fields (InvalidInput, nothing changed), kept
+        apart from the state for the step's endpoint, then the run is queued and dispatched.
+        """
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or set(body) - {"input"}:
+            raise model.InvalidInput(
+                'Invalid input: send {"input": {<field name>: <value>, ...}} (or no body)'
+            )
+        given = body.get("input", {})
+        state = self.store.get(owner, workflow_id).state
+        checked = runs.check_input(state, given)
+        assert state is not None
+        workflow_id = state["workflow_id"]
+        record = {
+            "incarnation": runs.incarnation_of(state),
+            "step": runs.blocked_step(state),
+            "input": checked,
+        }
+        self.store.put_input(owner, workflow_id, record)
+        lease = self.settings.lease
+        try:
+            snapshot = self._indexed_write(
+                owner,
+                workflow_id,
+                lambda: self.store.resume(owner, workflow_id, given, lease=lease),
+            )
+        except BaseException:
+            with contextlib.suppress(StorageUnavailable):
+                self.store.delete_input(owner, workflow_id)
+            raise
+        return self._started(owner, snapshot)
+
+    def retry(self, owner: str, workflow_id: str | None) -> Snapshot:
+        """Start a new run of a failed workflow at its failed step (NotFailed otherwise)."""
+        if workflow_id is None:
+            state = self.store.get(owner, None).state
+            if state is None:
+                raise model.NoWorkflow("There is no workflow to retry")
+            workflow_id = state["workflow_id"]
+        lease = self.settings.lease
+        name = workflow_id
+        snapshot = self._indexed_write(
+            owner, name, lambda: self.store.retry(owner, name, lease=lease)
+        )
+        return self._started(owner, snapshot)
 
     def close(self) -> None:
         """Stop this process's run threads, and drop the queue's connection."""

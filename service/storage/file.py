@@ -869,7 +869,7 @@ class FileStore(StateStore):
     def _put_input(self, owner: str, workflow_id: str, text: str, ttl: int) -> None:
         self._started()
         path = self._input_path(owner, workflow_id)
-        self._ensure_directory(path)
+        self._ensure_directory(self._owner_directory(owner))
         self._atomic_write(path, text.encode())
 
     def _get_input(self, owner: str, workflow_id: str) -> str | bytes | None:
