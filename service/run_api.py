@@ -25,7 +25,7 @@ from .errors import json_response
 from .identity import current_identity
 from .metrics import metrics_of
 from .runner.control import QUEUE, RunControl
-from .runner.metrics import PrometheusRunObserver
+from .runner.metrics import BlockedCollector, PrometheusRunObserver
 from .runner.queue import QueueStatsCollector
 from .storage import Snapshot
 from .store import store_of
@@ -168,6 +168,7 @@ def init_app(app: Flask) -> None:
     control = RunControl(store_of(app), app.config)
     app.extensions[EXTENSION] = control
     metrics = metrics_of(app)
+    metrics.add_collector(BlockedCollector(store_of(app)))
     if control.mode == QUEUE:
         # Workers count on the queue's Redis; a scrape reads the totals there.
         metrics.add_collector(QueueStatsCollector(lambda: control.queue))

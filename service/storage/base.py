@@ -814,6 +814,19 @@ class StateStore(ABC):
                 position = page[-1][0]
         return found
 
+    def count_blocked(self) -> int:
+        """Return how many unexpired workflows, of every owner, wait for a person's input."""
+        count = 0
+        for owner in self._owners():
+            position = None
+            while True:
+                page = self._list(owner, "running", position, SCAN_PAGE)
+                count += sum(1 for _, state in page if state.get("status") == model.BLOCKED)
+                if len(page) < SCAN_PAGE:
+                    break
+                position = page[-1][0]
+        return count
+
     def _run_write(self, owner: str, workflow_id: str | None, change: Change) -> Snapshot:
         check_owner(owner)
         check_workflow_id(workflow_id)
