@@ -305,9 +305,10 @@ def test_retried_steps_and_blocked_workflows_are_counted(queue_app: Flask):
     control.start(OWNER, "wf")
     work_the_queue(queue_app)
     run = store.get(OWNER, "wf").state["run"]
-    assert (run["status"], run["failures"]) == ("waiting", 1)
+    # Due at once: the burst worker's own lease monitor may have woken it already.
+    assert run["failures"] == 1 and run["status"] in ("waiting", "queued")
     assert metric(queue_app, "workflow_step_retries_total") == 1
-    assert monitor_of(queue_app).tick() == 1  # the retry is due at once: woken
+    monitor_of(queue_app).tick()
     work_the_queue(queue_app)
     state = store.get(OWNER, "wf").state
     assert state["status"] == "failed" and state["steps"][0]["attempts"] == 2
