@@ -203,7 +203,18 @@ class RunControl:
                 self.store.delete_input(owner, snapshot.state["workflow_id"])
         return snapshot
 
-    def resume(self, owner: str, workflow_id: str | None, body: Any) -> Snapshot:
+    def _queue_new_run(
+        self, owner: str, workflow_id: str, write: Callable[[float], Snapshot], runs_here: bool
+    ) -> Snapshot:
+        """Write a new queued run (`write(lease)`) and dispatch it, as `start` does."""
+        if self.mode == LOCAL and not runs_here:
+            return write(0.0)  # a web process's lease monitor takes it within a second
+        lease = self.settings.lease
+        return self._started(owner, self._indexed_write(owner, workflow_id, lambda: write(lease)))
+
+    def resume(
+        self, owner: str, workflow_id: str | None, body: Any, *, runs_here: bool = True
+    ) -> Snapshot:
         """Answer a blocked workflow's question and start a new run at the blocked step.
 
         The input is checked against the step's fields (InvalidInput, nothing changed), kept
@@ -226,32 +237,30 @@ class RunControl:
             "input": checked,
         }
         self.store.put_input(owner, workflow_id, record)
-        lease = self.settings.lease
+        name = workflow_id
         try:
-            snapshot = self._indexed_write(
+            return self._queue_new_run(
                 owner,
-                workflow_id,
-                lambda: self.store.resume(owner, workflow_id, given, lease=lease),
+                name,
+                lambda lease: self.store.resume(owner, name, given, lease=lease),
+                runs_here,
             )
         except BaseException:
             with contextlib.suppress(StorageUnavailable):
                 self.store.delete_input(owner, workflow_id)
             raise
-        return self._started(owner, snapshot)
 
-    def retry(self, owner: str, workflow_id: str | None) -> Snapshot:
+    def retry(self, owner: str, workflow_id: str | None, *, runs_here: bool = True) -> Snapshot:
         """Start a new run of a failed workflow at its failed step (NotFailed otherwise)."""
         if workflow_id is None:
             state = self.store.get(owner, None).state
             if state is None:
                 raise model.NoWorkflow("There is no workflow to retry")
             workflow_id = state["workflow_id"]
-        lease = self.settings.lease
         name = workflow_id
-        snapshot = self._indexed_write(
-            owner, name, lambda: self.store.retry(owner, name, lease=lease)
+        return self._queue_new_run(
+            owner, name, lambda lease: self.store.retry(owner, name, lease=lease), runs_here
         )
-        return self._started(owner, snapshot)
 
     def close(self) -> None:
         """Stop this process's run threads, and drop the queue's connection."""
