@@ -188,6 +188,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKFLOW_STATE_MAX_OWNER_BYTES", "MAX_OWNER_BYTES", 64 << 20, _non_negative_int),
     Setting("WORKFLOW_STATE_TTL", "STATE_TTL", 30, _positive_int),
     Setting("WORKFLOW_STATE_STALE_TTL", "STATE_STALE_TTL", 86400, _positive_int),
+    Setting("WORKFLOW_STATE_FAILED_TTL", "STATE_FAILED_TTL", 86400, _positive_int),
     Setting("WORKFLOW_STATE_CORS_ORIGINS", "CORS_ORIGINS", ("*",), _csv),
     Setting("WORKFLOW_STATE_MAX_BODY", "MAX_CONTENT_LENGTH", 262144, _positive_int),
     Setting("WORKFLOW_STATE_BODY_TIMEOUT", "BODY_TIMEOUT", 10.0, _positive_float),
@@ -282,6 +283,7 @@ class StoreOptions:
     max_owner_bytes: int = _option("MAX_OWNER_BYTES")
     ttl: int = _option("STATE_TTL")
     stale_ttl: int = _option("STATE_STALE_TTL")
+    failed_ttl: int = _option("STATE_FAILED_TTL")
     lock_timeout: float = _option("LOCK_TIMEOUT")
     lock_wait: float = _option("LOCK_WAIT")
     io_timeout: float = _option("IO_TIMEOUT")

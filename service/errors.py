@@ -30,6 +30,10 @@ STATUS_BY_ERROR: dict[type[model.StateError], int] = {
     LimitExceeded: 413,
     runs.RunActive: 409,
     runs.RunSuperseded: 409,
+    model.NotBlocked: 409,
+    model.NotFailed: 409,
+    model.InvalidInput: 400,
+    runs.ProgressRefused: 403,
 }
 # Seconds a client should wait before retrying when storage is down or busy.
 RETRY_AFTER_SECONDS = 1

@@ -452,6 +452,15 @@ def _cross_site_write(authenticator: Authenticator, req: Any, origins: Any) -> b
     return not _same_origin(sent_from, req)
 
 
+# A step's progress report: its progress token is its only identity (checked by the route).
+PROGRESS_REPORT = re.compile(r"/workflows/[^/]+/steps/[^/]+/progress\Z")
+
+
+def is_progress_report(method: str, path: str) -> bool:
+    """Tell whether a request is a step's progress report, which names no user."""
+    return method == "POST" and PROGRESS_REPORT.match(path) is not None
+
+
 def init_app(app: Flask) -> None:
     """Check the identity settings (ConfigError if wrong) and identify every /workflow* request."""
     authenticator = app.extensions[EXTENSION] = Authenticator(app.config)
@@ -460,7 +469,11 @@ def init_app(app: Flask) -> None:
 
     def check(req: Any, ctx: dict[str, Any]) -> None:
         # Browsers send preflights without credentials; cors.py answers them.
-        if req.method != "OPTIONS" and req.path.startswith(PROTECTED_PREFIX):
+        if (
+            req.method != "OPTIONS"
+            and req.path.startswith(PROTECTED_PREFIX)
+            and not is_progress_report(req.method, req.path)
+        ):
             if _cross_site_write(authenticator, req, origins):
                 raise Refused(
                     403,

@@ -17,12 +17,21 @@ from . import schema
 from .schema import ENCRYPTED_MARK
 
 RUNNING = "running"
+BLOCKED = schema.BLOCKED
 FINISHED = frozenset({"completed", "failed", "cancelled"})
+# Steps done for good: a run never runs them (again), and they count as done for a person.
+SETTLED_STEPS = frozenset({"completed", "skipped"})
 
-# Fields the server owns: whatever a client sends for them is replaced. `incarnation` is the
-# version a workflow was created with: it tells a workflow from one deleted and created again
-# under the same id.
-SERVER_FIELDS = ("last_update", "version", "incarnation")
+# Fields the server stamps on every write: whatever a client sends for them is replaced.
+# `incarnation` is the version a workflow was created with: it tells a workflow from one
+# deleted and created again under the same id.
+SERVER_FIELDS = ("last_update", "version", "incarnation", "completed_percent")
+# What a client may set on a step for server runs (at create, or by a PATCH of the step).
+STEP_OPTIONS = ("timeout_seconds", "retry")
+# Fields only server runs write, of the workflow and of each step: a client's write keeps the
+# stored values whatever it sends (a client that GETs a state and POSTs it back changes none).
+RUN_FIELDS = ("run", "blocked", "retry_at", "progress", "tasks", "attempts")
+STEP_RUN_FIELDS = ("attempts", "blocked", "retry_at", "progress", "tasks")
 
 WORKFLOW_ID_RE = schema.python_pattern(schema.WORKFLOW_ID_PATTERN)
 
@@ -110,6 +119,24 @@ class InvalidCursor(StateError):
     """A list cursor that this service did not issue for this owner and filter."""
 
     code = "invalid_cursor"
+
+
+class NotBlocked(StateError):
+    """A resume of a workflow that does not wait for the person."""
+
+    code = "not_blocked"
+
+
+class NotFailed(StateError):
+    """A retry of a workflow that has not failed."""
+
+    code = "not_failed"
+
+
+class InvalidInput(StateError):
+    """A resume's input does not answer the blocked step's fields."""
+
+    code = "invalid_input"
 
 
 # --- time and identity -------------------------------------------------------------------
@@ -213,18 +240,32 @@ def is_finished(state: Mapping[str, Any] | None) -> bool:
 
 
 def is_active(state: Mapping[str, Any] | None) -> bool:
-    """Tell whether a state is running (the contract's `active`)."""
-    return state is not None and state.get("status") == RUNNING
+    """Tell whether a state is not finished: running, or blocked waiting for the person."""
+    return state is not None and state.get("status") in (RUNNING, BLOCKED)
 
 
-def ttl_seconds(state: Mapping[str, Any], ttl: int, stale_ttl: int) -> int:
-    """Return how long a freshly written state stays readable."""
-    return ttl if is_finished(state) else stale_ttl
+def ttl_seconds(
+    state: Mapping[str, Any], ttl: int, stale_ttl: int, failed_ttl: int | None = None
+) -> int:
+    """Return how long a freshly written state stays readable.
+
+    Completed and cancelled: `ttl`; failed: `failed_ttl` (kept to be read and retried);
+    running or blocked: `stale_ttl` after its last write.
+    """
+    if not is_finished(state):
+        return stale_ttl
+    if failed_ttl is not None and state.get("status") == "failed":
+        return failed_ttl
+    return ttl
 
 
-def expires_at(state: Mapping[str, Any], ttl: int, stale_ttl: int) -> float:
+def expires_at(
+    state: Mapping[str, Any], ttl: int, stale_ttl: int, failed_ttl: int | None = None
+) -> float:
     """Return the unix time a stored state expires: its last write plus its TTL."""
-    return parse_time(state["last_update"]).timestamp() + ttl_seconds(state, ttl, stale_ttl)
+    return parse_time(state["last_update"]).timestamp() + ttl_seconds(
+        state, ttl, stale_ttl, failed_ttl
+    )
 
 
 def progress_percent(state: Mapping[str, Any]) -> float:
@@ -238,6 +279,33 @@ def progress_percent(state: Mapping[str, Any]) -> float:
     return int(percent) if percent.is_integer() else percent
 
 
+def _whole(percent: float) -> float:
+    # A whole number as an int: JSON then reads `50` everywhere, never `50.0` here and there.
+    return int(percent) if float(percent).is_integer() else percent
+
+
+def completed_percent(state: Mapping[str, Any]) -> float:
+    """Return how much of the workflow is done, for a person, to 2 decimals (0 with no steps).
+
+    Steps completed or skipped of all steps, plus the running step's own reported percent as
+    a share of one step: a one-step workflow with nothing done is 0, not 100.
+    """
+    steps = state.get("steps") or ()
+    if not steps:
+        return 0
+    done = 0.0
+    for step in steps:
+        status = step.get("status")
+        if status in SETTLED_STEPS:
+            done += 1
+        elif status == "in_progress":
+            progress = step.get("progress")
+            percent = progress.get("percent") if isinstance(progress, dict) else None
+            if isinstance(percent, (int, float)) and not isinstance(percent, bool):
+                done += min(max(percent, 0), 100) / 100
+    return _whole(round(done / len(steps) * 100, 2))
+
+
 def summarize(state: Mapping[str, Any] | None) -> dict[str, Any]:
     """Return the summary the contract defines for a state, or for no state."""
     if state is None:
@@ -249,12 +317,63 @@ def summarize(state: Mapping[str, Any] | None) -> dict[str, Any]:
         "current_step": state["current_step"],
         "total_steps": len(state["steps"]),
         "progress_percent": progress_percent(state),
+        "completed_percent": completed_percent(state),
         "start_time": state["start_time"],
         "last_update": state["last_update"],
     }
 
 
 # --- writes: each returns the new state, or None when the write changes nothing ------------
+
+
+def keep_run_fields(current: Mapping[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Return `new` with the run fields (RUN_FIELDS, STEP_RUN_FIELDS) as stored.
+
+    A client's write never sets, changes or drops them: what it sends for them is replaced by
+    the stored values of the same workflow (by step position), or dropped for a new one.
+    """
+    same = current is not None and current.get("workflow_id") == new.get("workflow_id")
+    kept = {key: value for key, value in new.items() if key not in RUN_FIELDS}
+    if same:
+        assert current is not None
+        kept.update((key, current[key]) for key in RUN_FIELDS if key in current)
+    steps = kept.get("steps")
+    if not isinstance(steps, list):
+        return kept
+    stored = current.get("steps") if same and current is not None else None
+    stored = stored if isinstance(stored, list) else []
+    if not any(
+        isinstance(step, dict) and any(key in step for key in STEP_RUN_FIELDS)
+        for step in (*steps, *stored)
+    ):
+        return kept
+    rebuilt = []
+    for position, step in enumerate(steps):
+        if not isinstance(step, dict):
+            rebuilt.append(step)
+            continue
+        clean = {key: value for key, value in step.items() if key not in STEP_RUN_FIELDS}
+        if position < len(stored) and isinstance(stored[position], dict):
+            clean.update((k, stored[position][k]) for k in STEP_RUN_FIELDS if k in stored[position])
+        rebuilt.append(clean)
+    kept["steps"] = rebuilt
+    return kept
+
+
+def _refuse_blocked(current: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> None:
+    """Raise InvalidState when a client's fields set `blocked` that the stored state lacks."""
+    rule = "blocked is set only by the server, when a step asks the person"
+    if fields.get("status") == BLOCKED and (current is None or current.get("status") != BLOCKED):
+        raise InvalidState("status", rule)
+    steps = fields.get("steps")
+    if not isinstance(steps, list):
+        return
+    stored = (current or {}).get("steps") or []
+    for position, step in enumerate(steps):
+        if isinstance(step, dict) and step.get("status") == BLOCKED:
+            before = stored[position] if position < len(stored) else None
+            if not isinstance(before, dict) or before.get("status") != BLOCKED:
+                raise InvalidState(f"steps[{position}].status", rule)
 
 
 def check_if_match(current: Mapping[str, Any] | None, if_match: frozenset[str] | None) -> None:
@@ -344,6 +463,7 @@ def parse_step_change(body: Any) -> dict[str, Any]:
         "data": body.get("data"),
         "has_data": "data" in body,
         "guard": body.get("workflow_id"),
+        "options": {key: body[key] for key in STEP_OPTIONS if key in body},
     }
 
 
@@ -369,6 +489,7 @@ def apply_step(
     step["status"] = change["status"]
     if change["has_data"] and change["data"] is not None:
         step["data"] = change["data"]
+    step.update(change["options"])
     new = dict(current)
     new["steps"] = [*steps[:index], step, *steps[index + 1 :]]
     new["current_step"] = index
@@ -392,6 +513,7 @@ def apply_merge(
         raise NoWorkflow("There is no workflow state to update")
     check_if_match(current, if_match)
     _check_guard(current, fields.get("workflow_id"))
+    _refuse_blocked(current, fields)
     new = dict(current)
     new.update((k, v) for k, v in fields.items() if k not in SERVER_FIELDS)
     # Only an explicit null clears it: a stored secret no key could open reads as None, and a

@@ -167,7 +167,8 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
         "The body is empty or not a JSON object (`state_required`, message contains "
         '"required"), a field breaks its rule (`invalid_state`, message `Invalid field '
         "'<path>': <rule>` quoting the field's description), a bad step index "
-        "(`invalid_index`), or an ?owner= that is not a user name (`invalid_owner`)",
+        "(`invalid_index`), an ?owner= that is not a user name (`invalid_owner`), or a resume's "
+        "input that does not answer the blocked step's fields (`invalid_input`)",
         None,
     ),
     "401": (
@@ -177,7 +178,8 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     ),
     "403": (
         "Forbidden",
-        "?owner= names another owner and the caller is not an admin (`forbidden`)",
+        "?owner= names another owner and the caller is not an admin, or a progress report's "
+        "token is missing, unknown or its step call has ended (`forbidden`)",
         None,
     ),
     "404": ("NotFound", "No such path, or no stored workflow to update (`no_workflow`)", None),
@@ -188,8 +190,11 @@ ERRORS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     ),
     "409": (
         "Conflict",
-        "The stored workflow is finished, and finished is final (`workflow_finished`), or the "
-        "workflow_id guard differs from the stored one (`workflow_mismatch`)",
+        "The stored workflow is finished, and finished is final (`workflow_finished`), the "
+        "workflow_id guard differs from the stored one (`workflow_mismatch`), a run is active "
+        "(`run_active`), a runner's or a progress token's run was superseded "
+        "(`run_superseded`), a resume of a workflow that is not blocked (`not_blocked`), or a "
+        "retry of one that has not failed (`not_failed`)",
         None,
     ),
     "412": (
@@ -231,8 +236,9 @@ RESPONSES["Preflight"] = answer(
 # With WORKFLOW_STATE_TOKEN set the bearer token is required; unset, no credentials at all.
 TOKEN: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
 OPEN: list[dict[str, list[str]]] = []
-# As service/identity.py: /workflow/* and /workflows*.
+# As service/identity.py: /workflow/* and /workflows*, but a step's progress report.
 PROTECTED_PREFIX = "/workflow"
+PROGRESS_SUFFIX = "/progress"
 
 
 def op(
@@ -490,6 +496,65 @@ ROUTES: dict[str, dict[str, Schema]] = {
             tag="runs",
         ),
     },
+    "/workflows/{workflow_id}/resume": {
+        "post": op(
+            "resumeWorkflow",
+            "Answer a blocked workflow's question; a new run starts at the blocked step",
+            {"202": answer("ResumedResponse", "The run is queued at the blocked step", NO_STORE)},
+            "400 404 409 503",
+            body="ResumeInput",
+            parameters=(ref("parameters", "WorkflowId"),),
+            tag="runs",
+            description=(
+                "The body may be left out when the step asks for no input (an approval). A "
+                "`secret` value reaches only the step's endpoint."
+            ),
+        ),
+    },
+    "/workflows/{workflow_id}/retry": {
+        "post": op(
+            "retryWorkflow",
+            "Run a failed workflow again from its failed step, with a fresh retry budget",
+            {"202": answer("RetriedResponse", "The run is queued at the failed step", NO_STORE)},
+            "400 404 409 503",
+            parameters=(ref("parameters", "WorkflowId"),),
+            tag="runs",
+        ),
+    },
+    "/workflows/{workflow_id}/steps/{index}/progress": {
+        "post": op(
+            "reportProgress",
+            "A running step's report on itself (its progress_token is the only identity)",
+            {"200": answer("ProgressResponse", "Stored, and pushed on every stream", NO_STORE)},
+            "400 403 409 413 503",
+            body="ProgressReport",
+            parameters=(ref("parameters", "WorkflowId"), ref("parameters", "StepIndex")),
+            tag="runs",
+            description=(
+                "The token comes as `Authorization: Bearer <progress_token>`, an "
+                "`X-Progress-Token` header, or `progress_token` in the body."
+            ),
+        ),
+    },
+    "/workflow/state/resume": {
+        "post": op(
+            "resumeState",
+            "Answer the current workflow's question, as POST /workflows/{workflow_id}/resume",
+            {"202": answer("ResumedResponse", "The run is queued at the blocked step", NO_STORE)},
+            "400 404 409 503",
+            body="ResumeInput",
+            tag="runs",
+        ),
+    },
+    "/workflow/state/retry": {
+        "post": op(
+            "retryState",
+            "Run the current workflow again from its failed step",
+            {"202": answer("RetriedResponse", "The run is queued at the failed step", NO_STORE)},
+            "404 409 503",
+            tag="runs",
+        ),
+    },
     "/workflow/history": {
         "get": op(
             "getHistory",
@@ -600,7 +665,8 @@ def build_paths() -> dict[str, Schema]:
     paths: dict[str, Schema] = {}
     for path, methods in ROUTES.items():
         item: dict[str, Schema] = {}
-        protected = path.startswith(PROTECTED_PREFIX)
+        # A progress report's only identity is its step call's token (identity.py).
+        protected = path.startswith(PROTECTED_PREFIX) and not path.endswith(PROGRESS_SUFFIX)
         for method, operation in methods.items():
             answers = operation["responses"]
             if protected:

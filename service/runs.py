@@ -15,11 +15,16 @@ and created again under the same id, from touching the state. docs/runs.md tells
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from . import model
 from .model import (
+    BLOCKED,
     RUNNING,
     InvalidIndex,
     NoWorkflow,
@@ -32,13 +37,20 @@ from .model import (
 
 QUEUED = "queued"
 RUN_RUNNING = "running"
+# Between two calls of a failing step: no runner, and the lease deadline is when to call again.
+WAITING = "waiting"
 DONE = "done"
-RUN_STATUSES = (QUEUED, RUN_RUNNING, DONE)
+RUN_STATUSES = (QUEUED, RUN_RUNNING, WAITING, DONE)
 # Steps a run never runs (again).
-SETTLED_STEPS = frozenset({"completed", "skipped"})
+SETTLED_STEPS = model.SETTLED_STEPS
 # What a runner may write for one step, and how a run may end.
 RUNNER_STEP_STATUSES = ("in_progress", "completed", "failed")
 OUTCOMES = ("completed", "failed")
+# A step's retry policy when it gives no value (see schema.RetryPolicy).
+DEFAULT_BACKOFF = 2
+DEFAULT_MAX_BACKOFF = 300
+# The longest value a person's input may give a field.
+INPUT_VALUE_MAX = 4096
 # A runner renews its lease this many times per lease: two renewals may fail before it lapses.
 RENEWALS_PER_LEASE = 3
 
@@ -97,7 +109,7 @@ def active_run(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if state is None or state.get("status") != RUNNING:
         return None
     run = state.get("run")
-    if not isinstance(run, dict) or run.get("status") not in (QUEUED, RUN_RUNNING):
+    if not isinstance(run, dict) or run.get("status") not in (QUEUED, RUN_RUNNING, WAITING):
         return None
     return run
 
@@ -143,21 +155,15 @@ def run_in_progress(state: Mapping[str, Any] | None) -> bool:
 def run_resumed(state: Mapping[str, Any] | None) -> bool:
     """Tell whether this workflow's run was taken over after an interruption (the page's 🔁).
 
-    Attempt 1 is the first runner; only a takeover (or a new request over a lapsed run, which
-    is the same thing) gives a later attempt, because a finished workflow never runs again.
+    A person's resume or retry starts a new run with no takeovers: only an interruption counts.
     """
     if state is None or not isinstance(state.get("run"), dict):
         return False
-    attempt = state["run"].get("attempt")
+    takeovers = state["run"].get("takeovers")
+    if isinstance(takeovers, int):
+        return takeovers > 0
+    attempt = state["run"].get("attempt")  # a run stored before takeovers were counted
     return isinstance(attempt, int) and attempt > 1
-
-
-def carry_run(current: Mapping[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
-    """Return `new` with the stored run kept: a client's write never sets or drops `run`."""
-    new = {key: value for key, value in new.items() if key != "run"}
-    if current is not None and "run" in current and current["workflow_id"] == new["workflow_id"]:
-        new["run"] = current["run"]
-    return new
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -214,6 +220,12 @@ def _fence(
     return run
 
 
+def _without(step: dict[str, Any], *keys: str) -> dict[str, Any]:
+    for key in keys:
+        step.pop(key, None)
+    return step
+
+
 def _step_index(state: Mapping[str, Any], index: int) -> dict[str, Any]:
     steps = state["steps"]
     if not 0 <= index < len(steps):
@@ -245,17 +257,31 @@ def request_run(state: Mapping[str, Any] | None, *, now: datetime, lease: float)
         raise RunActive(
             f"Workflow {name} already has a {run['status']} run (attempt {run['attempt']})"
         )
+    run = _new_run(state, now=now, lease=lease)
+    lapsed = active_run(state)
+    if lapsed is not None:
+        # Replacing a run whose lease lapsed is a takeover: its runner was interrupted.
+        run["takeovers"] = _count(lapsed, "takeovers") + 1
+    return _with(state, now, status=RUNNING, run=run)
+
+
+def _new_run(state: Mapping[str, Any], *, now: datetime, lease: float) -> dict[str, Any]:
+    """Return a new queued run: the next attempt, no takeovers, a fresh retry budget."""
     previous = state.get("run")
     attempt = previous.get("attempt") if isinstance(previous, dict) else None
-    run = {
+    return {
         "attempt": (attempt if isinstance(attempt, int) and attempt > 0 else 0) + 1,
         "runner": None,
         "heartbeat": format_time(now),
         "lease_expires": _stamp(now, lease),
         "status": QUEUED,
+        "takeovers": 0,
         "queued_at": format_time(now),
+        "started_at": None,
+        "failures": 0,
+        "interruptions": 0,
+        "call": None,
     }
-    return _with(state, now, status=RUNNING, run=run)
 
 
 def cancel(state: Mapping[str, Any] | None, *, now: datetime) -> dict[str, Any] | None:
@@ -273,7 +299,9 @@ def cancel(state: Mapping[str, Any] | None, *, now: datetime) -> dict[str, Any] 
             f"Workflow {state['workflow_id']} is {state['status']}; a finished workflow is final"
         )
     steps = [
-        {**step, "status": "cancelled"} if step.get("status") == "in_progress" else step
+        _without({**step, "status": "cancelled"}, "retry_at")
+        if step.get("status") in ("in_progress", BLOCKED)
+        else step
         for step in state["steps"]
     ]
     fields: dict[str, Any] = {"status": "cancelled", "steps": steps}
@@ -340,13 +368,16 @@ def runner_step(
     data: Mapping[str, Any] | None = None,
     *,
     now: datetime,
+    token_hash: str | None = None,
 ) -> dict[str, Any]:
     """Record what the runner holding `fence` did with step `index`.
 
-    `in_progress` starts the step: it becomes the current step, its old `data` goes and its
-    `attempts` grows by one (so a step run again after an interruption shows 2). `completed`
-    stores `data` (an object) when given. `failed` stores `data` (with its `message`) and fails
-    the workflow and ends the run in the same write, so a crash cannot leave it half-failed.
+    `in_progress` starts a call of the step: it becomes the current step, its old `data`,
+    progress and retry time go, its `attempts` grows by one (so a step run again after an
+    interruption shows 2) and the run records the call (`token_hash`: its progress token's).
+    `completed` stores `data` (an object) when given. `failed` stores `data` (with its
+    `message`) and fails the workflow and ends the run in the same write, so a crash cannot
+    leave it half-failed. Either ends the call: its progress token is refused from then on.
     """
     if status not in RUNNER_STEP_STATUSES:
         raise ValueError(
@@ -365,15 +396,32 @@ def runner_step(
             )
         previous = step.get("attempts")
         step["attempts"] = (previous if isinstance(previous, int) and previous > 0 else 0) + 1
-        step.pop("data", None)
+        _without(step, "data", "retry_at", "progress", "tasks", "blocked")
         fields["current_step"] = index
-    elif data is not None:
-        step["data"] = dict(data)
+        call = run.get("call")
+        run = dict(run)
+        if not isinstance(call, dict) or call.get("step") != index:
+            # Another step: its own retry budget and interruption count.
+            run["failures"] = 0
+            run["interruptions"] = 0
+        run["call"] = {"step": index, "token": token_hash}
+        fields["run"] = run
+    else:
+        if data is not None:
+            step["data"] = dict(data)
+        step.pop("retry_at", None)
+        run = {**run, "call": _ended(run.get("call"))}
+        fields["run"] = run
     step["status"] = status
     if status == "failed":
         fields["status"] = "failed"
         fields["run"] = {**run, "status": DONE, "heartbeat": format_time(now)}
     return _with(state, now, steps=_replace_step(state, index, step), **fields)
+
+
+def _ended(call: Any) -> dict[str, Any] | None:
+    """Return a run's call with its progress token gone: the call has ended."""
+    return {**call, "token": None} if isinstance(call, dict) else None
 
 
 def advance(
@@ -384,6 +432,7 @@ def advance(
     data: Mapping[str, Any] | None = None,
     *,
     now: datetime,
+    token_hash: str | None = None,
 ) -> dict[str, Any]:
     """Record step `index`'s outcome and, in the same write, go on: start the next step.
 
@@ -398,7 +447,7 @@ def advance(
     remaining = remaining_steps(new)
     if not remaining:
         return finish_run(new, fence, "completed", now=now)
-    return runner_step(new, fence, remaining[0], "in_progress", now=now)
+    return runner_step(new, fence, remaining[0], "in_progress", now=now, token_hash=token_hash)
 
 
 def finish_run(
@@ -414,7 +463,7 @@ def finish_run(
             f"workflow {state['workflow_id']} cannot complete: steps {remaining_steps(state)} "
             "have not run"
         )
-    done = {**run, "status": DONE, "heartbeat": format_time(now)}
+    done = {**run, "status": DONE, "heartbeat": format_time(now), "call": _ended(run.get("call"))}
     return _with(state, now, status=outcome, run=done)
 
 
@@ -436,6 +485,9 @@ def release_run(
         "runner": None,
         "lease_expires": _stamp(now, lease),
         "status": QUEUED,
+        # The person sees an interruption (the page's 🔁), though no step call is counted.
+        "takeovers": _count(run, "takeovers") + 1,
+        "call": _ended(run.get("call")),
     }
     return _with(state, now, run=queued)
 
@@ -459,29 +511,390 @@ def take_over(
     if fence_of(state) != expired or lease_live(state, now):
         return None
     run = active_run(state)
-    assert state is not None
+    assert state is not None and run is not None
+    if run.get("status") == WAITING:
+        return None  # a retry that is due is woken (wake_run), not taken over
     fields: dict[str, Any] = {}
-    if max_step_attempts is not None:
-        for index, step in enumerate(state["steps"]):
-            tries = step.get("attempts")
-            if (
-                step.get("status") == "in_progress"
-                and isinstance(tries, int)
-                and tries >= max_step_attempts
-            ):
-                message = (
-                    f"Step {index} ({step.get('action')}) was interrupted {tries} times: "
-                    "its runner stopped before it answered; it is not run again"
-                )
-                failed = {**step, "status": "failed", "data": {"message": message}}
-                fields["steps"] = _replace_step(state, index, failed)
-                fields["status"] = "failed"
-                break
+    # Only a runner that died during a step's call interrupts it; a queued run whose job was
+    # lost interrupted nothing.
+    interrupted = run.get("status") == RUN_RUNNING and _calling(state, run) is not None
+    interruptions = _count(run, "interruptions") + (1 if interrupted else 0)
+    index = _calling(state, run)
+    if max_step_attempts is not None and index is not None and interruptions >= max_step_attempts:
+        step = state["steps"][index]
+        message = (
+            f"Step {index + 1} ({step.get('action')}) was interrupted {interruptions} times: "
+            "its runner stopped before it answered; it is not run again"
+        )
+        failed = {**step, "status": "failed", "data": {"message": message}}
+        fields["steps"] = _replace_step(state, index, failed)
+        fields["status"] = "failed"
     next_run = {
+        **run,
         "attempt": expired.attempt + 1,
         "runner": None,
         "heartbeat": run.get("heartbeat"),
         "lease_expires": _stamp(now, lease),
         "status": DONE if fields else QUEUED,
+        "takeovers": _count(run, "takeovers") + 1,
+        "interruptions": interruptions,
+        "call": _ended(run.get("call")),
     }
     return _with(state, now, run=next_run, **fields)
+
+
+def _count(run: Mapping[str, Any], key: str) -> int:
+    value = run.get(key)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def _calling(state: Mapping[str, Any], run: Mapping[str, Any]) -> int | None:
+    """Return the index of the step whose call the run was making, or None."""
+    steps = state.get("steps") or ()
+    call = run.get("call")
+    index = call.get("step") if isinstance(call, dict) else None
+    if not isinstance(index, int):
+        # A run stored before calls were recorded: its step in progress.
+        index = next((i for i, s in enumerate(steps) if s.get("status") == "in_progress"), None)
+    if index is None or not 0 <= index < len(steps):
+        return None
+    return index if steps[index].get("status") == "in_progress" else None
+
+
+# --- a step that fails, asks or reports ----------------------------------------------------
+
+
+def retry_delay(policy: Mapping[str, Any] | None, failures: int, jitter: float) -> float | None:
+    """Return how long to wait before calling a step again after its `failures`-th failed call
+    in this run, or None when its retry policy allows no more calls.
+
+    `jitter` is a random number in [-1, 1]: the wait moves by up to 10 % of itself.
+    """
+    policy = policy if isinstance(policy, Mapping) else {}
+    if failures >= policy.get("max_attempts", 1):
+        return None
+    backoff = policy.get("backoff_seconds", DEFAULT_BACKOFF)
+    cap = policy.get("max_backoff_seconds", DEFAULT_MAX_BACKOFF)
+    wait = min(backoff * 2 ** (failures - 1), cap)
+    return max(0.0, wait * (1 + 0.1 * jitter))
+
+
+def schedule_retry(
+    state: Mapping[str, Any] | None,
+    fence: Fence,
+    index: int,
+    message: str,
+    *,
+    now: datetime,
+    wait: float,
+) -> dict[str, Any]:
+    """Record a failed call of step `index` that will be made again in `wait` seconds.
+
+    The step stays `in_progress` with `retry_at` and the failure's message; the run becomes
+    `waiting`: it holds no runner, and its lease deadline is the time of the next call, when a
+    lease monitor wakes it (wake_run). A crash meanwhile changes nothing.
+    """
+    run = _fence(state, fence, claimed=True)
+    assert state is not None
+    step = _step_index(state, index)
+    if step.get("status") != "in_progress":
+        raise InvalidIndex(f"Step {index} is {step.get('status')}, not running")
+    at = _stamp(now, wait)
+    step["data"] = {"message": message}
+    step["retry_at"] = at
+    waiting = {
+        **run,
+        "runner": None,
+        "heartbeat": format_time(now),
+        "lease_expires": at,
+        "status": WAITING,
+        "failures": _count(run, "failures") + 1,
+        "call": _ended(run.get("call")),
+    }
+    return _with(state, now, steps=_replace_step(state, index, step), run=waiting)
+
+
+def note_failure(
+    state: Mapping[str, Any] | None,
+    fence: Fence,
+    index: int,
+    data: Mapping[str, Any] | None,
+    *,
+    now: datetime,
+) -> dict[str, Any]:
+    """Record the last failed call of step `index`: the step and the workflow fail."""
+    new = runner_step(state, fence, index, "failed", data, now=now)
+    run = dict(new["run"])
+    run["failures"] = _count(run, "failures") + 1
+    return {**new, "run": run}
+
+
+def wake_run(
+    state: Mapping[str, Any] | None, fence: Fence, *, now: datetime, lease: float
+) -> dict[str, Any] | None:
+    """Queue a waiting run whose retry time came, as the next attempt; None when it is not due
+    or moved on (cancelled, deleted, woken by another monitor)."""
+    run = active_run(state)
+    if run is None or run.get("status") != WAITING or fence_of(state) != fence:
+        return None
+    if lease_live(state, now):
+        return None
+    assert state is not None
+    queued = {
+        **run,
+        "attempt": fence.attempt + 1,
+        "runner": None,
+        "heartbeat": format_time(now),
+        "lease_expires": _stamp(now, lease),
+        "status": QUEUED,
+        "queued_at": format_time(now),
+        "started_at": None,
+    }
+    return _with(state, now, run=queued)
+
+
+def block(
+    state: Mapping[str, Any] | None,
+    fence: Fence,
+    index: int,
+    question: Mapping[str, Any],
+    *,
+    now: datetime,
+) -> dict[str, Any]:
+    """Make step `index` and the workflow `blocked` with the step's question; the run ends.
+
+    A blocked workflow holds no runner and no lease: a person's resume starts a new run.
+    """
+    run = _fence(state, fence, claimed=True)
+    assert state is not None
+    step = _step_index(state, index)
+    _without(step, "retry_at", "data")
+    step["status"] = BLOCKED
+    step["blocked"] = {
+        "message": question.get("message", ""),
+        "input": [dict(field) for field in question.get("input", ())],
+        "since": format_time(now),
+    }
+    done = {
+        **run,
+        "runner": None,
+        "status": DONE,
+        "heartbeat": format_time(now),
+        "call": _ended(run.get("call")),
+    }
+    return _with(state, now, status=BLOCKED, steps=_replace_step(state, index, step), run=done)
+
+
+def blocked_step(state: Mapping[str, Any] | None) -> int | None:
+    """Return the index of the step that waits for the person, or None."""
+    if state is None or state.get("status") != BLOCKED:
+        return None
+    for index, step in enumerate(state.get("steps") or ()):
+        if step.get("status") == BLOCKED:
+            return index
+    return None
+
+
+def check_input(state: Mapping[str, Any] | None, given: Any) -> dict[str, Any]:
+    """Return the input a resume gives for the blocked step, checked against its fields.
+
+    Raise NoWorkflow, NotBlocked, or InvalidInput (a required field missing, an unknown name,
+    a wrong type, a choice not listed). A message never repeats a value: one may be secret.
+    """
+    if state is None:
+        raise NoWorkflow("There is no such workflow to resume")
+    index = blocked_step(state)
+    if index is None:
+        raise model.NotBlocked(
+            f"Workflow {state['workflow_id']} is {state.get('status')}: it does not wait for input"
+        )
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise model.InvalidInput("Invalid input: must be an object of field name to value")
+    fields = state["steps"][index].get("blocked", {}).get("input") or []
+    by_name = {field["name"]: field for field in fields if isinstance(field, dict)}
+    for name in given:
+        if name not in by_name:
+            raise model.InvalidInput(f"Invalid input: the step asks for no field {name[:64]!r}")
+    checked: dict[str, Any] = {}
+    for name, field in by_name.items():
+        kind = field.get("type")
+        label = field.get("label") or name
+        if name not in given:
+            if field.get("required", True):
+                raise model.InvalidInput(f"Invalid input: {name} ({label}) is required")
+            continue
+        value = given[name]
+        if kind == "boolean":
+            if not isinstance(value, bool):
+                raise model.InvalidInput(f"Invalid input: {name} must be true or false")
+        elif not isinstance(value, str):
+            raise model.InvalidInput(f"Invalid input: {name} must be a string")
+        elif kind == "choice" and value not in (field.get("choices") or ()):
+            raise model.InvalidInput(f"Invalid input: {name} must be one of the listed choices")
+        elif field.get("required", True) and kind != "boolean" and value == "":
+            raise model.InvalidInput(f"Invalid input: {name} ({label}) is required")
+        elif len(value) > INPUT_VALUE_MAX:
+            raise model.InvalidInput(
+                f"Invalid input: {name} must be at most {INPUT_VALUE_MAX} characters"
+            )
+        checked[name] = value
+    return checked
+
+
+def resume(
+    state: Mapping[str, Any] | None, given: Any, *, now: datetime, lease: float
+) -> dict[str, Any]:
+    """Answer a blocked step: it becomes pending and a new run starts at it.
+
+    The input itself is not stored here: it is kept apart from the state (see the storage's
+    input methods), because a secret value must never be served.
+    """
+    check_input(state, given)
+    assert state is not None
+    index = blocked_step(state)
+    assert index is not None
+    step = _without(_step_index(state, index), "blocked", "retry_at")
+    step["status"] = "pending"
+    resumed = _with(state, now, status=RUNNING, steps=_replace_step(state, index, step))
+    resumed["run"] = _new_run(state, now=now, lease=lease)
+    return resumed
+
+
+def retry(state: Mapping[str, Any] | None, *, now: datetime, lease: float) -> dict[str, Any]:
+    """Run a failed workflow again from its failed step, with a fresh retry budget.
+
+    The failed step and the steps after it that are not settled become pending; completed
+    steps never run again; the steps' `attempts` keep counting.
+    """
+    if state is None:
+        raise NoWorkflow("There is no such workflow to retry")
+    if state.get("status") != "failed":
+        raise model.NotFailed(
+            f"Workflow {state['workflow_id']} is {state.get('status')}: only a failed workflow "
+            "is retried"
+        )
+    steps = state.get("steps") or []
+    first = next((i for i, step in enumerate(steps) if step.get("status") == "failed"), None)
+    if first is None:
+        first = next(
+            (i for i, step in enumerate(steps) if step.get("status") not in SETTLED_STEPS),
+            len(steps),
+        )
+    again = [
+        _without({**step, "status": "pending"}, "retry_at", "progress", "tasks", "blocked")
+        if position >= first and step.get("status") not in SETTLED_STEPS
+        else step
+        for position, step in enumerate(steps)
+    ]
+    fields: dict[str, Any] = {"status": RUNNING, "steps": again}
+    if first < len(steps):
+        fields["current_step"] = first
+    retried = _with(state, now, **fields)
+    retried["run"] = _new_run(state, now=now, lease=lease)
+    return retried
+
+
+# --- progress reports ------------------------------------------------------------------------
+
+PROGRESS_TOKEN_PREFIX = "wfp1"
+
+
+class ProgressRefused(StateError):
+    """A progress report whose token names no running call of this step."""
+
+    code = "forbidden"
+
+
+class ProgressToken(NamedTuple):
+    """What a progress token names: the owner, the incarnation and the run's attempt."""
+
+    owner: str
+    incarnation: int
+    attempt: int
+
+
+def idempotency_key(owner: str, workflow_id: str, incarnation: int, index: int) -> str:
+    """Return the Idempotency-Key of every call of one step of one workflow incarnation."""
+    named = f"{owner}\0{workflow_id}\0{incarnation}\0{index}".encode()
+    return hashlib.sha256(named).hexdigest()[:32]
+
+
+def make_progress_token(owner: str, fence: Fence, random_part: str) -> str:
+    """Build a step call's progress token: it names its owner and run, and is unguessable."""
+    encoded = base64.urlsafe_b64encode(owner.encode()).decode().rstrip("=")
+    return f"{PROGRESS_TOKEN_PREFIX}.{encoded}.{fence.incarnation}.{fence.attempt}.{random_part}"
+
+
+def token_hash(token: str) -> str:
+    """Return what a run stores of a progress token (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def read_progress_token(token: Any) -> ProgressToken:
+    """Return what a progress token names, or raise ProgressRefused."""
+    if not isinstance(token, str) or len(token) > 512:
+        raise ProgressRefused("A progress report needs its step call's progress_token")
+    parts = token.split(".")
+    if len(parts) != 5 or parts[0] != PROGRESS_TOKEN_PREFIX:
+        raise ProgressRefused("Unknown progress token")
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        owner = base64.urlsafe_b64decode(padded.encode()).decode()
+        return ProgressToken(owner, int(parts[2]), int(parts[3]))
+    except (ValueError, UnicodeDecodeError):
+        raise ProgressRefused("Unknown progress token") from None
+
+
+def report_progress(
+    state: Mapping[str, Any] | None,
+    token: str,
+    index: int,
+    report: Mapping[str, Any],
+    *,
+    now: datetime,
+) -> dict[str, Any]:
+    """Store a running step's report on itself (`progress`, `tasks`) if its token is the call's.
+
+    Unknown token, or a call that has ended → ProgressRefused (403); a token of an earlier run
+    attempt of this workflow → RunSuperseded (409).
+    """
+    named = read_progress_token(token)
+    if state is None or incarnation_of(state) != named.incarnation:
+        raise ProgressRefused("Unknown progress token")
+    run = state.get("run")
+    if not isinstance(run, dict):
+        raise ProgressRefused("Unknown progress token")
+    if named.attempt < run.get("attempt", 0):
+        raise RunSuperseded(
+            f"Run attempt {named.attempt} of workflow {state['workflow_id']} was superseded by "
+            f"attempt {run.get('attempt')}"
+        )
+    call = run.get("call")
+    if (
+        named.attempt != run.get("attempt")
+        or not isinstance(call, dict)
+        or not call.get("token")
+        or not hmac.compare_digest(str(call["token"]), token_hash(token))
+    ):
+        raise ProgressRefused("Unknown progress token, or its step call has ended")
+    if (
+        call.get("step") != index
+        or run.get("status") != RUN_RUNNING
+        or state.get("status") != RUNNING
+    ):
+        raise ProgressRefused("The step call of this progress token has ended")
+    step = _step_index(state, index)
+    if step.get("status") != "in_progress":
+        raise ProgressRefused("The step call of this progress token has ended")
+    progress = dict(step.get("progress") or {})
+    if "percent" in report:
+        progress["percent"] = report["percent"]
+    if "message" in report:
+        progress["message"] = report["message"]
+    progress["updated"] = format_time(now)
+    step["progress"] = progress
+    if "tasks" in report:
+        step["tasks"] = [dict(task) for task in report["tasks"]]
+    return _with(state, now, steps=_replace_step(state, index, step))

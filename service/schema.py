@@ -26,7 +26,23 @@ from typing_extensions import TypeAliasType, TypedDict
 
 STATUSES = ("running", "completed", "failed", "cancelled")
 STEP_STATUSES = ("pending", "in_progress", "completed", "failed", "skipped", "cancelled")
-RUN_STATUSES = ("queued", "running", "done")
+# Only the server sets `blocked` (a step that waits for the person): stored states may hold it.
+BLOCKED = "blocked"
+STORED_STATUSES = (*STATUSES, BLOCKED)
+STORED_STEP_STATUSES = (*STEP_STATUSES, BLOCKED)
+RUN_STATUSES = ("queued", "running", "waiting", "done")
+# A step's options (`timeout_seconds`, `retry`): their bounds.
+STEP_TIMEOUT_MAX = 86400
+RETRY_ATTEMPTS_MAX = 20
+BACKOFF_MAX = 3600
+# What a blocked step may ask for, and what a progress report may say.
+INPUT_FIELDS_MAX = 20
+INPUT_TYPES = ("text", "secret", "boolean", "choice")
+INPUT_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+PROGRESS_MESSAGE_MAX = 500
+TASKS_MAX = 100
+TASK_STATUSES = ("pending", "in_progress", "completed", "failed", "skipped")
+LABEL_MAX = 200
 # A real workflow has a handful of steps; the cap keeps hostile bodies from costing CPU per write.
 MAX_STEPS = 1000
 # Deeper documents are almost certainly hostile and make every later json.dumps expensive.
@@ -130,6 +146,20 @@ WorkflowStatus = TypeAliasType(
 StepStatus = TypeAliasType(
     "StepStatus", Annotated[Literal[STEP_STATUSES], _rule(one_of(STEP_STATUSES))]
 )
+StoredStatus = TypeAliasType(
+    "StoredStatus",
+    Annotated[
+        Literal[STORED_STATUSES],
+        _rule(one_of(STORED_STATUSES) + " (blocked: set only by the server)"),
+    ],
+)
+StoredStepStatus = TypeAliasType(
+    "StoredStepStatus",
+    Annotated[
+        Literal[STORED_STEP_STATUSES],
+        _rule(one_of(STORED_STEP_STATUSES) + " (blocked: set only by the server)"),
+    ],
+)
 RunStatus = TypeAliasType(
     "RunStatus", Annotated[Literal[RUN_STATUSES], _rule(one_of(RUN_STATUSES))]
 )
@@ -172,19 +202,74 @@ def sse_data(component: str) -> Any:
 # --- the state -------------------------------------------------------------------------------
 
 
+@with_config(ConfigDict(extra="forbid", strict=True))
+class RetryPolicy(TypedDict, total=False):
+    """How often a server run calls a failing step again, and how long it waits in between:
+    min(backoff_seconds * 2^(k-1), max_backoff_seconds) after the k-th failed call, +-10 %."""
+
+    max_attempts: Annotated[
+        int,
+        Field(ge=1, le=RETRY_ATTEMPTS_MAX),
+        _rule(f"must be an integer from 1 to {RETRY_ATTEMPTS_MAX} (default 1: no retry)"),
+    ]
+    backoff_seconds: Annotated[
+        float,
+        Field(ge=0, le=BACKOFF_MAX),
+        _rule(f"must be a number of seconds from 0 to {BACKOFF_MAX} (default 2)"),
+    ]
+    max_backoff_seconds: Annotated[
+        float,
+        Field(ge=0, le=BACKOFF_MAX),
+        _rule(f"must be a number of seconds from 0 to {BACKOFF_MAX} (default 300)"),
+    ]
+
+
+StepTimeout = Annotated[
+    float,
+    Field(ge=1, le=STEP_TIMEOUT_MAX),
+    _rule(
+        f"must be a number of seconds from 1 to {STEP_TIMEOUT_MAX}: how long the step's "
+        "endpoint may take"
+    ),
+]
+Retry = Annotated[
+    RetryPolicy, _rule("must be an object of max_attempts, backoff_seconds and max_backoff_seconds")
+]
+
+
 @with_config(ConfigDict(extra="allow", strict=True))
 class Step(TypedDict):
-    """A step; its other fields (index, label, data, ...) are kept as sent."""
+    """A step; its other fields (index, label, data, ...) are kept as sent, except the ones the
+    server owns (attempts, blocked, retry_at, progress, tasks)."""
 
     action: NonEmptyText
     status: StepStatus
     data: NotRequired[Annotated[Any, Field(description="kept as sent; a step PATCH sets it")]]
+    timeout_seconds: NotRequired[StepTimeout]
+    retry: NotRequired[Retry]
+
+
+@with_config(ConfigDict(extra="allow", strict=True))
+class StoredStep(Step):
+    """A step as stored and served: also `blocked` (set only by the server)."""
+
+    status: StoredStepStatus  # type: ignore[misc]
 
 
 Steps = Annotated[
     list[Step],
     Field(max_length=MAX_STEPS),
     _rule(f"must be a list of at most {MAX_STEPS} step objects"),
+]
+StoredSteps = Annotated[
+    list[StoredStep],
+    Field(max_length=MAX_STEPS),
+    _rule(f"must be a list of at most {MAX_STEPS} step objects"),
+]
+Label = Annotated[
+    str,
+    Field(max_length=LABEL_MAX),
+    _rule(f"must be a string of at most {LABEL_MAX} characters: what names the workflow"),
 ]
 
 
@@ -213,6 +298,7 @@ class StateInput(TypedDict, total=False):
     steps: Steps
     start_time: Time
     ssh_connection: SshConnection
+    label: Label
 
 
 @with_config(ConfigDict(extra="allow", strict=True, json_schema_extra={"minProperties": 1}))
@@ -239,6 +325,8 @@ class StepChange(TypedDict):
     status: StepStatus
     data: NotRequired[Annotated[dict[str, Any] | None, _rule("must be an object or null")]]
     workflow_id: NotRequired[Annotated[str | None, _rule("must be a string or null")]]
+    timeout_seconds: NotRequired[StepTimeout]
+    retry: NotRequired[Retry]
 
 
 @with_config(ConfigDict(extra="forbid", strict=True))
@@ -253,10 +341,34 @@ class Run(TypedDict):
     ]
     runner: Annotated[str | None, _rule("must be the runner's host:pid, or null while queued")]
     heartbeat: Annotated[Time, Field(description="when the run was queued or its lease renewed")]
-    lease_expires: Annotated[Time, Field(description="when another runner may take over")]
+    lease_expires: Annotated[
+        Time,
+        Field(
+            description="when another runner may take over (waiting: when the step is tried again)"
+        ),
+    ]
     status: RunStatus
-    queued_at: NotRequired[Annotated[Time, Field(description="when the run was requested")]]
-    started_at: NotRequired[Annotated[Time, Field(description="when a runner claimed it")]]
+    takeovers: NotRequired[
+        Annotated[int, Field(ge=0, description="takeovers of this run after an interruption")]
+    ]
+    queued_at: NotRequired[Annotated[Time, Field(description="when this run was queued")]]
+    started_at: NotRequired[
+        Annotated[Time | None, Field(description="when a runner claimed this run (null: not yet)")]
+    ]
+    failures: NotRequired[
+        Annotated[int, Field(ge=0, description="failed calls of the running step in this run")]
+    ]
+    interruptions: NotRequired[
+        Annotated[
+            int, Field(ge=0, description="times the running step's runner died during its call")
+        ]
+    ]
+    call: NotRequired[
+        Annotated[
+            dict[str, Any] | None,
+            Field(description="the running step's call: its index and its progress token's hash"),
+        ]
+    ]
 
 
 @with_config(ConfigDict(extra="allow", strict=True))
@@ -266,13 +378,24 @@ class State(TypedDict):
     configured key opens it. Other fields are kept as sent."""
 
     workflow_id: WorkflowId
-    status: WorkflowStatus
+    status: StoredStatus
     current_step: CurrentStep
-    steps: Steps
+    steps: StoredSteps
     start_time: Time
     ssh_connection: NotRequired[SshConnection]
     last_update: Time
     version: Version
+    completed_percent: NotRequired[
+        Annotated[
+            float,
+            Field(
+                ge=0,
+                le=100,
+                description="steps completed or skipped, plus the running step's own progress, "
+                "of all steps x 100 (2 decimals; 0 with no steps)",
+            ),
+        ]
+    ]
     incarnation: NotRequired[
         Annotated[
             Version,
@@ -313,7 +436,9 @@ class StateResponse(TypedDict):
     """The current state, or null."""
 
     success: Literal[True]
-    active: Annotated[bool, Field(description="true exactly when status is running")]
+    active: Annotated[
+        bool, Field(description="true exactly when status is running or blocked (not finished)")
+    ]
     progress_percent: Annotated[
         float, Field(ge=0, le=100, description="the summary's progress_percent (0 with no state)")
     ]
@@ -343,10 +468,14 @@ class StateSummary(TypedDict):
 
     active: bool
     workflow_id: WorkflowId
-    status: WorkflowStatus
+    status: StoredStatus
     current_step: CurrentStep
     total_steps: Annotated[int, Field(ge=0)]
     progress_percent: Progress
+    completed_percent: Annotated[
+        float,
+        Field(ge=0, le=100, description="how much of the workflow is done, for a person"),
+    ]
     start_time: Time
     last_update: Time
 
@@ -519,6 +648,112 @@ class CancelledResponse(TypedDict):
     state: State
 
 
+# --- runs that ask, report and recover -------------------------------------------------------
+
+
+@with_config(ConfigDict(extra="forbid", strict=True))
+class InputField(TypedDict):
+    """One answer a blocked step asks the person for."""
+
+    name: Annotated[
+        str,
+        Field(pattern=INPUT_NAME_PATTERN),
+        _rule("must be 1-64 characters of a-z 0-9 _, starting with a letter"),
+    ]
+    label: NotRequired[Annotated[str, Field(max_length=LABEL_MAX), _rule("must be a string")]]
+    type: Annotated[Literal[INPUT_TYPES], _rule(one_of(INPUT_TYPES))]
+    choices: NotRequired[
+        Annotated[
+            list[Annotated[str, Field(max_length=LABEL_MAX)]],
+            Field(min_length=1, max_length=100),
+            _rule("must be a list of 1-100 strings (a choice field's options)"),
+        ]
+    ]
+    required: NotRequired[Annotated[bool, _rule("must be true or false (default true)")]]
+
+
+@with_config(ConfigDict(extra="forbid", strict=True))
+class BlockedQuestion(TypedDict):
+    """What a step endpoint's `blocked` answer asks: a message and the input it needs."""
+
+    message: Annotated[
+        str, Field(max_length=PROGRESS_MESSAGE_MAX * 4), _rule("must be a string for the person")
+    ]
+    input: NotRequired[
+        Annotated[
+            list[InputField],
+            Field(max_length=INPUT_FIELDS_MAX),
+            _rule(f"must be a list of at most {INPUT_FIELDS_MAX} input fields"),
+        ]
+    ]
+
+
+@with_config(ConfigDict(extra="forbid", strict=True))
+class ResumeInput(TypedDict, total=False):
+    """The person's answer to a blocked step: a value per field it asked for."""
+
+    input: Annotated[
+        dict[str, str | bool],
+        _rule("must be an object of field name to value (a string, or true/false)"),
+    ]
+
+
+@with_config(ConfigDict(extra="forbid", strict=True))
+class Task(TypedDict):
+    """One task inside a running step."""
+
+    name: Annotated[str, Field(min_length=1, max_length=LABEL_MAX), _rule("must be a string")]
+    status: Annotated[Literal[TASK_STATUSES], _rule(one_of(TASK_STATUSES))]
+    note: NotRequired[
+        Annotated[str, Field(max_length=PROGRESS_MESSAGE_MAX), _rule("must be a short string")]
+    ]
+
+
+@with_config(ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1}))
+class ProgressReport(TypedDict, total=False):
+    """A running step's report on itself, sent to its progress_url with its progress_token."""
+
+    percent: Annotated[float, Field(ge=0, le=100), _rule("must be a number from 0 to 100")]
+    message: Annotated[
+        str,
+        Field(max_length=PROGRESS_MESSAGE_MAX),
+        _rule(f"must be a string of at most {PROGRESS_MESSAGE_MAX} characters"),
+    ]
+    tasks: Annotated[
+        list[Task],
+        Field(max_length=TASKS_MAX),
+        _rule(f"must be a list of at most {TASKS_MAX} tasks"),
+    ]
+    progress_token: Annotated[str, _rule("must be the step call's progress token")]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ResumedResponse(TypedDict):
+    """A blocked workflow got its input and runs again from the blocked step (202)."""
+
+    success: Literal[True]
+    message: Literal["Workflow resumed"]
+    state: State
+
+
+@with_config(ConfigDict(extra="forbid"))
+class RetriedResponse(TypedDict):
+    """A failed workflow runs again from its failed step (202)."""
+
+    success: Literal[True]
+    message: Literal["Workflow retried"]
+    state: State
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ProgressResponse(TypedDict):
+    """A progress report was stored."""
+
+    success: Literal[True]
+    message: Literal["Progress saved"]
+    version: Version
+
+
 # Every body the document publishes, in the order it lists them.
 BODIES: tuple[Any, ...] = (
     Error,
@@ -548,6 +783,14 @@ BODIES: tuple[Any, ...] = (
     Created,
     CancelledResponse,
     UserName,
+    InputField,
+    BlockedQuestion,
+    ResumeInput,
+    Task,
+    ProgressReport,
+    ResumedResponse,
+    RetriedResponse,
+    ProgressResponse,
 )
 
 
@@ -652,10 +895,42 @@ class Checker:
         return FieldError(path or "state", rule)
 
 
+@with_config(ConfigDict(extra="allow", strict=True))
+class _MergedState(MergeInput, total=False):
+    """A stored state a client's PATCH changed: it may be blocked (the server set that)."""
+
+    status: StoredStatus  # type: ignore[misc]
+    steps: StoredSteps  # type: ignore[misc]
+
+
 _STATE = Checker(StateInput)
-_MERGED = Checker(MergeInput)
+_MERGED = Checker(_MergedState)
 _STORED = Checker(StoredState)
 _STEP_CHANGE = Checker(StepChange)
+_BLOCKED = Checker(BlockedQuestion)
+_RESUME = Checker(ResumeInput)
+_PROGRESS = Checker(ProgressReport)
+
+
+def check_blocked(question: Any) -> None:
+    """Raise FieldError unless a step's `blocked` answer is a question the page can show."""
+    _BLOCKED.check(question)
+    names = [field["name"] for field in question.get("input", ())]
+    if len(set(names)) != len(names):
+        raise FieldError("input", "must name each field once")
+    for position, field in enumerate(question.get("input", ())):
+        if (field["type"] == "choice") != ("choices" in field):
+            raise FieldError(f"input[{position}].choices", "must be given for a choice field only")
+
+
+def check_resume(body: Any) -> None:
+    """Raise FieldError unless a resume body has the shape of an answer."""
+    _RESUME.check(body)
+
+
+def check_progress(body: Any) -> None:
+    """Raise FieldError unless a progress report satisfies its rules."""
+    _PROGRESS.check(body)
 
 
 def _check_shape(state: dict[str, Any]) -> None:

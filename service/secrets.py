@@ -43,6 +43,10 @@ class FieldCipher:
                 sealed[field] = {ENCRYPTED_MARK: token}
         return sealed
 
+    def encrypt(self, text: str) -> str:
+        """Return a token sealing `text` with the first key."""
+        return self._fernet.encrypt(text.encode()).decode()
+
     def decrypt(self, token: str) -> str | None:
         """Return a sealed value's text, or None when no configured key opens it."""
         try:

@@ -313,7 +313,9 @@ class Hub:
             if state is None or not self._watched(topic):
                 self._tracked.pop(topic, None)
                 return
-            expires = model.expires_at(state, self.store.ttl, self.store.stale_ttl)
+            expires = model.expires_at(
+                state, self.store.ttl, self.store.stale_ttl, self.store.failed_ttl
+            )
             self._tracked[topic] = (state["version"], expires)
             self._schedule(expires, topic, state["version"])
 

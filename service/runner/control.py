@@ -228,6 +228,65 @@ class RunControl:
         """Cancel a workflow (None: the owner's current one); its runner stops within a second."""
         return self.store.cancel(owner, workflow_id)
 
+    def _queue_new_run(
+        self, owner: str, workflow_id: str, write: Callable[[float], Snapshot], runs_here: bool
+    ) -> Snapshot:
+        """Write a new queued run (`write(lease)`) and dispatch it, as `start` does."""
+        if self.mode == LOCAL and not runs_here:
+            return write(0.0)  # a web process's lease monitor takes it within a second
+        lease = self.settings.lease
+        return self._started(owner, self._indexed_write(owner, workflow_id, lambda: write(lease)))
+
+    def resume(
+        self, owner: str, workflow_id: str | None, body: Any, *, runs_here: bool = True
+    ) -> Snapshot:
+        """Answer a blocked workflow's question and start a new run at the blocked step.
+
+        The input is checked against the step's fields (InvalidInput, nothing changed), kept
+        apart from the state for the step's endpoint, then the run is queued and dispatched.
+        """
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or set(body) - {"input"}:
+            raise model.InvalidInput(
+                'Invalid input: send {"input": {<field name>: <value>, ...}} (or no body)'
+            )
+        given = body.get("input", {})
+        state = self.store.get(owner, workflow_id).state
+        checked = runs.check_input(state, given)
+        assert state is not None
+        workflow_id = state["workflow_id"]
+        record = {
+            "incarnation": runs.incarnation_of(state),
+            "step": runs.blocked_step(state),
+            "input": checked,
+        }
+        self.store.put_input(owner, workflow_id, record)
+        name = workflow_id
+        try:
+            return self._queue_new_run(
+                owner,
+                name,
+                lambda lease: self.store.resume(owner, name, given, lease=lease),
+                runs_here,
+            )
+        except BaseException:
+            with contextlib.suppress(StorageUnavailable):
+                self.store.delete_input(owner, workflow_id)
+            raise
+
+    def retry(self, owner: str, workflow_id: str | None, *, runs_here: bool = True) -> Snapshot:
+        """Start a new run of a failed workflow at its failed step (NotFailed otherwise)."""
+        if workflow_id is None:
+            state = self.store.get(owner, None).state
+            if state is None:
+                raise model.NoWorkflow("There is no workflow to retry")
+            workflow_id = state["workflow_id"]
+        name = workflow_id
+        return self._queue_new_run(
+            owner, name, lambda lease: self.store.retry(owner, name, lease=lease), runs_here
+        )
+
     def close(self) -> None:
         """Stop this process's run threads, and drop the queue's connection."""
         if self._local is not None:

@@ -15,8 +15,11 @@ the story.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
+import secrets
 import socket
 import threading
 import time
@@ -24,12 +27,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from .. import runs
 from ..config import load_steps, origin
-from ..model import InvalidIndex
+from ..model import InvalidIndex, StateError
 from ..storage import LimitExceeded, Snapshot, StateStore, StorageUnavailable
-from .steps import CANCELLED, FAILED, StepCall, StepResult, StepSettings, check_origin, perform_step
+from .steps import (
+    BLOCKED,
+    CANCELLED,
+    FAILED,
+    StepCall,
+    StepResult,
+    StepSettings,
+    check_origin,
+    perform_step,
+)
 
 log = logging.getLogger("service.runner")
 
@@ -49,12 +62,29 @@ CANCELLED_OUTCOME = "cancelled"
 SUPERSEDED = "superseded"
 RELEASED = "released"
 LOST = "lost"
-OUTCOMES = (COMPLETED, FAILED_OUTCOME, CANCELLED_OUTCOME, SUPERSEDED, RELEASED, LOST)
+# The step asked the person; the step will be called again after a wait (the run waits).
+BLOCKED_OUTCOME = "blocked"
+WAITING_OUTCOME = "waiting"
+OUTCOMES = (
+    COMPLETED,
+    FAILED_OUTCOME,
+    CANCELLED_OUTCOME,
+    SUPERSEDED,
+    RELEASED,
+    LOST,
+    BLOCKED_OUTCOME,
+    WAITING_OUTCOME,
+)
 
 
 def runner_name() -> str:
     """Return this process's runner name, `host:pid` (the state's `run.runner`)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def progress_url(self_url: str, workflow_id: str, index: int) -> str:
+    """Return where step `index` of a workflow reports its progress."""
+    return f"{self_url.rstrip('/')}/workflows/{quote(workflow_id, safe='')}/steps/{index}/progress"
 
 
 def allowed_origins(config: Mapping[str, Any]) -> frozenset[str]:
@@ -107,6 +137,9 @@ class RunObserver:
 
     def resumed(self, owner: str, workflow_id: str) -> None:
         """Note a takeover: a run whose lease lapsed was queued again."""
+
+    def retried(self) -> None:
+        """Note a failed step call that will be made again after a wait."""
 
     def waiting(self, count: int) -> None:
         """Note how many runs wait for a run thread in this process (the file backend)."""
@@ -218,6 +251,11 @@ class _Attempt:
         # When (monotonic) the lease last reached storage: a runner that cannot write for a
         # whole lease has lost the run to a takeover, whatever it does next.
         self.leased_at = time.monotonic()
+        # The progress token of the step call this attempt makes (its hash is in the state).
+        self.token: str | None = None
+        # The person's answer to the step this run resumes (a blocked one), and that step.
+        self.input: dict[str, Any] | None = None
+        self.input_step: int | None = None
 
     def write(self, make: Callable[[], Snapshot]) -> Snapshot:
         """Make a write, trying again while storage is unavailable, for at most a lease."""
@@ -270,10 +308,13 @@ class _Attempt:
         except StorageUnavailable:
             return None
 
-    def step(self, index: int, status: str) -> Snapshot:
-        """Write what this attempt did with step `index`."""
+    def start_step(self, index: int) -> Snapshot:
+        """Start a call of step `index`, with a new progress token."""
+        hashed = self.new_token()
         return self.write(
-            lambda: self.store.runner_step(self.owner, self.workflow_id, self.fence, index, status)
+            lambda: self.store.runner_step(
+                self.owner, self.workflow_id, self.fence, index, "in_progress", token_hash=hashed
+            )
         )
 
     def advance(self, index: int, status: str, data: dict[str, Any] | None) -> Snapshot:
@@ -281,10 +322,11 @@ class _Attempt:
 
         An answer too large for the size limits fails the step with the reason instead.
         """
+        hashed = self.new_token()
         try:
             return self.write(
                 lambda: self.store.advance_run(
-                    self.owner, self.workflow_id, self.fence, index, status, data
+                    self.owner, self.workflow_id, self.fence, index, status, data, token_hash=hashed
                 )
             )
         except LimitExceeded as error:
@@ -294,6 +336,74 @@ class _Attempt:
                     self.owner, self.workflow_id, self.fence, index, FAILED, failed, limited=False
                 )
             )
+
+    def new_token(self) -> str:
+        """Make the progress token of the next step call this attempt starts."""
+        self.token = runs.make_progress_token(self.owner, self.fence, secrets.token_urlsafe(24))
+        return runs.token_hash(self.token)
+
+    def load_input(self, state: Mapping[str, Any]) -> None:
+        """Read the person's answer to a blocked step this run resumes, if it has one."""
+        record = self.write(lambda: self.store.get_input(self.owner, self.workflow_id))
+        if (
+            record is not None
+            and record.get("incarnation") == self.fence.incarnation
+            and isinstance(record.get("step"), int)
+            and isinstance(record.get("input"), dict)
+        ):
+            self.input_step = record["step"]
+            self.input = record["input"]
+
+    def input_for(self, index: int) -> dict[str, Any] | None:
+        """Return the answer step `index` gets, or None."""
+        return self.input if index == self.input_step else None
+
+    def forget_input(self, index: int) -> None:
+        """Delete the answer of step `index` once that step settled (best effort)."""
+        if index != self.input_step:
+            return
+        self.input_step, self.input = None, None
+        try:
+            self.store.delete_input(self.owner, self.workflow_id)
+        except StorageUnavailable as error:
+            log.warning(
+                "run of workflow %s: cannot delete a step's input yet (%s); it expires",
+                self.workflow_id,
+                error.message,
+            )
+
+    def reporter(self, index: int) -> Callable[[dict[str, Any]], None]:
+        """Return what the simulator calls with its progress reports for step `index`."""
+        token = self.token
+
+        def report(progress: dict[str, Any]) -> None:
+            # A report is worth no retry: the step's answer follows.
+            with contextlib.suppress(StateError, StorageUnavailable):
+                self.store.report_progress(self.owner, self.workflow_id, token, index, progress)
+
+        return report
+
+    def block(self, index: int, question: dict[str, Any]) -> Snapshot:
+        """Write that step `index` asks the person; the run ends."""
+        return self.write(
+            lambda: self.store.block_step(self.owner, self.workflow_id, self.fence, index, question)
+        )
+
+    def wait_to_retry(self, index: int, message: str, wait: float) -> Snapshot:
+        """Write a failed call of step `index` that is made again in `wait` seconds."""
+        return self._noted(
+            self.write(
+                lambda: self.store.schedule_retry(
+                    self.owner, self.workflow_id, self.fence, index, message, wait=wait
+                )
+            )
+        )
+
+    def fail(self, index: int, data: dict[str, Any] | None) -> Snapshot:
+        """Write the last failed call of step `index`: it and the workflow fail."""
+        return self.write(
+            lambda: self.store.fail_step(self.owner, self.workflow_id, self.fence, index, data)
+        )
 
     def finish(self) -> Snapshot:
         """End the run with every step settled."""
@@ -357,6 +467,7 @@ def run_workflow(
 def _run(run: _Attempt, stop: threading.Event | None) -> RunResult:
     state = run.claim().state
     assert state is not None
+    run.load_input(state)
     watch = _Watch(run, stop)
     watch.start()
     try:
@@ -378,6 +489,7 @@ def _steps(run: _Attempt, state: dict[str, Any], watch: _Watch) -> RunResult:
             return _interrupted(run, watch)
         index = state["current_step"]  # the step our last write started
         step = state["steps"][index]
+        timeout = step.get("timeout_seconds")
         call = StepCall(
             run.workflow_id,
             step["action"],
@@ -385,14 +497,40 @@ def _steps(run: _Attempt, state: dict[str, Any], watch: _Watch) -> RunResult:
             run.attempt,
             state.get("ssh_connection"),
             step.get("endpoint"),
+            step_attempt=step.get("attempts") or 1,
+            input=run.input_for(index),
+            progress_url=progress_url(settings.step.self_url, run.workflow_id, index),
+            progress_token=run.token,
+            idempotency_key=runs.idempotency_key(
+                run.owner, run.workflow_id, run.fence.incarnation, index
+            ),
+            timeout=timeout if isinstance(timeout, (int, float)) else None,
         )
         result: StepResult = check_origin(call.endpoint, settings.origins) or perform_step(
-            call, settings.step, watch.cancel
+            call, settings.step, watch.cancel, run.reporter(index)
         )
         run.observer.step_done(result.seconds)
         if result.status == CANCELLED:
             return _interrupted(run, watch)
+        if result.status == BLOCKED:
+            assert result.blocked is not None
+            blocked = run.block(index, result.blocked).state
+            run.forget_input(index)
+            return RunResult(BLOCKED_OUTCOME, blocked)
+        if result.status == FAILED:
+            failures = (state["run"].get("failures") or 0) + 1
+            wait = runs.retry_delay(step.get("retry"), failures, random.uniform(-1, 1))
+            if wait is not None:
+                waiting = run.wait_to_retry(index, result.message or "The step failed", wait)
+                run.observer.retried()
+                return RunResult(WAITING_OUTCOME, waiting.state)
+            failed = run.fail(index, result.data).state
+            run.forget_input(index)
+            assert failed is not None
+            state = failed
+            continue
         state = run.advance(index, result.status, result.data).state
+        run.forget_input(index)
         assert state is not None
 
 
@@ -406,7 +544,7 @@ def _start(run: _Attempt, state: dict[str, Any]) -> dict[str, Any]:
             assert finished is not None
             return finished
         try:
-            started = run.step(remaining[0], "in_progress").state
+            started = run.start_step(remaining[0]).state
         except InvalidIndex:
             # A client settled or removed the step since our read: read again and go on.
             fresh = run.read()

@@ -8,9 +8,12 @@ Redis instead and the web reads the totals there (`queue.QueueStatsCollector`).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from ..storage import StorageUnavailable
 from .engine import RunObserver
 from .queue import STEP_BUCKETS
 
@@ -30,6 +33,11 @@ class PrometheusRunObserver(RunObserver):
         self.resumes = Counter(
             "workflow_run_resumes_total",
             "Runs taken over after their runner's lease lapsed",
+            registry=registry,
+        )
+        self.retries = Counter(
+            "workflow_step_retries_total",
+            "Failed step calls made again after a wait",
             registry=registry,
         )
         self.step_seconds = Histogram(
@@ -61,6 +69,35 @@ class PrometheusRunObserver(RunObserver):
         """Count a takeover."""
         self.resumes.inc()
 
+    def retried(self) -> None:
+        """Count a failed step call that will be made again."""
+        self.retries.inc()
+
     def waiting(self, count: int) -> None:
         """Show how many runs wait for a run thread in this process."""
         self.queued.set(count)
+
+
+class BlockedCollector:
+    """Expose `workflow_blocked`: the workflows waiting for a person, read from storage at
+    scrape time (at most every CACHE_SECONDS: a scrape must not scan every owner each time)."""
+
+    CACHE_SECONDS = 1.0
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._counted: tuple[float, int] | None = None
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the gauge (none while storage does not answer)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = time.monotonic()
+        if self._counted is None or now - self._counted[0] > self.CACHE_SECONDS:
+            try:
+                self._counted = (now, self.store.count_blocked())
+            except StorageUnavailable:
+                return
+        yield GaugeMetricFamily(
+            "workflow_blocked", "Workflows waiting for a person's input", value=self._counted[1]
+        )

@@ -12,7 +12,9 @@ state, which is the truth, and:
 - a queued run whose job is lost → on the file backend, take it (the claim decides who runs
   it); on Redis, take it over as the next attempt and enqueue that;
 - a running run whose lease lapsed (its runner died or was paused) → take it over under the
-  workflow's lock (attempt + 1, queued) and dispatch the new attempt.
+  workflow's lock (attempt + 1, queued) and dispatch the new attempt;
+- a waiting run (a failed step to be called again) whose time came → queue it as the next
+  attempt and dispatch that.
 
 Monitors of many processes may look at the same run at once: the takeover is one locked write
 that only one of them makes (the others get None), and a job per attempt is enqueued once.
@@ -167,6 +169,8 @@ class LeaseMonitor:
         if deadline > now:
             self.observer.leased(owner, workflow_id, deadline)
             return 0
+        if run["status"] == runs.WAITING:
+            return self._wake(owner, workflow_id, fence)
         queued = run["status"] == runs.QUEUED
         if queued and self.dispatcher.waiting(owner, workflow_id, fence):
             self._renew(owner, workflow_id, fence)
@@ -223,6 +227,17 @@ class LeaseMonitor:
             return True
         self._lost_now[key] = fence
         return False
+
+    def _wake(self, owner: str, workflow_id: str, fence: runs.Fence) -> int:
+        """Queue a run whose failed step is due to be called again; 1 when this monitor did."""
+        snapshot = self.store.wake_run(owner, workflow_id, fence, lease=self.settings.lease)
+        woken = runs.fence_of(snapshot.state) if snapshot is not None else None
+        if snapshot is None or woken is None:
+            return 0  # another monitor was first, or the run moved on
+        log.info("workflow %s/%s: calling a failed step again", owner, workflow_id)
+        self.observer.leased(owner, workflow_id, runs.lease_deadline(snapshot.state))
+        self.dispatcher.dispatch(owner, workflow_id, woken)
+        return 1
 
     def _renew(self, owner: str, workflow_id: str, fence: runs.Fence) -> bool:
         """Push a queued run's claim deadline; False when the run moved on meanwhile."""

@@ -44,7 +44,7 @@ from ..config import ConfigError
 from ..runs import Fence
 from ..storage import RedisStore, StateStore, StorageUnavailable
 from ..storage.keys import Keys
-from .engine import CANCELLED_OUTCOME, COMPLETED, FAILED_OUTCOME, RunObserver
+from .engine import BLOCKED_OUTCOME, CANCELLED_OUTCOME, COMPLETED, FAILED_OUTCOME, RunObserver
 
 log = logging.getLogger("service.runner")
 
@@ -57,7 +57,8 @@ WAITING = frozenset({"queued", "deferred", "scheduled"})
 # Seconds a step took (workflow_step_seconds): a 0 s simulator step up to the 600 s timeout.
 STEP_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # The outcomes after which a run needs no index entry any more.
-ENDED = frozenset({COMPLETED, FAILED_OUTCOME, CANCELLED_OUTCOME})
+# A blocked run has ended too: a person's resume starts a new one.
+ENDED = frozenset({COMPLETED, FAILED_OUTCOME, CANCELLED_OUTCOME, BLOCKED_OUTCOME})
 # Queued jobs a scrape looks at for the runs queued per owner.
 QUEUED_SCAN = 10000
 CLUSTER_REFUSED = (
@@ -422,6 +423,10 @@ class RunQueue:
         """Count a run attempt that ended with `outcome`."""
         self._bump({f"runs:{outcome}": 1})
 
+    def count_retry(self) -> None:
+        """Count a failed step call that will be made again."""
+        self._bump({"retries": 1})
+
     def count_resume(self) -> None:
         """Count a takeover."""
         self._bump({"resumes": 1})
@@ -513,6 +518,10 @@ class QueueObserver(RunObserver):
         """Count a takeover."""
         self.queue.count_resume()
 
+    def retried(self) -> None:
+        """Count a failed step call that will be made again."""
+        self.queue.count_retry()
+
 
 class QueueStatsCollector:
     """Expose the queue's counters and length as the run metrics, read at scrape time.
@@ -548,6 +557,11 @@ class QueueStatsCollector:
             if field.startswith("runs:"):
                 runs.add_metric((field[len("runs:") :],), value)
         yield runs
+        yield CounterMetricFamily(
+            "workflow_step_retries",
+            "Failed step calls made again after a wait",
+            value=stats.get("retries", 0.0),
+        )
         yield CounterMetricFamily(
             "workflow_run_resumes",
             "Runs taken over after their runner's lease lapsed",

@@ -35,7 +35,7 @@ import ssl
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -59,6 +59,10 @@ USER_AGENT = "workflow-state-runner"
 COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
+# The step asked the person (a `blocked` answer): `StepResult.blocked` holds the question.
+BLOCKED = "blocked"
+# How many progress reports the simulator sends over one step (the demo shows them).
+SIMULATED_REPORTS = 4
 
 
 @dataclass(frozen=True)
@@ -97,27 +101,46 @@ class StepCall:
     attempt: int
     ssh_connection: str | None = None
     endpoint: str | None = None
+    # The step's own count of calls (1 for the first), whatever caused each.
+    step_attempt: int = 1
+    # The person's answer to this step's question (a resume), sent on every call of this run.
+    input: Mapping[str, Any] | None = None
+    progress_url: str | None = None
+    progress_token: str | None = None
+    # The same for every call of this step of this workflow incarnation.
+    idempotency_key: str | None = None
+    # The step's own timeout_seconds (None: the setting's).
+    timeout: float | None = None
 
     def __repr__(self) -> str:
-        # Keep the secret out of any traceback or debug print that shows a call.
+        # Keep secrets (the SSH target, the answer, the progress token) out of any traceback
+        # or debug print that shows a call.
         secret = "None" if self.ssh_connection is None else "'[REDACTED]'"
+        given = "None" if self.input is None else "'[REDACTED]'"
         return (
             f"StepCall(workflow_id={self.workflow_id!r}, action={self.action!r}, "
-            f"index={self.index}, attempt={self.attempt}, ssh_connection={secret}, "
-            f"endpoint={self.endpoint!r})"
+            f"index={self.index}, attempt={self.attempt}, step_attempt={self.step_attempt}, "
+            f"ssh_connection={secret}, input={given}, endpoint={self.endpoint!r})"
         )
 
     def body(self) -> bytes:
         """Return the JSON the endpoint receives."""
-        return json.dumps(
-            {
-                "workflow_id": self.workflow_id,
-                "action": self.action,
-                "index": self.index,
-                "attempt": self.attempt,
-                "ssh_connection": self.ssh_connection,
-            }
-        ).encode()
+        fields: dict[str, Any] = {
+            "workflow_id": self.workflow_id,
+            "action": self.action,
+            "index": self.index,
+            "attempt": self.attempt,
+            "step_attempt": self.step_attempt,
+            "ssh_connection": self.ssh_connection,
+        }
+        if self.input is not None:
+            fields["input"] = dict(self.input)
+        if self.progress_url is not None:
+            fields["progress_url"] = self.progress_url
+            fields["progress_token"] = self.progress_token
+        if self.idempotency_key is not None:
+            fields["idempotency_key"] = self.idempotency_key
+        return json.dumps(fields).encode()
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,7 @@ class StepResult:
     data: dict[str, Any] | None
     reason: str
     seconds: float = 0.0
+    blocked: dict[str, Any] | None = None
 
     @property
     def message(self) -> str | None:
@@ -148,15 +172,31 @@ def simulate(
     seconds: float,
     fail_action: str | None,
     cancel: threading.Event | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any] | None:
     """Take `seconds`, then answer as a step endpoint would: fail `fail_action`, pass the rest.
 
-    Returns the answer's JSON body, or None when `cancel` was set while it waited.
+    With `report`, tell it how far along it is a few times on the way, as a step endpoint
+    reports to its progress_url. Returns the answer's JSON body, or None when `cancel` was set
+    while it waited.
     """
-    if cancel is None:
-        time.sleep(seconds)
-    elif cancel.wait(seconds):
-        return None
+    cancel = cancel or threading.Event()
+    parts = SIMULATED_REPORTS if report is not None and seconds > 0 else 1
+    for part in range(parts):
+        if part and report is not None:
+            tasks = [
+                {"name": f"Part {n + 1} of {parts}", "status": _task_status(n, part)}
+                for n in range(parts)
+            ]
+            report(
+                {
+                    "percent": round(part / parts * 100),
+                    "message": f"{action}: part {part + 1} of {parts}",
+                    "tasks": tasks,
+                }
+            )
+        if cancel.wait(seconds / parts):
+            return None
     if action == fail_action:
         return {
             "success": False,
@@ -164,6 +204,10 @@ def simulate(
             "error": "action_failed",
         }
     return {"success": True, "message": f"{action} done"}
+
+
+def _task_status(task: int, running: int) -> str:
+    return "completed" if task < running else "in_progress" if task == running else "pending"
 
 
 # --- answers -------------------------------------------------------------------------------------
@@ -233,6 +277,8 @@ def interpret(status: int, answer: Any, where: str) -> StepResult:
             return refused
         kept = dict(data)
     message = _text(answer.get("message")) or _text(answer.get("error"))
+    if ok and answer.get("success") is False and "blocked" in answer:
+        return _asked(answer["blocked"], where, status)
     if ok and answer.get("success") is not False:
         if message and "message" not in kept:
             kept["message"] = message
@@ -245,6 +291,20 @@ def interpret(status: int, answer: Any, where: str) -> StepResult:
         return _failed(message, f"answered {status}", **extra)
     said = "with no body" if not answer else "without a message"
     return _failed(f"{where} answered {status} {said}", f"answered {status}", **extra)
+
+
+def _asked(question: Any, where: str, status: int) -> StepResult:
+    """Return a `blocked` answer's outcome: the step asks the person, or fails when the
+    question is not one the page can show."""
+    try:
+        schema.check_blocked(question)
+    except schema.FieldError as error:
+        return _failed(
+            f"{where} answered {status} with a blocked question that cannot be asked: "
+            f"{error.field} {error.rule}",
+            "bad blocked question",
+        )
+    return StepResult(BLOCKED, None, f"answered {status}, blocked", blocked=dict(question))
 
 
 class _NotJson:
@@ -520,9 +580,13 @@ def _call(
 
 
 def perform_step(
-    call: StepCall, settings: StepSettings, cancel: threading.Event | None = None
+    call: StepCall,
+    settings: StepSettings,
+    cancel: threading.Event | None = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> StepResult:
-    """Perform `call`; return completed, failed or cancelled. Never raises, never hangs."""
+    """Perform `call`; return completed, failed, blocked or cancelled. Never raises, never
+    hangs. `report` takes the simulator's progress reports."""
     cancel = cancel or threading.Event()
     started = time.monotonic()
     try:
@@ -534,6 +598,7 @@ def perform_step(
                 seconds=settings.demo_seconds,
                 fail_action=settings.demo_fail,
                 cancel=cancel,
+                report=report,
             )
             if answer is None:
                 result = StepResult(CANCELLED, None, "cancelled")
@@ -565,7 +630,7 @@ def perform_step(
         result.reason,
         seconds,
     )
-    return StepResult(result.status, result.data, result.reason, seconds)
+    return StepResult(result.status, result.data, result.reason, seconds, result.blocked)
 
 
 def _perform_call(call: StepCall, settings: StepSettings, cancel: threading.Event) -> StepResult:
@@ -584,6 +649,9 @@ def _perform_call(call: StepCall, settings: StepSettings, cancel: threading.Even
         "User-Agent": USER_AGENT,
         "Connection": "close",
     }
+    if call.idempotency_key is not None:
+        headers["Idempotency-Key"] = call.idempotency_key
     if call.endpoint.startswith("/"):
         headers.update(settings.self_headers)
-    return _call(url, call.body(), headers, settings.timeout, cancel)
+    timeout = call.timeout if call.timeout is not None else settings.timeout
+    return _call(url, call.body(), headers, timeout, cancel)

@@ -18,6 +18,7 @@ is a pure function in the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 
 from .. import model, runs
 from ..config import StoreOptions
+from ..schema import ENCRYPTED_MARK
 from ..secrets import FieldCipher, keep_unopened, needs_opening, open_fields
 from .batching import Keyed, PendingWrite, WriteCombiner
 from .listing import (
@@ -93,7 +95,7 @@ def _merged(
 ) -> dict[str, Any] | None:
     """Apply a merge PATCH; the stored `run` stays whatever the body says."""
     new = model.apply_merge(current, body, now=now, if_match=if_match)
-    return None if new is None or current is None else runs.carry_run(current, new)
+    return None if new is None or current is None else model.keep_run_fields(current, new)
 
 
 def _stamp_incarnation(
@@ -409,6 +411,7 @@ class StateStore(ABC):
         self.max_owner_bytes = options.max_owner_bytes
         self.ttl = options.ttl
         self.stale_ttl = options.stale_ttl
+        self.failed_ttl = options.failed_ttl
         self.lock_timeout = options.lock_timeout
         self.lock_wait = options.lock_wait
         self.io_timeout = options.io_timeout
@@ -527,7 +530,7 @@ class StateStore(ABC):
         check_owner(owner)
         candidate = model.new_state(body, now=utc_now(), random_hex=secrets.token_hex(4))
         # A client never sets `run` (POST /workflows's `"run": true` means "start one").
-        candidate = runs.carry_run(None, candidate)
+        candidate = model.keep_run_fields(None, candidate)
 
         def change(stored: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
             if stored is not None:
@@ -554,7 +557,7 @@ class StateStore(ABC):
 
         def change(stored: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
             # The stored run stays whatever the body says: a client neither forges nor drops it.
-            decided = model.apply_save(stored, runs.carry_run(stored, candidate), body)
+            decided = model.apply_save(stored, model.keep_run_fields(stored, candidate), body)
             if decided is not None:
                 decided = dict(decided)
                 decided["last_update"] = model.format_time(now)
@@ -663,12 +666,16 @@ class StateStore(ABC):
         index: int,
         status: str,
         data: dict[str, Any] | None = None,
+        *,
+        token_hash: str | None = None,
     ) -> Snapshot:
         """Record what the runner holding `fence` did with step `index`."""
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.runner_step(state, fence, index, status, data, now=now),
+            lambda state, now: runs.runner_step(
+                state, fence, index, status, data, now=now, token_hash=token_hash
+            ),
             # Starting a step stores nothing of its own: only an answer counts against limits.
             limited=data is not None,
         )
@@ -683,6 +690,7 @@ class StateStore(ABC):
         data: dict[str, Any] | None = None,
         *,
         limited: bool = True,
+        token_hash: str | None = None,
     ) -> Snapshot:
         """Record step `index`'s outcome and start the next step, or finish, in one write.
 
@@ -692,9 +700,139 @@ class StateStore(ABC):
         return self._run_write(
             owner,
             workflow_id,
-            lambda state, now: runs.advance(state, fence, index, status, data, now=now),
+            lambda state, now: runs.advance(
+                state, fence, index, status, data, now=now, token_hash=token_hash
+            ),
             limited=limited,
         )
+
+    def schedule_retry(
+        self,
+        owner: str,
+        workflow_id: str,
+        fence: runs.Fence,
+        index: int,
+        message: str,
+        *,
+        wait: float,
+    ) -> Snapshot:
+        """Record a failed call of step `index` to be made again in `wait` seconds."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.schedule_retry(
+                state, fence, index, message, now=now, wait=wait
+            ),
+            limited=False,  # a run's bookkeeping: a short message
+        )
+
+    def fail_step(
+        self,
+        owner: str,
+        workflow_id: str,
+        fence: runs.Fence,
+        index: int,
+        data: dict[str, Any] | None,
+    ) -> Snapshot:
+        """Record the last failed call of step `index`: the step and the workflow fail."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.note_failure(state, fence, index, data, now=now),
+            limited=False,  # a run must be able to end
+        )
+
+    def block_step(
+        self,
+        owner: str,
+        workflow_id: str,
+        fence: runs.Fence,
+        index: int,
+        question: dict[str, Any],
+    ) -> Snapshot:
+        """Make step `index` and the workflow blocked on the step's question; the run ends."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.block(state, fence, index, question, now=now),
+            limited=False,  # a run must be able to end; a question's size is bounded
+        )
+
+    def wake_run(
+        self, owner: str, workflow_id: str, fence: runs.Fence, *, lease: float
+    ) -> Snapshot | None:
+        """Queue a waiting run whose retry time came as the next attempt; None when it was not
+        due, or moved on."""
+        woke = [False]
+
+        def change(state: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+            new = runs.wake_run(state, fence, now=now, lease=lease)
+            woke[0] = new is not None
+            return new
+
+        snapshot = self._run_write(owner, workflow_id, change, limited=False)
+        return snapshot if woke[0] else None
+
+    def resume(self, owner: str, workflow_id: str, given: Any, *, lease: float) -> Snapshot:
+        """Answer a blocked workflow's question and queue a new run at the blocked step."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.resume(state, given, now=now, lease=lease),
+        )
+
+    def retry(self, owner: str, workflow_id: str, *, lease: float) -> Snapshot:
+        """Queue a new run of a failed workflow from its failed step."""
+        return self._run_write(
+            owner, workflow_id, lambda state, now: runs.retry(state, now=now, lease=lease)
+        )
+
+    def report_progress(
+        self, owner: str, workflow_id: str, token: str, index: int, report: dict[str, Any]
+    ) -> Snapshot:
+        """Store a running step's progress report, if `token` is its call's."""
+        return self._run_write(
+            owner,
+            workflow_id,
+            lambda state, now: runs.report_progress(state, token, index, report, now=now),
+        )
+
+    # --- a blocked step's input, kept apart from the state --------------------------------
+
+    def put_input(self, owner: str, workflow_id: str, record: dict[str, Any]) -> None:
+        """Keep a person's answer to a blocked step (sealed when a secret key is set)."""
+        check_owner(owner)
+        check_workflow_id(workflow_id)
+        text = dumps(record)
+        if self.cipher:
+            text = dumps({ENCRYPTED_MARK: self.cipher.encrypt(text)})
+        self._put_input(owner, workflow_id, text, self.stale_ttl)
+
+    def get_input(self, owner: str, workflow_id: str) -> dict[str, Any] | None:
+        """Return the kept answer to a blocked step, or None (none, or unreadable)."""
+        check_owner(owner)
+        check_workflow_id(workflow_id)
+        raw = self._get_input(owner, workflow_id)
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+            if isinstance(record, dict) and ENCRYPTED_MARK in record:
+                if not self.cipher:
+                    return None
+                opened = self.cipher.decrypt(record[ENCRYPTED_MARK])
+                if opened is None:
+                    return None
+                record = json.loads(opened)
+        except (ValueError, TypeError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def delete_input(self, owner: str, workflow_id: str) -> None:
+        """Forget the answer to a blocked step (the step settled, or the workflow went)."""
+        check_owner(owner)
+        check_workflow_id(workflow_id)
+        self._delete_input(owner, workflow_id)
 
     def finish_run(self, owner: str, workflow_id: str, fence: runs.Fence, outcome: str) -> Snapshot:
         """End the run `fence` names with the workflow completed or failed."""
@@ -706,10 +844,17 @@ class StateStore(ABC):
         )
 
     def cancel(self, owner: str, workflow_id: str | None) -> Snapshot:
-        """Cancel a workflow (None: the current one): its running step, itself and its run."""
-        return self._run_write(
+        """Cancel a workflow (None: the current one): its running step, itself and its run.
+
+        A blocked step's answer goes with it: a cancelled step has settled.
+        """
+        snapshot = self._run_write(
             owner, workflow_id, lambda state, now: runs.cancel(state, now=now), limited=False
         )
+        if snapshot.state is not None:
+            with contextlib.suppress(StorageUnavailable):  # it expires anyway
+                self._delete_input(owner, snapshot.state["workflow_id"])
+        return snapshot
 
     def take_over(
         self,
@@ -779,6 +924,19 @@ class StateStore(ABC):
                     break
                 position = page[-1][0]
         return found
+
+    def count_blocked(self) -> int:
+        """Return how many unexpired workflows, of every owner, wait for a person's input."""
+        count = 0
+        for owner in self._owners():
+            position = None
+            while True:
+                page = self._list(owner, "running", position, SCAN_PAGE)
+                count += sum(1 for _, state in page if state.get("status") == model.BLOCKED)
+                if len(page) < SCAN_PAGE:
+                    break
+                position = page[-1][0]
+        return count
 
     def _run_write(
         self, owner: str, workflow_id: str | None, change: Change, *, limited: bool = True
@@ -940,6 +1098,7 @@ class StateStore(ABC):
                 applied.answers.append((pending, error))
                 continue
             if new is not None:
+                new["completed_percent"] = model.completed_percent(new)
                 new["version"] = next_version
                 new_born = _stamp_incarnation(seen, new, len(applied.chain), born)
                 at_commit = self.incarnation_at_commit and new_born >= 0
@@ -980,7 +1139,7 @@ class StateStore(ABC):
                 write.succeed(committed[answer] if answer >= 0 else unchanged)
 
     def _ttl_for(self, state: dict[str, Any]) -> int:
-        return model.ttl_seconds(state, self.ttl, self.stale_ttl)
+        return model.ttl_seconds(state, self.ttl, self.stale_ttl, self.failed_ttl)
 
     def _log_quarantine(self, where: str, reason: str) -> None:
         log.error("stored state is not a valid state (%s); moved it to %s", reason[:200], where)
@@ -1025,6 +1184,18 @@ class StateStore(ABC):
     @abstractmethod
     def _quarantine(self, owner: str, workflow_id: str, raw: str | bytes, reason: str) -> None:
         """Move a stored value that is not a valid state aside, and log it."""
+
+    @abstractmethod
+    def _put_input(self, owner: str, workflow_id: str, text: str, ttl: int) -> None:
+        """Keep a blocked step's answer (text) for at most `ttl` seconds."""
+
+    @abstractmethod
+    def _get_input(self, owner: str, workflow_id: str) -> str | bytes | None:
+        """Return a blocked step's kept answer, or None."""
+
+    @abstractmethod
+    def _delete_input(self, owner: str, workflow_id: str) -> None:
+        """Forget a blocked step's answer (also when there is none)."""
 
     @abstractmethod
     def _ping(self) -> None:

@@ -31,6 +31,11 @@ class CurrentWorkflow:
         """Return the store's TTL of a running workflow."""
         return self.store.stale_ttl
 
+    @property
+    def failed_ttl(self) -> int:
+        """Return the store's TTL of a failed workflow."""
+        return self.store.failed_ttl
+
     def get(self) -> Snapshot:
         """Return the current workflow (state None when there is none)."""
         return self.store.get(self.owner)

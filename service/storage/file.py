@@ -59,6 +59,8 @@ from .listing import score as score_of
 
 STATES_DIRECTORY = "workflows"
 STATE_SUFFIX = ".json"
+# A person's answer to a blocked step, beside the workflow's file (never served).
+INPUT_SUFFIX = ".input"
 SEQ_FILE = ".seq"
 CURRENT_FILE = ".current"
 INDEX_FILE = ".index"
@@ -396,7 +398,7 @@ class FileStore(StateStore):
             if stored is None:
                 return None, None, 0
             text = raw.decode("utf-8")
-            expiry = model.expires_at(stored, self.ttl, self.stale_ttl)
+            expiry = model.expires_at(stored, self.ttl, self.stale_ttl, self.failed_ttl)
             if time.time() - info.st_mtime > RACY_SECONDS:
                 self._cache.put(path, identity, (stored, text, expiry))
         if time.time() >= expiry:
@@ -645,7 +647,7 @@ class FileStore(StateStore):
         self._atomic_write(
             self._state_path(owner, workflow_id), documents[-1].encode(), sync_directory=False
         )
-        expires = int(model.expires_at(last, self.ttl, self.stale_ttl) * 1000)
+        expires = int(model.expires_at(last, self.ttl, self.stale_ttl, self.failed_ttl) * 1000)
         index[workflow_id] = [score_of(last), expires, len(documents[-1])]
         self._prune(owner, index)
         self._atomic_write(
@@ -706,6 +708,8 @@ class FileStore(StateStore):
             is_current = workflow_id is None or current == target
             if target is not None:
                 self._remove(self._state_path(owner, target))
+                # A blocked step's answer goes with its workflow.
+                self._remove(self._input_path(owner, target))
                 if index.pop(target, None) is not None:
                     self._write_freeing(
                         self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
@@ -804,7 +808,9 @@ class FileStore(StateStore):
                 target = self._state_path(owner, workflow_id)
                 if not os.path.lexists(target):
                     self._atomic_write(target, raw, sync_directory=False)
-                    expires = int(model.expires_at(state, self.ttl, self.stale_ttl) * 1000)
+                    expires = int(
+                        model.expires_at(state, self.ttl, self.stale_ttl, self.failed_ttl) * 1000
+                    )
                     index[workflow_id] = [score_of(state), expires, len(raw)]
                     self._atomic_write(
                         self._meta(owner, INDEX_FILE), dumps(index).encode(), sync_directory=False
@@ -915,9 +921,33 @@ class FileStore(StateStore):
     def _describe(self) -> str:
         return "file://" + self.path
 
+    def _input_path(self, owner: str, workflow_id: str) -> str:
+        return os.path.join(self.root, owner, workflow_id + INPUT_SUFFIX)
+
+    def _put_input(self, owner: str, workflow_id: str, text: str, ttl: int) -> None:
+        self._started()
+        path = self._input_path(owner, workflow_id)
+        self._ensure_directory(self._owner_directory(owner))
+        self._atomic_write(path, text.encode())
+
+    def _get_input(self, owner: str, workflow_id: str) -> str | bytes | None:
+        self._started()
+        path = self._input_path(owner, workflow_id)
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise self._fail("read", path, error) from None
+
+    def _delete_input(self, owner: str, workflow_id: str) -> None:
+        self._started()
+        self._remove(self._input_path(owner, workflow_id))
+
 
 # In an owner's directory every file is the service's: a workflow's or one of the owner's.
-_OWNER_FILE = re.compile(r"\.(seq|current|index|history)|[A-Za-z0-9_.:-]{1,128}\.json")
+_OWNER_FILE = re.compile(r"\.(seq|current|index|history)|[A-Za-z0-9_.:-]{1,128}\.(json|input)")
 
 
 def _process_alive(pid: int) -> bool:

@@ -22,6 +22,8 @@ EVENTS = "events"
 BYTES = "bytes"
 BYTES_TOTAL = "*"
 CORRUPT = "corrupt"
+# A person's answer to a blocked step, apart from the state (never served).
+INPUT = "input"
 # Outside any owner's slot: the set of owners that ever created a workflow (admin `owner=*`).
 OWNERS = "owners"
 # On the queue's Redis (service/runner/queue.py): the index of run leases, the runs' counters,
@@ -52,6 +54,10 @@ class Keys:
     def state(self, owner: str, workflow_id: str) -> str:
         """Return the key holding one workflow's state JSON."""
         return f"{self.base(owner)}{STATE}:{workflow_id}"
+
+    def input(self, owner: str, workflow_id: str) -> str:
+        """Return the key holding the answer to a workflow's blocked step."""
+        return f"{self.base(owner)}{INPUT}:{workflow_id}"
 
     def lock(self, owner: str, workflow_id: str) -> str:
         """Return the key of one workflow's write lock."""

@@ -857,6 +857,24 @@ class RedisStore(StateStore):
 
     # --- the rest --------------------------------------------------------------------------
 
+    def _put_input(self, owner: str, workflow_id: str, text: str, ttl: int) -> None:
+        try:
+            self._started().set(self.keys.input(owner, workflow_id), text, ex=ttl)
+        except RedisError as error:
+            raise self._unavailable(error) from None
+
+    def _get_input(self, owner: str, workflow_id: str) -> str | bytes | None:
+        try:
+            return self._started().get(self.keys.input(owner, workflow_id))
+        except RedisError as error:
+            raise self._unavailable(error) from None
+
+    def _delete_input(self, owner: str, workflow_id: str) -> None:
+        try:
+            self._started().delete(self.keys.input(owner, workflow_id))
+        except RedisError as error:
+            raise self._unavailable(error) from None
+
     def _ping(self) -> None:
         try:
             self._started().ping()

@@ -363,6 +363,9 @@ if id ~= '' then
   floor = version_of(read(key)) + 1
   redis.call('ZREM', KEYS[3], id)
   count_bytes(KEYS[5], id, false)
+
+  -- A blocked step's answer goes with its workflow.
+  redis.call('DEL', base .. 'input:' .. id)
   if redis.call('DEL', key) == 0 and not legacy then return {-1, moved} end
 end
 local is_current = legacy or current == id

@@ -412,6 +412,7 @@ def test_summary_progress(client, current, total, percent):
         "current_step": current,
         "total_steps": total,
         "progress_percent": percent,
+        "completed_percent": 0,  # nothing is done: every step is pending
         "start_time": state["start_time"],
         "last_update": state["last_update"],
     }

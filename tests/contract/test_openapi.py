@@ -22,7 +22,10 @@ from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from service import runs
 from service.openapi import build_document
+from service.storage import StateStore
+from service.store import store_of
 from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import free_port
@@ -106,7 +109,12 @@ def test_every_route_the_app_serves_is_documented_and_vice_versa(app: Flask, doc
 def test_every_operation_states_its_auth_and_the_error_shape(document):
     for path, item in document["paths"].items():
         for method, operation in item.items():
-            protected = path.startswith("/workflow") and method != "options"
+            # A progress report's only identity is its step call's progress token.
+            protected = (
+                path.startswith("/workflow")
+                and method != "options"
+                and not path.endswith("/progress")
+            )
             if protected:
                 assert operation["security"] == [{"bearerAuth": []}, {}], (path, method)
                 assert "401" in operation["responses"], (path, method)
@@ -186,6 +194,25 @@ def concrete_path(path: str) -> str:
 
 
 STALE = {"If-Match": '"999999"'}
+QUESTION = {"message": "Trust the host key?", "input": [{"name": "trust", "type": "boolean"}]}
+
+
+def calling(store: StateStore, workflow_id: str) -> tuple[runs.Fence, str]:
+    """Store a workflow whose run calls its first step; return the run's fence and the call's
+    progress token (what a runner holds)."""
+    state = store.create("public", {"workflow_id": workflow_id, "steps": steps(2)}, run_lease=60)
+    fence = runs.Fence(state.state["incarnation"], 1)
+    store.claim_run("public", workflow_id, fence, "test:1", lease=60)
+    token = runs.make_progress_token("public", fence, "abc" + workflow_id)
+    store.runner_step(
+        "public", workflow_id, fence, 0, "in_progress", token_hash=runs.token_hash(token)
+    )
+    return fence, token
+
+
+def bearer(token: str) -> dict[str, str]:
+    """Return the header a step sends its progress token in."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_every_documented_answer_is_provoked_and_matches(
@@ -196,6 +223,8 @@ def test_every_documented_answer_is_provoked_and_matches(
     call = Recorder(make_app(DEMO_STEP_SECONDS=0).test_client(), doc, seen)
 
     # No state yet.
+    call("POST", f"{STATE}/resume", 404, json={"input": {}})
+    call("POST", f"{STATE}/retry", 404)
     call("GET", STATE, 200)
     call("GET", f"{STATE}/summary", 200)
     call.stream(f"{STATE}/stream", 200)
@@ -243,6 +272,36 @@ def test_every_documented_answer_is_provoked_and_matches(
     call("POST", STATE, 200, json={"workflow_id": "wf-done", "status": "completed"})
     call("POST", "/workflows/wf-done/cancel", 409)
     call("POST", f"{STATE}/cancel", 409)
+    # Runs that ask, report and recover.
+    store = store_of(call.client.application)
+    call("POST", "/workflows/nope/resume", 404, json={"input": {}})
+    call("POST", "/workflows/nope/retry", 404)
+    call("POST", "/workflows/a%20b/retry", 400)
+    call("POST", "/workflows/a%20b/resume", 400, json={"input": {}})
+    fence, token = calling(store, "wf-ask")
+    progress = "/workflows/wf-ask/steps/0/progress"
+    call("POST", progress, 200, json={"percent": 40, "message": "half"}, headers=bearer(token))
+    call("POST", progress, 400, json={"percent": 400}, headers=bearer(token))
+    call("POST", progress, 403, json={"percent": 40})
+    old = runs.make_progress_token("public", runs.Fence(fence.incarnation, 0), "old")
+    call("POST", progress, 409, json={"percent": 40}, headers=bearer(old))
+    call("POST", progress, 413, data=huge, headers=bearer(token))
+    store.block_step("public", "wf-ask", fence, 0, QUESTION)
+    call("POST", f"{STATE}/resume", 400, json={"input": {"trust": "yes"}})
+    call("POST", f"{STATE}/resume", 202, json={"input": {"trust": True}})
+    call("POST", f"{STATE}/resume", 409, json={"input": {"trust": True}})
+    fence, _ = calling(store, "wf-ask2")
+    store.block_step("public", "wf-ask2", fence, 0, QUESTION)
+    call("POST", "/workflows/wf-ask2/resume", 400, json={"input": {"nope": True}})
+    call("POST", "/workflows/wf-ask2/resume", 202, json={"input": {"trust": False}})
+    call("POST", "/workflows/wf-ask2/resume", 409, json={"input": {"trust": False}})
+    failed = {"workflow_id": "wf-failed", "status": "failed", "steps": steps(1)}
+    call("POST", STATE, 200, json=failed)
+    call("POST", f"{STATE}/retry", 202)
+    call("POST", f"{STATE}/retry", 409)
+    call("POST", STATE, 200, json={**failed, "workflow_id": "wf-failed2"})
+    call("POST", "/workflows/wf-failed2/retry", 202)
+    call("POST", "/workflows/wf-failed2/retry", 409)
     # Many workflows (contract section 8).
     call("GET", "/workflows", 200)
     call("GET", "/workflows?status=finished&limit=1", 200)
@@ -327,6 +386,11 @@ def test_every_documented_answer_is_provoked_and_matches(
     down("POST", "/workflows/wf/run", 503)
     down("POST", "/workflows/wf/cancel", 503)
     down("POST", f"{STATE}/cancel", 503)
+    down("POST", "/workflows/wf/resume", 503, json={"input": {}})
+    down("POST", "/workflows/wf/retry", 503)
+    down("POST", f"{STATE}/resume", 503, json={"input": {}})
+    down("POST", f"{STATE}/retry", 503)
+    down("POST", "/workflows/wf/steps/0/progress", 503, json={"percent": 1}, headers=bearer(token))
     down("GET", "/workflows", 503)
     down("POST", "/workflows", 503, json={"steps": steps(1)})
     down("GET", "/workflows/wf", 503)

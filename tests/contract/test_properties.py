@@ -45,7 +45,7 @@ STALE_TTL = 600
 STATUSES = ("running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 STEP_STATUSES = ("pending", "in_progress", "completed", "failed", "skipped", "cancelled")
-SERVER_FIELDS = ("last_update", "version", "incarnation")
+SERVER_FIELDS = ("last_update", "version", "incarnation", "completed_percent")
 MISSING = object()
 
 # --- what a client may send ------------------------------------------------------------------

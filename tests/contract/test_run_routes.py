@@ -298,3 +298,31 @@ def test_fakeredis_url_runs_in_this_process(tmp_path: Any):
     finally:
         runs_of(app).close()
         store_of(app).close()
+
+
+def test_retried_steps_and_blocked_workflows_are_counted(queue_app: Flask):
+    queue_app.config["DEMO_FAIL"] = "flaky"
+    control = runs_of(queue_app)
+    store = control.store
+    retry = {"max_attempts": 2, "backoff_seconds": 0, "max_backoff_seconds": 0}
+    flaky = [{"action": "flaky", "status": "pending", "retry": retry}]
+    store.create(OWNER, {"workflow_id": "wf", "steps": flaky})
+    control.start(OWNER, "wf")
+    work_the_queue(queue_app)
+    run = store.get(OWNER, "wf").state["run"]
+    # Due at once: the burst worker's own lease monitor may have woken it already.
+    assert run["failures"] == 1 and run["status"] in ("waiting", "queued")
+    assert metric(queue_app, "workflow_step_retries_total") == 1
+    monitor_of(queue_app).tick()
+    work_the_queue(queue_app)
+    state = store.get(OWNER, "wf").state
+    assert state["status"] == "failed" and state["steps"][0]["attempts"] == 2
+    assert metric(queue_app, "workflow_step_retries_total") == 1  # the last call is no retry
+    assert metric(queue_app, "workflow_blocked") == 0
+    store.create(OWNER, {"workflow_id": "ask", "steps": steps(1)}, run_lease=60)
+    asked = fence(store, 1, "ask")
+    store.claim_run(OWNER, "ask", asked, "test:1", lease=60)
+    store.runner_step(OWNER, "ask", asked, 0, "in_progress")
+    store.block_step(OWNER, "ask", asked, 0, {"message": "Go on?", "input": []})
+    # A scrape counts anew at most once a second.
+    wait_until(lambda: metric(queue_app, "workflow_blocked") == 1, timeout=5)

@@ -118,8 +118,8 @@ def test_the_counter_survives_delete_and_expiry(make_client, state_file):
 def test_expiry_is_checked_on_read_in_every_process(make_client, state_file):
     writer = make_client(STATE_TTL=1)
     reader = make_client(STATE_TTL=1)
-    writer.post(STATE, json={"status": "failed", "steps": steps(1)})
-    assert reader.get(STATE).get_json()["state"]["status"] == "failed"
+    writer.post(STATE, json={"status": "completed", "steps": steps(1)})
+    assert reader.get(STATE).get_json()["state"]["status"] == "completed"
     wait_until(lambda: reader.get(STATE).get_json()["state"] is None, timeout=5)
 
 

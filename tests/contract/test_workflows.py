@@ -124,6 +124,7 @@ def test_list_is_newest_change_first_with_summary_and_version(client):
         "current_step": 1,
         "total_steps": 3,
         "progress_percent": 66.67,
+        "completed_percent": stored["completed_percent"],
         "start_time": stored["start_time"],
         "last_update": stored["last_update"],
         "version": stored["version"],

@@ -76,6 +76,8 @@ def test_release_queues_the_next_attempt_and_fences_the_old_one():
         "runner": None,
         "status": "queued",
         "lease_expires": "2030-01-02T03:04:05.000Z",
+        "takeovers": 1,  # the person sees an interruption
+        "call": {**state["run"]["call"], "token": None},  # the call's token is dead
     }
     assert released["steps"][0]["status"] == "in_progress"
     with pytest.raises(runs.RunSuperseded):

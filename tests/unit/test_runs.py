@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service import create_app, runs
+from service import create_app, model, runs
 from service.errors import STATUS_BY_ERROR
 from service.model import InvalidIndex, NoWorkflow, WorkflowFinished, format_time, parse_time
 from service.runs import Fence
@@ -56,7 +56,12 @@ def test_request_queues_attempt_one_with_a_lease():
         "heartbeat": format_time(T0),
         "lease_expires": format_time(at(LEASE)),
         "status": "queued",
+        "takeovers": 0,
         "queued_at": format_time(T0),
+        "started_at": None,
+        "failures": 0,
+        "interruptions": 0,
+        "call": None,
     }
     assert new["last_update"] == format_time(T0)
     assert runs.run_in_progress(new) and not runs.run_resumed(new)
@@ -108,15 +113,13 @@ def test_errors_answer_409_with_their_codes(tmp_path: Path):
 
 def test_claim_makes_the_runner_hold_a_fresh_lease():
     state = claimed(now=3)
-    assert state["run"] == {
-        "attempt": 1,
+    assert {key: state["run"][key] for key in ("runner", "heartbeat", "started_at")} == {
         "runner": RUNNER,
         "heartbeat": format_time(at(3)),
-        "lease_expires": format_time(at(3 + LEASE)),
-        "status": "running",
-        "queued_at": format_time(T0),
         "started_at": format_time(at(3)),
     }
+    assert state["run"]["attempt"] == 1 and state["run"]["status"] == "running"
+    assert state["run"]["lease_expires"] == format_time(at(3 + LEASE))
 
 
 def test_claim_needs_the_queued_attempt():
@@ -315,13 +318,16 @@ def test_take_over_requeues_the_next_attempt_and_the_step_counts_its_second_run(
         runs.take_over(state, Fence(0, 1), now=at(1 + LEASE - 0.001), lease=LEASE) is None
     )  # live
     taken = runs.take_over(state, Fence(0, 1), now=at(1 + LEASE), lease=LEASE)
-    assert taken["run"] == {
+    shown = ("attempt", "runner", "heartbeat", "lease_expires", "status", "takeovers")
+    assert {key: taken["run"][key] for key in shown} == {
         "attempt": 2,
         "runner": None,
         "heartbeat": format_time(at(1)),  # when the lost runner was last heard of
         "lease_expires": format_time(at(1 + 2 * LEASE)),
         "status": "queued",
+        "takeovers": 1,
     }
+    assert taken["run"]["interruptions"] == 1  # step 1's call was cut off
     assert taken["steps"][1]["status"] == "in_progress"  # until it is run again
     assert runs.run_resumed(taken) and runs.run_in_progress(taken)
     assert runs.remaining_steps(taken) == [1, 2]
@@ -406,11 +412,11 @@ def test_page_facts():
     assert not runs.run_in_progress(legacy_cancel)
 
 
-def test_carry_run_keeps_the_stored_run_whatever_a_client_sends():
+def test_a_client_write_keeps_the_stored_run_whatever_it_sends():
     stored = claimed()
     forged = {**workflow(), "run": {"attempt": 99, "status": "done"}}
-    assert runs.carry_run(stored, forged)["run"] == stored["run"]
-    assert "run" not in runs.carry_run(workflow(), forged)
-    assert "run" not in runs.carry_run(None, forged)
+    assert model.keep_run_fields(stored, forged)["run"] == stored["run"]
+    assert "run" not in model.keep_run_fields(workflow(), forged)
+    assert "run" not in model.keep_run_fields(None, forged)
     other = {**forged, "workflow_id": "wf-2"}
-    assert "run" not in runs.carry_run(stored, other)  # a new workflow starts without a run
+    assert "run" not in model.keep_run_fields(stored, other)  # a new workflow starts without

@@ -189,7 +189,13 @@ def test_a_step_change_is_refused_naming_the_field(body, message):
 
 def test_a_step_change_keeps_its_parts():
     change = model.parse_step_change({"status": "failed", "data": None, "workflow_id": None})
-    assert change == {"status": "failed", "data": None, "has_data": True, "guard": None}
+    assert change == {
+        "status": "failed",
+        "data": None,
+        "has_data": True,
+        "guard": None,
+        "options": {},
+    }
     deep: Any = {}
     for _ in range(schema.MAX_DATA_DEPTH):
         deep = {"d": deep}
@@ -259,6 +265,7 @@ ENTRY = {
     "current_step": 1,
     "total_steps": 4,
     "progress_percent": 50.0,
+    "completed_percent": 25,
     "start_time": STATE["start_time"],
     "last_update": STORED["last_update"],
     "version": 9,

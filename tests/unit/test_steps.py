@@ -212,6 +212,7 @@ def test_the_body_carries_the_contract_fields_and_repr_hides_the_secret():
         "action": "test_ssh",
         "index": 2,
         "attempt": 1,
+        "step_attempt": 1,
         "ssh_connection": SECRET,
     }
     assert "203.0.113.9" not in repr(call("/x")) and "[REDACTED]" in repr(call("/x"))
