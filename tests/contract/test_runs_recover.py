@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 
 from service import model, runs
 from service.runner.engine import (
@@ -28,11 +29,12 @@ from service.runner.engine import (
 )
 from service.runner.monitor import LeaseMonitor
 from service.runs import Fence, ProgressRefused
-from service.storage import StateStore
+from service.storage import RedisStore, StateStore
 from service.storage.base import utc_now
 from tests.contract import test_run_engine as engine
 from tests.support import wait_until
 from tests.support.endpoints import StepEndpoints
+from tests.support.layout import file_of
 from tests.support.runs import OWNER, open_test_store, plan, wait_for_state
 
 LEASE = 3.0
@@ -43,6 +45,26 @@ QUESTION = {
     "input": [{"name": "trust", "type": "boolean"}, {"name": "password", "type": "secret"}],
 }
 ANSWER = {"trust": True, "password": SECRET}
+
+
+# Every backend, the file backend expected to fail: it cannot keep a person's answer yet.
+BROKEN_INPUT_ON_FILES = pytest.mark.parametrize(
+    "backend",
+    [
+        "fakeredis",
+        "redis",
+        pytest.param(
+            "file",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="FileStore._put_input calls _ensure_directory on the input file's own "
+                "path (not its directory): it makes a directory <id>.input, then the write "
+                "over it fails 'Is a directory' (StorageUnavailable), so no answer can be kept",
+            ),
+        ),
+    ],
+    indirect=True,
+)
 
 
 # --- step endpoints ------------------------------------------------------------------------------
@@ -243,23 +265,7 @@ def test_a_blocked_question_that_cannot_be_asked_fails_the_step(
     assert "blocked question that cannot be asked" in failed["data"]["message"]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "fakeredis",
-        "redis",
-        pytest.param(
-            "file",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="FileStore._put_input calls _ensure_directory on the input file's own "
-                "path (not its directory): it makes a directory <id>.input, then the write "
-                "over it fails 'Is a directory' (StorageUnavailable), so no answer can be kept",
-            ),
-        ),
-    ],
-    indirect=True,
-)
+@BROKEN_INPUT_ON_FILES
 def test_a_resumed_step_gets_the_answer_on_every_call_and_the_answer_goes_once_it_completes(
     store: StateStore, endpoints: Endpoints
 ):
@@ -288,6 +294,54 @@ def test_a_resumed_step_gets_the_answer_on_every_call_and_the_answer_goes_once_i
     assert state["steps"][0]["data"] == {"answered": ["password", "trust"]}
     assert store.get_input(OWNER, "wf") is None
     assert SECRET not in store.get(OWNER, "wf").json
+
+
+def raw_input(store: StateStore, workflow_id: str = "wf") -> bytes | None:
+    """Return a workflow's kept answer exactly as stored (Redis key or file), or None."""
+    if isinstance(store, RedisStore):
+        return store.client().get(store.keys.input(OWNER, workflow_id))
+    try:
+        with open(file_of(store, OWNER, f"{workflow_id}.input"), "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+@BROKEN_INPUT_ON_FILES
+def test_a_kept_answer_is_sealed_at_rest_and_goes_with_its_workflow(backend: dict[str, Any]):
+    sealed = open_test_store(backend, STATE_SECRET_KEYS=(Fernet.generate_key().decode(),))
+    try:
+        start(sealed, [step(None)])
+        record = {"incarnation": 1, "step": 0, "input": ANSWER}
+        sealed.put_input(OWNER, "wf", record)
+        raw = raw_input(sealed)
+        assert raw is not None and SECRET.encode() not in raw
+        assert sealed.get_input(OWNER, "wf") == record
+        sealed.delete(OWNER, "wf")
+        assert sealed.get_input(OWNER, "wf") is None and raw_input(sealed) is None
+    finally:
+        sealed.close()
+
+
+@BROKEN_INPUT_ON_FILES
+@pytest.mark.xfail(
+    strict=True,
+    reason="StateStore.cancel does not delete a blocked step's kept answer (only the runner "
+    "deletes it, when the step completes, fails for good or blocks again, and a delete of the "
+    "workflow): the answer, a secret included, stays stored until WORKFLOW_STATE_STALE_TTL "
+    "though the step was cancelled",
+)
+def test_a_cancelled_resumed_step_forgets_its_answer(store: StateStore, endpoints: Endpoints):
+    fence = start(store, [step(f"{endpoints.url}/blocked")])
+    assert Runner(store, settings(endpoints)).run(fence).outcome == BLOCKED_OUTCOME
+    incarnation = runs.incarnation_of(store.get(OWNER, "wf").state)
+    store.put_input(OWNER, "wf", {"incarnation": incarnation, "step": 0, "input": ANSWER})
+    assert store.get_input(OWNER, "wf") is not None  # kept, as long as the step waits
+    store.cancel(OWNER, "wf")
+    state = store.get(OWNER, "wf").state
+    assert state["status"] == "cancelled" and state["steps"][0]["status"] == "cancelled"
+    assert store.get_input(OWNER, "wf") is None
+    assert raw_input(store) is None
 
 
 # --- a step retried after a wait -----------------------------------------------------------------
@@ -326,6 +380,25 @@ def test_a_step_that_fails_twice_is_called_again_after_waits_and_completes(
     assert len(keys) == 1 and all(keys)
     assert [call["headers"]["Idempotency-Key"] for call in calls] == [keys.pop()] * 3
     assert not runs.run_resumed(state)  # waking a retry is no interruption
+
+
+def test_a_cancel_during_the_wait_ends_the_run_and_nothing_wakes_it(
+    store: StateStore, endpoints: Endpoints
+):
+    retry = {"max_attempts": 3, "backoff_seconds": 0.2}
+    fence = start(store, [step(f"{endpoints.url}/flaky?fails=2", retry=retry)])
+    runner = Runner(store, settings(endpoints))
+    assert run_workflow(store, OWNER, "wf", fence, runner.settings).outcome == WAITING_OUTCOME
+    retry_at = model.parse_time(store.get(OWNER, "wf").state["steps"][0]["retry_at"])
+    cancelled = store.cancel(OWNER, "wf").state
+    assert cancelled["status"] == "cancelled" and cancelled["run"]["status"] == "done"
+    assert cancelled["steps"][0]["status"] == "cancelled"
+    assert "retry_at" not in cancelled["steps"][0]
+    # Past the retry time a wake would be due, were the run not over.
+    wait_until(lambda: utc_now() > retry_at, timeout=5)
+    assert runner.monitor.tick() == 0 and runner.dispatched.fences == []
+    assert store.get(OWNER, "wf").state == cancelled
+    assert len(endpoints.calls("/flaky")) == 1
 
 
 def test_a_step_failing_max_attempts_times_fails_the_workflow_with_the_last_message(
