@@ -47,26 +47,6 @@ QUESTION = {
 ANSWER = {"trust": True, "password": SECRET}
 
 
-# Every backend, the file backend expected to fail: it cannot keep a person's answer yet.
-BROKEN_INPUT_ON_FILES = pytest.mark.parametrize(
-    "backend",
-    [
-        "fakeredis",
-        "redis",
-        pytest.param(
-            "file",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="FileStore._put_input calls _ensure_directory on the input file's own "
-                "path (not its directory): it makes a directory <id>.input, then the write "
-                "over it fails 'Is a directory' (StorageUnavailable), so no answer can be kept",
-            ),
-        ),
-    ],
-    indirect=True,
-)
-
-
 # --- step endpoints ------------------------------------------------------------------------------
 
 
@@ -265,7 +245,6 @@ def test_a_blocked_question_that_cannot_be_asked_fails_the_step(
     assert "blocked question that cannot be asked" in failed["data"]["message"]
 
 
-@BROKEN_INPUT_ON_FILES
 def test_a_resumed_step_gets_the_answer_on_every_call_and_the_answer_goes_once_it_completes(
     store: StateStore, endpoints: Endpoints
 ):
@@ -307,7 +286,6 @@ def raw_input(store: StateStore, workflow_id: str = "wf") -> bytes | None:
         return None
 
 
-@BROKEN_INPUT_ON_FILES
 def test_a_kept_answer_is_sealed_at_rest_and_goes_with_its_workflow(backend: dict[str, Any]):
     sealed = open_test_store(backend, STATE_SECRET_KEYS=(Fernet.generate_key().decode(),))
     try:
@@ -323,14 +301,6 @@ def test_a_kept_answer_is_sealed_at_rest_and_goes_with_its_workflow(backend: dic
         sealed.close()
 
 
-@BROKEN_INPUT_ON_FILES
-@pytest.mark.xfail(
-    strict=True,
-    reason="StateStore.cancel does not delete a blocked step's kept answer (only the runner "
-    "deletes it, when the step completes, fails for good or blocks again, and a delete of the "
-    "workflow): the answer, a secret included, stays stored until WORKFLOW_STATE_STALE_TTL "
-    "though the step was cancelled",
-)
 def test_a_cancelled_resumed_step_forgets_its_answer(store: StateStore, endpoints: Endpoints):
     fence = start(store, [step(f"{endpoints.url}/blocked")])
     assert Runner(store, settings(endpoints)).run(fence).outcome == BLOCKED_OUTCOME
