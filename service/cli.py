@@ -360,13 +360,143 @@ def status(store: CurrentWorkflow, out: Output, workflow: str | None, owner: str
             ("Owner", owner),
             ("Status", f"{summary['status']} ({activity})"),
             ("Step", step_text),
-            ("Progress", f"{summary['progress_percent']}%"),
+            ("Progress", f"{summary['completed_percent']}% done"),
             ("Started", summary["start_time"]),
             ("Updated", summary["last_update"]),
             ("Version", state["version"]),
+            *_run_lines(state),
         ):
             out.line(f"{label:<10}{value}")
     out.line(f"{'Storage':<10}{store.describe()}")
+    return EXIT_OK
+
+
+def _run_lines(state: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return what `status` says of a workflow's server run: waiting, asking, retrying."""
+    lines: list[tuple[str, str]] = []
+    run = state.get("run")
+    if isinstance(run, dict):
+        lines.append(("Run", f"{run.get('status')} (attempt {run.get('attempt')})"))
+    index = runs.blocked_step(state)
+    if index is not None:
+        asked = state["steps"][index].get("blocked") or {}
+        lines.append(("Asks", one_line(str(asked.get("message", "")))))
+        names = ", ".join(f"{f.get('name')} ({f.get('type')})" for f in asked.get("input") or [])
+        lines.append(
+            (
+                "Answer",
+                f"python -m service resume {state['workflow_id']} "
+                + (f"--input NAME=VALUE ... [{names}]" if names else "(no input)"),
+            )
+        )
+    for step in state.get("steps") or ():
+        if step.get("retry_at") and step.get("status") == "in_progress":
+            lines.append(("Retry", f"{step.get('action')} again at {step['retry_at']}"))
+    if state.get("status") == "failed":
+        lines.append(("Retry", f"python -m service retry {state['workflow_id']}"))
+    return lines
+
+
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _answers(state: dict[str, Any], given: tuple[str, ...]) -> dict[str, Any]:
+    """Return the input for a blocked step from `--input NAME=VALUE`s; prompt for secrets."""
+    index = runs.blocked_step(state)
+    fields = (
+        (state["steps"][index].get("blocked") or {}).get("input") or [] if index is not None else []
+    )
+    by_name = {field.get("name"): field for field in fields}
+    answers: dict[str, Any] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        field = by_name.get(name)
+        if not sep or field is None:
+            raise Refused(f"--input {name!r}: give NAME=VALUE for one of the fields the step asks")
+        if field.get("type") == "secret":
+            raise Refused(f"{name} is a secret: it is asked for, never taken from the command line")
+        if field.get("type") == "boolean":
+            if value.lower() not in BOOLEANS:
+                raise Refused(f"{name} is true or false (yes/no, 1/0), not {value!r}")
+            answers[name] = BOOLEANS[value.lower()]
+        else:
+            answers[name] = value
+    for name, field in by_name.items():
+        if field.get("type") == "secret" and name not in answers:
+            answers[name] = click.prompt(field.get("label") or name, hide_input=True, err=True)
+    return answers
+
+
+@command
+@click.argument("workflow", metavar="WORKFLOW_ID")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="An answer to the blocked step's question (repeat it); a secret is asked for instead.",
+)
+@owner_option
+def resume(
+    store: CurrentWorkflow, out: Output, workflow: str, inputs: tuple[str, ...], owner: str
+) -> int:
+    """Answer a blocked workflow's question and run it on from that step (POST .../resume)."""
+    from .runner.control import RunControl
+
+    check_file_owner(store)
+    _owned(store, owner)
+    state = store.store.get(owner, check_workflow_id(workflow)).state
+    if state is None:
+        raise NoSuchWorkflow(owner, workflow)
+    body = {"input": _answers(state, inputs)}
+    settings = click.get_current_context().find_object(Invocation).settings
+    control = RunControl(store.store, settings)
+    try:
+        snapshot = control.resume(owner, workflow, body, runs_here=False)
+    except model.NoWorkflow:
+        raise NoSuchWorkflow(owner, workflow) from None
+    except (model.NotBlocked, model.InvalidInput, runs.RunActive) as error:
+        raise Refused(error.message) from None
+    finally:
+        control.close()
+    resumed = snapshot.state
+    assert resumed is not None
+    if out.as_json:
+        out.data({"resumed": True, **model.summarize(resumed), "run": resumed["run"]})
+        return EXIT_OK
+    out.line(f"Resumed workflow {workflow}: run attempt {resumed['run']['attempt']} is queued.")
+    return EXIT_OK
+
+
+@command
+@click.argument("workflow", metavar="WORKFLOW_ID")
+@owner_option
+def retry(store: CurrentWorkflow, out: Output, workflow: str, owner: str) -> int:
+    """Run a failed workflow again from its failed step (as POST /workflows/<id>/retry)."""
+    from .runner.control import RunControl
+
+    check_file_owner(store)
+    _owned(store, owner)
+    settings = click.get_current_context().find_object(Invocation).settings
+    control = RunControl(store.store, settings)
+    try:
+        snapshot = control.retry(owner, check_workflow_id(workflow), runs_here=False)
+    except model.NoWorkflow:
+        raise NoSuchWorkflow(owner, workflow) from None
+    except (model.NotFailed, runs.RunActive) as error:
+        raise Refused(error.message) from None
+    finally:
+        control.close()
+    retried = snapshot.state
+    assert retried is not None
+    if out.as_json:
+        out.data({"retried": True, **model.summarize(retried), "run": retried["run"]})
+        return EXIT_OK
+    step = retried["steps"][retried["current_step"]] if retried["steps"] else None
+    where = f" from step {retried['current_step'] + 1} ({step['action']})" if step else ""
+    out.line(
+        f"Retrying workflow {workflow}{where}: run attempt {retried['run']['attempt']} is queued."
+    )
     return EXIT_OK
 
 
