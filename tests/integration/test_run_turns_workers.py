@@ -119,7 +119,9 @@ def test_the_limit_holds_and_runs_start_in_the_order_they_were_started(
     assert most == 2  # four workers, never more than two of alice's runs on them
     assert all(state["status"] == "completed" for state in states)
     started = [seconds(state["run"]["started_at"]) for state in states]
-    assert started == sorted(started)
+    # Two turns free at once go to the next two runs, which two workers claim in either order:
+    # a run starts no earlier than every run started two or more places before it.
+    assert all(started[i] <= started[j] for j in range(len(started)) for i in range(j - 1))
     assert control.queue.turns() == []
 
 
