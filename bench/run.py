@@ -108,7 +108,7 @@ ROUTES: dict[str, Route] = {
     "PATCH distinct steps": Route(
         "PATCH", "/workflow/state/steps/", mode="distinct", seed=WIDE_WORKFLOW
     ),
-    # --- §8 (issue 10) ---------------------------------------------------------------------
+    # --- many workflows (issue 10) ---------------------------------------------------------
     # The seed's POST /workflow/state creates workflow "bench" and makes it the current one.
     "GET workflow": Route("GET", "/workflows/bench"),
     # 999 more, plus "bench": 1,000 stored, the default WORKFLOW_STATE_MAX_WORKFLOWS.
@@ -149,7 +149,8 @@ def healthz(backend: str) -> tuple[str, str]:
     return (backend, "healthz")
 
 
-# Issue 13's budgets, then those of §8 (issue 10). A budget on a pending route is reported as
+# Issue 13's budgets, then those of many workflows (issue 10). A budget on a pending route is
+# reported as
 # pending until the route is measured.
 BUDGETS = [
     Budget(healthz("redis"), HELLO, 0.90),
@@ -158,7 +159,7 @@ BUDGETS = [
     Budget(("redis", "summary"), healthz("redis"), 0.85),
     Budget(("redis", "POST"), healthz("redis"), 0.45, zero_errors=True),
     Budget(("redis", "PATCH same step"), healthz("redis"), 0.40, zero_errors=True),
-    # --- §8 (issue 10) ---------------------------------------------------------------------
+    # --- many workflows (issue 10) ---------------------------------------------------------
     Budget(("redis", "GET workflow"), NAIVE, 1.00),
     Budget(("file", "GET workflow"), NAIVE, 1.10),
     Budget(("redis", "list 50 of 1,000"), healthz("redis"), 0.30),
@@ -519,7 +520,7 @@ class Probe:
 def step_overhead_ms(server: Gunicorn, steps: int = 100) -> float:
     """Run a workflow of `steps` 0 s simulator steps; return the median time per step, in ms.
 
-    Contract §9, measured by bench/runs.py (also runnable alone): its own redis-server and a real
+    Server runs, measured by bench/runs.py (also runnable alone): its own redis-server and a real
     `python -m service worker`, the run started through the run control and followed on the
     store's change feed, each step's time taken from the writer's clock. So it is the engine's
     own time per step (claiming, the step call, the fenced writes, the lease), not this server's.

@@ -1,4 +1,4 @@
-"""Benchmark the per-step overhead of a server run (contract section 9, issue 11).
+"""Benchmark the per-step overhead of a server run (issue 11).
 
 A workflow of STEPS steps runs on the built-in simulator with WORKFLOW_DEMO_STEP_SECONDS=0, so
 each step's time is the run's own overhead: its `in_progress` and `completed` writes (fenced,

@@ -1,6 +1,6 @@
 """Answer CORS preflights with 204 and label responses for cross-origin callers.
 
-Hand-written rather than flask-cors (6.0), which cannot give what contract section 2 asks of
+Hand-written rather than flask-cors (6.0), which cannot give what the API asks of
 every OPTIONS: it answers a preflight with Flask's automatic 200 (not 204); it sends
 Access-Control-Allow-Methods and -Allow-Headers only when the request carries
 Access-Control-Request-Method; and it lists only the requested headers that are allowed, never

@@ -1,6 +1,6 @@
 """Who is asking: the user behind each request, and the owner whose workflows it acts on.
 
-Contract §6 and §8. The identity settings (service/config.py) give three ways to know the user:
+The identity settings (service/config.py) give three ways to know the user:
 
 - none of them set: everyone is `public`, one shared namespace, as in the seed;
 - bearer tokens: the shared WORKFLOW_STATE_TOKEN (user `public`) and the per-user

@@ -711,10 +711,10 @@ def build_document() -> dict[str, Any]:
             "description": DESCRIPTION,
         },
         "tags": [
-            {"name": "state", "description": "the workflow state (contract section 2)"},
+            {"name": "state", "description": "the workflow state"},
             {"name": "page", "description": "the web page and its helpers (section 4)"},
-            {"name": "workflows", "description": "many workflows per owner (contract section 8)"},
-            {"name": "runs", "description": "server runs (contract section 9)"},
+            {"name": "workflows", "description": "many workflows per owner"},
+            {"name": "runs", "description": "server runs"},
             {"name": "operations", "description": "health, readiness, metrics, this document"},
             {"name": "cors", "description": "CORS preflights"},
         ],

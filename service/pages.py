@@ -18,7 +18,7 @@ bp = Blueprint("pages", __name__)
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 STEPS_KEY = "WORKFLOW_STEPS"
-# The live-updates route (contract section 5). The page opens it only when the app serves it.
+# The live-updates route. The page opens it only when the app serves it.
 STREAM_PATH = "/workflow/state/stream"
 
 

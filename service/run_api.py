@@ -1,4 +1,4 @@
-"""The routes of server runs (contract section 9): start and cancel. Thin: the work is in
+"""The routes of server runs: start and cancel. Thin: the work is in
 service/runner/control.py, which the routes of `/workflows` (POST with `"run": true`) use too.
 
     POST /workflows/<id>/run      202 {"success": true, "message": "Workflow run started", "state"}

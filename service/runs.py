@@ -1,4 +1,4 @@
-"""The rules of a server run (contract section 9) over plain state dicts.
+"""The rules of a server run over plain state dicts.
 
 Storage applies these under the workflow's lock, exactly as it applies `model`'s writes: each
 function takes the stored state (or None) and returns the state to store, or None when the write

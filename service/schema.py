@@ -51,7 +51,7 @@ MAX_DEPTH = 32
 MAX_DATA_DEPTH = MAX_DEPTH - 3
 # The most finished workflows GET /workflow/history answers (storage keeps as many).
 HISTORY_MAX = 100
-# The most workflows one page of GET /workflows answers (contract section 8).
+# The most workflows one page of GET /workflows answers.
 LIST_LIMIT_MAX = 100
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 # Ids a new workflow may not take: its Location would name a route ("stream"), or a path segment
@@ -314,7 +314,7 @@ class MergeInput(StateInput, total=False):
 class CreateWorkflowInput(StateInput, total=False):
     """A new workflow (POST /workflows): the rules of StateInput, plus `run`."""
 
-    run: Annotated[bool, Field(description="start a server run at once (contract section 9)")]
+    run: Annotated[bool, Field(description="start a server run at once")]
 
 
 @with_config(ConfigDict(extra="allow", strict=True))
@@ -331,7 +331,7 @@ class StepChange(TypedDict):
 
 @with_config(ConfigDict(extra="forbid", strict=True))
 class Run(TypedDict):
-    """A server run of the workflow (contract section 9), in the state's `run` field: who runs
+    """A server run of the workflow, in the state's `run` field: who runs
     it and until when. service/runs.py holds its rules."""
 
     attempt: Annotated[
@@ -584,7 +584,7 @@ class OpenAPIDocument(TypedDict):
     paths: dict[str, Any]
 
 
-# --- many workflows and server runs (contract sections 8 and 9) -------------------------------
+# --- many workflows and server runs -------------------------------
 
 
 @with_config(ConfigDict(extra="forbid"))

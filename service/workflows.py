@@ -1,4 +1,4 @@
-"""The routes of many workflows (contract section 8): parse the request, call the store, answer.
+"""The routes of many workflows: parse the request, call the store, answer.
 
     POST   /workflows                      create (with "run": true, also start it)   201
     GET    /workflows?status=&limit=&cursor=   the owner's workflows, newest change first

@@ -1,4 +1,4 @@
-"""The run metrics of contract section 9, where runs execute in the web processes.
+"""The run metrics, where runs execute in the web processes.
 
 On the file backend (and `fakeredis://`) a web process runs the steps, so its own Prometheus
 objects count them; under gunicorn prometheus_client's multiprocess mode sums every worker's

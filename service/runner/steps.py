@@ -7,7 +7,7 @@ step's status and data. It knows nothing of Flask, storage or the page.
 A step with an `endpoint` is `POST <endpoint>` with JSON {"workflow_id", "action", "index",
 "attempt", "ssh_connection"}: an absolute http(s) URL, or a path on this service, resolved
 against WORKFLOW_SELF_URL (workers may run on other hosts than the web server). A step without
-one runs the simulator of contract section 4 in-process (no HTTP round trip); the route
+one runs the simulator in-process (no HTTP round trip); the route
 POST /workflow/actions/<action> serves the same `simulate`.
 
 Interrupting a call: the request runs in a helper thread while the caller waits, looking at the
@@ -163,7 +163,7 @@ class StepResult:
         return (self.data or {}).get("message")
 
 
-# --- the simulator (contract section 4) ----------------------------------------------------------
+# --- the simulator ----------------------------------------------------------
 
 
 def simulate(

@@ -620,7 +620,7 @@ class StateStore(ABC):
         self.observer.wrote()
         return version
 
-    # --- server runs (contract section 9; the rules are service/runs.py) -----------------
+    # --- server runs (the rules are service/runs.py) -----------------
     #
     # Every runner write names the fence it holds (incarnation and attempt) and is refused with
     # runs.RunSuperseded, changing nothing, when that is no longer the workflow's run. `lease`

@@ -1,4 +1,4 @@
-"""Redis key names: the one place they are built (contract section 8, README's key table).
+"""Redis key names: the one place they are built (README's key table).
 
 Every key of one owner is `<prefix>:{<owner>}:<kind>[:<id>]`. The `{<owner>}` hash tag puts all
 of them in one Cluster slot, so every Lua script touches one slot; the kind comes before the
@@ -103,7 +103,7 @@ class Keys:
         return f"{self.prefix}:{RUNS}"
 
     def run_stats(self) -> str:
-        """Return the hash of the runs' counters (the metrics of contract section 9)."""
+        """Return the hash of the runs' counters (the metrics)."""
         return f"{self.prefix}:{RUN_STATS}"
 
     def run_marker(self) -> str:
