@@ -65,7 +65,7 @@ def test_status_reads_the_storage_the_environment_names(url, store):
     assert result.exit_code == 0, result.stderr
     assert "Workflow  wf-1" in result.stdout
     assert "Step      3 of 5: step2 (in_progress)" in result.stdout
-    assert "Progress  60%" in result.stdout
+    assert "Progress  40% done" in result.stdout  # two of five steps completed
     assert f"Storage   {url}" in result.stdout
 
 
