@@ -772,8 +772,10 @@ def list_workflows(
     # order, reading each a page at a time as it is needed.
     lists = [_listed(store.store, name, status, limit) for name in owners]
     entries = itertools.islice(heapq.merge(*lists, key=_list_order, reverse=True), limit)
+    usage = _owner_usage(store.store, owners) if owner == ALL_OWNERS else {}
     if out.as_json:
-        out.data(list(entries))
+        # Every owner's share, beside each of its workflows: queued runs and stored bytes.
+        out.data([{**entry, **usage.get(entry["owner"], {})} for entry in entries])
         return EXIT_OK
     owner_width = max([len("OWNER"), *map(len, owners)]) + 2 if owner == ALL_OWNERS else 0
     shown = 0
@@ -789,7 +791,32 @@ def list_workflows(
         which = "" if status == "all" else f"{status} "
         whose = "any owner" if owner == ALL_OWNERS else f"owner {owner}"
         out.line(f"No {which}workflows for {whose}.")
+    if usage:
+        out.line("")
+        out.line(f"{'OWNER':<{owner_width}}{'QUEUED RUNS':<13}STORED")
+        for name, share in sorted(usage.items()):
+            out.line(
+                f"{name:<{owner_width}}{share['owner_queued_runs']:<13}{share['owner_bytes']} bytes"
+            )
     return EXIT_OK
+
+
+def _owner_usage(backend: StateStore, owners: list[str]) -> dict[str, dict[str, int]]:
+    """Return each owner's queued runs and stored bytes (what an admin's list shows)."""
+    from .runner.control import RunControl
+
+    settings = click.get_current_context().find_object(Invocation).settings
+    control = RunControl(backend, settings)
+    try:
+        queued = control.queued_by_owner()
+    except (StorageUnavailable, config.ConfigError):
+        queued = {}  # the queue's Redis may be another one, and down: the bytes still tell
+    finally:
+        control.close()
+    return {
+        name: {"owner_queued_runs": queued.get(name, 0), "owner_bytes": backend.owner_bytes(name)}
+        for name in owners
+    }
 
 
 def _listed(

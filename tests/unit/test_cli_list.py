@@ -155,13 +155,29 @@ def test_list_of_every_owner_interleaves_them_by_last_update(store, small_pages)
     )
     human = ok("list", "--owner", "*").stdout.splitlines()
     assert human[0].split() == ["UPDATED", "STATUS", "STEP", "PROGRESS", "OWNER", "WORKFLOW"]
-    assert [tuple(line.split()[-2:]) for line in human[1:]] == expected
+    table = human[1 : human.index("")]
+    assert [tuple(line.split()[-2:]) for line in table] == expected
+    # Then each owner's share: queued runs and the bytes its workflows take stored.
+    shares = human[human.index("") + 1 :]
+    assert shares[0].split() == ["OWNER", "QUEUED", "RUNS", "STORED"]
+    stored = {owner: store.owner_bytes(owner) for owner in ("alice", PUBLIC, "bob.b@example")}
+    assert all(size > 0 for size in stored.values())
+    assert [line.split() for line in shares[1:]] == [
+        [owner, "0", str(stored[owner]), "bytes"] for owner in sorted(stored)
+    ]
+    assert {(e["owner"], e["owner_bytes"], e["owner_queued_runs"]) for e in entries} == {
+        (owner, stored[owner], 0) for owner in stored
+    }
     finished = ok("list", "--owner", "*", "--status", "finished")
-    assert finished.stdout == "No finished workflows for any owner.\n"
+    assert finished.stdout.startswith("No finished workflows for any owner.\n")
+    store.create("alice", {"workflow_id": "queued", "steps": steps(1)})
+    ok("run", "queued", "--owner", "alice")  # nothing here runs it: it stays queued
+    queued = {e["owner"]: e["owner_queued_runs"] for e in listed("--owner", "*")}
+    assert queued == {"alice": 1, PUBLIC: 0, "bob.b@example": 0}
 
 
 def test_list_of_every_owner_with_no_owners(store):
-    assert ok("list", "--owner", "*").stdout == "No workflows for any owner.\n"
+    assert ok("list", "--owner", "*").stdout == "No workflows for any owner.\n"  # no owners
     assert listed("--owner", "*") == []
 
 
