@@ -41,6 +41,7 @@ from tests.support import RedisServer, layout, wait_until
 from tests.support.routes import STATE
 
 TTL = 30
+FAILED_TTL = 300
 STALE_TTL = 600
 STATUSES = ("running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
@@ -198,7 +199,12 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
         def __init__(self) -> None:
             super().__init__()
             self.storage = Storage(kind, root, redis_server, clock)
-            config = {"TESTING": True, "STATE_TTL": TTL, "STATE_STALE_TTL": STALE_TTL}
+            config = {
+                "TESTING": True,
+                "STATE_TTL": TTL,
+                "STATE_FAILED_TTL": FAILED_TTL,
+                "STATE_STALE_TTL": STALE_TTL,
+            }
             self.app = create_app({**config, **self.storage.config})
             self.client = self.app.test_client()
             self.store = self.app.extensions["workflow_state"]
@@ -428,9 +434,10 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
         @precondition(lambda self: self.model is not None)
         @rule()
         def ttl_runs_out(self) -> None:
-            """WORKFLOW_STATE_TTL passes: a finished state expires, a running one stays."""
+            """WORKFLOW_STATE_TTL passes: a completed or cancelled state expires; a failed one (it
+            can be retried) and a running one stay."""
             self.storage.advance(self.store, TTL + 1)
-            if self.model is not None and self.model["status"] in FINISHED:
+            if self.model is not None and self.model["status"] in ("completed", "cancelled"):
                 self.model = None
 
         @precondition(lambda self: self.model is not None)
@@ -453,11 +460,14 @@ def make_machine(kind: str, root: Path, redis_server: RedisServer | None, clock:
 
         @invariant()
         def ttl_matches_the_status(self) -> None:
-            """A finished state carries the short TTL, a running one the stale TTL."""
+            """A completed or cancelled state carries the short TTL, a failed one the failed TTL
+            (it can be retried), a running one the stale TTL."""
             if self.storage.raw is None or self.model is None:
                 return
             remaining = self.storage.pttl(self.store)
-            if self.model["status"] in FINISHED:
+            if self.model["status"] == "failed":
+                assert TTL * 1000 < remaining <= FAILED_TTL * 1000
+            elif self.model["status"] in FINISHED:
                 assert 0 < remaining <= TTL * 1000
             else:
                 assert TTL * 1000 < remaining <= STALE_TTL * 1000
