@@ -139,9 +139,9 @@ def test_the_acl_user_of_redis_md_may_wait_and_stamp_its_lock(pair, make_app):
     locks = []
     original = store._locked_batch
 
-    def look(writer, owner, batch, token, result):
+    def look(writer, owner, batch, token, result, *rest):
         locks.append(result[8])  # the lock's value, as the acquire stored it
-        return original(writer, owner, batch, token, result)
+        return original(writer, owner, batch, token, result, *rest)
 
     store._locked_batch = look
     assert client.post(STATE, json={"workflow_id": "wf", "steps": steps(1)}).status_code == 200

@@ -129,6 +129,7 @@ def test_the_endpoint_gets_the_contract_body_and_json_headers(endpoints: StepEnd
         "action": "sync_instance",
         "index": 1,
         "attempt": 3,
+        "step_attempt": 1,
         "ssh_connection": SECRET,
     }
     assert calls[-1]["headers"]["Content-Type"] == "application/json"
