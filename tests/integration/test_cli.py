@@ -100,7 +100,7 @@ def test_status_prints_the_summary(storage, store):
     assert "wf-1" in result.stdout
     assert "running" in result.stdout
     assert "3 of 5: step2 (in_progress)" in result.stdout
-    assert "60%" in result.stdout
+    assert "40% done" in result.stdout  # two of five steps completed, for a person
     # --json before or after the command: the same summary GET /workflow/state/summary serves.
     for args in (("--json", "status"), ("status", "--json")):
         summary = json.loads(cli(storage, *args).stdout)
@@ -108,7 +108,8 @@ def test_status_prints_the_summary(storage, store):
         assert summary["active"] is True
         assert summary["current_step"] == 2
         assert summary["total_steps"] == 5
-        assert summary["progress_percent"] == 60.0
+        assert summary["progress_percent"] == 60.0  # the seed's formula
+        assert summary["completed_percent"] == 40
 
 
 # --- clear and cancel ----------------------------------------------------------------------
