@@ -44,25 +44,28 @@ class _Handler(StepHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-        self.server.record(self.path, dict(self.headers), body)
-        if self.path == "/ask":
+        path, _, query = self.path.partition("?")
+        self.server.record(path, dict(self.headers), body)
+        if path == "/ask":
             if body.get("input"):
                 self._json(200, {"success": True, "message": "Host trusted"})
             else:
                 self._json(
                     200, {"success": False, "blocked": {"message": QUESTION, "input": FIELDS}}
                 )
-        elif self.path == "/approve":
+        elif path == "/approve":
             if "input" in body:
                 self._json(200, {"success": True, "message": "approved"})
             else:
                 self._json(200, {"success": False, "blocked": {"message": APPROVAL, "input": []}})
-        elif self.path == "/flaky":
-            if body.get("step_attempt") == 1:
+        elif path == "/flaky":
+            # Fails the step's first calls (one, or `fails=N`), then succeeds.
+            fails = int(query.removeprefix("fails=") or 1)
+            if body["step_attempt"] <= fails:
                 self._json(200, {"success": False, "message": "rsync: connection closed"})
             else:
                 self._json(200, {"success": True, "message": "synced"})
-        elif self.path == "/long":
+        elif path == "/long":
             self._json(200, self.server.long_step(body))
         else:
             self._json(200, {"success": True, "message": "done"})
@@ -404,22 +407,31 @@ def test_a_blocked_workflow_is_cancelled_from_its_form(
     assert len(endpoints.bodies("/ask")) == 1
 
 
-def test_a_step_waiting_to_be_tried_again_says_when_through_a_reload(
+def test_a_waiting_retry_says_when_and_a_live_failure_offers_retry(
     server: Server, endpoints: RecoverEndpoints, page: Page
 ) -> None:
-    steps = steps_with(endpoints, configure="/flaky")
+    steps = steps_with(endpoints, configure="/flaky?fails=2")
     steps[1]["retry"] = {"max_attempts": 2, "backoff_seconds": 4}
     workflow_id = run_and_open(server, page, steps, lambda s: s["run"]["status"] == "waiting")
     card = page.locator('.workflow-step[data-action="configure"]')
-    retry = card.locator(".step-retry")
+    waiting = card.locator(".step-retry")
     countdown = re.compile(r"^Trying again in [1-5] s$")
-    expect(retry).to_have_text(countdown)
+    result = page.locator("#setup-result")
+    expect(waiting).to_have_text(countdown)
     expect(card.locator(".step-note")).to_have_text("rsync: connection closed")
-    expect(page.locator("#setup-result")).to_have_text(RUNNING_ON_SERVER)
+    expect(result).to_have_text(RUNNING_ON_SERVER)
     expect(page.locator("#run-workflow-btn")).to_have_text("Cancel")
     reload(page)
-    expect(retry).to_have_text(countdown)
-    expect(page.locator("#setup-result")).to_have_text(DONE, timeout=15_000)
-    expect(retry).to_be_hidden()
-    assert [b["step_attempt"] for b in endpoints.bodies("/flaky")] == [1, 2]
-    assert server.workflow(workflow_id)["steps"][1]["attempts"] == 2
+    expect(waiting).to_have_text(countdown)
+    expect(result).to_have_text(RUNNING_ON_SERVER)
+
+    # The second call fails too: its budget is spent, and the page, watching, offers Retry.
+    retry = page.locator("#retry-workflow-btn")
+    expect(result).to_have_text("❌ Workflow failed at step 2 (Configure).", timeout=15_000)
+    expect(retry).to_have_text("Retry from step 2")
+    expect(waiting).to_be_hidden()
+    retry.focus()
+    page.keyboard.press("Enter")
+    expect(result).to_have_text(DONE, timeout=15_000)
+    assert [b["step_attempt"] for b in endpoints.bodies("/flaky")] == [1, 2, 3]
+    assert server.workflow(workflow_id)["steps"][1]["attempts"] == 3
