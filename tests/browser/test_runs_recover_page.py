@@ -248,6 +248,8 @@ def test_a_blocked_step_is_answered_from_the_keyboard_and_the_run_completes(
     row = lister.locator(f'#instances-body tr[data-workflow-id="{workflow_id}"]')
     expect(row.locator(".badge")).to_have_text("Needs input")
     expect(row).to_have_class(re.compile(r"\bneeds-input\b"))
+    expect(row.locator("a.workflow-link")).to_have_text("203.0.113.7")
+    expect(row.locator(".steps")).to_have_text("Step 2 of 3 · 33.33%")
     lister.close()
 
     # A reload restores the question and the form, with focus on its first field.
@@ -351,6 +353,11 @@ def test_a_long_steps_reports_move_its_bar_and_tasks_through_a_reload(
     expect(overall).to_have_attribute("aria-valuenow", "80")  # (2 steps + 40 % of one) of 3
     assert server.workflow(workflow_id)["completed_percent"] == progress_value(page)
     expect(page.locator("#setup-result")).to_have_text(RUNNING_ON_SERVER)
+    # The Instances list of another tab shows the same share.
+    lister = open_page(page.context.new_page(), server)
+    row = lister.locator(f'#instances-body tr[data-workflow-id="{workflow_id}"]')
+    expect(row.locator(".steps")).to_have_text("Step 3 of 3 · 80%")
+    lister.close()
 
     reload(page)  # mid-progress: all of it comes back from the stored state
     expect(bar).to_have_attribute("aria-valuenow", "40")
