@@ -42,6 +42,15 @@ SLOW_STEPS = [
     {"action": "warm_cache", "label": "Warm cache"},
     {"action": "verify", "label": "Verify"},
 ]
+# A blocked step's question and fields: one of each type, and an optional one.
+QUESTION = "The host key of 203.0.113.7 is SHA256:4f9…; trust it and pick the model folder."
+FIELDS = [
+    {"name": "folder", "label": "Model folder", "type": "text"},
+    {"name": "api_key", "label": "CivitAI API key", "type": "secret"},
+    {"name": "trust", "label": "Trust this host key", "type": "boolean"},
+    {"name": "size", "label": "Disk size", "type": "choice", "choices": ["50 GB", "100 GB"]},
+    {"name": "note", "label": "Note", "type": "text", "required": False},
+]
 # The host application's step answers from a real endpoint server the pool starts (`/ok`,
 # `/fail`: tests/support/endpoints.py); its URL is filled in then.
 HOST_STEPS = [

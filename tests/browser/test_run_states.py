@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.pagekit import FakeWorkflow, Server, axe_violations, open_page
+from tests.browser.pagekit import (
+    FIELDS,
+    QUESTION,
+    FakeWorkflow,
+    Server,
+    axe_violations,
+    open_page,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -23,14 +30,6 @@ STEPS = [
     {"action": "test_ssh", "label": "Test SSH"},
     {"action": "set_ui_home", "label": "Set UI Home"},
     {"action": "sync_instance", "label": "Sync Instance"},
-]
-QUESTION = "The host key of 203.0.113.7 is SHA256:4f9…; trust it and pick the model folder."
-FIELDS = [
-    {"name": "folder", "label": "Model folder", "type": "text"},
-    {"name": "api_key", "label": "CivitAI API key", "type": "secret"},
-    {"name": "trust", "label": "Trust this host key", "type": "boolean"},
-    {"name": "size", "label": "Disk size", "type": "choice", "choices": ["50 GB", "100 GB"]},
-    {"name": "note", "label": "Note", "type": "text", "required": False},
 ]
 BLOCKED_CLASS = re.compile(r"\bblocked\b")
 
