@@ -455,7 +455,6 @@ def test_a_failed_workflow_outlives_the_ttl_and_a_retry_runs_it_from_its_failed_
     done = wait_for(service, "bad", status_is("completed", "failed"))
     assert done["status"] == "completed", done
     assert [len(endpoint.of("bad", index)) for index in range(3)] == [1, 2, 1]
-    assert post(service, "/workflows/bad/retry")[1]["error"] == "not_failed"
 
 
 # --- progress inside a step ----------------------------------------------------------------------
@@ -474,6 +473,8 @@ def test_progress_reaches_the_stream_in_order_and_only_the_running_call_may_repo
             return (state["steps"][0].get("progress") or {}).get("percent") == REPORTS[-1]
 
         states = stream_states(stream, reported)
+        # The stream may show the last report before its sender has read the answer.
+        wait_until(lambda: len(endpoint.reports()) == len(REPORTS))
         assert [answer for _, _, answer in endpoint.reports()] == [200] * len(REPORTS)
         percents = [(s["steps"][0].get("progress") or {}).get("percent") for s in states]
         shown = [p for i, p in enumerate(percents) if p is not None and p not in percents[:i]]
