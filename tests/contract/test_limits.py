@@ -190,3 +190,41 @@ def test_a_delete_works_on_a_full_disk_while_a_write_answers_503(app, full_disk)
     # Each delete took a new number of the owner's counter, never one used before.
     with open(os.path.join(store.root, "public", ".seq")) as counter:
         assert int(counter.read().strip()) == max(versions) + 2
+
+
+def calling_step(store: StateStore) -> str:
+    """Store workflow `wf` with its first step's call running; return the call's progress token."""
+    created = store.create(OWNER, {"workflow_id": "wf", "steps": steps(2)}, run_lease=60)
+    fence = runs.Fence(created.state["incarnation"], 1)
+    store.claim_run(OWNER, "wf", fence, "test:1", lease=60)
+    token = runs.make_progress_token(OWNER, fence, "limits")
+    store.runner_step(OWNER, "wf", fence, 0, "in_progress", token_hash=runs.token_hash(token))
+    return token
+
+
+def report(text: str, count: int) -> dict[str, Any]:
+    """A progress report carrying `count` tasks whose notes are `text`."""
+    return {"percent": 50, "tasks": [{"name": "t", "status": "pending", "note": text}] * count}
+
+
+@pytest.mark.parametrize(
+    ("pad", "note", "tasks", "code"),
+    [
+        (0, "n" * 400, 5, "state_too_large"),  # ~2,100 bytes more: over 2,000 for one workflow
+        (1500, "n" * 150, 6, "owner_quota_exceeded"),  # under it, but over the owner's 3,000
+    ],
+)
+def test_a_progress_report_past_a_limit_is_refused_and_stores_nothing(
+    limited, pad, note, tasks, code
+):
+    client = limited.test_client()
+    store = store_of(limited)
+    if pad:
+        filler = {"workflow_id": "filler", "steps": steps(1), "pad": "p" * pad}
+        assert client.post(WORKFLOWS, json=filler).status_code == 201
+    headers = {"Authorization": f"Bearer {calling_step(store)}"}
+    before = client.get(f"{WORKFLOWS}/wf").get_json()
+    path = f"{WORKFLOWS}/wf/steps/0/progress"
+    refused(client.post(path, json=report(note, tasks), headers=headers), code)
+    assert client.get(f"{WORKFLOWS}/wf").get_json() == before
+    assert client.post(path, json={"percent": 60}, headers=headers).status_code == 200
