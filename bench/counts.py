@@ -45,9 +45,10 @@ LIST_STORED = 1000
 HELLO = "hello"
 
 
-def counted_routes(workflow: dict) -> dict[str, Counted]:
-    """Return the counted requests by name: the hello first, then each budgeted route."""
-    return {
+def counted_routes(workflow: dict, only: str | None = None) -> dict[str, Counted]:
+    """Return the counted requests by name: the hello first, then each budgeted route (`only`:
+    those named, comma-separated)."""
+    routes = {
         HELLO: Counted("GET", "/healthz", None, None),
         "healthz": Counted("GET", "/healthz", None, 1.10),
         "GET /workflow/state": Counted("GET", "/workflow/state", None, 1.30),
@@ -59,6 +60,13 @@ def counted_routes(workflow: dict) -> dict[str, Counted]:
             "PATCH", "/workflow/state/steps/1", PATCH_BODY, 2.0
         ),
     }
+    if only is None:
+        return routes
+    chosen = {HELLO, *(name.strip() for name in only.split(","))}
+    unknown = chosen - routes.keys()
+    if unknown:
+        raise ValueError(f"unknown routes {sorted(unknown)}; known: {list(routes)}")
+    return {name: route for name, route in routes.items() if name in chosen}
 
 
 # --- inside the counted process ------------------------------------------------------------
@@ -137,7 +145,7 @@ def read_dumps(directory: Path) -> dict[str, float]:
     return counts
 
 
-def count_backend(url: str, requests: int) -> dict[str, float]:
+def count_backend(url: str, requests: int, only: str | None = None) -> dict[str, float]:
     """Count every route on the backend `url` names, in one process under callgrind."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -152,8 +160,9 @@ def count_backend(url: str, requests: int) -> dict[str, float]:
             str(ROOT / "bench" / "tax.py"),
             "--count",
             url,
-            "--number",
+            "--requests",
             str(requests),
+            *(["--routes", only] if only else []),
         ]
         # One hash seed for every run: dict and set layouts, and so the counts, repeat.
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -163,7 +172,9 @@ def count_backend(url: str, requests: int) -> dict[str, float]:
         return read_dumps(Path(scratch))
 
 
-def measure(backends: list[str], requests: int) -> dict[str, dict[str, float]]:
+def measure(
+    backends: list[str], requests: int, only: str | None = None
+) -> dict[str, dict[str, float]]:
     """Return instructions per request by backend and route (a private redis-server for Redis)."""
     sys.path.insert(0, str(ROOT))
     from tests.support import RedisServer
@@ -174,11 +185,12 @@ def measure(backends: list[str], requests: int) -> dict[str, dict[str, float]]:
             if backend == "redis":
                 redis = RedisServer().start()
                 try:
-                    results[backend] = count_backend(redis.url, requests)
+                    results[backend] = count_backend(redis.url, requests, only)
                 finally:
                     redis.close()
             else:
-                results[backend] = count_backend(f"file://{scratch}/workflow_state.json", requests)
+                url = f"file://{scratch}/workflow_state.json"
+                results[backend] = count_backend(url, requests, only)
     return results
 
 

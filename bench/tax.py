@@ -240,7 +240,7 @@ def url_matching(app, path: str, number: int, repeat: int) -> float:
     return best_us(lambda: adapter.match(path, method="GET"), number, repeat)
 
 
-def count_in_valgrind(url: str, requests: int) -> int:
+def count_in_valgrind(url: str, requests: int, only: str | None) -> int:
     """Seed the state on `url`, then count each budgeted route (run by bench/counts.py)."""
     from service import create_app
 
@@ -249,8 +249,9 @@ def count_in_valgrind(url: str, requests: int) -> int:
     try:
         service = create_app({"STATE_URL": url})
         hello = create_hello_app()
-        routes = counts.counted_routes(WORKFLOW)
-        for n in range(counts.LIST_STORED - 1):  # and the POST's own: 1,000 stored
+        routes = counts.counted_routes(WORKFLOW, only)
+        listed = any(route.path.startswith("/workflows?") for route in routes.values())
+        for n in range(counts.LIST_STORED - 1 if listed else 0):  # and the POST's: 1,000
             body = dict(WORKFLOW, workflow_id=f"bench-list-{n:04d}")
             status = wsgi_caller(service, "POST", "/workflows", body)()
             assert status in (201, 409), f"POST /workflows answered {status}"
@@ -260,7 +261,8 @@ def count_in_valgrind(url: str, requests: int) -> int:
             callers[name] = wsgi_caller(app, route.method, route.path, route.body)
             # A write costs several reads (lock, fsync): a quarter as many are enough.
             number[name] = requests if route.method == "GET" else max(1, requests // 4)
-        assert callers["POST /workflow/state"]() == 200, "the POST that seeds the state failed"
+        seed = wsgi_caller(service, *REQUESTS["POST /workflow/state"])
+        assert seed() == 200, "the POST that seeds the state failed"
         # The file backend re-reads a file written in the last RACY_SECONDS (its mtime may not
         # tell a later write apart): count the steady state of reads, not that moment.
         time.sleep(RACY_SECONDS + 0.1)
@@ -293,17 +295,23 @@ def main() -> int:
     )
     parser.add_argument("--backends", default="file,redis")
     parser.add_argument("--requests", type=int, default=100, help="counted requests per route")
+    parser.add_argument(
+        "--routes",
+        help="count only these routes (comma-separated names of bench/counts.py; the hello "
+        "always): a quick A/B while changing one path",
+    )
     parser.add_argument("--count", metavar="URL", help=argparse.SUPPRESS)  # one backend, counted
     args = parser.parse_args()
     number, repeat = args.number, args.repeat
     if args.budgets:
-        results = counts.measure(args.backends.split(","), args.requests)
-        lines, ok = counts.render(results, counts.counted_routes(WORKFLOW))
+        routes = counts.counted_routes(WORKFLOW, args.routes)
+        results = counts.measure(args.backends.split(","), args.requests, args.routes)
+        lines, ok = counts.render(results, routes)
         print("\n".join(lines))
         print(f"\nbudgets {'hold' if ok else 'MISSED'}")
         return 0 if ok else 1
     if args.count:
-        return count_in_valgrind(args.count, args.requests)
+        return count_in_valgrind(args.count, args.requests, args.routes)
 
     from service import create_app
 
