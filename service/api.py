@@ -22,6 +22,7 @@ JSON = "application/json"
 SAVED = "Workflow state saved"
 CLEARED = "Workflow state cleared"
 NO_STORE = "no-store"
+NOT_STORED = (("Cache-Control", NO_STORE),)
 
 
 def read_json() -> Any:
@@ -108,7 +109,7 @@ class Answers:
         if made is not None and made[0] == etag:
             return made[1], made[2]
         body = state_body(snapshot.state, snapshot.json).encode()
-        headers = (("Cache-Control", NO_STORE), ("ETag", f'"{etag}"'))
+        headers = (*NOT_STORED, ("ETag", f'"{etag}"'))
         if len(self._made) >= self.SIZE:
             self._made = {}  # another thread may still hold the old one: it stays whole
         self._made[snapshot.json] = (etag, body, headers)
@@ -121,8 +122,13 @@ def state_answer(snapshot: Snapshot, etag: str) -> Response:
     # Parsed only when sent: most GETs carry no If-None-Match.
     if "HTTP_IF_NONE_MATCH" in request.environ and request.if_none_match.contains_weak(etag):
         return Response(status=304, headers=headers)
+    return ready_response(body, headers)
+
+
+def ready_response(body: bytes, headers: tuple[tuple[str, str], ...]) -> Response:
+    """Answer 200 with a JSON body and headers that are already valid text."""
     response = Response(body, mimetype=JSON)
-    # Constant, already valid text: werkzeug's Headers would check and copy each pair again.
+    # werkzeug's Headers would check and copy each pair again, on every request.
     response.headers._list.extend(headers)  # type: ignore[attr-defined]
     return response
 
@@ -181,14 +187,14 @@ class SummaryCache:
     """
 
     def __init__(self) -> None:
-        self._last: tuple[str, str] = ("", "")
+        self._last: tuple[str, bytes] = ("", b"")
 
-    def body(self, snapshot: Snapshot) -> str:
+    def body(self, snapshot: Snapshot) -> bytes:
         """Return the summary body for `snapshot`, derived at most once per stored state."""
         last = self._last  # one read: another thread may replace it meanwhile
         if last[0] == snapshot.json:
             return last[1]
-        body = dumps({"success": True, "summary": model.summarize(snapshot.state)})
+        body = dumps({"success": True, "summary": model.summarize(snapshot.state)}).encode()
         self._last = (snapshot.json, body)
         return body
 
@@ -198,7 +204,7 @@ def summary() -> Response:
     """Answer the progress summary."""
     store = get_store()
     body = current_app.extensions[SUMMARY_EXTENSION].body(store.get(current_identity().owner))
-    return json_response(body, headers={"Cache-Control": NO_STORE})
+    return ready_response(body, NOT_STORED)
 
 
 @bp.get("/history")
