@@ -54,7 +54,7 @@ def counted_routes(workflow: dict, only: str | None = None) -> dict[str, Counted
         "GET /workflow/state": Counted("GET", "/workflow/state", None, 1.30),
         "GET /workflows/<id>": Counted("GET", f"/workflows/{workflow['workflow_id']}", None, 1.30),
         "summary": Counted("GET", "/workflow/state/summary", None, 1.30),
-        f"list 50 of {LIST_STORED:,}": Counted("GET", "/workflows?limit=50", None, 2.1),
+        f"list 50 of {LIST_STORED}": Counted("GET", "/workflows?limit=50", None, 2.1),
         "POST /workflow/state": Counted("POST", "/workflow/state", workflow, 2.0),
         "PATCH /workflow/state/steps/1": Counted(
             "PATCH", "/workflow/state/steps/1", PATCH_BODY, 2.0

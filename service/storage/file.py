@@ -81,6 +81,8 @@ LOCK_POLL_SECONDS = 0.001
 # A file changed this recently may have an mtime that a later write repeats (coarse clocks),
 # so it is re-read rather than served from the cache (git's "racily clean" rule).
 RACY_SECONDS = 2.0
+# The cache's key of an owner's list order, beside its index file's path.
+LIST_ORDER = "list order"
 # Files whose decoded content is remembered per process (by their stat identity).
 CACHED_FILES = 512
 # Owners whose last journal event a follower remembers, to notice a gap; past this it forgets.
@@ -492,6 +494,32 @@ class FileStore(StateStore):
             and all(type(v) is int for v in value)
         }
 
+    def _list_order(self, owner: str) -> tuple[tuple[int, str, int], ...]:
+        """Return the owner's index as (last_update ms, id, expires ms), newest first.
+
+        Remembered by the index file's stat identity, as a file is: between writes every page
+        of a list walks the same order, and parsing, checking and sorting the whole index again
+        was most of a page's cost.
+        """
+        path = self._meta(owner, INDEX_FILE)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return ()
+        except OSError as error:
+            raise self._fail("read", path, error) from None
+        identity = _identity(info)
+        key = (LIST_ORDER, path)
+        order = self._cache.get(key, identity)
+        if order is not None:
+            return order
+        index = self._load_index(owner)
+        rows = ((when, workflow_id, expires) for workflow_id, (when, expires, _) in index.items())
+        order = tuple(sorted(rows, reverse=True))
+        if time.time() - info.st_mtime > RACY_SECONDS:
+            self._cache.put(key, identity, order)
+        return order
+
     def _bytes_in(self, owner: str, index: dict[str, list[int]], but: str | None = None) -> int:
         """Return the bytes of the unexpired workflows `index` lists, except `but`'s."""
         now = _now_ms()
@@ -516,17 +544,10 @@ class FileStore(StateStore):
     ) -> list[tuple[Position, dict[str, Any]]]:
         self._started()
         now = _now_ms()
-        positions = sorted(
-            (
-                (when, workflow_id)
-                for workflow_id, (when, expires, _) in self._load_index(owner).items()
-                if expires > now
-            ),
-            reverse=True,
-        )
         found: list[tuple[Position, dict[str, Any]]] = []
-        for position in positions:
-            if after is not None and not position < after:
+        for when, workflow_id, expires in self._list_order(owner):
+            position = (when, workflow_id)
+            if expires <= now or (after is not None and not position < after):
                 continue
             stored, _, _ = self._read_state(owner, position[1])
             if stored is not None and matches(stored, status):

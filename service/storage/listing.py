@@ -62,9 +62,23 @@ def score(state: Mapping[str, Any]) -> int:
     return int(model.parse_time(state["last_update"]).timestamp() * 1000)
 
 
+# id(state) -> (the state, its entry). A stored state is never mutated once read (states are
+# shared), and the state is kept beside its entry so its id cannot be reused meanwhile: a page
+# of 50 then summarises only the states that changed since the last page.
+_ENTRIES: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+ENTRIES_KEPT = 2048
+
+
 def list_entry(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a workflow as a list shows it: its summary and its version."""
-    return {**model.summarize(state), "version": state["version"]}
+    """Return a workflow as a list shows it: its summary and its version (a dict of its own)."""
+    kept = _ENTRIES.get(id(state))
+    if kept is not None and kept[0] is state:
+        return dict(kept[1])
+    entry = {**model.summarize(state), "version": state["version"]}
+    if len(_ENTRIES) >= ENTRIES_KEPT:
+        _ENTRIES.clear()
+    _ENTRIES[id(state)] = (state, entry)
+    return dict(entry)
 
 
 def _check(owner: str, status: str, position: Position) -> str:
