@@ -50,6 +50,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Instructions per request under callgrind, then req/s; BENCH_NO_RPS=1: the counts only.
 bench: $(STAMP)
 	$(PY) bench/run.py
 

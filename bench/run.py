@@ -10,6 +10,10 @@ docs/benchmarks.md and exits 1 if a budget is missed.
 
 Routes, budgets and probes are data (ROUTES, BUDGETS, PROBES): a route of a later issue is listed
 with `pending=` and its budget is reported as pending until the route exists.
+
+First, and steadier than any req/s on a shared machine, it counts instructions per request of
+every budgeted route on both backends under callgrind (bench/counts.py) and judges them against
+their budgets; `--no-rps` (or BENCH_NO_RPS=1) stops there, `--no-counts` skips them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import counts  # noqa: E402
 from tests.support import Gunicorn, RedisServer, http  # noqa: E402
 
 STEPS = [
@@ -862,7 +867,25 @@ def main() -> int:
     parser.add_argument("--no-probes", action="store_true", help="skip the PROBES")
     parser.add_argument("--builtin", action="store_true", help="use the built-in generator")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--no-rps",
+        action="store_true",
+        default=os.environ.get("BENCH_NO_RPS", "") not in ("", "0"),
+        help="only count instructions per request (BENCH_NO_RPS=1 does the same)",
+    )
+    parser.add_argument("--no-counts", action="store_true", help="skip the instruction counts")
+    parser.add_argument("--count-requests", type=int, default=100, help="counted per route")
     args = parser.parse_args()
+    count_lines: list[str] = []
+    counts_ok = True
+    if not args.no_counts:
+        print("counting instructions per request under callgrind...", flush=True)
+        counted = counts.measure(args.backends.split(","), args.count_requests)
+        count_lines, counts_ok = counts.render(counted, counts.counted_routes(WORKFLOW))
+        print("\n".join(count_lines), flush=True)
+    if args.no_rps:
+        print(f"budgets on instructions {'hold' if counts_ok else 'MISSED'}")
+        return 0 if counts_ok else 1
     use_wrk = shutil.which("wrk") is not None and not args.builtin
     generator = wrk_run if use_wrk else builtin_run
     generator_name = "wrk" if use_wrk else "the built-in generator (no wrk on this machine)"
@@ -901,6 +924,9 @@ def main() -> int:
     report, ok = render(
         machine(), generator_name, args.seconds, args.rounds, args.connections, results, streams
     )
+    if count_lines:
+        report += "\n" + "\n".join(count_lines) + "\n"
+    ok &= counts_ok
     print(report)
     history = Path(__file__).with_name("history.md").read_text()
     Path(args.out).parent.mkdir(exist_ok=True)

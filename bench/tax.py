@@ -16,13 +16,17 @@ directly, with no server and no socket, so the figures are the app's own CPU tim
    gunicorn; `--no-multiproc` for the in-memory values).
 
 Each figure is the best of several repeats of CPU time (a shared machine only ever adds time).
+
+`python bench/tax.py --budgets` counts instructions per request instead (bench/counts.py): the
+same app, run under `valgrind --tool=callgrind` by `--count`, for every budgeted route.
 """
 
 from __future__ import annotations
 
 import sys
 
-if "--no-gevent" not in sys.argv:
+# --budgets only starts the counting processes (each a `--count` run of this file, patched).
+if "--no-gevent" not in sys.argv and "--budgets" not in sys.argv:
     from gevent import monkey
 
     monkey.patch_all()
@@ -46,9 +50,11 @@ if "--no-multiproc" not in sys.argv:
 from flask import Response, g, request  # noqa: E402
 from werkzeug.test import EnvironBuilder  # noqa: E402
 
+from bench import counts  # noqa: E402
 from bench.references import create_hello_app  # noqa: E402
 from bench.run import WORKFLOW  # noqa: E402
 from service.hooks import EXTENSION  # noqa: E402
+from service.storage.file import RACY_SECONDS  # noqa: E402
 
 REQUESTS = {
     "GET /healthz": ("GET", "/healthz", None),
@@ -234,6 +240,39 @@ def url_matching(app, path: str, number: int, repeat: int) -> float:
     return best_us(lambda: adapter.match(path, method="GET"), number, repeat)
 
 
+def count_in_valgrind(url: str, requests: int, only: str | None) -> int:
+    """Seed the state on `url`, then count each budgeted route (run by bench/counts.py)."""
+    from service import create_app
+
+    log_file = open(os.path.join(SCRATCH, "stderr.log"), "w")  # noqa: SIM115
+    real_stderr, sys.stderr = sys.stderr, log_file
+    try:
+        service = create_app({"STATE_URL": url})
+        hello = create_hello_app()
+        routes = counts.counted_routes(WORKFLOW, only)
+        listed = any(route.path.startswith("/workflows?") for route in routes.values())
+        for n in range(counts.LIST_STORED - 1 if listed else 0):  # and the POST's: 1,000
+            body = dict(WORKFLOW, workflow_id=f"bench-list-{n:04d}")
+            status = wsgi_caller(service, "POST", "/workflows", body)()
+            assert status in (201, 409), f"POST /workflows answered {status}"
+        callers, number = {}, {}
+        for name, route in routes.items():
+            app = hello if name == counts.HELLO else service
+            callers[name] = wsgi_caller(app, route.method, route.path, route.body)
+            # A write costs several reads (lock, fsync): a quarter as many are enough.
+            number[name] = requests if route.method == "GET" else max(1, requests // 4)
+        seed = wsgi_caller(service, *REQUESTS["POST /workflow/state"])
+        assert seed() == 200, "the POST that seeds the state failed"
+        # The file backend re-reads a file written in the last RACY_SECONDS (its mtime may not
+        # tell a later write apart): count the steady state of reads, not that moment.
+        time.sleep(RACY_SECONDS + 0.1)
+        counts.count_routes(callers, number)
+    finally:
+        sys.stderr = real_stderr
+        log_file.close()
+    return 0
+
+
 def main() -> int:
     """Print the tax figures as Markdown tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -248,8 +287,31 @@ def main() -> int:
         help="only send this request over and over for --seconds (for `py-spy record`)",
     )
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--budgets",
+        action="store_true",
+        help="count instructions per request of every budgeted route under callgrind, on "
+        "--backends; exit 1 when a budget is missed",
+    )
+    parser.add_argument("--backends", default="file,redis")
+    parser.add_argument("--requests", type=int, default=100, help="counted requests per route")
+    parser.add_argument(
+        "--routes",
+        help="count only these routes (comma-separated names of bench/counts.py; the hello "
+        "always): a quick A/B while changing one path",
+    )
+    parser.add_argument("--count", metavar="URL", help=argparse.SUPPRESS)  # one backend, counted
     args = parser.parse_args()
     number, repeat = args.number, args.repeat
+    if args.budgets:
+        routes = counts.counted_routes(WORKFLOW, args.routes)
+        results = counts.measure(args.backends.split(","), args.requests, args.routes)
+        lines, ok = counts.render(results, routes)
+        print("\n".join(lines))
+        print(f"\nbudgets {'hold' if ok else 'MISSED'}")
+        return 0 if ok else 1
+    if args.count:
+        return count_in_valgrind(args.count, args.requests, args.routes)
 
     from service import create_app
 

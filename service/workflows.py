@@ -24,7 +24,7 @@ from .errors import json_response
 from .identity import current_identity
 from .run_api import runs_of
 from .storage import Snapshot, dumps
-from .storage.listing import LIMIT_DEFAULT, LIMIT_MAX
+from .storage.listing import LIMIT_DEFAULT, LIMIT_MAX, page_json
 from .store import get_store
 from .stream import list_stream_response, stream_response
 
@@ -63,8 +63,12 @@ def list_workflows() -> Response:
         page = store.list_every_owner(status=status, limit=limit, cursor=cursor)
     else:
         page = store.list(identity.owner, status=status, limit=limit, cursor=cursor)
-    body = {"success": True, "workflows": page.entries, "next_cursor": page.next_cursor}
-    return json_response(dumps(body), headers={"Cache-Control": NO_STORE})
+    # The entries as they were serialised when made: a page re-encodes none of them.
+    body = (
+        f'{{"success":true,"workflows":{page_json(page.entries)},'
+        f'"next_cursor":{dumps(page.next_cursor)}}}'
+    )
+    return json_response(body, headers={"Cache-Control": NO_STORE})
 
 
 @bp.get("/stream")

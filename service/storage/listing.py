@@ -62,9 +62,43 @@ def score(state: Mapping[str, Any]) -> int:
     return int(model.parse_time(state["last_update"]).timestamp() * 1000)
 
 
-def list_entry(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a workflow as a list shows it: its summary and its version."""
-    return {**model.summarize(state), "version": state["version"]}
+class ListEntry(dict):
+    """A list entry, with its JSON as it was made (`json`: valid until the entry is changed)."""
+
+    json: str
+
+
+# id(state) -> (the state, its entry). A stored state is never mutated once read (states are
+# shared), and the state is kept beside its entry so its id cannot be reused meanwhile: a page
+# of 50 then summarises and serialises only the states that changed since the last page.
+_ENTRIES: dict[int, tuple[Mapping[str, Any], ListEntry]] = {}
+ENTRIES_KEPT = 2048
+
+
+def list_entry(state: Mapping[str, Any]) -> ListEntry:
+    """Return a workflow as a list shows it: its summary and its version (a dict of its own)."""
+    kept = _ENTRIES.get(id(state))
+    if kept is None or kept[0] is not state:
+        made = ListEntry(model.summarize(state), version=state["version"])
+        made.json = json.dumps(made, separators=(",", ":"))
+        if len(_ENTRIES) >= ENTRIES_KEPT:
+            _ENTRIES.clear()
+        kept = _ENTRIES[id(state)] = (state, made)
+    entry = ListEntry(kept[1])
+    entry.json = kept[1].json
+    return entry
+
+
+def page_json(entries: list[dict[str, Any]]) -> str:
+    """Serialise a page's entries as a JSON array, each ListEntry as it was made."""
+    return (
+        "["
+        + ",".join(
+            entry.json if type(entry) is ListEntry else json.dumps(entry, separators=(",", ":"))
+            for entry in entries
+        )
+        + "]"
+    )
 
 
 def _check(owner: str, status: str, position: Position) -> str:

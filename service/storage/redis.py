@@ -69,6 +69,8 @@ KNOWN_OWNERS_MAX = 4096
 OWNERS_PAGE = 100
 # Idle connections of its own a process keeps for reads and write batches (see `_lease`).
 IDLE_CONNECTIONS_MAX = 16
+# Stored documents whose served Snapshot a process keeps (then it starts afresh).
+SNAPSHOTS_KEPT = 512
 # How often the lock releaser tries again while Redis does not answer.
 RELEASE_RETRY_SECONDS = 0.05
 # WAIT must answer (how many replicas confirmed) well before the socket's I/O timeout cuts it
@@ -225,6 +227,8 @@ class RedisStore(StateStore):
         self.owner_bound_slack_ms = OWNER_BOUND_SLACK_MS
         # When (monotonic) and why the last locked write found Redis unavailable.
         self._last_failure: tuple[float, str] | None = None
+        # Stored document -> (its workflow id, the Snapshot served for it).
+        self._snapshots: dict[bytes, tuple[str, Snapshot]] = {}
         self._reads: Keyed[tuple[str, str | None], ReadCoalescer[Snapshot]] = Keyed(
             lambda where: ReadCoalescer(lambda: self._fetch(*where))
         )
@@ -356,12 +360,24 @@ class RedisStore(StateStore):
                 [self.keys.base(owner), workflow_id or "", 1 if with_id else 0],
                 reader,
             )
-        stored = None
-        if found is not None:
-            stored = self._stored(owner, _text(found), raw, wrong)
+        if found is None:
+            return Snapshot(None, "null", _counter(seq)) if with_id else Snapshot(None, "null")
+        workflow = _text(found)
+        # The same stored document of the same workflow is served as the same Snapshot
+        # (immutable), made once: no decode lookup, UTF-8 decoding or Snapshot per read. Only
+        # a document that decoded cleanly is kept; a sealed state is opened afresh each time.
+        made = self._snapshots.get(raw) if not wrong and isinstance(raw, bytes) else None
+        if made is not None and made[0] == workflow:
+            return made[1]
+        stored = self._stored(owner, workflow, raw, wrong)
         if with_id and stored is None:
             return Snapshot(None, "null", _counter(seq))
-        return self._served(stored, raw)
+        snapshot = self._served(stored, raw)
+        if stored is not None and snapshot.state is stored and isinstance(raw, bytes):
+            if len(self._snapshots) >= SNAPSHOTS_KEPT:
+                self._snapshots = {}
+            self._snapshots[raw] = (workflow, snapshot)
+        return snapshot
 
     def _stored(self, owner: str, workflow_id: str, raw: Any, wrong: Any) -> dict[str, Any] | None:
         """Decode a state as read; a value of another type goes aside too."""
