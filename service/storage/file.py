@@ -721,6 +721,8 @@ class FileStore(StateStore):
             stored, _, _ = self._read_state(owner, workflow_id)
             if stored is None:
                 self._remove(self._state_path(owner, workflow_id))
+                # A blocked step's answer goes with its workflow, expired too.
+                self._remove(self._input_path(owner, workflow_id))
                 del index[workflow_id]
 
     def _delete(self, owner: str, workflow_id: str | None) -> int:
@@ -735,6 +737,7 @@ class FileStore(StateStore):
             if workflow_id is not None and stored is None:
                 if target in index or last_version:
                     self._remove(self._state_path(owner, target))
+                    self._remove(self._input_path(owner, target))
                     index.pop(target, None)
                     self._write_freeing(self._meta(owner, INDEX_FILE), dumps(index).encode())
                 raise model.NoWorkflow(f"There is no workflow {workflow_id!r} to delete")

@@ -340,3 +340,19 @@ def test_files_found_corrupt_in_the_same_second_are_all_kept(client, owner_dir, 
     aside = list(owner_dir.glob(state_file.name + ".corrupt-*"))
     assert sorted(path.read_bytes() for path in aside) == [b"first", b"second", b"third"]
     assert all(re.fullmatch(r".*\.corrupt-\d+(-\d+)?", path.name) for path in aside)
+
+
+def test_an_expired_workflow_takes_its_kept_answer_with_it(tmp_path):
+    store = FileStore(f"file://{tmp_path}/state.json", stale_ttl=1)
+    try:
+        store.save("public", {"workflow_id": "asked", "steps": steps(1)})
+        store.put_input("public", "asked", {"incarnation": 1, "step": 0, "input": {"pw": "s3"}})
+        answer = tmp_path / "workflows" / "public" / "asked.input"
+        assert answer.exists()
+        # Once the workflow expired, the next write of its owner prunes it, answer and all.
+        wait_until(lambda: store.get("public", "asked").state is None, timeout=5)
+        store.save("public", {"workflow_id": "other", "steps": steps(1)})
+        assert not answer.exists()
+        assert store.get_input("public", "asked") is None
+    finally:
+        store.close()
