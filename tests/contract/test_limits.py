@@ -22,7 +22,7 @@ from service.store import store_of
 from tests.conftest import steps
 from tests.support.endpoints import StepEndpoints
 from tests.support.routes import METRICS, STATE, WORKFLOWS, step
-from tests.support.runs import OWNER, open_test_store, plan
+from tests.support.runs import OWNER, calling, open_test_store, plan
 
 # Small limits, so a test stores little: a workflow of two steps is about 300 bytes.
 MOST_PER_WORKFLOW = 2000
@@ -192,16 +192,6 @@ def test_a_delete_works_on_a_full_disk_while_a_write_answers_503(app, full_disk)
         assert int(counter.read().strip()) == max(versions) + 2
 
 
-def calling_step(store: StateStore) -> str:
-    """Store workflow `wf` with its first step's call running; return the call's progress token."""
-    created = store.create(OWNER, {"workflow_id": "wf", "steps": steps(2)}, run_lease=60)
-    fence = runs.Fence(created.state["incarnation"], 1)
-    store.claim_run(OWNER, "wf", fence, "test:1", lease=60)
-    token = runs.make_progress_token(OWNER, fence, "limits")
-    store.runner_step(OWNER, "wf", fence, 0, "in_progress", token_hash=runs.token_hash(token))
-    return token
-
-
 def report(text: str, count: int) -> dict[str, Any]:
     """A progress report carrying `count` tasks whose notes are `text`."""
     return {"percent": 50, "tasks": [{"name": "t", "status": "pending", "note": text}] * count}
@@ -222,7 +212,7 @@ def test_a_progress_report_past_a_limit_is_refused_and_stores_nothing(
     if pad:
         filler = {"workflow_id": "filler", "steps": steps(1), "pad": "p" * pad}
         assert client.post(WORKFLOWS, json=filler).status_code == 201
-    headers = {"Authorization": f"Bearer {calling_step(store)}"}
+    headers = {"Authorization": f"Bearer {calling(store)[1]}"}
     before = client.get(f"{WORKFLOWS}/wf").get_json()
     path = f"{WORKFLOWS}/wf/steps/0/progress"
     refused(client.post(path, json=report(note, tasks), headers=headers), code)

@@ -24,13 +24,13 @@ from jsonschema.exceptions import SchemaError
 
 from service import runs
 from service.openapi import build_document
-from service.storage import StateStore
 from service.store import store_of
 from service.stream import close_all_hubs
 from tests.conftest import steps
 from tests.support import free_port
 from tests.support.openapi_check import METHODS, OpenAPIDocument
 from tests.support.routes import STATE
+from tests.support.runs import calling
 
 OAS_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "openapi-3.1-schema.json"
 TOKEN = "fuzzy-token-123"
@@ -195,19 +195,6 @@ def concrete_path(path: str) -> str:
 
 STALE = {"If-Match": '"999999"'}
 QUESTION = {"message": "Trust the host key?", "input": [{"name": "trust", "type": "boolean"}]}
-
-
-def calling(store: StateStore, workflow_id: str) -> tuple[runs.Fence, str]:
-    """Store a workflow whose run calls its first step; return the run's fence and the call's
-    progress token (what a runner holds)."""
-    state = store.create("public", {"workflow_id": workflow_id, "steps": steps(2)}, run_lease=60)
-    fence = runs.Fence(state.state["incarnation"], 1)
-    store.claim_run("public", workflow_id, fence, "test:1", lease=60)
-    token = runs.make_progress_token("public", fence, "abc" + workflow_id)
-    store.runner_step(
-        "public", workflow_id, fence, 0, "in_progress", token_hash=runs.token_hash(token)
-    )
-    return fence, token
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from service.store import store_of
 from tests.conftest import backend_config, steps
 from tests.support import wait_until
 from tests.support.routes import STATE
-from tests.support.runs import OWNER, fence, finished, later, plan, wait_for_state
+from tests.support.runs import OWNER, calling, fence, finished, later, plan, wait_for_state
 
 
 @pytest.fixture
@@ -319,10 +319,7 @@ def test_retried_steps_and_blocked_workflows_are_counted(queue_app: Flask):
     assert state["status"] == "failed" and state["steps"][0]["attempts"] == 2
     assert metric(queue_app, "workflow_step_retries_total") == 1  # the last call is no retry
     assert metric(queue_app, "workflow_blocked") == 0
-    store.create(OWNER, {"workflow_id": "ask", "steps": steps(1)}, run_lease=60)
-    asked = fence(store, 1, "ask")
-    store.claim_run(OWNER, "ask", asked, "test:1", lease=60)
-    store.runner_step(OWNER, "ask", asked, 0, "in_progress")
+    asked, _ = calling(store, "ask", steps=1)
     store.block_step(OWNER, "ask", asked, 0, {"message": "Go on?", "input": []})
     # A scrape counts anew at most once a second.
     wait_until(lambda: metric(queue_app, "workflow_blocked") == 1, timeout=5)

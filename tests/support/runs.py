@@ -44,6 +44,20 @@ def fence(store: StateStore, attempt: int, workflow_id: str = "wf", owner: str =
     return Fence(0 if state is None else runs.incarnation_of(state), attempt)
 
 
+def calling(
+    store: StateStore, workflow_id: str = "wf", owner: str = OWNER, steps: int = 2
+) -> tuple[Fence, str]:
+    """Store a workflow whose run is calling its first step, as a runner leaves it; return the
+    run's fence and the call's progress token."""
+    plan = [{"action": f"step{n}", "status": "pending"} for n in range(steps)]
+    created = store.create(owner, {"workflow_id": workflow_id, "steps": plan}, run_lease=60)
+    held = Fence(created.state["incarnation"], 1)
+    store.claim_run(owner, workflow_id, held, "test:1", lease=60)
+    token = runs.make_progress_token(owner, held, "t" + workflow_id)
+    store.runner_step(owner, workflow_id, held, 0, "in_progress", token_hash=runs.token_hash(token))
+    return held, token
+
+
 def later(seconds: float) -> datetime:
     """Return the moment `seconds` from now (UTC)."""
     return datetime.now(UTC) + timedelta(seconds=seconds)

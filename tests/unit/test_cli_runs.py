@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from service import runs
 from service.cli import cli
 from service.config import from_env
 from service.storage import StateStore
 from service.store import build_store
 from tests.conftest import steps
+from tests.support.runs import calling
 
 QUESTION = {
     "message": "Trust the host key?",
@@ -48,11 +48,8 @@ def run(url: str, *args: str, given: str | None = None) -> Result:
 
 def blocked(store: StateStore, workflow_id: str = "wf") -> None:
     """Store a workflow whose first step asks QUESTION (as a runner writes it)."""
-    created = store.create("public", {"workflow_id": workflow_id, "steps": steps(2)}, run_lease=60)
-    fence = runs.Fence(created.state["incarnation"], 1)
-    store.claim_run("public", workflow_id, fence, "test:1", lease=60)
-    store.runner_step("public", workflow_id, fence, 0, "in_progress")
-    store.block_step("public", workflow_id, fence, 0, QUESTION)
+    held, _ = calling(store, workflow_id)
+    store.block_step("public", workflow_id, held, 0, QUESTION)
 
 
 def test_resume_takes_answers_asks_the_secret_and_queues_a_run(url: str, store: StateStore):
